@@ -1,0 +1,1 @@
+//! netd: the host network model (see issue 3).

@@ -1,0 +1,1 @@
+//! overlay: the WireGuard data path and cluster store (see issue 5).

@@ -1,0 +1,149 @@
+//! One error type for plumb. Every variant names the object and the namespace it
+//! concerns, and kernel errnos are turned into sentences a user can act on.
+
+use std::io;
+
+/// Where an operation happened and on what, carried into every kernel error.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// What was being done: "create", "delete", "set MTU of", …
+    pub action: String,
+    /// The object in the user's words: "link eth1", "address 10.0.0.2/24 on eth1".
+    pub object: String,
+    /// The namespace's label: its name, path or "the host namespace".
+    pub namespace: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{} already exists in namespace {}", .0.object, .0.namespace)]
+    AlreadyExists(Target),
+
+    #[error("{}: {} does not exist in namespace {}", .0.action, .0.object, .0.namespace)]
+    NotFound(Target),
+
+    #[error(
+        "{} {} in namespace {}: permission denied — plumb needs root (CAP_NET_ADMIN)",
+        .0.action, .0.object, .0.namespace
+    )]
+    PermissionDenied(Target),
+
+    #[error(
+        "{} {} in namespace {}: the device is busy (in use by another link, or it is a bridge port)",
+        .0.action, .0.object, .0.namespace
+    )]
+    Busy(Target),
+
+    #[error(
+        "{} {} in namespace {}: not supported by this kernel (is the module for it loaded?)",
+        .0.action, .0.object, .0.namespace
+    )]
+    Unsupported(Target),
+
+    #[error("{} {} in namespace {}: {message} (errno {errno})", .target.action, .target.object, .target.namespace)]
+    Kernel {
+        target: Target,
+        errno: i32,
+        message: String,
+    },
+
+    #[error("namespace {0} not found — is the container still running?")]
+    NamespaceNotFound(String),
+
+    #[error("namespace {0} already exists")]
+    NamespaceExists(String),
+
+    #[error("invalid {what} {value:?}: {why}")]
+    Invalid {
+        what: &'static str,
+        value: String,
+        why: String,
+    },
+
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("{0}")]
+    Other(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Turns a kernel errno (positive) into the variant a user can act on.
+    pub fn from_errno(errno: i32, target: Target) -> Error {
+        match errno {
+            libc::EEXIST => Error::AlreadyExists(target),
+            libc::ENODEV | libc::ENOENT | libc::ESRCH | libc::EADDRNOTAVAIL => {
+                Error::NotFound(target)
+            }
+            libc::EPERM | libc::EACCES => Error::PermissionDenied(target),
+            libc::EBUSY => Error::Busy(target),
+            libc::EOPNOTSUPP => Error::Unsupported(target),
+            _ => Error::Kernel {
+                target,
+                errno,
+                message: io::Error::from_raw_os_error(errno).to_string(),
+            },
+        }
+    }
+
+    pub fn invalid(what: &'static str, value: impl Into<String>, why: impl Into<String>) -> Error {
+        Error::Invalid {
+            what,
+            value: value.into(),
+            why: why.into(),
+        }
+    }
+
+    pub fn io(context: impl Into<String>, source: io::Error) -> Error {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// True when the error says the object is absent: teardown treats that as done.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::NotFound(_) | Error::NamespaceNotFound(_))
+    }
+
+    pub fn is_already_exists(&self) -> bool {
+        matches!(self, Error::AlreadyExists(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target() -> Target {
+        Target {
+            action: "create".into(),
+            object: "link eth1".into(),
+            namespace: "c1".into(),
+        }
+    }
+
+    #[test]
+    fn errno_sentences_name_object_and_namespace() {
+        let e = Error::from_errno(libc::EEXIST, target());
+        assert_eq!(e.to_string(), "link eth1 already exists in namespace c1");
+        let e = Error::from_errno(libc::EPERM, target());
+        assert!(e.to_string().contains("needs root"), "{e}");
+        let e = Error::from_errno(libc::ENODEV, target());
+        assert_eq!(
+            e.to_string(),
+            "create: link eth1 does not exist in namespace c1"
+        );
+        assert!(e.is_not_found());
+        let e = Error::from_errno(libc::EBUSY, target());
+        assert!(e.to_string().contains("busy"), "{e}");
+        let e = Error::from_errno(libc::ERANGE, target());
+        assert!(e.to_string().contains("errno 34"), "{e}");
+    }
+}

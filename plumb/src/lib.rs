@@ -1,0 +1,33 @@
+//! plumb: kernel network plumbing for containers, with no policy and no state
+//! of its own. Links, addresses, routes, namespaces and sysctls over netlink,
+//! and the pipework-style wiring (`wire`) and declarative topologies
+//! (`topology`) the `plumb` CLI offers.
+//!
+//! Everything operates on a [`Netlink`] connection bound to one namespace:
+//!
+//! ```no_run
+//! # async fn demo() -> plumb::Result<()> {
+//! let ns = plumb::Netns::named("c1")?;
+//! let nl = plumb::Netlink::open(&ns).await?;
+//! nl.add_bridge("br0", &plumb::LinkOptions { up: true, ..Default::default() }).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod addr;
+pub mod arp;
+pub mod error;
+pub mod handle;
+pub mod link;
+pub mod mac;
+pub mod netns;
+pub mod route;
+pub mod sysctl;
+
+pub use addr::{parse_cidr, Address};
+pub use error::{Error, Result};
+pub use handle::Netlink;
+pub use link::{validate_ifname, Link, LinkChange, LinkOptions, MacvlanMode, VxlanSpec};
+pub use mac::MacAddr;
+pub use netns::Netns;
+pub use route::Route;
+pub mod cli;

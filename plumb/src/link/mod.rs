@@ -1,0 +1,366 @@
+//! Links: inspect, change and delete any link; one file per kind that plumb creates.
+
+mod bridge;
+mod macvlan;
+mod veth;
+mod vlan;
+mod vxlan;
+
+pub use macvlan::MacvlanMode;
+pub use vxlan::VxlanSpec;
+
+use netlink_packet_core::NLM_F_ACK;
+use netlink_packet_route::link::{
+    InfoData, InfoMacVlan, InfoVlan, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::RouteNetlinkMessage;
+use rtnetlink::{LinkMessageBuilder, LinkUnspec};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::handle::Netlink;
+use crate::mac::MacAddr;
+use crate::netns::Netns;
+
+/// Longest interface name the kernel accepts (IFNAMSIZ - 1).
+pub const MAX_IFNAME_LEN: usize = 15;
+
+/// A link as the kernel holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    /// "bridge", "veth", "macvlan", "vlan", "vxlan", …; None for plain devices.
+    pub kind: Option<String>,
+    pub mac: Option<MacAddr>,
+    pub mtu: u32,
+    /// Administratively up (IFF_UP).
+    pub up: bool,
+    /// The bridge (or other controller) this link is a port of.
+    pub controller: Option<u32>,
+    /// The lower device of a macvlan or VLAN, or the peer index of a veth.
+    pub parent: Option<u32>,
+    /// True when `parent` lives in another namespace (a veth peer, a moved macvlan).
+    pub parent_elsewhere: bool,
+    pub alias: Option<String>,
+    pub vlan_id: Option<u16>,
+    pub macvlan_mode: Option<MacvlanMode>,
+    pub vxlan_id: Option<u32>,
+}
+
+impl Link {
+    fn from_message(msg: LinkMessage) -> Link {
+        let mut link = Link {
+            index: msg.header.index,
+            name: String::new(),
+            kind: None,
+            mac: None,
+            mtu: 0,
+            up: msg.header.flags.contains(LinkFlags::Up),
+            controller: None,
+            parent: None,
+            parent_elsewhere: false,
+            alias: None,
+            vlan_id: None,
+            macvlan_mode: None,
+            vxlan_id: None,
+        };
+        for attr in msg.attributes {
+            match attr {
+                LinkAttribute::IfName(name) => link.name = name,
+                LinkAttribute::Address(bytes) => link.mac = MacAddr::from_bytes(&bytes),
+                LinkAttribute::Mtu(mtu) => link.mtu = mtu,
+                LinkAttribute::Controller(index) => link.controller = Some(index),
+                LinkAttribute::Link(index) => link.parent = Some(index),
+                LinkAttribute::LinkNetNsId(_) => link.parent_elsewhere = true,
+                LinkAttribute::IfAlias(alias) => link.alias = Some(alias),
+                LinkAttribute::LinkInfo(infos) => link.read_info(infos),
+                _ => {}
+            }
+        }
+        link
+    }
+
+    fn read_info(&mut self, infos: Vec<LinkInfo>) {
+        for info in infos {
+            match info {
+                LinkInfo::Kind(kind) => self.kind = Some(kind.to_string()),
+                LinkInfo::Data(InfoData::Vlan(items)) => {
+                    for item in items {
+                        if let InfoVlan::Id(id) = item {
+                            self.vlan_id = Some(id);
+                        }
+                    }
+                }
+                LinkInfo::Data(InfoData::MacVlan(items)) => {
+                    for item in items {
+                        if let InfoMacVlan::Mode(mode) = item {
+                            self.macvlan_mode = MacvlanMode::from_kernel(mode);
+                        }
+                    }
+                }
+                LinkInfo::Data(InfoData::Vxlan(items)) => {
+                    for item in items {
+                        if let InfoVxlan::Id(id) = item {
+                            self.vxlan_id = Some(id);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    pub fn is_kind(&self, kind: &str) -> bool {
+        self.kind.as_deref() == Some(kind)
+    }
+}
+
+/// Changes to an existing link; fields left `None` stay as they are.
+#[derive(Debug, Default, Clone)]
+pub struct LinkChange {
+    pub up: Option<bool>,
+    pub mtu: Option<u32>,
+    pub mac: Option<MacAddr>,
+    pub rename: Option<String>,
+    /// Some(Some(i)) attaches to bridge i, Some(None) detaches.
+    pub controller: Option<Option<u32>>,
+    pub alias: Option<String>,
+}
+
+/// Checks a name the kernel would otherwise reject with a bare EINVAL.
+pub fn validate_ifname(name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::invalid("interface name", name, "must not be empty"));
+    }
+    if name.len() > MAX_IFNAME_LEN {
+        return Err(Error::invalid(
+            "interface name",
+            name,
+            format!(
+                "is {} bytes long; Linux allows at most {MAX_IFNAME_LEN}",
+                name.len()
+            ),
+        ));
+    }
+    if name == "."
+        || name == ".."
+        || name.contains(['/', ':'])
+        || name.contains(char::is_whitespace)
+    {
+        return Err(Error::invalid(
+            "interface name",
+            name,
+            "must not contain '/', ':' or white space",
+        ));
+    }
+    Ok(())
+}
+
+impl Netlink {
+    /// Every link in this namespace.
+    pub async fn links(&self) -> Result<Vec<Link>> {
+        let request = RouteNetlinkMessage::GetLink(LinkMessage::default());
+        let replies = self.dump(request, || self.target("list", "links")).await?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(msg) => Some(Link::from_message(msg)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// The link called `name`, if there is one.
+    pub async fn link(&self, name: &str) -> Result<Option<Link>> {
+        validate_ifname(name)?;
+        Ok(self.links().await?.into_iter().find(|l| l.name == name))
+    }
+
+    /// The link called `name`, or an error naming it and this namespace.
+    pub async fn require_link(&self, name: &str) -> Result<Link> {
+        self.link(name)
+            .await?
+            .ok_or_else(|| Error::NotFound(self.target("find", format!("link {name}"))))
+    }
+
+    pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
+        Ok(self.links().await?.into_iter().find(|l| l.index == index))
+    }
+
+    /// Deletes a link; a veth's peer goes with it.
+    pub async fn delete_link(&self, name: &str) -> Result<()> {
+        let link = self.require_link(name).await?;
+        let msg = LinkUnspec::new_with_index(link.index).build();
+        self.request_ack(RouteNetlinkMessage::DelLink(msg), 0, || {
+            self.target("delete", format!("link {name}"))
+        })
+        .await
+    }
+
+    /// Applies `change` to the link called `name`.
+    pub async fn set_link(&self, name: &str, change: &LinkChange) -> Result<()> {
+        let link = self.require_link(name).await?;
+        if let Some(new_name) = &change.rename {
+            validate_ifname(new_name)?;
+        }
+        let mut builder = LinkUnspec::new_with_index(link.index);
+        match change.up {
+            Some(true) => builder = builder.up(),
+            Some(false) => builder = builder.down(),
+            None => {}
+        }
+        if let Some(mtu) = change.mtu {
+            builder = builder.append_extra_attribute(LinkAttribute::Mtu(mtu));
+        }
+        if let Some(mac) = change.mac {
+            builder = builder.append_extra_attribute(LinkAttribute::Address(mac.octets().to_vec()));
+        }
+        if let Some(new_name) = &change.rename {
+            builder = builder.append_extra_attribute(LinkAttribute::IfName(new_name.clone()));
+        }
+        if let Some(controller) = change.controller {
+            builder =
+                builder.append_extra_attribute(LinkAttribute::Controller(controller.unwrap_or(0)));
+        }
+        if let Some(alias) = &change.alias {
+            builder = builder.append_extra_attribute(LinkAttribute::IfAlias(alias.clone()));
+        }
+        let what = describe_change(change);
+        self.request_ack(
+            RouteNetlinkMessage::SetLink(builder.build()),
+            NLM_F_ACK,
+            || self.target(what, format!("link {name}")),
+        )
+        .await
+    }
+
+    pub async fn set_up(&self, name: &str) -> Result<()> {
+        self.set_link(
+            name,
+            &LinkChange {
+                up: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// Moves a link into another namespace, keeping its name.
+    pub async fn move_link(&self, name: &str, to: &Netns) -> Result<()> {
+        let link = self.require_link(name).await?;
+        let msg = LinkUnspec::new_with_index(link.index)
+            .append_extra_attribute(LinkAttribute::NetNsFd(std::os::fd::AsRawFd::as_raw_fd(to)))
+            .build();
+        self.request_ack(RouteNetlinkMessage::SetLink(msg), 0, || {
+            self.target(
+                format!("move to namespace {}", to.label()),
+                format!("link {name}"),
+            )
+        })
+        .await
+    }
+
+    /// Creates a link from a finished message. `kind` and `name` word the
+    /// errors; `created_in` is the namespace the link lands in when not this one.
+    pub(crate) async fn create_link(
+        &self,
+        kind: &str,
+        name: &str,
+        created_in: Option<&Netns>,
+        msg: LinkMessage,
+    ) -> Result<()> {
+        validate_ifname(name)?;
+        let flags = netlink_packet_core::NLM_F_CREATE | netlink_packet_core::NLM_F_EXCL;
+        self.request_ack(RouteNetlinkMessage::NewLink(msg), flags, || {
+            let mut target = self.target(format!("create {kind}"), format!("link {name}"));
+            if let Some(ns) = created_in {
+                target.namespace = ns.label().to_string();
+            }
+            target
+        })
+        .await
+    }
+}
+
+fn describe_change(change: &LinkChange) -> String {
+    let mut parts = Vec::new();
+    if let Some(up) = change.up {
+        parts.push(if up { "bring up" } else { "bring down" }.to_string());
+    }
+    if let Some(mtu) = change.mtu {
+        parts.push(format!("set MTU {mtu} on"));
+    }
+    if let Some(mac) = change.mac {
+        parts.push(format!("set MAC {mac} on"));
+    }
+    if let Some(name) = &change.rename {
+        parts.push(format!("rename to {name}"));
+    }
+    if let Some(controller) = change.controller {
+        parts.push(match controller {
+            Some(_) => "attach to bridge".to_string(),
+            None => "detach from bridge".to_string(),
+        });
+    }
+    if change.alias.is_some() {
+        parts.push("set alias of".to_string());
+    }
+    if parts.is_empty() {
+        "change".to_string()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// What every created link may be given besides its kind's own settings.
+#[derive(Debug, Default, Clone)]
+pub struct LinkOptions {
+    pub mtu: Option<u32>,
+    pub mac: Option<MacAddr>,
+    pub up: bool,
+    /// Free text kept by the kernel (IFLA_IFALIAS); plumb records what it made there.
+    pub alias: Option<String>,
+    /// Create the link directly in this namespace instead of the connection's.
+    pub netns: Option<Netns>,
+}
+
+impl LinkOptions {
+    pub(crate) fn apply<T>(&self, mut builder: LinkMessageBuilder<T>) -> LinkMessageBuilder<T> {
+        if let Some(mtu) = self.mtu {
+            builder = builder.mtu(mtu);
+        }
+        if let Some(mac) = self.mac {
+            builder = builder.address(mac.octets().to_vec());
+        }
+        if self.up {
+            builder = builder.up();
+        }
+        if let Some(alias) = &self.alias {
+            builder = builder.alias(alias.clone());
+        }
+        if let Some(netns) = &self.netns {
+            builder = builder.setns_by_fd(std::os::fd::AsRawFd::as_raw_fd(netns));
+        }
+        builder
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_names_are_checked_before_the_kernel_sees_them() {
+        assert!(validate_ifname("eth0").is_ok());
+        assert!(validate_ifname("exactly15bytes_").is_ok());
+        let err = validate_ifname("sixteen_bytes_xx").unwrap_err().to_string();
+        assert!(
+            err.contains("16 bytes") && err.contains("at most 15"),
+            "{err}"
+        );
+        assert!(validate_ifname("").is_err());
+        assert!(validate_ifname("a/b").is_err());
+        assert!(validate_ifname("a b").is_err());
+    }
+}
