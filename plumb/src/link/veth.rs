@@ -19,14 +19,31 @@ impl Netlink {
         peer_opts: &LinkOptions,
     ) -> Result<()> {
         validate_ifname(peer_name)?;
-        // The kernel applies the peer's header flags too, so `up` works for both ends.
-        let peer = peer_opts
+        // The kernel cannot open the peer while the pair is being made (its
+        // veth_open fails with ENOTCONN), so the peer is brought up afterwards.
+        let peer_created = LinkOptions {
+            up: false,
+            ..peer_opts.clone()
+        };
+        let peer = peer_created
             .apply(LinkUnspec::new_with_name(peer_name))
             .build();
         let builder = opts
             .apply(LinkVeth::new(name, peer_name))
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)));
         self.create_link("veth", name, opts.netns.as_ref(), builder.build())
-            .await
+            .await?;
+        if peer_opts.up {
+            let peer_side = match &peer_opts.netns {
+                Some(ns) if !ns.is_same(self.netns()) => Netlink::open(ns).await?,
+                _ => self.clone(),
+            };
+            if let Err(e) = peer_side.set_up(peer_name).await {
+                // Leave nothing half-made: deleting the peer removes the pair.
+                let _ = peer_side.delete_link(peer_name).await;
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 }

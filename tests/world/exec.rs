@@ -1,0 +1,69 @@
+//! Running commands inside a namespace, bounded in time.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use plumb::Netns;
+
+/// What a command printed and how it ended.
+#[derive(Debug)]
+pub struct CommandOutput {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `program args…` inside `netns`, killing it after `timeout`.
+pub fn run_in(
+    netns: &Netns,
+    program: &str,
+    args: &[&str],
+    timeout: Duration,
+) -> Result<CommandOutput> {
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // The child inherits the namespace of the thread that forks it.
+    let child = netns
+        .run(move || command.spawn())?
+        .with_context(|| format!("start {program} in namespace {}", netns.label()))?;
+    wait_bounded(child, timeout).with_context(|| format!("{program} {}", args.join(" ")))
+}
+
+fn wait_bounded(mut child: std::process::Child, timeout: Duration) -> Result<CommandOutput> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if child.try_wait()?.is_some() {
+            let out = child.wait_with_output()?;
+            return Ok(CommandOutput {
+                success: out.status.success(),
+                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("timed out after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `ip -j ARGS` inside `netns`, parsed: the kernel's view, independent of plumb.
+pub fn ip_json(netns: &Netns, args: &[&str]) -> Result<serde_json::Value> {
+    let mut full = vec!["-j"];
+    full.extend_from_slice(args);
+    let out = run_in(netns, "ip", &full, Duration::from_secs(10))?;
+    if !out.success {
+        bail!("ip {}: {}", args.join(" "), out.stderr.trim());
+    }
+    if out.stdout.trim().is_empty() {
+        return Ok(serde_json::Value::Array(Vec::new()));
+    }
+    Ok(serde_json::from_str(&out.stdout)?)
+}
