@@ -15,6 +15,7 @@
 
 pub mod addr;
 pub mod arp;
+pub mod dhcp;
 pub mod error;
 pub mod handle;
 pub mod link;
@@ -22,6 +23,7 @@ pub mod mac;
 pub mod netns;
 pub mod route;
 pub mod sysctl;
+pub mod wire;
 
 pub use addr::{parse_cidr, Address};
 pub use error::{Error, Result};

@@ -167,6 +167,11 @@ impl Netns {
         Ok(names)
     }
 
+    /// Renames the namespace for messages (e.g. after the container it belongs to).
+    pub fn set_label(&mut self, label: String) {
+        self.label = label;
+    }
+
     /// How errors and listings name this namespace.
     pub fn label(&self) -> &str {
         &self.label

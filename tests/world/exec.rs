@@ -67,3 +67,22 @@ pub fn ip_json(netns: &Netns, args: &[&str]) -> Result<serde_json::Value> {
     }
     Ok(serde_json::from_str(&out.stdout)?)
 }
+
+/// A binary of this workspace (`plumb`, `netd`, `weft`) next to the running
+/// test executable: target/<profile>/deps/<test> → target/<profile>/<name>.
+/// `cargo test` at the workspace root builds them; a lone `cargo test --test X`
+/// may not, hence the message.
+pub fn workspace_bin(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("path of the test executable");
+    let mut dir = exe.parent().expect("test executable has a directory").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace first (cargo build, or scripts/test)",
+        path.display()
+    );
+    path
+}

@@ -22,7 +22,7 @@
 mod exec;
 mod traffic;
 
-pub use exec::{ip_json, CommandOutput};
+pub use exec::{ip_json, run_in, workspace_bin, CommandOutput};
 pub use traffic::{ping, ping6, tcp_exchange, udp_exchange};
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

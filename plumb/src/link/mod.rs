@@ -7,6 +7,7 @@ mod vlan;
 mod vxlan;
 
 pub use macvlan::MacvlanMode;
+pub use vlan::validate_vlan_id;
 pub use vxlan::VxlanSpec;
 
 use netlink_packet_core::NLM_F_ACK;
