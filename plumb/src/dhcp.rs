@@ -41,11 +41,9 @@ pub fn acquire(guest: &Netns, ifname: &str, v6: bool) -> Result<()> {
     })?;
     let me = std::env::current_exe().map_err(|e| Error::io("find the plumb binary", e))?;
     args.extend(
-        [
-            "-i", ifname, "-f", "-q", "-n", "-t", "5", "-T", "1", "-s",
-        ]
-        .iter()
-        .map(|s| s.to_string()),
+        ["-i", ifname, "-f", "-q", "-n", "-t", "5", "-T", "1", "-s"]
+            .iter()
+            .map(|s| s.to_string()),
     );
     args.push(me.display().to_string());
     let mut command = Command::new(&program);
@@ -78,7 +76,8 @@ pub struct Lease {
 
 impl Lease {
     pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Lease> {
-        let interface = get("interface").ok_or_else(|| Error::Other("udhcpc gave no interface".into()))?;
+        let interface =
+            get("interface").ok_or_else(|| Error::Other("udhcpc gave no interface".into()))?;
         let ip: Ipv4Addr = get("ip")
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| Error::Other("udhcpc gave no address".into()))?;

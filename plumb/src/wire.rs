@@ -19,11 +19,11 @@ use rtnetlink::{LinkBridge, LinkBridgeVlan};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::link::validate_vlan_id;
 use crate::link::{validate_ifname, Link, LinkChange, LinkOptions, MacvlanMode};
 use crate::mac::MacAddr;
 use crate::netns::Netns;
 use crate::route::Route;
-use crate::link::validate_vlan_id;
 use crate::Netlink;
 
 /// Every alias plumb writes starts with this.
@@ -99,7 +99,11 @@ impl Record {
     }
 
     pub fn render(&self) -> String {
-        let body: Vec<String> = self.fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let body: Vec<String> = self
+            .fields
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         format!("{ALIAS_PREFIX}{}", body.join(" "))
     }
 }
@@ -181,10 +185,9 @@ pub async fn wire(host: &Netlink, spec: &WireSpec) -> Result<Wiring> {
     spec.validate()?;
     let guest = Netlink::open(&spec.guest).await?;
     if guest.link(&spec.guest_if).await?.is_some() {
-        return Err(Error::AlreadyExists(guest.target(
-            "wire",
-            format!("link {}", spec.guest_if),
-        )));
+        return Err(Error::AlreadyExists(
+            guest.target("wire", format!("link {}", spec.guest_if)),
+        ));
     }
     let host_link = match host.link(&spec.host_if).await? {
         Some(link) => link,
@@ -202,10 +205,9 @@ pub async fn wire(host: &Netlink, spec: &WireSpec) -> Result<Wiring> {
             host.require_link(&spec.host_if).await?
         }
         None => {
-            return Err(Error::NotFound(host.target(
-                "wire to",
-                format!("host interface {}", spec.host_if),
-            )))
+            return Err(Error::NotFound(
+                host.target("wire to", format!("host interface {}", spec.host_if)),
+            ))
         }
     };
     let mut undo = Undo::default();
@@ -284,9 +286,7 @@ async fn wire_veth(
 /// Makes the bridge VLAN-aware and the port an untagged member of `vlan` only.
 async fn put_port_in_vlan(host: &Netlink, bridge: &str, port: &str, vlan: u16) -> Result<()> {
     let bridge_link = host.require_link(bridge).await?;
-    let filtering = LinkBridge::new(bridge)
-        .vlan_filtering(true)
-        .build();
+    let filtering = LinkBridge::new(bridge).vlan_filtering(true).build();
     let mut msg = rtnetlink::LinkUnspec::new_with_index(bridge_link.index).build();
     // Only the bridge's VLAN filtering switch changes, nothing else.
     msg.attributes = filtering
@@ -301,7 +301,9 @@ async fn put_port_in_vlan(host: &Netlink, bridge: &str, port: &str, vlan: u16) -
     .await?;
     let port_link = host.require_link(port).await?;
     let untagged = BridgeVlanInfoFlags::Pvid | BridgeVlanInfoFlags::Untagged;
-    let add = LinkBridgeVlan::new(port_link.index).vlan(vlan, untagged).build();
+    let add = LinkBridgeVlan::new(port_link.index)
+        .vlan(vlan, untagged)
+        .build();
     host.request_ack(RouteNetlinkMessage::SetLink(add), 0, || {
         host.target(format!("add VLAN {vlan} to"), format!("bridge port {port}"))
     })
@@ -449,10 +451,9 @@ pub async fn unwire(host: &Netlink, guest: &Netns, guest_if: Option<&str>) -> Re
     }
     if let Some(want) = guest_if {
         if removed.is_empty() && errors.is_empty() {
-            return Err(Error::NotFound(guest_nl.target(
-                "unwire",
-                format!("link {want} wired by plumb"),
-            )));
+            return Err(Error::NotFound(
+                guest_nl.target("unwire", format!("link {want} wired by plumb")),
+            ));
         }
     }
     // Host-side objects plumb created on demand go once nothing uses them.

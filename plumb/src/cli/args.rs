@@ -48,6 +48,9 @@ pub fn parse_rest(words: &[String], family: Option<&str>) -> Result<Positional> 
                 }
             }
             out.addresses.push((network, gateway));
+        } else if word.parse::<IpAddr>().is_ok() {
+            // A bare address: say what is missing instead of reading it as a MAC.
+            parse_cidr(word)?;
         } else if last {
             let (mac, vlan) = match word.rsplit_once('@') {
                 Some((m, v)) => (m, Some(v)),

@@ -94,7 +94,16 @@ struct WireArgs {
 
 const SUBCOMMANDS: &[&str] = &["wire", "del", "ls", "route", "help"];
 /// Options of `wire` that take a value, so the command word is found after them.
-const VALUE_OPTIONS: &[&str] = &["-i", "--interface", "-l", "--local-name", "-a", "--family", "--mode", "--mtu"];
+const VALUE_OPTIONS: &[&str] = &[
+    "-i",
+    "--interface",
+    "-l",
+    "--local-name",
+    "-a",
+    "--family",
+    "--mode",
+    "--mtu",
+];
 
 /// Inserts `wire` when the words are pipework's form without a command.
 fn with_default_command(args: Vec<String>) -> Vec<String> {
@@ -140,7 +149,10 @@ pub fn main() -> i32 {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse_from(with_default_command(std::env::args().collect()));
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("plumb: start runtime: {e}");
@@ -200,10 +212,17 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                     wiring.guest,
                     wiring.host_if,
                     wiring.kind,
-                    wiring.vlan.map(|v| format!(", vlan {v}")).unwrap_or_default(),
+                    wiring
+                        .vlan
+                        .map(|v| format!(", vlan {v}"))
+                        .unwrap_or_default(),
                     wiring.mac.map(|m| m.to_string()).unwrap_or_default(),
                     wiring.mtu,
-                    if addrs.is_empty() { String::new() } else { format!(", {}", addrs.join(" ")) }
+                    if addrs.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", {}", addrs.join(" "))
+                    }
                 )?;
             }
         }
@@ -211,7 +230,10 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let ns = guest::resolve(&guest)?;
             let removed = wire::unwire(&host, &ns, interface.as_deref()).await?;
             if cli.json {
-                serde_json::to_writer(&mut out, &serde_json::json!({ "guest": guest, "removed": removed }))?;
+                serde_json::to_writer(
+                    &mut out,
+                    &serde_json::json!({ "guest": guest, "removed": removed }),
+                )?;
                 writeln!(out)?;
             } else if removed.is_empty() {
                 writeln!(out, "nothing wired by plumb in {guest}")?;
@@ -225,7 +247,11 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 serde_json::to_writer_pretty(&mut out, &wirings)?;
                 writeln!(out)?;
             } else {
-                writeln!(out, "{:<24} {:<10} {:<8} {:<12} {:<5} {:<18} ADDRESSES", "GUEST", "IF", "KIND", "HOST IF", "VLAN", "MAC")?;
+                writeln!(
+                    out,
+                    "{:<24} {:<10} {:<8} {:<12} {:<5} {:<18} ADDRESSES",
+                    "GUEST", "IF", "KIND", "HOST IF", "VLAN", "MAC"
+                )?;
                 for w in wirings {
                     let addrs: Vec<String> = w.addresses.iter().map(|a| a.to_string()).collect();
                     writeln!(
@@ -278,17 +304,31 @@ mod tests {
 
     #[test]
     fn pipework_form_gets_the_wire_command() {
-        assert_eq!(with_default_command(words("plumb br1 c1 10.0.0.2/24"))[1], "wire");
-        assert_eq!(with_default_command(words("plumb -i eth2 br1 c1 10.0.0.2/24"))[1], "wire");
+        assert_eq!(
+            with_default_command(words("plumb br1 c1 10.0.0.2/24"))[1],
+            "wire"
+        );
+        assert_eq!(
+            with_default_command(words("plumb -i eth2 br1 c1 10.0.0.2/24"))[1],
+            "wire"
+        );
         assert_eq!(with_default_command(words("plumb del c1"))[1], "del");
         assert_eq!(with_default_command(words("plumb --json ls"))[2], "ls");
-        assert_eq!(with_default_command(words("plumb --help")), words("plumb --help"));
+        assert_eq!(
+            with_default_command(words("plumb --help")),
+            words("plumb --help")
+        );
         let cli = Cli::try_parse_from(with_default_command(words(
             "plumb -i eth2 -l vc1 br1 c1 10.0.0.2/24@10.0.0.1 fd00::2/64 U:c1@10",
         )))
         .unwrap();
-        let Command::Wire(w) = cli.command else { panic!("not wire") };
-        assert_eq!((w.interface.as_str(), w.local_name.as_deref()), ("eth2", Some("vc1")));
+        let Command::Wire(w) = cli.command else {
+            panic!("not wire")
+        };
+        assert_eq!(
+            (w.interface.as_str(), w.local_name.as_deref()),
+            ("eth2", Some("vc1"))
+        );
         assert_eq!(w.rest.len(), 3);
     }
 }

@@ -12,7 +12,7 @@ impl Netlink {
     pub async fn add_bridge(&self, name: &str, opts: &LinkOptions) -> Result<()> {
         let builder = opts.apply(LinkBridge::new(name).forward_delay(0));
         let builder = if opts.up { builder } else { builder.down() };
-        self.create_link("bridge", name, opts.netns.as_ref(), builder.build())
+        self.create_link("bridge", name, opts, builder.build())
             .await
     }
 

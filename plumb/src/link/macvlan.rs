@@ -84,7 +84,7 @@ impl Netlink {
     ) -> Result<()> {
         let lower = self.require_link(lower).await?;
         let builder = opts.apply(LinkMacVlan::new(name, lower.index, mode.to_kernel()));
-        self.create_link("macvlan", name, opts.netns.as_ref(), builder.build())
+        self.create_link("macvlan", name, opts, builder.build())
             .await
     }
 }

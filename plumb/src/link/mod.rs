@@ -262,25 +262,53 @@ impl Netlink {
         .await
     }
 
-    /// Creates a link from a finished message. `kind` and `name` word the
-    /// errors; `created_in` is the namespace the link lands in when not this one.
+    /// Creates a link from a finished message, then applies what the kernel
+    /// ignores at creation (the alias). `kind` and `name` word the errors.
     pub(crate) async fn create_link(
         &self,
         kind: &str,
         name: &str,
-        created_in: Option<&Netns>,
+        opts: &LinkOptions,
         msg: LinkMessage,
     ) -> Result<()> {
         validate_ifname(name)?;
         let flags = netlink_packet_core::NLM_F_CREATE | netlink_packet_core::NLM_F_EXCL;
         self.request_ack(RouteNetlinkMessage::NewLink(msg), flags, || {
             let mut target = self.target(format!("create {kind}"), format!("link {name}"));
-            if let Some(ns) = created_in {
+            if let Some(ns) = &opts.netns {
                 target.namespace = ns.label().to_string();
             }
             target
         })
-        .await
+        .await?;
+        self.finish_created(name, opts, false).await
+    }
+
+    /// Sets the alias (and `up`, when `bring_up`) on a link just created here
+    /// or in `opts.netns`; deletes the link if that fails, leaving nothing half-made.
+    pub(crate) async fn finish_created(
+        &self,
+        name: &str,
+        opts: &LinkOptions,
+        bring_up: bool,
+    ) -> Result<()> {
+        if opts.alias.is_none() && !bring_up {
+            return Ok(());
+        }
+        let side = match &opts.netns {
+            Some(ns) if !ns.is_same(self.netns()) => Netlink::open(ns).await?,
+            _ => self.clone(),
+        };
+        let change = LinkChange {
+            alias: opts.alias.clone(),
+            up: bring_up.then_some(true),
+            ..Default::default()
+        };
+        if let Err(e) = side.set_link(name, &change).await {
+            let _ = side.delete_link(name).await;
+            return Err(e);
+        }
+        Ok(())
     }
 }
 
@@ -337,9 +365,7 @@ impl LinkOptions {
         if self.up {
             builder = builder.up();
         }
-        if let Some(alias) = &self.alias {
-            builder = builder.alias(alias.clone());
-        }
+        // The alias is not applied at creation by the kernel: `create_link` sets it after.
         if let Some(netns) = &self.netns {
             builder = builder.setns_by_fd(std::os::fd::AsRawFd::as_raw_fd(netns));
         }

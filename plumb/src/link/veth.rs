@@ -19,8 +19,8 @@ impl Netlink {
         peer_opts: &LinkOptions,
     ) -> Result<()> {
         validate_ifname(peer_name)?;
-        // The kernel cannot open the peer while the pair is being made (its
-        // veth_open fails with ENOTCONN), so the peer is brought up afterwards.
+        // veth_open fails with ENOTCONN while the pair is being made, so the
+        // peer is brought up afterwards.
         let peer_created = LinkOptions {
             up: false,
             ..peer_opts.clone()
@@ -31,18 +31,15 @@ impl Netlink {
         let builder = opts
             .apply(LinkVeth::new(name, peer_name))
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)));
-        self.create_link("veth", name, opts.netns.as_ref(), builder.build())
+        self.create_link("veth", name, opts, builder.build())
             .await?;
-        if peer_opts.up {
-            let peer_side = match &peer_opts.netns {
-                Some(ns) if !ns.is_same(self.netns()) => Netlink::open(ns).await?,
-                _ => self.clone(),
-            };
-            if let Err(e) = peer_side.set_up(peer_name).await {
-                // Leave nothing half-made: deleting the peer removes the pair.
-                let _ = peer_side.delete_link(peer_name).await;
-                return Err(e);
-            }
+        // The kernel cannot open the peer during creation, nor set its alias.
+        if let Err(e) = self
+            .finish_created(peer_name, peer_opts, peer_opts.up)
+            .await
+        {
+            let _ = self.delete_link(name).await;
+            return Err(e);
         }
         Ok(())
     }

@@ -31,8 +31,7 @@ impl Netlink {
         let id = validate_vlan_id(id)?;
         let lower = self.require_link(lower).await?;
         let builder = opts.apply(LinkVlan::new(name, lower.index, id));
-        self.create_link("VLAN", name, opts.netns.as_ref(), builder.build())
-            .await
+        self.create_link("VLAN", name, opts, builder.build()).await
     }
 }
 

@@ -50,12 +50,7 @@ impl Netlink {
             Some(IpAddr::V6(a)) => builder.remote6(a),
             None => builder,
         };
-        self.create_link(
-            "VXLAN",
-            name,
-            opts.netns.as_ref(),
-            opts.apply(builder).build(),
-        )
-        .await
+        self.create_link("VXLAN", name, opts, opts.apply(builder).build())
+            .await
     }
 }
