@@ -47,6 +47,16 @@ pub enum Error {
         message: String,
     },
 
+    /// A firewall tool (nft, iptables-restore, …) refused a change or a query;
+    /// `message` carries what it printed on stderr.
+    #[error("{action} in namespace {namespace}: {tool} failed: {message}")]
+    Firewall {
+        tool: &'static str,
+        action: String,
+        namespace: String,
+        message: String,
+    },
+
     #[error("namespace {0} not found — is the container still running?")]
     NamespaceNotFound(String),
 
