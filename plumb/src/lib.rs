@@ -17,6 +17,7 @@ pub mod addr;
 pub mod arp;
 pub mod dhcp;
 pub mod error;
+pub mod firewall;
 pub mod handle;
 pub mod link;
 pub mod mac;
