@@ -276,3 +276,54 @@ async fn vxlan_carries_traffic_between_hosts() {
     }
     assert!(ping(&a.netns, "10.200.0.2".parse().unwrap()).unwrap());
 }
+
+#[tokio::test]
+async fn sysctls_are_per_namespace() {
+    root_or_skip!();
+    let world = World::new().await.unwrap();
+    let a = world.host("a").await.unwrap();
+    let b = world.host("b").await.unwrap();
+    plumb::sysctl::write(&a.netns, "net.ipv4.ip_forward", "1").unwrap();
+    plumb::sysctl::write(&b.netns, "net.ipv4.ip_forward", "0").unwrap();
+    assert_eq!(plumb::sysctl::read(&a.netns, "net.ipv4.ip_forward").unwrap(), "1");
+    assert_eq!(plumb::sysctl::read(&b.netns, "net.ipv4.ip_forward").unwrap(), "0");
+    // Slash form for keys whose parts contain dots, checked through procfs in the namespace.
+    plumb::sysctl::write(&a.netns, "net/ipv6/conf/eth0/disable_ipv6", "1").unwrap();
+    let out = world::run_in(
+        &a.netns,
+        "cat",
+        &["/proc/sys/net/ipv6/conf/eth0/disable_ipv6"],
+        std::time::Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(out.stdout.trim(), "1");
+    let err = plumb::sysctl::write(&a.netns, "net.ipv4.no_such_key", "1").unwrap_err();
+    assert!(err.to_string().contains("net.ipv4.no_such_key"), "{err}");
+}
+
+#[tokio::test]
+async fn namespaces_by_name_path_and_pid_are_one_namespace() {
+    root_or_skip!();
+    let world = World::new().await.unwrap();
+    let a = world.host("a").await.unwrap();
+    let c1 = a.container("c1").unwrap();
+    let by_path = plumb::Netns::path(format!("/run/netns/{}", c1.netns_name)).unwrap();
+    let pid = world
+        .spawn(&c1.netns, {
+            let mut sleep = std::process::Command::new("sleep");
+            sleep.arg("30");
+            sleep
+        })
+        .unwrap();
+    let by_pid = plumb::Netns::resolve(&pid.to_string()).unwrap();
+    assert!(by_path.is_same(&c1.netns));
+    assert!(by_pid.is_same(&c1.netns));
+    assert!(!by_pid.is_same(&a.netns));
+    // A vanished namespace is reported as such, not as an I/O error.
+    let gone = format!("{}-gone", world.prefix());
+    plumb::Netns::create(&gone).unwrap();
+    plumb::Netns::delete(&gone).unwrap();
+    let err = plumb::Netns::named(&gone).unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+    assert!(err.to_string().contains("is the container still running"), "{err}");
+}

@@ -55,3 +55,24 @@ async fn a_panicking_test_still_cleans_up() {
         .collect();
     assert!(left.is_empty(), "left behind after panic: {left:?}");
 }
+
+#[tokio::test]
+async fn leftovers_of_dead_runs_are_swept() {
+    root_or_skip!();
+    // A PID that has certainly exited: a child we started and reaped.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let name = format!("wt{dead}x0-fab");
+    plumb::Netns::create(&name).unwrap();
+    // A live process's world (ours) must survive the sweep.
+    let world = World::new().await.unwrap();
+    let ours = format!("{}-fab", world.prefix());
+    let names = plumb::Netns::list_named().unwrap();
+    if names.contains(&name) {
+        // Should the PID have been reused meanwhile, clean up by hand.
+        plumb::Netns::delete(&name).unwrap();
+        panic!("namespace {name} of a dead run was not swept");
+    }
+    assert!(names.contains(&ours));
+}
