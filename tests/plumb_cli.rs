@@ -386,3 +386,47 @@ async fn vm_macvlan_on_vlan_carries_traffic_between_hosts() {
     assert!(!links(&b.netns).contains(&"eth0.20".to_string()));
     assert!(links(&b.netns).contains(&"eth0.10".to_string()));
 }
+
+#[tokio::test]
+async fn dhcp_lease_lands_on_the_guest_interface() {
+    root_or_skip!();
+    let world = World::new().await.unwrap();
+    let host = world.host("a").await.unwrap();
+    let c1 = host.container("c1").unwrap();
+    let c2 = host.container("c2").unwrap();
+    // A static guest first, so br1 exists for the DHCP server to listen on.
+    plumb_ok(&host, &["br1", &c1.netns_name, "10.5.0.2/24"]);
+    let hnl = Netlink::open(&host.netns).await.unwrap();
+    hnl.add_address("br1", "10.5.0.1/24".parse().unwrap(), false)
+        .await
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("{}-dhcp", world.prefix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut dnsmasq = std::process::Command::new("dnsmasq");
+    dnsmasq.args([
+        "--keep-in-foreground",
+        "--conf-file=/dev/null",
+        "--port=0",
+        "--interface=br1",
+        "--bind-interfaces",
+        "--dhcp-range=10.5.0.50,10.5.0.60,255.255.255.0,1h",
+        "--dhcp-option=3,10.5.0.1",
+        &format!("--dhcp-leasefile={}", dir.join("leases").display()),
+        &format!("--pid-file={}", dir.join("pid").display()),
+    ]);
+    world.spawn(&host.netns, dnsmasq).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let out = plumb_ok(&host, &["br1", &c2.netns_name, "dhcp"]);
+    assert!(out.contains("dhcp"), "{out}");
+    let got = addresses(&c2.netns, "eth1");
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0].starts_with("10.5.0.5") || got[0].starts_with("10.5.0.60"),
+        "{got:?}"
+    );
+    assert!(got[0].ends_with("/24"), "{got:?}");
+    let default = ip_json(&c2.netns, &["route", "show", "default"]).unwrap();
+    assert_eq!(default[0]["gateway"], "10.5.0.1");
+    assert!(ping(&c2.netns, "10.5.0.2".parse().unwrap()).unwrap());
+    let _ = std::fs::remove_dir_all(&dir);
+}
