@@ -1,0 +1,560 @@
+//! The WireGuard device: a TUN link and one UDP socket in a given namespace,
+//! one Noise session per peer, and the threads that move packets between them.
+//!
+//! ```text
+//!  TUN read ─▶ allowed IPs (dst) ─▶ peer session encapsulate ─▶ sendmmsg to endpoint   [tx thread]
+//!  recvmmsg ─▶ classify ─▶ peer by index / static key ─▶ decapsulate
+//!           ─▶ inner source in that peer's allowed IPs? ─▶ TUN write                   [rx thread]
+//!  every 100 ms: session timers (handshake retries, rekey, keepalive)                  [timer thread]
+//! ```
+//!
+//! Peers can be added, changed and removed while traffic flows: the peer
+//! table sits behind a read-write lock that the data path takes once per batch.
+
+mod peer;
+mod table;
+mod workers;
+
+pub use peer::{DropCounts, DropReason, PeerConfig, PeerStats};
+
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+
+use plumb::{LinkChange, Netlink, Netns};
+use serde::Serialize;
+
+use crate::allowed_ips::AllowedIpsError;
+use crate::keys::{PrivateKey, PublicKey};
+use crate::session::{HandshakeGuard, NoiseSession, SessionError, MAX_SLOT};
+use crate::tun::{Tun, TunError};
+use crate::udp::{UdpError, UdpSocket};
+use crate::wait::Stop;
+
+use peer::{DropCounters, Peer, PeerCounters, PeerState};
+use table::PeerTable;
+
+/// The overlay's TUN link name.
+pub const DEFAULT_NAME: &str = "weft-wg0";
+/// WireGuard's UDP port.
+pub const DEFAULT_PORT: u16 = 51820;
+/// Outer IPv6 (40) + UDP (8) + WireGuard data header and tag (32).
+pub const OVERHEAD: u32 = 80;
+/// Underlay MTU assumed when the namespace has no link to measure.
+pub const FALLBACK_UNDERLAY_MTU: u32 = 1500;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("enter namespace {netns} to create device {name}: {source}")]
+    Netns {
+        name: String,
+        netns: String,
+        #[source]
+        source: Box<plumb::Error>,
+    },
+    #[error("device {name} in namespace {netns}: {source}")]
+    Tun {
+        name: String,
+        netns: String,
+        #[source]
+        source: TunError,
+    },
+    #[error("device {name} in namespace {netns}: {source}")]
+    Udp {
+        name: String,
+        netns: String,
+        #[source]
+        source: UdpError,
+    },
+    #[error("device {name} in namespace {netns}: {action}: {source}")]
+    Link {
+        name: String,
+        netns: String,
+        action: &'static str,
+        #[source]
+        source: Box<plumb::Error>,
+    },
+    #[error("device {name} in namespace {netns}: start its threads: {source}")]
+    Threads {
+        name: String,
+        netns: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("device {name}: peer {peer}: {source}")]
+    AllowedIps {
+        name: String,
+        peer: PublicKey,
+        #[source]
+        source: AllowedIpsError,
+    },
+    #[error("device {name}: peer {peer}: {source}")]
+    Session {
+        name: String,
+        peer: PublicKey,
+        #[source]
+        source: SessionError,
+    },
+    #[error("device {name}: peer {peer} is this device's own public key")]
+    OwnKey { name: String, peer: PublicKey },
+    #[error("device {name}: no peer {peer}")]
+    UnknownPeer { name: String, peer: PublicKey },
+    #[error("device {name}: all {} peer slots are in use", MAX_SLOT + 1)]
+    Full { name: String },
+}
+
+/// How to build a device. `DeviceConfig::new(key)` gives weft's defaults.
+#[derive(Debug, Clone)]
+pub struct DeviceConfig {
+    /// TUN link name (≤ 15 bytes).
+    pub name: String,
+    pub private_key: PrivateKey,
+    /// UDP port; 0 picks a free one (see `Device::listen_port`).
+    pub listen_port: u16,
+    /// Overlay MTU; None: underlay MTU − 80.
+    pub mtu: Option<u32>,
+    /// Underlay MTU; None: measured in the namespace (the default route's
+    /// link, else the smallest MTU of its other up links).
+    pub underlay_mtu: Option<u32>,
+    /// UDP receive and send buffer, forced past rmem_max/wmem_max when root.
+    pub socket_buffer: usize,
+    /// Datagrams per recvmmsg/sendmmsg.
+    pub batch: usize,
+    /// Handshake messages per second handled without a cookie round trip.
+    pub handshakes_per_second: u64,
+}
+
+impl DeviceConfig {
+    pub fn new(private_key: PrivateKey) -> DeviceConfig {
+        DeviceConfig {
+            name: DEFAULT_NAME.to_string(),
+            private_key,
+            listen_port: DEFAULT_PORT,
+            mtu: None,
+            underlay_mtu: None,
+            socket_buffer: 8 << 20,
+            batch: 32,
+            handshakes_per_second: 100,
+        }
+    }
+}
+
+/// A device's counters for netd's status output.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceStats {
+    pub name: String,
+    pub public_key: PublicKey,
+    pub listen_port: u16,
+    pub mtu: u32,
+    pub peers: Vec<PeerStats>,
+    /// Drops not attributable to a peer (no route, unknown index or key,
+    /// malformed, rate limited handshakes).
+    pub drops: DropCounts,
+}
+
+/// What the worker threads share.
+pub(crate) struct Shared {
+    pub name: String,
+    pub netns: String,
+    pub private_key: PrivateKey,
+    pub public_key: PublicKey,
+    pub tun: Tun,
+    pub udp: UdpSocket,
+    pub peers: RwLock<PeerTable>,
+    pub guard: HandshakeGuard,
+    pub drops: DropCounters,
+    pub stop: Stop,
+    pub batch: usize,
+    next_slot: AtomicU32,
+}
+
+/// A running WireGuard device. Dropping it stops its threads and removes the
+/// TUN link.
+pub struct Device {
+    shared: Arc<Shared>,
+    mtu: u32,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Device")
+            .field("name", &self.shared.name)
+            .field("netns", &self.shared.netns)
+            .field("public_key", &self.shared.public_key)
+            .field("listen_port", &self.shared.udp.port())
+            .finish()
+    }
+}
+
+impl Device {
+    /// Creates the TUN link and UDP socket inside `netns`, sets the link's MTU
+    /// and brings it up, and starts the worker threads (which run inside
+    /// `netns` too). Must be called within a tokio runtime (for netlink).
+    pub async fn create(netns: &Netns, config: DeviceConfig) -> Result<Device, DeviceError> {
+        let name = config.name.clone();
+        let label = netns.label().to_string();
+        let (tun, udp) = netns
+            .run(|| -> Result<(Tun, UdpSocket), DeviceError> {
+                let tun = Tun::create(&config.name).map_err(|source| DeviceError::Tun {
+                    name: name.clone(),
+                    netns: label.clone(),
+                    source,
+                })?;
+                let udp = UdpSocket::bind(config.listen_port, config.socket_buffer).map_err(
+                    |source| DeviceError::Udp {
+                        name: name.clone(),
+                        netns: label.clone(),
+                        source,
+                    },
+                )?;
+                Ok((tun, udp))
+            })
+            .map_err(|source| DeviceError::Netns {
+                name: name.clone(),
+                netns: label.clone(),
+                source: Box::new(source),
+            })??;
+
+        let link_error = |action: &'static str| {
+            let (name, netns) = (name.clone(), label.clone());
+            move |source| DeviceError::Link {
+                name,
+                netns,
+                action,
+                source: Box::new(source),
+            }
+        };
+        let nl = Netlink::open(netns)
+            .await
+            .map_err(link_error("open netlink"))?;
+        let mtu = match config.mtu {
+            Some(mtu) => mtu,
+            None => {
+                let underlay = match config.underlay_mtu {
+                    Some(m) => m,
+                    None => underlay_mtu(&nl, &name)
+                        .await
+                        .map_err(link_error("measure the underlay MTU"))?,
+                };
+                underlay.saturating_sub(OVERHEAD).max(1280)
+            }
+        };
+        nl.set_link(
+            &name,
+            &LinkChange {
+                mtu: Some(mtu),
+                up: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(link_error("set MTU and bring up"))?;
+
+        let public_key = config.private_key.public_key();
+        let shared = Arc::new(Shared {
+            guard: HandshakeGuard::new(&config.private_key, config.handshakes_per_second),
+            name: name.clone(),
+            netns: label.clone(),
+            private_key: config.private_key,
+            public_key,
+            tun,
+            udp,
+            peers: RwLock::new(PeerTable::default()),
+            drops: DropCounters::default(),
+            stop: Stop::new().map_err(|source| DeviceError::Threads {
+                name: name.clone(),
+                netns: label.clone(),
+                source,
+            })?,
+            batch: config.batch.clamp(1, 1024),
+            next_slot: AtomicU32::new(random_slot()),
+        });
+        let device = Device {
+            shared: shared.clone(),
+            mtu,
+            threads: Mutex::new(Vec::new()),
+        };
+        type Job = fn(&Shared);
+        let jobs: [(&str, Job); 3] = [
+            ("wg-tx", workers::tx_loop),
+            ("wg-rx", workers::rx_loop),
+            ("wg-timers", workers::timer_loop),
+        ];
+        for (thread_name, job) in jobs {
+            let shared = shared.clone();
+            let netns = netns.clone();
+            let handle = std::thread::Builder::new()
+                .name(thread_name.to_string())
+                .spawn(move || {
+                    // A dedicated thread: entering the namespace cannot leak into other work.
+                    if let Err(e) =
+                        nix::sched::setns(netns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                    {
+                        tracing::error!(
+                            device = %shared.name,
+                            "{thread_name}: enter namespace {}: {e}; stopping the device",
+                            shared.netns
+                        );
+                        shared.stop.signal();
+                        return;
+                    }
+                    job(&shared)
+                })
+                .map_err(|source| DeviceError::Threads {
+                    name: name.clone(),
+                    netns: label.clone(),
+                    source,
+                })?;
+            device.threads.lock().expect("threads lock").push(handle);
+        }
+        tracing::info!(
+            device = %name,
+            netns = %label,
+            public_key = %public_key,
+            port = device.listen_port(),
+            mtu,
+            "WireGuard device up"
+        );
+        Ok(device)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    pub fn public_key(&self) -> PublicKey {
+        self.shared.public_key
+    }
+
+    pub fn listen_port(&self) -> u16 {
+        self.shared.udp.port()
+    }
+
+    /// The MTU set on the TUN link.
+    pub fn mtu(&self) -> u32 {
+        self.mtu
+    }
+
+    /// Adds a peer, or changes one in place. A changed preshared key or
+    /// keepalive starts a new session (the next packet handshakes again); an
+    /// endpoint of None keeps the one learned from traffic.
+    pub fn set_peer(&self, config: PeerConfig) -> Result<(), DeviceError> {
+        let s = &self.shared;
+        let key = config.public_key;
+        if key == s.public_key {
+            return Err(DeviceError::OwnKey {
+                name: s.name.clone(),
+                peer: key,
+            });
+        }
+        let mut table = s.peers.write().expect("peer table lock poisoned");
+        let existing = table.by_key.get(&key).cloned();
+        let slot = match &existing {
+            Some(p) => p.slot,
+            None => self.free_slot(&table)?,
+        };
+        for network in &config.allowed_ips {
+            if let Some(owner) = table.allowed.get(*network).filter(|o| *o != slot) {
+                let owner = table
+                    .by_slot
+                    .get(&owner)
+                    .map(|p| {
+                        p.config
+                            .lock()
+                            .expect("peer config lock")
+                            .public_key
+                            .to_base64()
+                    })
+                    .unwrap_or_else(|| format!("slot {owner}"));
+                return Err(DeviceError::AllowedIps {
+                    name: s.name.clone(),
+                    peer: key,
+                    source: AllowedIpsError::Conflict {
+                        network: *network,
+                        owner,
+                    },
+                });
+            }
+        }
+        let session_error = |source| DeviceError::Session {
+            name: s.name.clone(),
+            peer: key,
+            source,
+        };
+        let new_session = || -> Result<Box<NoiseSession>, DeviceError> {
+            NoiseSession::new(
+                &s.private_key,
+                key,
+                config.preshared_key.as_ref(),
+                config.persistent_keepalive,
+                slot,
+                s.guard.session_limiter(),
+            )
+            .map(Box::new)
+            .map_err(session_error)
+        };
+        match existing {
+            Some(peer) => {
+                let mut current = peer.config.lock().expect("peer config lock poisoned");
+                let mut state = peer.state.lock().expect("peer state lock poisoned");
+                if current.preshared_key != config.preshared_key
+                    || current.persistent_keepalive != config.persistent_keepalive
+                {
+                    state.session = new_session()?;
+                }
+                if config.endpoint.is_some() {
+                    state.endpoint = config.endpoint;
+                }
+                *current = config.clone();
+            }
+            None => {
+                let peer = Arc::new(Peer {
+                    slot,
+                    state: Mutex::new(PeerState {
+                        session: new_session()?,
+                        endpoint: config.endpoint,
+                    }),
+                    config: Mutex::new(config.clone()),
+                    counters: PeerCounters::default(),
+                });
+                table.by_key.insert(key, peer.clone());
+                table.by_slot.insert(slot, peer);
+            }
+        }
+        table.allowed.remove_value(slot);
+        for network in &config.allowed_ips {
+            table.allowed.insert(*network, slot);
+        }
+        tracing::debug!(device = %s.name, peer = %key, slot, "peer set");
+        Ok(())
+    }
+
+    /// Removes a peer: its session ends and its allowed IPs stop routing at once.
+    pub fn remove_peer(&self, key: &PublicKey) -> Result<(), DeviceError> {
+        let s = &self.shared;
+        let mut table = s.peers.write().expect("peer table lock poisoned");
+        let Some(peer) = table.by_key.remove(key) else {
+            return Err(DeviceError::UnknownPeer {
+                name: s.name.clone(),
+                peer: *key,
+            });
+        };
+        table.by_slot.remove(&peer.slot);
+        table.allowed.remove_value(peer.slot);
+        tracing::debug!(device = %s.name, peer = %key, "peer removed");
+        Ok(())
+    }
+
+    /// The peers as configured (endpoints as last learned).
+    pub fn peers(&self) -> Vec<PeerConfig> {
+        let table = self.shared.peers.read().expect("peer table lock poisoned");
+        let mut out: Vec<PeerConfig> = table
+            .by_key
+            .values()
+            .map(|p| {
+                let mut c = p.config.lock().expect("peer config lock").clone();
+                c.endpoint = p.state.lock().expect("peer state lock").endpoint;
+                c
+            })
+            .collect();
+        out.sort_by_key(|c| c.public_key);
+        out
+    }
+
+    /// One peer's counters, or None when it is not a peer.
+    pub fn peer_stats(&self, key: &PublicKey) -> Option<PeerStats> {
+        let table = self.shared.peers.read().expect("peer table lock poisoned");
+        table.by_key.get(key).map(|p| p.stats())
+    }
+
+    /// Every peer's counters and the device's own drop counters.
+    pub fn stats(&self) -> DeviceStats {
+        let table = self.shared.peers.read().expect("peer table lock poisoned");
+        let mut peers: Vec<PeerStats> = table.by_key.values().map(|p| p.stats()).collect();
+        peers.sort_by_key(|p| p.public_key);
+        DeviceStats {
+            name: self.shared.name.clone(),
+            public_key: self.shared.public_key,
+            listen_port: self.listen_port(),
+            mtu: self.mtu,
+            peers,
+            drops: self.shared.drops.snapshot(),
+        }
+    }
+
+    /// Stops the threads and closes the TUN link (as dropping does).
+    pub fn shutdown(self) {
+        drop(self)
+    }
+
+    fn free_slot(&self, table: &PeerTable) -> Result<u32, DeviceError> {
+        if table.by_slot.len() as u64 > u64::from(MAX_SLOT) {
+            return Err(DeviceError::Full {
+                name: self.shared.name.clone(),
+            });
+        }
+        loop {
+            let slot = self.shared.next_slot.fetch_add(1, Ordering::Relaxed) & MAX_SLOT;
+            if !table.by_slot.contains_key(&slot) {
+                return Ok(slot);
+            }
+        }
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        self.shared.stop.signal();
+        for handle in self.threads.lock().expect("threads lock").drain(..) {
+            if handle.join().is_err() {
+                tracing::error!(device = %self.shared.name, "a worker thread panicked");
+            }
+        }
+    }
+}
+
+/// The MTU of the default route's link, else the smallest MTU among the other
+/// up links (loopback and `own` excepted), else 1500.
+async fn underlay_mtu(nl: &Netlink, own: &str) -> plumb::Result<u32> {
+    let links = nl.links().await?;
+    for ipv6 in [false, true] {
+        let routes = nl.routes(ipv6, false).await?;
+        if let Some(dev) = routes
+            .iter()
+            .find(|r| r.destination.is_none_or(|d| d.prefix() == 0))
+            .and_then(|r| r.dev.as_deref())
+        {
+            if let Some(link) = links.iter().find(|l| l.name == dev) {
+                return Ok(link.mtu);
+            }
+        }
+    }
+    Ok(links
+        .iter()
+        .filter(|l| l.up && l.name != "lo" && l.name != own)
+        .map(|l| l.mtu)
+        .min()
+        .unwrap_or(FALLBACK_UNDERLAY_MTU))
+}
+
+fn random_slot() -> u32 {
+    let mut bytes = [0u8; 4];
+    // SAFETY: writes at most 4 bytes into `bytes`.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), 4, libc::GRND_NONBLOCK) };
+    if n == 4 {
+        u32::from_ne_bytes(bytes) & MAX_SLOT
+    } else {
+        std::process::id() & MAX_SLOT
+    }
+}
+
+/// Sends one datagram outside the batched path; failures are counted.
+pub(crate) fn send_one(shared: &Shared, data: &[u8], to: SocketAddr, counters: &DropCounters) {
+    if let Err(e) = shared.udp.send_to(data, to) {
+        tracing::debug!(device = %shared.name, "send to {to}: {e}");
+        counters.add(DropReason::SendFailed, 1);
+    }
+}

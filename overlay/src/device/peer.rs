@@ -1,0 +1,274 @@
+//! Peers as configured and as they run: their session, endpoint and counters.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use ipnetwork::IpNetwork;
+use serde::Serialize;
+
+use crate::keys::{PresharedKey, PublicKey};
+use crate::session::{PeerSession, SessionError};
+
+/// A peer as netd configures it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    pub public_key: PublicKey,
+    pub preshared_key: Option<PresharedKey>,
+    /// Where to send; learned from authenticated traffic when None (and
+    /// updated when the peer roams).
+    pub endpoint: Option<SocketAddr>,
+    /// Inner addresses routed to this peer and accepted from it.
+    pub allowed_ips: Vec<IpNetwork>,
+    /// Seconds between keepalives when idle (NAT traversal); None or 0: off.
+    pub persistent_keepalive: Option<u16>,
+}
+
+impl PeerConfig {
+    pub fn new(public_key: PublicKey) -> PeerConfig {
+        PeerConfig {
+            public_key,
+            preshared_key: None,
+            endpoint: None,
+            allowed_ips: Vec::new(),
+            persistent_keepalive: None,
+        }
+    }
+}
+
+/// Why a packet was dropped. Counted per peer where the peer is known, per
+/// device otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DropReason {
+    /// A decrypted packet's inner source is not in the sender's allowed IPs.
+    DisallowedSource,
+    /// A message failed authentication (wrong key, tampered, bad MAC).
+    Authentication,
+    /// A replayed or too old message.
+    Replay,
+    /// Data for a session that does not exist (any more).
+    NoSession,
+    /// Not a valid WireGuard message or IP packet.
+    Malformed,
+    /// A packet for a peer whose endpoint is not known yet.
+    NoEndpoint,
+    /// The kernel refused to send the datagram.
+    SendFailed,
+    /// The TUN device refused a decrypted packet.
+    TunWriteFailed,
+    /// A handshake this peer's session refused (stale timestamp, wrong key).
+    HandshakeRejected,
+    /// A packet from the TUN device whose destination no peer's allowed IPs cover.
+    NoRoute,
+    /// Data or a handshake response for an index no peer has.
+    UnknownIndex,
+    /// A handshake initiation from a static key that is not a peer.
+    UnknownKey,
+    /// A handshake answered with a cookie reply because we are under load.
+    RateLimited,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 13] = [
+        DropReason::DisallowedSource,
+        DropReason::Authentication,
+        DropReason::Replay,
+        DropReason::NoSession,
+        DropReason::Malformed,
+        DropReason::NoEndpoint,
+        DropReason::SendFailed,
+        DropReason::TunWriteFailed,
+        DropReason::HandshakeRejected,
+        DropReason::NoRoute,
+        DropReason::UnknownIndex,
+        DropReason::UnknownKey,
+        DropReason::RateLimited,
+    ];
+
+    pub(crate) fn from_session(e: SessionError) -> DropReason {
+        match e {
+            SessionError::Authentication => DropReason::Authentication,
+            SessionError::Replay => DropReason::Replay,
+            SessionError::NoSession | SessionError::Expired => DropReason::NoSession,
+            SessionError::StaleHandshake | SessionError::WrongKey => DropReason::HandshakeRejected,
+            SessionError::UnderLoad => DropReason::RateLimited,
+            SessionError::Malformed
+            | SessionError::BufferTooSmall
+            | SessionError::SlotOutOfRange(_) => DropReason::Malformed,
+        }
+    }
+}
+
+/// Drop counters by reason.
+#[derive(Debug)]
+pub(crate) struct DropCounters([AtomicU64; DropReason::ALL.len()]);
+
+impl Default for DropCounters {
+    fn default() -> Self {
+        DropCounters(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
+
+impl DropCounters {
+    #[inline]
+    pub(crate) fn add(&self, reason: DropReason, n: u64) {
+        self.0[reason as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> DropCounts {
+        DropCounts(std::array::from_fn(|i| self.0[i].load(Ordering::Relaxed)))
+    }
+}
+
+/// A snapshot of drop counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DropCounts([u64; DropReason::ALL.len()]);
+
+impl DropCounts {
+    pub fn get(&self, reason: DropReason) -> u64 {
+        self.0[reason as usize]
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    /// Non-zero counters only, for logs and status output.
+    pub fn nonzero(&self) -> Vec<(DropReason, u64)> {
+        DropReason::ALL
+            .iter()
+            .map(|r| (*r, self.get(*r)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+}
+
+impl Serialize for DropCounts {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let nonzero = self.nonzero();
+        let mut map = s.serialize_map(Some(nonzero.len()))?;
+        for (reason, n) in nonzero {
+            map.serialize_entry(&reason, &n)?;
+        }
+        map.end()
+    }
+}
+
+/// Traffic counters of one peer. Bytes and packets are inner IP packets:
+/// `rx` delivered to the TUN device, `tx` encrypted for the peer.
+#[derive(Debug, Default)]
+pub(crate) struct PeerCounters {
+    pub rx_bytes: AtomicU64,
+    pub rx_packets: AtomicU64,
+    pub tx_bytes: AtomicU64,
+    pub tx_packets: AtomicU64,
+    pub drops: DropCounters,
+}
+
+impl PeerCounters {
+    #[inline]
+    pub(crate) fn received(&self, bytes: usize) {
+        self.rx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.rx_packets.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a data message of `wire_len` bytes sent; keepalives and
+    /// handshake messages carry no inner packet and are not counted.
+    #[inline]
+    pub(crate) fn sent_message(&self, wire: &[u8]) {
+        if wire.first() == Some(&4) && wire.len() > crate::packet::DATA_OVERHEAD {
+            self.tx_bytes.fetch_add(
+                (wire.len() - crate::packet::DATA_OVERHEAD) as u64,
+                Ordering::Relaxed,
+            );
+            self.tx_packets.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What a peer's session and endpoint are now; locked per packet.
+pub(crate) struct PeerState {
+    pub session: Box<dyn PeerSession>,
+    pub endpoint: Option<SocketAddr>,
+}
+
+/// A running peer.
+pub(crate) struct Peer {
+    /// Upper 24 bits of this peer's session indexes, and its value in the
+    /// allowed-IPs table.
+    pub slot: u32,
+    pub config: Mutex<PeerConfig>,
+    pub state: Mutex<PeerState>,
+    pub counters: PeerCounters,
+}
+
+/// A peer's counters and status, for netd's status output.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerStats {
+    pub public_key: PublicKey,
+    pub endpoint: Option<SocketAddr>,
+    pub allowed_ips: Vec<IpNetwork>,
+    /// When the current session's handshake completed; None before the first.
+    #[serde(serialize_with = "unix_seconds")]
+    pub last_handshake: Option<SystemTime>,
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+    pub drops: DropCounts,
+}
+
+fn unix_seconds<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    match t.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()) {
+        Some(d) => s.serialize_some(&d.as_secs()),
+        None => s.serialize_none(),
+    }
+}
+
+impl Peer {
+    pub(crate) fn stats(&self) -> PeerStats {
+        let config = self.config.lock().expect("peer config lock poisoned");
+        let (endpoint, since) = {
+            let state = self.state.lock().expect("peer state lock poisoned");
+            (state.endpoint, state.session.since_last_handshake())
+        };
+        let c = &self.counters;
+        PeerStats {
+            public_key: config.public_key,
+            endpoint,
+            allowed_ips: config.allowed_ips.clone(),
+            last_handshake: since.and_then(|d| SystemTime::now().checked_sub(d)),
+            rx_bytes: c.rx_bytes.load(Ordering::Relaxed),
+            rx_packets: c.rx_packets.load(Ordering::Relaxed),
+            tx_bytes: c.tx_bytes.load(Ordering::Relaxed),
+            tx_packets: c.tx_packets.load(Ordering::Relaxed),
+            drops: c.drops.snapshot(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_has_its_own_counter() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+        let c = DropCounters::default();
+        c.add(DropReason::DisallowedSource, 2);
+        c.add(DropReason::RateLimited, 5);
+        let s = c.snapshot();
+        assert_eq!(s.get(DropReason::DisallowedSource), 2);
+        assert_eq!(s.get(DropReason::RateLimited), 5);
+        assert_eq!(s.total(), 7);
+        assert_eq!(
+            serde_json::to_string(&s).unwrap(),
+            r#"{"disallowed_source":2,"rate_limited":5}"#
+        );
+    }
+}

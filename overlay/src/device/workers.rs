@@ -1,0 +1,333 @@
+//! The device's threads: tx (TUN → peers), rx (peers → TUN), timers.
+//!
+//! Buffers are allocated once per thread; the per-packet path takes the peer
+//! table's read lock once per batch and the peer's own lock per packet, and
+//! allocates nothing.
+
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use crate::packet::{IpHeader, WireMessage, COOKIE_REPLY_LEN};
+use crate::session::{Admission, SessionError, SessionOutput};
+use crate::udp::{RecvBatch, SendBatch};
+use crate::wait::Wake;
+
+use super::peer::{DropReason, Peer};
+use super::table::PeerTable;
+use super::{send_one, Shared};
+
+/// Largest UDP payload, and so the largest packet either side can carry.
+const MAX_DATAGRAM: usize = 65_536;
+/// How often session timers run.
+const TIMER_TICK: Duration = Duration::from_millis(100);
+
+/// TUN → allowed IPs → session encapsulate → sendmmsg.
+pub(super) fn tx_loop(shared: &Shared) {
+    let mut batch = SendBatch::new(shared.batch, MAX_DATAGRAM);
+    let mut packet = vec![0u8; MAX_DATAGRAM];
+    let dual = shared.udp.is_dual_stack();
+    loop {
+        match shared.stop.wait(shared.tun.as_raw_fd(), -1) {
+            Ok(Wake::Stop) => return,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(device = %shared.name, "tx: wait for the TUN device: {e}");
+                return;
+            }
+        }
+        let mut drained = false;
+        while !drained {
+            {
+                let table = shared.peers.read().expect("peer table lock poisoned");
+                while !batch.is_full() {
+                    let n = match shared.tun.read(&mut packet) {
+                        Ok(n) => n,
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                            drained = true;
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::error!(device = %shared.name, "tx: read the TUN device: {e}");
+                            drained = true;
+                            break;
+                        }
+                    };
+                    encapsulate_one(shared, &table, &packet[..n], &mut batch, dual);
+                }
+            }
+            if !batch.is_empty() {
+                let flushed = batch.flush(&shared.udp);
+                if flushed.failed > 0 {
+                    shared
+                        .drops
+                        .add(DropReason::SendFailed, flushed.failed as u64);
+                }
+            }
+        }
+    }
+}
+
+#[inline]
+fn encapsulate_one(
+    shared: &Shared,
+    table: &PeerTable,
+    packet: &[u8],
+    batch: &mut SendBatch,
+    dual: bool,
+) {
+    let header = match IpHeader::parse(packet) {
+        Ok(h) => h,
+        Err(_) => {
+            shared.drops.add(DropReason::Malformed, 1);
+            return;
+        }
+    };
+    let Some(peer) = table.route(header.destination) else {
+        shared.drops.add(DropReason::NoRoute, 1);
+        return;
+    };
+    let mut state = peer.state.lock().expect("peer state lock poisoned");
+    let Some(endpoint) = state.endpoint else {
+        peer.counters.drops.add(DropReason::NoEndpoint, 1);
+        return;
+    };
+    let out = batch.next_slot();
+    let start = out.as_ptr();
+    let len = match state.session.encapsulate(packet, out) {
+        SessionOutput::ToNetwork(wire) => {
+            debug_assert_eq!(
+                wire.as_ptr(),
+                start,
+                "sessions write at the start of the buffer"
+            );
+            peer.counters.sent_message(wire);
+            wire.len()
+        }
+        // Queued until the handshake it started completes.
+        SessionOutput::Done => return,
+        SessionOutput::Failed(e) => {
+            peer.counters.drops.add(DropReason::from_session(e), 1);
+            return;
+        }
+        SessionOutput::ToTunnel(_) => {
+            peer.counters.drops.add(DropReason::Malformed, 1);
+            return;
+        }
+    };
+    drop(state);
+    batch.commit(len, endpoint, dual);
+}
+
+/// recvmmsg → classify → peer → decapsulate → allowed-IPs check → TUN.
+pub(super) fn rx_loop(shared: &Shared) {
+    let mut batch = RecvBatch::new(shared.batch, MAX_DATAGRAM);
+    let mut out = vec![0u8; MAX_DATAGRAM];
+    let mut cookie = [0u8; COOKIE_REPLY_LEN];
+    loop {
+        match shared.stop.wait(shared.udp.as_raw_fd(), -1) {
+            Ok(Wake::Stop) => return,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(device = %shared.name, "rx: wait for the UDP socket: {e}");
+                return;
+            }
+        }
+        loop {
+            let n = match batch.recv(&shared.udp) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(device = %shared.name, "rx: receive: {e}");
+                    break;
+                }
+            };
+            let table = shared.peers.read().expect("peer table lock poisoned");
+            for i in 0..n {
+                if let Some((datagram, from)) = batch.get(i) {
+                    receive_one(shared, &table, datagram, from, &mut out, &mut cookie);
+                }
+            }
+        }
+    }
+}
+
+#[inline]
+fn receive_one(
+    shared: &Shared,
+    table: &PeerTable,
+    datagram: &[u8],
+    from: SocketAddr,
+    out: &mut [u8],
+    cookie: &mut [u8; COOKIE_REPLY_LEN],
+) {
+    let message = match WireMessage::classify(datagram) {
+        Ok(m) => m,
+        Err(_) => {
+            shared.drops.add(DropReason::Malformed, 1);
+            return;
+        }
+    };
+    if message.is_handshake() && !admit(shared, datagram, from, cookie) {
+        return;
+    }
+    let peer = match message {
+        WireMessage::HandshakeInitiation { .. } => {
+            match shared
+                .guard
+                .initiator(datagram)
+                .ok()
+                .and_then(|key| table.by_key.get(&key))
+            {
+                Some(p) => p,
+                None => {
+                    shared.drops.add(DropReason::UnknownKey, 1);
+                    return;
+                }
+            }
+        }
+        WireMessage::HandshakeResponse { receiver, .. }
+        | WireMessage::CookieReply { receiver }
+        | WireMessage::Data { receiver, .. } => match table.by_index(receiver) {
+            Some(p) => p,
+            None => {
+                shared.drops.add(DropReason::UnknownIndex, 1);
+                return;
+            }
+        },
+    };
+    let mut state = peer.state.lock().expect("peer state lock poisoned");
+    match state.session.decapsulate(Some(from.ip()), datagram, out) {
+        SessionOutput::ToTunnel(packet) => {
+            // Authenticated data: the peer is where it came from (roaming).
+            state.endpoint = Some(from);
+            drop(state);
+            deliver(shared, table, peer, packet);
+        }
+        SessionOutput::ToNetwork(reply) => {
+            // Our handshake response, or the keepalive that confirms theirs.
+            if !matches!(message, WireMessage::CookieReply { .. }) {
+                state.endpoint = Some(from);
+            }
+            peer.counters.sent_message(reply);
+            send_one(shared, reply, from, &peer.counters.drops);
+            // Packets queued while the handshake ran can go now.
+            while let SessionOutput::ToNetwork(queued) = state.session.next_queued(out) {
+                peer.counters.sent_message(queued);
+                send_one(shared, queued, from, &peer.counters.drops);
+            }
+        }
+        SessionOutput::Done => {
+            if matches!(message, WireMessage::Data { .. }) {
+                // An authenticated keepalive.
+                state.endpoint = Some(from);
+            }
+        }
+        SessionOutput::Failed(e) => {
+            drop(state);
+            count_failure(shared, peer, &message, e);
+        }
+    }
+}
+
+/// The handshake guard: mac1, then the per-second budget with cookies.
+fn admit(
+    shared: &Shared,
+    datagram: &[u8],
+    from: SocketAddr,
+    cookie: &mut [u8; COOKIE_REPLY_LEN],
+) -> bool {
+    match shared.guard.admit(from.ip(), datagram, cookie) {
+        Admission::Admit => true,
+        Admission::SendCookie(reply) => {
+            shared.drops.add(DropReason::RateLimited, 1);
+            send_one(shared, reply, from, &shared.drops);
+            false
+        }
+        Admission::Reject(e) => {
+            shared.drops.add(
+                match e {
+                    SessionError::Authentication => DropReason::Authentication,
+                    _ => DropReason::Malformed,
+                },
+                1,
+            );
+            false
+        }
+    }
+}
+
+fn count_failure(shared: &Shared, peer: &Peer, message: &WireMessage, e: SessionError) {
+    let reason = match (message, e) {
+        (WireMessage::HandshakeInitiation { .. } | WireMessage::HandshakeResponse { .. }, _) => {
+            DropReason::HandshakeRejected
+        }
+        (_, e) => DropReason::from_session(e),
+    };
+    peer.counters.drops.add(reason, 1);
+    tracing::trace!(device = %shared.name, slot = peer.slot, "rx: {reason:?}: {e}");
+}
+
+/// Writes a decrypted packet to the TUN device if its inner source is one of
+/// the sending peer's allowed IPs.
+#[inline]
+fn deliver(shared: &Shared, table: &PeerTable, peer: &Peer, packet: &[u8]) {
+    let header = match IpHeader::parse(packet) {
+        Ok(h) => h,
+        Err(_) => {
+            peer.counters.drops.add(DropReason::Malformed, 1);
+            return;
+        }
+    };
+    if table.allowed.lookup(header.source) != Some(peer.slot) {
+        peer.counters.drops.add(DropReason::DisallowedSource, 1);
+        return;
+    }
+    match shared.tun.write(packet) {
+        Ok(()) => peer.counters.received(packet.len()),
+        Err(e) => {
+            tracing::debug!(device = %shared.name, "rx: write to the TUN device: {e}");
+            peer.counters.drops.add(DropReason::TunWriteFailed, 1);
+        }
+    }
+}
+
+/// Session timers every 100 ms; the handshake budget every second.
+pub(super) fn timer_loop(shared: &Shared) {
+    let mut out = vec![0u8; 1024];
+    let mut budget_reset = Instant::now();
+    loop {
+        match shared.stop.wait(-1, TIMER_TICK.as_millis() as i32) {
+            Ok(Wake::Stop) => return,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(device = %shared.name, "timers: wait: {e}");
+                return;
+            }
+        }
+        if budget_reset.elapsed() >= Duration::from_secs(1) {
+            shared.guard.reset_budget();
+            budget_reset = Instant::now();
+        }
+        let table = shared.peers.read().expect("peer table lock poisoned");
+        for peer in table.by_slot.values() {
+            let mut state = peer.state.lock().expect("peer state lock poisoned");
+            let endpoint = state.endpoint;
+            match state.session.update_timers(&mut out) {
+                SessionOutput::ToNetwork(wire) => match endpoint {
+                    Some(to) => {
+                        peer.counters.sent_message(wire);
+                        send_one(shared, wire, to, &peer.counters.drops);
+                    }
+                    None => peer.counters.drops.add(DropReason::NoEndpoint, 1),
+                },
+                SessionOutput::Failed(SessionError::Expired) | SessionOutput::Done => {}
+                SessionOutput::Failed(e) => {
+                    tracing::debug!(device = %shared.name, slot = peer.slot, "timers: {e}");
+                }
+                SessionOutput::ToTunnel(_) => {}
+            }
+        }
+    }
+}

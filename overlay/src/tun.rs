@@ -1,0 +1,137 @@
+//! The TUN device: /dev/net/tun with TUNSETIFF (IFF_TUN | IFF_NO_PI), so each
+//! read or write is exactly one IP packet. The link lives in the namespace of
+//! the thread that calls `Tun::create` and disappears when the device closes.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TunError {
+    #[error("open /dev/net/tun: {0} (is the tun module loaded, and are we root?)")]
+    Open(#[source] io::Error),
+    #[error("create TUN device {name}: {source}")]
+    Create {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("TUN device name {0:?} must be 1 to 15 bytes without '/' or ':'")]
+    BadName(String),
+}
+
+/// Mirrors `struct ifreq` for TUNSETIFF: the name, then the flags.
+#[repr(C)]
+struct IfReqFlags {
+    name: [libc::c_char; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+/// An open TUN device. Reads are non-blocking.
+#[derive(Debug)]
+pub struct Tun {
+    file: File,
+    name: String,
+}
+
+impl Tun {
+    /// Creates (or attaches to a persistent) TUN device `name` in the calling
+    /// thread's network namespace.
+    pub fn create(name: &str) -> Result<Tun, TunError> {
+        if name.is_empty()
+            || name.len() >= libc::IFNAMSIZ
+            || name.contains(['/', ':'])
+            || name.contains(char::is_whitespace)
+        {
+            return Err(TunError::BadName(name.to_string()));
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open("/dev/net/tun")
+            .map_err(TunError::Open)?;
+        let mut req = IfReqFlags {
+            name: [0; libc::IFNAMSIZ],
+            flags: (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short,
+            _pad: [0; 22],
+        };
+        for (dst, src) in req.name.iter_mut().zip(name.bytes()) {
+            *dst = src as libc::c_char;
+        }
+        // SAFETY: TUNSETIFF reads and writes a struct ifreq; `req` has its
+        // layout (name then flags, padded to the full size) and outlives the call.
+        let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req) };
+        if rc < 0 {
+            return Err(TunError::Create {
+                name: name.to_string(),
+                source: io::Error::last_os_error(),
+            });
+        }
+        Ok(Tun {
+            file,
+            name: name.to_string(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Reads one packet; `WouldBlock` when none is waiting.
+    #[inline]
+    pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            // SAFETY: `buf` is valid for writes of its length.
+            let n =
+                unsafe { libc::read(self.file.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        }
+    }
+
+    /// Writes one packet into the kernel.
+    #[inline]
+    pub fn write(&self, packet: &[u8]) -> io::Result<()> {
+        loop {
+            // SAFETY: `packet` is valid for reads of its length.
+            let n =
+                unsafe { libc::write(self.file.as_raw_fd(), packet.as_ptr().cast(), packet.len()) };
+            if n >= 0 {
+                return Ok(());
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        }
+    }
+}
+
+impl AsRawFd for Tun {
+    fn as_raw_fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_the_kernel_would_refuse_are_caught_first() {
+        for bad in ["", "sixteen-bytes-xx", "a/b", "a:b", "a b"] {
+            assert!(
+                matches!(Tun::create(bad), Err(TunError::BadName(_))),
+                "{bad:?}"
+            );
+        }
+    }
+}

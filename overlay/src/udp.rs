@@ -1,0 +1,628 @@
+//! The device's one UDP socket, with batched I/O (recvmmsg/sendmmsg) into
+//! buffers allocated once, and receive/send buffers sized past the
+//! namespace's `rmem_max` with SO_RCVBUFFORCE/SO_SNDBUFFORCE.
+//!
+//! The socket is dual-stack (`[::]`, IPV6_V6ONLY off) when IPv6 is available:
+//! IPv4 peers then appear as v4-mapped addresses, which this module converts
+//! in both directions so callers only ever see plain IPv4 endpoints.
+
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+#[derive(Debug, thiserror::Error)]
+pub enum UdpError {
+    #[error("create the UDP socket: {0}")]
+    Socket(#[source] io::Error),
+    #[error("bind UDP port {port}: {source} (is another WireGuard listening there?)")]
+    Bind {
+        port: u16,
+        #[source]
+        source: io::Error,
+    },
+    #[error("set {option} on the UDP socket: {source}")]
+    Option {
+        option: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A non-blocking UDP socket, bound in the namespace it was created in.
+#[derive(Debug)]
+pub struct UdpSocket {
+    fd: OwnedFd,
+    /// True for a dual-stack IPv6 socket (IPv4 peers use mapped addresses).
+    v6: bool,
+    port: u16,
+}
+
+impl UdpSocket {
+    /// Binds `port` (0: any) on all addresses, dual-stack when the kernel has
+    /// IPv6, with `buffer` bytes of receive and send buffer.
+    pub fn bind(port: u16, buffer: usize) -> Result<UdpSocket, UdpError> {
+        let (fd, v6) = match new_socket(libc::AF_INET6) {
+            Ok(fd) => (fd, true),
+            Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
+                (new_socket(libc::AF_INET).map_err(UdpError::Socket)?, false)
+            }
+            Err(e) => return Err(UdpError::Socket(e)),
+        };
+        let raw = fd.as_raw_fd();
+        if v6 {
+            set_int(raw, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0, "IPV6_V6ONLY")?;
+        }
+        set_buffer(
+            raw,
+            libc::SO_RCVBUFFORCE,
+            libc::SO_RCVBUF,
+            buffer,
+            "SO_RCVBUF",
+        )?;
+        set_buffer(
+            raw,
+            libc::SO_SNDBUFFORCE,
+            libc::SO_SNDBUF,
+            buffer,
+            "SO_SNDBUF",
+        )?;
+        let any: SocketAddr = if v6 {
+            SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port)
+        } else {
+            SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port)
+        };
+        // SAFETY: all-zero bytes are a valid sockaddr_storage.
+        let mut storage: libc::sockaddr_storage = unsafe { zeroed() };
+        let len = write_sockaddr(any, v6, &mut storage);
+        // SAFETY: `storage` holds a sockaddr of `len` bytes matching the socket's family.
+        let rc =
+            unsafe { libc::bind(raw, (&storage as *const libc::sockaddr_storage).cast(), len) };
+        if rc < 0 {
+            return Err(UdpError::Bind {
+                port,
+                source: io::Error::last_os_error(),
+            });
+        }
+        let bound = local_port(raw).map_err(|source| UdpError::Option {
+            option: "getsockname",
+            source,
+        })?;
+        Ok(UdpSocket {
+            fd,
+            v6,
+            port: bound,
+        })
+    }
+
+    /// The port actually bound (useful when binding port 0).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Sends one datagram (for the rare paths: handshakes, cookies, timers).
+    pub fn send_to(&self, data: &[u8], to: SocketAddr) -> io::Result<()> {
+        // SAFETY: all-zero bytes are a valid sockaddr_storage.
+        let mut storage: libc::sockaddr_storage = unsafe { zeroed() };
+        let len = write_sockaddr(to, self.v6, &mut storage);
+        loop {
+            // SAFETY: `data` is valid for its length; `storage` holds `len` bytes of sockaddr.
+            let rc = unsafe {
+                libc::sendto(
+                    self.fd.as_raw_fd(),
+                    data.as_ptr().cast(),
+                    data.len(),
+                    0,
+                    (&storage as *const libc::sockaddr_storage).cast(),
+                    len,
+                )
+            };
+            if rc >= 0 {
+                return Ok(());
+            }
+            let err = io::Error::last_os_error();
+            match err.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => {
+                    wait_writable(self.fd.as_raw_fd())?;
+                    continue;
+                }
+                _ => return Err(err),
+            }
+        }
+    }
+
+    /// The receive buffer the kernel granted, in bytes (it doubles what was asked
+    /// for, to account for its bookkeeping).
+    pub fn receive_buffer(&self) -> io::Result<usize> {
+        get_int(self.fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF).map(|v| v as usize)
+    }
+}
+
+impl AsRawFd for UdpSocket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// Buffers for receiving up to `capacity` datagrams with one recvmmsg.
+pub struct RecvBatch {
+    slot: usize,
+    data: Vec<u8>,
+    lens: Vec<usize>,
+    addrs: Vec<libc::sockaddr_storage>,
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+    count: usize,
+}
+
+impl RecvBatch {
+    pub fn new(capacity: usize, slot: usize) -> RecvBatch {
+        RecvBatch {
+            slot,
+            data: vec![0u8; capacity * slot],
+            lens: vec![0; capacity],
+            // SAFETY: all-zero bytes are valid for these plain C structs.
+            addrs: vec![unsafe { zeroed() }; capacity],
+            // SAFETY: as above; the pointers are filled in before each use.
+            iovs: vec![unsafe { zeroed() }; capacity],
+            // SAFETY: as above.
+            hdrs: vec![unsafe { zeroed() }; capacity],
+            count: 0,
+        }
+    }
+
+    /// Receives what is queued (up to capacity) without blocking. Returns the
+    /// number of datagrams, 0 when none were waiting.
+    pub fn recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {
+        let capacity = self.lens.len();
+        let base = self.data.as_mut_ptr();
+        for i in 0..capacity {
+            self.iovs[i] = libc::iovec {
+                // SAFETY: slot i lies within `data` (capacity * slot bytes).
+                iov_base: unsafe { base.add(i * self.slot) }.cast(),
+                iov_len: self.slot,
+            };
+            let hdr = &mut self.hdrs[i].msg_hdr;
+            hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
+            hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            hdr.msg_iov = &mut self.iovs[i];
+            hdr.msg_iovlen = 1;
+            hdr.msg_control = std::ptr::null_mut();
+            hdr.msg_controllen = 0;
+            hdr.msg_flags = 0;
+            self.hdrs[i].msg_len = 0;
+        }
+        self.count = 0;
+        loop {
+            // SAFETY: every header points at buffers owned by `self` that stay
+            // alive and unmoved for the duration of the call.
+            let n = unsafe {
+                libc::recvmmsg(
+                    socket.as_raw_fd(),
+                    self.hdrs.as_mut_ptr(),
+                    capacity as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null_mut(),
+                )
+            };
+            if n >= 0 {
+                let n = n as usize;
+                for i in 0..n {
+                    self.lens[i] = self.hdrs[i].msg_len as usize;
+                }
+                self.count = n;
+                return Ok(n);
+            }
+            let err = io::Error::last_os_error();
+            match err.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => return Ok(0),
+                _ => return Err(err),
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Datagram `i` of the last `recv` and who sent it.
+    #[inline]
+    pub fn get(&self, i: usize) -> Option<(&[u8], SocketAddr)> {
+        if i >= self.count {
+            return None;
+        }
+        let from = read_sockaddr(&self.addrs[i], self.hdrs[i].msg_hdr.msg_namelen)?;
+        let start = i * self.slot;
+        Some((&self.data[start..start + self.lens[i].min(self.slot)], from))
+    }
+}
+
+/// Buffers for sending up to `capacity` datagrams with one sendmmsg.
+pub struct SendBatch {
+    slot: usize,
+    data: Vec<u8>,
+    lens: Vec<usize>,
+    addrs: Vec<libc::sockaddr_storage>,
+    addr_lens: Vec<libc::socklen_t>,
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+    count: usize,
+}
+
+/// How a flush went.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Flushed {
+    pub sent: usize,
+    pub failed: usize,
+}
+
+impl SendBatch {
+    pub fn new(capacity: usize, slot: usize) -> SendBatch {
+        SendBatch {
+            slot,
+            data: vec![0u8; capacity * slot],
+            lens: vec![0; capacity],
+            // SAFETY: all-zero bytes are valid for these plain C structs.
+            addrs: vec![unsafe { zeroed() }; capacity],
+            addr_lens: vec![0; capacity],
+            // SAFETY: as above; the pointers are filled in before each use.
+            iovs: vec![unsafe { zeroed() }; capacity],
+            // SAFETY: as above.
+            hdrs: vec![unsafe { zeroed() }; capacity],
+            count: 0,
+        }
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.count == self.lens.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The buffer the next datagram is built in.
+    #[inline]
+    pub fn next_slot(&mut self) -> &mut [u8] {
+        let start = self.count * self.slot;
+        &mut self.data[start..start + self.slot]
+    }
+
+    /// Queues the first `len` bytes of `next_slot()` for `to`.
+    #[inline]
+    pub fn commit(&mut self, len: usize, to: SocketAddr, v6_socket: bool) {
+        debug_assert!(!self.is_full() && len <= self.slot);
+        let i = self.count;
+        self.lens[i] = len;
+        self.addr_lens[i] = write_sockaddr(to, v6_socket, &mut self.addrs[i]);
+        self.count += 1;
+    }
+
+    /// Sends everything queued. Datagrams the kernel refuses (unreachable
+    /// endpoint, …) are skipped and counted as failed; a full send buffer is
+    /// waited out.
+    pub fn flush(&mut self, socket: &UdpSocket) -> Flushed {
+        let mut done = Flushed::default();
+        let base = self.data.as_mut_ptr();
+        for i in 0..self.count {
+            self.iovs[i] = libc::iovec {
+                // SAFETY: slot i lies within `data`.
+                iov_base: unsafe { base.add(i * self.slot) }.cast(),
+                iov_len: self.lens[i],
+            };
+            let hdr = &mut self.hdrs[i].msg_hdr;
+            hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
+            hdr.msg_namelen = self.addr_lens[i];
+            hdr.msg_iov = &mut self.iovs[i];
+            hdr.msg_iovlen = 1;
+            hdr.msg_control = std::ptr::null_mut();
+            hdr.msg_controllen = 0;
+            hdr.msg_flags = 0;
+        }
+        let mut at = 0;
+        while at < self.count {
+            // SAFETY: headers at..count point at buffers owned by `self`, alive
+            // and unmoved for the duration of the call.
+            let n = unsafe {
+                libc::sendmmsg(
+                    socket.as_raw_fd(),
+                    self.hdrs[at..].as_mut_ptr(),
+                    (self.count - at) as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n > 0 {
+                at += n as usize;
+                done.sent += n as usize;
+                continue;
+            }
+            let err = io::Error::last_os_error();
+            match err.kind() {
+                io::ErrorKind::Interrupted => {}
+                io::ErrorKind::WouldBlock => {
+                    if wait_writable(socket.as_raw_fd()).is_err() {
+                        done.failed += self.count - at;
+                        break;
+                    }
+                }
+                _ => {
+                    // The first queued datagram was refused: skip it.
+                    at += 1;
+                    done.failed += 1;
+                }
+            }
+        }
+        self.count = 0;
+        done
+    }
+}
+
+fn new_socket(family: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2) call; the result is checked before use.
+    let fd = unsafe {
+        libc::socket(
+            family,
+            libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by socket(2) and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn set_int(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+    option: &'static str,
+) -> Result<(), UdpError> {
+    // SAFETY: the option value is a c_int that lives across the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(UdpError::Option {
+            option,
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
+fn get_int(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `value` and `len` are valid for writes of the sizes given.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            level,
+            name,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(value)
+}
+
+/// The FORCE variant passes `rmem_max`/`wmem_max` with CAP_NET_ADMIN; without
+/// it, fall back to the plain option (capped by the sysctl).
+fn set_buffer(
+    fd: RawFd,
+    force: libc::c_int,
+    plain: libc::c_int,
+    bytes: usize,
+    option: &'static str,
+) -> Result<(), UdpError> {
+    let value = bytes.min(i32::MAX as usize / 2) as libc::c_int;
+    match set_int(fd, libc::SOL_SOCKET, force, value, option) {
+        Ok(()) => Ok(()),
+        Err(UdpError::Option { source, .. }) if source.raw_os_error() == Some(libc::EPERM) => {
+            tracing::warn!(
+                "{option}: no CAP_NET_ADMIN, the buffer stays capped by net.core.*mem_max"
+            );
+            set_int(fd, libc::SOL_SOCKET, plain, value, option)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn local_port(fd: RawFd) -> io::Result<u16> {
+    // SAFETY: all-zero bytes are a valid sockaddr_storage.
+    let mut storage: libc::sockaddr_storage = unsafe { zeroed() };
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: `storage` and `len` are valid for writes of the sizes given.
+    let rc = unsafe {
+        libc::getsockname(
+            fd,
+            (&mut storage as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    read_sockaddr(&storage, len)
+        .map(|a| a.port())
+        .ok_or_else(|| io::Error::other("getsockname returned an unknown address family"))
+}
+
+fn wait_writable(fd: RawFd) -> io::Result<()> {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd; a bounded wait of 100 ms.
+    let rc = unsafe { libc::poll(&mut pfd, 1, 100) };
+    if rc < 0 {
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+/// Writes `addr` as the socket's family expects; IPv4 becomes v4-mapped on a
+/// dual-stack socket. Returns the length to pass to the kernel.
+pub(crate) fn write_sockaddr(
+    addr: SocketAddr,
+    v6_socket: bool,
+    out: &mut libc::sockaddr_storage,
+) -> libc::socklen_t {
+    let addr = match (addr, v6_socket) {
+        (SocketAddr::V4(a), true) => {
+            SocketAddr::V6(SocketAddrV6::new(a.ip().to_ipv6_mapped(), a.port(), 0, 0))
+        }
+        (a, _) => a,
+    };
+    match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*a.ip()).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+            unsafe { std::ptr::write((out as *mut libc::sockaddr_storage).cast(), sin) };
+            size_of::<libc::sockaddr_in>() as libc::socklen_t
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+            unsafe { std::ptr::write((out as *mut libc::sockaddr_storage).cast(), sin6) };
+            size_of::<libc::sockaddr_in6>() as libc::socklen_t
+        }
+    }
+}
+
+/// Reads a sockaddr the kernel filled in; v4-mapped IPv6 becomes plain IPv4.
+pub(crate) fn read_sockaddr(
+    storage: &libc::sockaddr_storage,
+    len: libc::socklen_t,
+) -> Option<SocketAddr> {
+    match storage.ss_family as libc::c_int {
+        libc::AF_INET if len as usize >= size_of::<libc::sockaddr_in>() => {
+            // SAFETY: the family says this storage holds a sockaddr_in.
+            let sin: &libc::sockaddr_in =
+                unsafe { &*(storage as *const libc::sockaddr_storage).cast() };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
+                u16::from_be(sin.sin_port),
+            )))
+        }
+        libc::AF_INET6 if len as usize >= size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: the family says this storage holds a sockaddr_in6.
+            let sin6: &libc::sockaddr_in6 =
+                unsafe { &*(storage as *const libc::sockaddr_storage).cast() };
+            let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            let port = u16::from_be(sin6.sin6_port);
+            Some(match ip.to_ipv4_mapped() {
+                Some(v4) => SocketAddr::V4(SocketAddrV4::new(v4, port)),
+                None => SocketAddr::V6(SocketAddrV6::new(
+                    ip,
+                    port,
+                    sin6.sin6_flowinfo,
+                    sin6.sin6_scope_id,
+                )),
+            })
+        }
+        _ => None,
+    }
+}
+
+impl UdpSocket {
+    /// True when IPv4 endpoints must be written v4-mapped (dual-stack socket).
+    pub fn is_dual_stack(&self) -> bool {
+        self.v6
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_round_trip_and_unmap() {
+        // SAFETY: all-zero bytes are a valid sockaddr_storage.
+        let mut s: libc::sockaddr_storage = unsafe { zeroed() };
+        for (addr, v6) in [
+            ("198.18.0.2:51820", false),
+            ("198.18.0.2:51820", true),
+            ("[fd00::2]:51820", true),
+        ] {
+            let addr: SocketAddr = addr.parse().unwrap();
+            let len = write_sockaddr(addr, v6, &mut s);
+            assert_eq!(read_sockaddr(&s, len), Some(addr), "{addr} v6={v6}");
+        }
+        let len = write_sockaddr("1.2.3.4:5".parse().unwrap(), true, &mut s);
+        assert_eq!(s.ss_family as libc::c_int, libc::AF_INET6);
+        assert_eq!(len as usize, size_of::<libc::sockaddr_in6>());
+    }
+
+    #[test]
+    fn batches_carry_datagrams_over_loopback() {
+        let a = UdpSocket::bind(0, 1 << 20).unwrap();
+        let b = UdpSocket::bind(0, 1 << 20).unwrap();
+        let to: SocketAddr = format!("127.0.0.1:{}", b.port()).parse().unwrap();
+        let mut out = SendBatch::new(4, 256);
+        for i in 0..4u8 {
+            let slot = out.next_slot();
+            slot[..3].copy_from_slice(&[i, i, i]);
+            out.commit(3, to, a.is_dual_stack());
+        }
+        assert!(out.is_full());
+        assert_eq!(out.flush(&a), Flushed { sent: 4, failed: 0 });
+        let mut input = RecvBatch::new(8, 256);
+        let mut got = Vec::new();
+        for _ in 0..100 {
+            input.recv(&b).unwrap();
+            for i in 0..input.len() {
+                let (data, from) = input.get(i).unwrap();
+                assert_eq!(from.port(), a.port());
+                assert!(from.is_ipv4(), "{from}");
+                got.push(data.to_vec());
+            }
+            if got.len() == 4 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(got, vec![vec![0; 3], vec![1; 3], vec![2; 3], vec![3; 3]]);
+    }
+}
