@@ -1,0 +1,76 @@
+//! The boundary between the CNI protocol and the host network model (netd).
+//!
+//! The commands in [`crate::commands`] speak CNI; everything that touches the
+//! kernel or IPAM state sits behind [`Backend`], so the protocol is testable
+//! with a recording fake and the real work lives in netd once, not here.
+
+use std::path::PathBuf;
+
+use crate::error::CniError;
+use crate::result::CniResult;
+use crate::types::{Attachment, NetConf};
+
+/// Where a new attachment's addresses come from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Addressing {
+    /// The backend allocates from the network's own IPAM (netd's store).
+    Builtin {
+        /// Static addresses the runtime asked for (`ips` capability, `args.cni.ips`, `IP=`).
+        requested: Vec<String>,
+    },
+    /// A delegated IPAM plugin already allocated these; the backend applies
+    /// them (addresses, gateway, routes) to the container interface.
+    Delegated(CniResult),
+}
+
+/// ADD: wire `ifname` in `netns` for `container_id` on `network`.
+#[derive(Clone, Debug)]
+pub struct AttachRequest<'a> {
+    pub container_id: &'a str,
+    pub netns: PathBuf,
+    pub ifname: &'a str,
+    pub network: &'a NetConf,
+    pub addressing: Addressing,
+}
+
+/// DEL: undo an attachment, best effort. `netns` may be unset or gone.
+#[derive(Clone, Debug)]
+pub struct DetachRequest<'a> {
+    pub container_id: &'a str,
+    pub netns: Option<PathBuf>,
+    pub ifname: &'a str,
+    pub network: &'a NetConf,
+    /// What ADD returned, when the runtime passed it.
+    pub prev_result: Option<CniResult>,
+}
+
+/// CHECK: is everything ADD set up still there?
+#[derive(Clone, Debug)]
+pub struct CheckRequest<'a> {
+    pub container_id: &'a str,
+    pub netns: PathBuf,
+    pub ifname: &'a str,
+    pub network: &'a NetConf,
+    /// The result of the ADD, which CHECK compares against.
+    pub prev_result: CniResult,
+}
+
+/// What netd does for the CNI plugin. Errors carry their CNI code: code 2 for
+/// an option this backend cannot honour, 3 for an unknown container, 7 for a
+/// bad config, 11 for a transient condition, 50/51 from `status`, 100+ else.
+pub trait Backend {
+    /// Refuses options the backend cannot honour, before anything is touched.
+    fn validate(&self, network: &NetConf) -> Result<(), CniError>;
+    /// Creates the interface and returns what was created. On error, nothing
+    /// this call created may remain.
+    fn add(&self, request: &AttachRequest) -> Result<CniResult, CniError>;
+    /// Removes the interface, rules and (built-in) reservations; succeeds when
+    /// they are already gone.
+    fn del(&self, request: &DetachRequest) -> Result<(), CniError>;
+    fn check(&self, request: &CheckRequest) -> Result<(), CniError>;
+    /// Removes everything of `network` not belonging to one of `valid`,
+    /// carrying on past errors and reporting them all.
+    fn gc(&self, network: &NetConf, valid: &[Attachment]) -> Result<(), CniError>;
+    /// Ok when ADD could succeed now; else code 50 or 51.
+    fn status(&self, network: &NetConf) -> Result<(), CniError>;
+}

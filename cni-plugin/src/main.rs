@@ -1,0 +1,36 @@
+//! `weft`: the CNI plugin binary. Runtimes exec it with CNI_* variables and a
+//! network config on stdin; it prints a result or an error on stdout.
+
+use std::io::{Read, Write};
+
+use cni_plugin::commands::{self, Outcome};
+use cni_plugin::{Backend, CniError, ErrorCode};
+
+fn main() {
+    let mut stdin = Vec::new();
+    let outcome = match std::io::stdin().read_to_end(&mut stdin) {
+        Ok(_) => commands::run(std::env::vars().collect(), &stdin, &backend_for),
+        Err(e) => Outcome {
+            stdout: CniError::io("cannot read the network config from stdin", e.to_string())
+                .to_json(cni_plugin::version::Version::NEWEST.as_str()),
+            exit_code: 1,
+        },
+    };
+    let mut out = std::io::stdout().lock();
+    // Nothing to tell anyone if stdout is gone: the exit code still speaks.
+    let _ = out.write_all(outcome.stdout.as_bytes());
+    let _ = out.flush();
+    std::process::exit(outcome.exit_code);
+}
+
+/// The backend a config's `mode` selects.
+fn backend_for(conf: &cni_plugin::types::NetConf) -> Result<Box<dyn Backend>, CniError> {
+    Err(CniError::new(
+        ErrorCode::Unavailable,
+        format!(
+            "weft {:?} mode: netd's attach API is not linked into this build",
+            conf.mode
+        ),
+        "this build of weft speaks the CNI protocol but cannot wire containers yet",
+    ))
+}

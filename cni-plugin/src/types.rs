@@ -1,0 +1,609 @@
+//! The network configuration a runtime hands weft on stdin (SPEC.md section 1
+//! and section 3, "Deriving request configuration").
+//!
+//! # Which fields weft accepts
+//!
+//! The spec lets a plugin "generate an error if called with unknown fields"
+//! (section 1, "Other keys"), and reserves code 2 for "unsupported field",
+//! whose message must name the key and value. weft uses that: a top-level key
+//! that is neither defined by the spec, nor one of the options below, is error
+//! code 2. A misspelt option (`isgateway`) would otherwise be silently ignored
+//! and the container wired differently from what the admin wrote.
+//!
+//! Accepted at the top level:
+//! - defined or reserved by the spec: `cniVersion`, `cniVersions`, `name`,
+//!   `type`, `capabilities` (runtimes such as libcni leave it in), `runtimeConfig`,
+//!   `prevResult`, `args`, `ipam`, `dns`, `ipMasq`, `disableCheck`, `disableGC`,
+//!   `loadOnlyInlinedPlugins`, and every key starting `cni.dev/` (reserved for
+//!   the protocol; `cni.dev/valid-attachments` is read for GC, others ignored);
+//! - the reference `bridge` plugin's options weft implements: `bridge`,
+//!   `isGateway`, `isDefaultGateway`, `forceAddress`, `mtu`, `hairpinMode`,
+//!   `promiscMode`, `vlan`, `macspoofchk` (whether the backend honours each is
+//!   its call: one it cannot honour is code 2 from [`crate::Backend::validate`]);
+//! - weft's own: `mode` (`auto` | `standalone` | `daemon`), `stateDir`, `socket`.
+//!
+//! Ignored, as the spec allows: unknown keys inside `runtimeConfig` (capability
+//! arguments are conventions; a runtime only inserts the ones a config declares)
+//! and inside `args`, and unknown `CNI_ARGS` keys (the spec says they are given
+//! to every plugin with no promise anyone consumes them). Keys inside a
+//! delegated `ipam` section belong to that plugin.
+
+use std::path::PathBuf;
+
+use ipnetwork::IpNetwork;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::CniError;
+use crate::result::Dns;
+use crate::version::Version;
+
+/// The reference bridge plugin's default bridge name is `cni0`; weft's is `weft0`.
+pub const DEFAULT_BRIDGE: &str = "weft0";
+
+/// Keys the spec defines or reserves, at the top level of a plugin config.
+const SPEC_KEYS: &[&str] = &[
+    "cniVersion",
+    "cniVersions",
+    "name",
+    "type",
+    "capabilities",
+    "runtimeConfig",
+    "prevResult",
+    "args",
+    "ipam",
+    "dns",
+    "ipMasq",
+    "disableCheck",
+    "disableGC",
+    "loadOnlyInlinedPlugins",
+];
+
+/// The reference bridge plugin's options, and weft's own.
+const WEFT_KEYS: &[&str] = &[
+    "bridge",
+    "isGateway",
+    "isDefaultGateway",
+    "forceAddress",
+    "mtu",
+    "hairpinMode",
+    "promiscMode",
+    "vlan",
+    "macspoofchk",
+    "mode",
+    "stateDir",
+    "socket",
+];
+
+/// How the plugin reaches netd.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// netd's API when its socket answers, else standalone.
+    #[default]
+    Auto,
+    /// netd's library and state directory directly; no daemon needed.
+    Standalone,
+    /// netd's API only; fails when the daemon does not answer.
+    Daemon,
+}
+
+/// One plugin configuration as the runtime passes it, parsed and validated.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetConf {
+    #[serde(skip)]
+    pub version: Option<Version>,
+    #[serde(default)]
+    pub cni_version: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(rename = "type", default)]
+    pub plugin_type: String,
+    #[serde(default)]
+    pub runtime_config: RuntimeConfig,
+    #[serde(default)]
+    pub prev_result: Option<Value>,
+    #[serde(default)]
+    pub args: Option<Value>,
+    #[serde(default)]
+    pub ipam: Option<IpamConfig>,
+    #[serde(default)]
+    pub dns: Option<Dns>,
+    #[serde(default)]
+    pub ip_masq: bool,
+    // The reference bridge plugin's options.
+    #[serde(default)]
+    pub bridge: Option<String>,
+    #[serde(default)]
+    pub is_gateway: bool,
+    #[serde(default)]
+    pub is_default_gateway: bool,
+    #[serde(default)]
+    pub force_address: bool,
+    #[serde(default)]
+    pub mtu: Option<u32>,
+    #[serde(default)]
+    pub hairpin_mode: bool,
+    #[serde(default)]
+    pub promisc_mode: bool,
+    #[serde(default)]
+    pub vlan: Option<u16>,
+    #[serde(default)]
+    pub macspoofchk: bool,
+    // weft's own.
+    #[serde(default)]
+    pub mode: Mode,
+    /// netd's state directory in standalone mode (default /var/lib/weft).
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+    /// netd's socket (default /run/weft/netd.sock).
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
+    /// GC's list of attachments still in use.
+    #[serde(rename = "cni.dev/valid-attachments", default)]
+    pub valid_attachments: Option<Vec<Attachment>>,
+    /// Everything else, checked by [`NetConf::parse`].
+    #[serde(flatten)]
+    pub other: Map<String, Value>,
+}
+
+/// One attachment: a container's interface on this network.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Attachment {
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    pub ifname: String,
+}
+
+/// The `ipam` section: weft's built-in IPAM when `type` is absent or "weft",
+/// else the name of an IPAM plugin to exec from CNI_PATH.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct IpamConfig {
+    #[serde(rename = "type", default)]
+    pub plugin_type: Option<String>,
+    /// The rest, for the built-in IPAM (`subnet`, `gateway`, `rangeStart`, …)
+    /// or passed untouched to the delegated plugin.
+    #[serde(flatten)]
+    pub settings: Map<String, Value>,
+}
+
+impl IpamConfig {
+    /// The IPAM plugin to delegate to, or `None` for the built-in one.
+    pub fn delegate(&self) -> Option<&str> {
+        match self.plugin_type.as_deref() {
+            None | Some("") | Some("weft") => None,
+            Some(other) => Some(other),
+        }
+    }
+}
+
+/// Capability arguments (CONVENTIONS.md in the CNI repository).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuntimeConfig {
+    #[serde(default)]
+    pub port_mappings: Vec<PortMapping>,
+    /// Requested static addresses, "10.88.0.9/16" or "10.88.0.9".
+    #[serde(default)]
+    pub ips: Vec<String>,
+    #[serde(default)]
+    pub mac: Option<String>,
+    /// A list of range sets, one set per address family or pool.
+    #[serde(default)]
+    pub ip_ranges: Vec<Vec<IpRange>>,
+    #[serde(default)]
+    pub bandwidth: Option<Bandwidth>,
+    #[serde(default)]
+    pub dns: Option<RuntimeDns>,
+    /// Network name → DNS aliases of the container.
+    #[serde(default)]
+    pub aliases: Option<Map<String, Value>>,
+    /// Other capabilities: ignored.
+    #[serde(flatten)]
+    pub other: Map<String, Value>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortMapping {
+    pub host_port: u16,
+    pub container_port: u16,
+    #[serde(default = "tcp")]
+    pub protocol: String,
+    #[serde(rename = "hostIP", default)]
+    pub host_ip: Option<String>,
+}
+
+fn tcp() -> String {
+    "tcp".into()
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IpRange {
+    pub subnet: IpNetwork,
+    #[serde(default)]
+    pub range_start: Option<std::net::IpAddr>,
+    #[serde(default)]
+    pub range_end: Option<std::net::IpAddr>,
+    #[serde(default)]
+    pub gateway: Option<std::net::IpAddr>,
+}
+
+/// Rates in bits per second, bursts in bits.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Bandwidth {
+    #[serde(default)]
+    pub ingress_rate: u64,
+    #[serde(default)]
+    pub ingress_burst: u64,
+    #[serde(default)]
+    pub egress_rate: u64,
+    #[serde(default)]
+    pub egress_burst: u64,
+}
+
+/// The `dns` capability (names differ from the result's `dns`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeDns {
+    #[serde(default)]
+    pub servers: Vec<String>,
+    #[serde(default)]
+    pub searches: Vec<String>,
+    #[serde(default)]
+    pub options: Vec<String>,
+}
+
+impl NetConf {
+    /// Reads stdin: malformed JSON is code 6, an unsupported `cniVersion` code 1,
+    /// an unknown field code 2, an invalid value code 7.
+    pub fn parse(bytes: &[u8]) -> Result<NetConf, CniError> {
+        let value: Value = serde_json::from_slice(bytes)
+            .map_err(|e| CniError::decoding("cannot decode network config", e.to_string()))?;
+        let Value::Object(object) = &value else {
+            return Err(CniError::decoding(
+                "cannot decode network config",
+                "expected a JSON object",
+            ));
+        };
+        let version = match object.get("cniVersion") {
+            Some(Value::String(v)) => Version::parse(v)?,
+            Some(other) => {
+                return Err(CniError::decoding(
+                    format!("cniVersion {other} is not a string"),
+                    "",
+                ))
+            }
+            None => {
+                return Err(CniError::incompatible_version(
+                    "network config has no cniVersion",
+                    format!("weft speaks {}", crate::version::SUPPORTED.join(", ")),
+                ))
+            }
+        };
+        for (key, value) in object {
+            let known = SPEC_KEYS.contains(&key.as_str())
+                || WEFT_KEYS.contains(&key.as_str())
+                || key.starts_with("cni.dev/");
+            if !known {
+                return Err(CniError::unsupported_field(
+                    key,
+                    value,
+                    "weft does not know this option; see docs/cni.md for the ones it takes",
+                ));
+            }
+        }
+        let mut conf: NetConf = serde_json::from_value(value.clone())
+            .map_err(|e| CniError::decoding("cannot decode network config", e.to_string()))?;
+        conf.version = Some(version);
+        conf.validate()?;
+        Ok(conf)
+    }
+
+    /// The version of this request (set by [`NetConf::parse`]).
+    pub fn version(&self) -> Version {
+        self.version.unwrap_or(Version::NEWEST)
+    }
+
+    fn validate(&self) -> Result<(), CniError> {
+        validate_network_name(&self.name)?;
+        if let Some(bridge) = &self.bridge {
+            if crate::env::validate_ifname(bridge).is_err() {
+                return Err(CniError::invalid_config(
+                    format!("invalid bridge name {bridge:?}"),
+                    "a bridge name is 1-15 bytes without '/', ':' or spaces",
+                ));
+            }
+        }
+        if let Some(mtu) = self.mtu {
+            if !(68..=65535).contains(&mtu) {
+                return Err(CniError::invalid_config(
+                    format!("invalid mtu {mtu}"),
+                    "the MTU must be between 68 and 65535",
+                ));
+            }
+        }
+        if let Some(vlan) = self.vlan {
+            if vlan > 4094 {
+                return Err(CniError::invalid_config(
+                    format!("invalid vlan {vlan}"),
+                    "a VLAN id is 0-4094",
+                ));
+            }
+        }
+        if self.hairpin_mode && self.promisc_mode {
+            return Err(CniError::invalid_config(
+                "hairpinMode and promiscMode cannot both be set",
+                "pick one: hairpin reflects a port's own traffic, promiscuous mode floods all of it",
+            ));
+        }
+        if let Some(ipam) = &self.ipam {
+            if let Some(plugin) = ipam.delegate() {
+                if plugin.contains('/') {
+                    return Err(CniError::invalid_config(
+                        format!("invalid ipam type {plugin:?}"),
+                        "a plugin type is a file name in CNI_PATH, without '/'",
+                    ));
+                }
+            }
+        }
+        if let Some(prev) = &self.prev_result {
+            crate::version::result_from_json(prev).map_err(|e| e.context("prevResult"))?;
+        }
+        Ok(())
+    }
+
+    /// The bridge this network uses.
+    pub fn bridge_name(&self) -> &str {
+        self.bridge.as_deref().unwrap_or(DEFAULT_BRIDGE)
+    }
+
+    /// The IPAM plugin to delegate to, if any.
+    pub fn ipam_delegate(&self) -> Option<&str> {
+        self.ipam.as_ref().and_then(IpamConfig::delegate)
+    }
+
+    /// Static addresses asked for: `runtimeConfig.ips`, else `args.cni.ips`
+    /// (CONVENTIONS.md), else `IP=` in CNI_ARGS (comma separated).
+    pub fn requested_ips(&self, cni_args_ip: Option<&str>) -> Vec<String> {
+        if !self.runtime_config.ips.is_empty() {
+            return self.runtime_config.ips.clone();
+        }
+        let from_args: Vec<String> = self
+            .args
+            .as_ref()
+            .and_then(|a| a.pointer("/cni/ips"))
+            .and_then(Value::as_array)
+            .map(|ips| {
+                ips.iter()
+                    .filter_map(|ip| ip.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !from_args.is_empty() {
+            return from_args;
+        }
+        cni_args_ip
+            .map(|s| s.split(',').map(str::to_string).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// A network name starts with an alphanumeric and goes on with alphanumerics,
+/// '_', '.' or '-'; missing or otherwise is code 7.
+pub fn validate_network_name(name: &str) -> Result<(), CniError> {
+    if name.is_empty() {
+        return Err(CniError::invalid_config(
+            "missing network name",
+            "the runtime copies `name` from the network configuration",
+        ));
+    }
+    let mut chars = name.chars();
+    let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if !ok {
+        return Err(CniError::invalid_config(
+            format!("invalid network name {name:?}"),
+            "a network name starts with a letter or digit, then letters, digits, '_', '.' or '-'",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: Value) -> Result<NetConf, CniError> {
+        NetConf::parse(v.to_string().as_bytes())
+    }
+
+    fn base() -> Value {
+        json!({"cniVersion": "1.1.0", "name": "net1", "type": "weft"})
+    }
+
+    fn with(key: &str, value: Value) -> Value {
+        let mut v = base();
+        v[key] = value;
+        v
+    }
+
+    #[test]
+    fn a_reference_bridge_config_is_read() {
+        let conf = parse(json!({
+            "cniVersion": "1.0.0",
+            "name": "podman",
+            "type": "weft",
+            "bridge": "cni-podman0",
+            "isGateway": true,
+            "ipMasq": true,
+            "hairpinMode": true,
+            "mtu": 1450,
+            "capabilities": {"portMappings": true},
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.88.0.0/16"}]], "routes": [{"dst": "0.0.0.0/0"}]},
+            "runtimeConfig": {
+                "portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}],
+                "mac": "02:00:00:00:00:09",
+                "ipRanges": [[{"subnet": "10.89.0.0/24", "rangeStart": "10.89.0.10"}]],
+                "bandwidth": {"ingressRate": 1000, "ingressBurst": 10},
+                "dns": {"servers": ["1.1.1.1"]},
+                "aliases": {"podman": ["web"]},
+                "someFutureCapability": 1
+            }
+        }))
+        .unwrap();
+        assert_eq!(conf.version(), Version::V1_0_0);
+        assert_eq!(conf.bridge_name(), "cni-podman0");
+        assert!(conf.is_gateway && conf.ip_masq && conf.hairpin_mode);
+        assert_eq!(conf.mtu, Some(1450));
+        assert_eq!(conf.ipam_delegate(), Some("host-local"));
+        assert!(conf.ipam.as_ref().unwrap().settings.contains_key("ranges"));
+        let rc = &conf.runtime_config;
+        assert_eq!(rc.port_mappings[0].host_port, 8080);
+        assert_eq!(rc.mac.as_deref(), Some("02:00:00:00:00:09"));
+        assert_eq!(
+            rc.ip_ranges[0][0].range_start,
+            Some("10.89.0.10".parse().unwrap())
+        );
+        assert_eq!(rc.bandwidth.as_ref().unwrap().ingress_rate, 1000);
+        assert_eq!(rc.dns.as_ref().unwrap().servers, ["1.1.1.1"]);
+        assert!(rc.aliases.is_some());
+        assert_eq!(conf.mode, Mode::Auto);
+    }
+
+    #[test]
+    fn defaults() {
+        let conf = parse(base()).unwrap();
+        assert_eq!(conf.bridge_name(), DEFAULT_BRIDGE);
+        assert_eq!(conf.ipam_delegate(), None);
+        assert!(!conf.is_gateway);
+        let conf = parse(with(
+            "ipam",
+            json!({"type": "weft", "subnet": "10.90.0.0/24"}),
+        ))
+        .unwrap();
+        assert_eq!(conf.ipam_delegate(), None);
+    }
+
+    #[test]
+    fn modes() {
+        assert_eq!(
+            parse(with("mode", json!("standalone"))).unwrap().mode,
+            Mode::Standalone
+        );
+        assert_eq!(
+            parse(with("mode", json!("daemon"))).unwrap().mode,
+            Mode::Daemon
+        );
+        assert_eq!(
+            parse(with("mode", json!("sometimes")))
+                .unwrap_err()
+                .code
+                .number(),
+            6
+        );
+    }
+
+    #[test]
+    fn malformed_json_is_code_6() {
+        for bad in ["", "{", "[1,2]", "{\"cniVersion\": 1.0}", "nul"] {
+            let e = NetConf::parse(bad.as_bytes()).unwrap_err();
+            assert_eq!(e.code.number(), 6, "{bad:?}: {e}");
+        }
+        assert_eq!(
+            parse(with("mtu", json!("big"))).unwrap_err().code.number(),
+            6
+        );
+    }
+
+    #[test]
+    fn version_problems_are_code_1() {
+        assert_eq!(
+            parse(json!({"name": "n", "type": "weft"}))
+                .unwrap_err()
+                .code
+                .number(),
+            1
+        );
+        assert_eq!(
+            parse(with("cniVersion", json!("0.2.0")))
+                .unwrap_err()
+                .code
+                .number(),
+            1
+        );
+    }
+
+    #[test]
+    fn unknown_top_level_fields_are_code_2_naming_key_and_value() {
+        let e = parse(with("isgateway", json!(true))).unwrap_err();
+        assert_eq!(e.code.number(), 2);
+        assert!(e.msg.contains("isgateway=true"), "{}", e.msg);
+        // Reserved protocol keys and well-known keys pass.
+        let mut v = base();
+        v["cni.dev/valid-attachments"] = json!([{"containerID": "a", "ifname": "eth0"}]);
+        v["cni.dev/something-newer"] = json!(1);
+        v["disableCheck"] = json!(true);
+        v["dns"] = json!({"nameservers": ["10.0.0.1"]});
+        let conf = parse(v).unwrap();
+        assert_eq!(
+            conf.valid_attachments.unwrap(),
+            [Attachment {
+                container_id: "a".into(),
+                ifname: "eth0".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn invalid_values_are_code_7() {
+        for v in [
+            with("name", json!("")),
+            with("name", json!("-net")),
+            with("name", json!("a/b")),
+            with("bridge", json!("a-bridge-name-over-15")),
+            with("mtu", json!(20)),
+            with("vlan", json!(5000)),
+            with("ipam", json!({"type": "../evil"})),
+        ] {
+            assert_eq!(parse(v.clone()).unwrap_err().code.number(), 7, "{v}");
+        }
+        let mut both = base();
+        both["hairpinMode"] = json!(true);
+        both["promiscMode"] = json!(true);
+        assert_eq!(parse(both).unwrap_err().code.number(), 7);
+        let mut missing = base();
+        missing.as_object_mut().unwrap().remove("name");
+        assert_eq!(parse(missing).unwrap_err().code.number(), 7);
+    }
+
+    #[test]
+    fn a_broken_prev_result_is_code_6() {
+        let v = with("prevResult", json!({"ips": [{"address": "nope"}]}));
+        assert_eq!(parse(v).unwrap_err().code.number(), 6);
+        let ok = with(
+            "prevResult",
+            json!({"cniVersion": "1.1.0", "ips": [{"address": "10.0.0.2/24"}]}),
+        );
+        assert!(parse(ok).unwrap().prev_result.is_some());
+    }
+
+    #[test]
+    fn requested_addresses_by_precedence() {
+        let mut v = base();
+        v["args"] = json!({"cni": {"ips": ["10.0.0.7"]}});
+        let conf = parse(v.clone()).unwrap();
+        assert_eq!(conf.requested_ips(Some("10.0.0.9")), ["10.0.0.7"]);
+        v["runtimeConfig"] = json!({"ips": ["10.0.0.8/24"]});
+        assert_eq!(parse(v).unwrap().requested_ips(None), ["10.0.0.8/24"]);
+        assert_eq!(
+            parse(base())
+                .unwrap()
+                .requested_ips(Some("10.0.0.9,fd00::9")),
+            ["10.0.0.9", "fd00::9"]
+        );
+    }
+}
