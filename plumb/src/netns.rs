@@ -28,9 +28,19 @@ pub struct Netns {
 }
 
 impl Netns {
-    /// The namespace this process started in.
+    /// The namespace this process runs in, labelled with its /run/netns name
+    /// when it has one (so errors say where), or "host" otherwise.
     pub fn current() -> Result<Netns> {
-        Self::open_path("the host namespace", Path::new("/proc/self/ns/net"))
+        let mut ns = Self::open_path("host", Path::new("/proc/self/ns/net"))?;
+        let inode = ns.inode();
+        for name in Self::list_named().unwrap_or_default() {
+            let path = Path::new(NETNS_RUN_DIR).join(&name);
+            if std::fs::metadata(&path).is_ok_and(|m| m.ino() == inode && m.dev() == ns.dev()) {
+                ns.label = name;
+                break;
+            }
+        }
+        Ok(ns)
     }
 
     /// A namespace created by `ip netns add NAME` (a bind mount in /run/netns).
@@ -188,6 +198,10 @@ impl Netns {
 
     pub fn is_same(&self, other: &Netns) -> bool {
         self.inode() == other.inode()
+    }
+
+    fn dev(&self) -> u64 {
+        self.file.metadata().map(|m| m.dev()).unwrap_or(0)
     }
 
     /// Runs `f` on a dedicated thread that has entered this namespace. Sockets
