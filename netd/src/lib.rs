@@ -1,1 +1,26 @@
-//! netd: the host network model (see issue 3).
+//! netd: weft's host network model. Network config, IPAM with a persistent
+//! store, container endpoints (attach/detach), reconciliation of the kernel
+//! against the state, the daemon with its API on a unix socket, and the admin
+//! CLI that talks to it.
+//!
+//! The library entry point is [`Network`]; see its docs for the calls a CNI
+//! plugin makes in standalone mode.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod endpoint;
+pub mod error;
+pub mod ipam;
+pub mod metrics;
+pub mod network;
+pub mod reconcile;
+pub mod state;
+
+pub use config::{Config, ConfigArgs, FirewallKind};
+pub use endpoint::{AttachRequest, AttachResult, DetachReport};
+pub use error::{Error, Result};
+pub use network::{Action, Network};
+pub use reconcile::ReconcileReport;
+pub use state::{Endpoint, Phase, Store};

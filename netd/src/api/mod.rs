@@ -1,0 +1,45 @@
+//! netd's API: HTTP/1.1 with JSON bodies on a unix socket (mode 0600).
+//!
+//! | method and path                   | body            | answer            |
+//! |-----------------------------------|-----------------|-------------------|
+//! | GET    /v1/status                 |                 | [`Status`]        |
+//! | GET    /v1/containers             |                 | endpoints         |
+//! | POST   /v1/containers             | AttachRequest   | AttachResult      |
+//! | GET    /v1/containers/{id|name}   |                 | AttachResult      |
+//! | DELETE /v1/containers/{id|name}   |                 | DetachReport      |
+//! | POST   /v1/reconcile              |                 | ReconcileReport   |
+//!
+//! Errors come back with a 4xx/5xx status and `{"error": "sentence"}`.
+
+pub mod client;
+pub mod server;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use ipnetwork::IpNetwork;
+use serde::{Deserialize, Serialize};
+
+use crate::config::FirewallKind;
+use crate::ipam::Usage;
+
+/// What `netd status` shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub pid: u32,
+    pub bridge: String,
+    pub subnets: Vec<IpNetwork>,
+    pub gateways: Vec<IpAddr>,
+    pub containers: usize,
+    pub ipam: Vec<Usage>,
+    pub firewall: FirewallKind,
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+}
+
+/// The body of an error answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}

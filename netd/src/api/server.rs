@@ -1,0 +1,222 @@
+//! The API server on the unix socket, and the metrics endpoint on TCP.
+
+use std::convert::Infallible;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+
+use super::{ErrorBody, Status};
+use crate::endpoint::AttachRequest;
+use crate::error::{Error, ErrorKind, Result};
+use crate::network::Network;
+
+type Answer = Response<Full<Bytes>>;
+
+/// Binds the socket: its directory is created 0700 when missing, a stale
+/// socket file left by a dead netd is replaced, a live one is an error.
+pub fn bind(path: &Path) -> Result<UnixListener> {
+    let io = |what: &str, e: std::io::Error| {
+        Error::Api(format!(
+            "{what} {}: {e} — check --socket / WEFT_SOCKET",
+            path.display()
+        ))
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| io("create the directory of", e))?;
+        }
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(Error::Conflict(format!(
+                "another netd is already serving on {}; stop it or choose another --socket",
+                path.display()
+            )));
+        }
+        std::fs::remove_file(path).map_err(|e| io("remove the stale socket", e))?;
+    }
+    let listener = UnixListener::bind(path).map_err(|e| io("listen on", e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| io("set mode 0600 on", e))?;
+    Ok(listener)
+}
+
+/// Serves the API until `shutdown` turns true.
+pub async fn serve(
+    network: Arc<Network>,
+    listener: UnixListener,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let network = network.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let network = network.clone();
+                        async move { Ok::<_, Infallible>(handle(&network, req).await) }
+                    });
+                    if let Err(e) = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await
+                    {
+                        tracing::debug!("API connection: {e}");
+                    }
+                });
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Serves `GET /metrics` on TCP until `shutdown` turns true.
+pub async fn serve_metrics(
+    network: Arc<Network>,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let network = network.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let network = network.clone();
+                        async move {
+                            let answer = if req.uri().path() == "/metrics" {
+                                match network.store().read() {
+                                    Ok(state) => text(StatusCode::OK, network.metrics().render(&state, network.config())),
+                                    Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                                }
+                            } else {
+                                text(StatusCode::NOT_FOUND, "only /metrics is served here\n".into())
+                            };
+                            Ok::<_, Infallible>(answer)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Answer {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain; version=0.0.4")
+        .body(Full::new(Bytes::from(body)))
+        .expect("valid response")
+}
+
+fn json<T: Serialize>(status: StatusCode, body: &T) -> Answer {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(
+            serde_json::to_vec(body).expect("answers serialize"),
+        )))
+        .expect("valid response")
+}
+
+fn error(e: &Error) -> Answer {
+    let status = match e.kind() {
+        ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Conflict => StatusCode::CONFLICT,
+        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    json(
+        status,
+        &ErrorBody {
+            error: e.to_string(),
+        },
+    )
+}
+
+fn answer<T: Serialize>(result: Result<T>) -> Answer {
+    match result {
+        Ok(body) => json(StatusCode::OK, &body),
+        Err(e) => error(&e),
+    }
+}
+
+async fn handle(network: &Network, req: Request<Incoming>) -> Answer {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return error(&Error::Invalid(format!("reading the request body: {e}"))),
+    };
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    tracing::debug!(%method, %path, "API request");
+    match (&method, segments.as_slice()) {
+        (&Method::GET, ["v1", "status"]) => answer(status(network)),
+        (&Method::GET, ["v1", "containers"]) => answer(network.list()),
+        (&Method::POST, ["v1", "containers"]) => match parse::<AttachRequest>(&body) {
+            Ok(req) => answer(network.attach(req).await),
+            Err(e) => error(&e),
+        },
+        (&Method::GET, ["v1", "containers", key]) => match network.get(key) {
+            Ok(Some(result)) => json(StatusCode::OK, &result),
+            Ok(None) => json(
+                StatusCode::NOT_FOUND,
+                &ErrorBody {
+                    error: format!("container {key} is not attached"),
+                },
+            ),
+            Err(e) => error(&e),
+        },
+        (&Method::DELETE, ["v1", "containers", key]) => answer(network.detach(key).await),
+        (&Method::POST, ["v1", "reconcile"]) => answer(network.reconcile().await),
+        _ => json(
+            StatusCode::NOT_FOUND,
+            &ErrorBody {
+                error: format!("no such API call: {method} {path}"),
+            },
+        ),
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
+    serde_json::from_slice(body).map_err(|e| Error::Invalid(format!("bad request body: {e}")))
+}
+
+fn status(network: &Network) -> Result<Status> {
+    let state = network.store().read()?;
+    let config = network.config();
+    Ok(Status {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        pid: std::process::id(),
+        bridge: config.bridge.clone(),
+        subnets: config.subnets(),
+        gateways: network.gateways(),
+        containers: state.endpoints.len(),
+        ipam: config
+            .subnets()
+            .into_iter()
+            .map(|s| state.ipam.usage(s))
+            .collect(),
+        firewall: config.firewall,
+        state_dir: config.state_dir.clone(),
+        socket: config.socket.clone(),
+    })
+}

@@ -1,0 +1,87 @@
+//! The command line: `netd run` and the admin commands, one file each. The
+//! admin commands talk to a running netd over its socket.
+
+mod attach;
+mod detach;
+mod ls;
+mod reconcile;
+mod run;
+mod status;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+use crate::api::client::Client;
+use crate::config::{ConfigArgs, DEFAULT_SOCKET};
+use crate::error::Result;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "netd",
+    version,
+    about = "weft's per-host network daemon and its admin commands"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground.
+    Run(ConfigArgs),
+    /// Show the daemon's configuration and address usage.
+    Status(ClientArgs),
+    /// List attached containers.
+    Ls(ClientArgs),
+    /// Attach a container's namespace to the bridge.
+    Attach(attach::AttachArgs),
+    /// Detach a container (by id or name); succeeds if it is not attached.
+    Detach(detach::DetachArgs),
+    /// Check the kernel against the state now and fix what differs.
+    Reconcile(ClientArgs),
+}
+
+/// What every admin command takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientArgs {
+    /// netd's API socket.
+    #[arg(long, env = "WEFT_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl ClientArgs {
+    pub fn client(&self) -> Client {
+        Client::new(&self.socket)
+    }
+}
+
+impl Cli {
+    pub fn is_daemon(&self) -> bool {
+        matches!(self.command, Command::Run(_))
+    }
+
+    pub async fn run(self) -> Result<()> {
+        match self.command {
+            Command::Run(args) => run::run(args).await,
+            Command::Status(args) => status::run(args).await,
+            Command::Ls(args) => ls::run(args).await,
+            Command::Attach(args) => attach::run(args).await,
+            Command::Detach(args) => detach::run(args).await,
+            Command::Reconcile(args) => reconcile::run(args).await,
+        }
+    }
+}
+
+/// Prints `value` as pretty JSON.
+pub(crate) fn print_json<T: Serialize>(value: &T) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("answers serialize")
+    );
+}

@@ -1,0 +1,341 @@
+//! netd's configuration: `/etc/weft/netd.toml`, then `WEFT_*` environment
+//! variables, then flags — each later source wins key by key.
+//!
+//! Defaults: bridge `weft0`, IPv4 subnet `10.66.0.0/16` (gateway 10.66.0.1 on
+//! the bridge), no IPv6, state in `/var/lib/weft`, socket `/run/weft/netd.sock`,
+//! nftables, the MTU of the kernel's default (1500), reconcile every 2 s.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/weft/netd.toml";
+pub const DEFAULT_BRIDGE: &str = "weft0";
+/// The single-host default: a private /16 that neither Docker (172.17/16) nor
+/// Podman (10.88/16, 10.89.x) use by default.
+pub const DEFAULT_SUBNET: &str = "10.66.0.0/16";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/weft";
+pub const DEFAULT_SOCKET: &str = "/run/weft/netd.sock";
+pub const DEFAULT_RECONCILE_SECS: u64 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {source} — fix the path or leave --config/WEFT_CONFIG unset")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("config file {path}, line {line}{}: {message}", key.as_ref().map(|k| format!(", key `{k}`")).unwrap_or_default())]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        key: Option<String>,
+        message: String,
+    },
+
+    #[error("config key `{key}` = {value:?}: {why}")]
+    Value {
+        key: &'static str,
+        value: String,
+        why: String,
+    },
+}
+
+/// Which firewall backend publishes ports and masquerades.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum FirewallKind {
+    #[default]
+    Nft,
+    Iptables,
+}
+
+/// The keys of netd.toml, all optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub bridge: Option<String>,
+    pub subnet: Option<Ipv4Network>,
+    pub subnet6: Option<Ipv6Network>,
+    pub state_dir: Option<PathBuf>,
+    pub socket: Option<PathBuf>,
+    pub netns: Option<String>,
+    pub metrics_addr: Option<SocketAddr>,
+    pub firewall: Option<FirewallKind>,
+    pub mtu: Option<u32>,
+    pub reconcile_interval_secs: Option<u64>,
+}
+
+/// The same keys as flags, each also read from its `WEFT_*` variable.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct ConfigArgs {
+    /// Config file (TOML); a missing default file is fine, a missing given one is not.
+    #[arg(long, env = "WEFT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Bridge the containers plug into.
+    #[arg(long, env = "WEFT_BRIDGE")]
+    pub bridge: Option<String>,
+    /// IPv4 container subnet; the bridge gets its first address.
+    #[arg(long, env = "WEFT_SUBNET")]
+    pub subnet: Option<Ipv4Network>,
+    /// Optional IPv6 container subnet (prefix 64–126).
+    #[arg(long, env = "WEFT_SUBNET6")]
+    pub subnet6: Option<Ipv6Network>,
+    /// Where netd keeps its state (endpoints, address reservations).
+    #[arg(long, env = "WEFT_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The API's unix socket.
+    #[arg(long, env = "WEFT_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// The namespace netd manages (name, path or PID); default: the one it runs in.
+    #[arg(long, env = "WEFT_NETNS")]
+    pub netns: Option<String>,
+    /// Address for Prometheus metrics, e.g. 127.0.0.1:9588; off when unset.
+    #[arg(long, env = "WEFT_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Firewall backend.
+    #[arg(long, env = "WEFT_FIREWALL", value_enum)]
+    pub firewall: Option<FirewallKind>,
+    /// MTU of the bridge and the containers' interfaces.
+    #[arg(long, env = "WEFT_MTU")]
+    pub mtu: Option<u32>,
+    /// Seconds between checks of the kernel against the state.
+    #[arg(long, env = "WEFT_RECONCILE_INTERVAL_SECS")]
+    pub reconcile_interval_secs: Option<u64>,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    pub bridge: String,
+    pub subnet: Ipv4Network,
+    pub subnet6: Option<Ipv6Network>,
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    pub netns: Option<String>,
+    pub metrics_addr: Option<SocketAddr>,
+    pub firewall: FirewallKind,
+    pub mtu: Option<u32>,
+    pub reconcile_interval: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            bridge: DEFAULT_BRIDGE.into(),
+            subnet: DEFAULT_SUBNET.parse().expect("default subnet parses"),
+            subnet6: None,
+            state_dir: DEFAULT_STATE_DIR.into(),
+            socket: DEFAULT_SOCKET.into(),
+            netns: None,
+            metrics_addr: None,
+            firewall: FirewallKind::Nft,
+            mtu: None,
+            reconcile_interval: Duration::from_secs(DEFAULT_RECONCILE_SECS),
+        }
+    }
+}
+
+impl Config {
+    /// Reads the file named by `args.config` (or the default path when it
+    /// exists), then lays `args` (flags and environment) over it.
+    pub fn load(args: &ConfigArgs) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => Some(read_file(path)?),
+            None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
+                Some(read_file(Path::new(DEFAULT_CONFIG_PATH))?)
+            }
+            None => None,
+        }
+        .unwrap_or_default();
+        Config::merge(file, args)
+    }
+
+    fn merge(file: FileConfig, args: &ConfigArgs) -> Result<Config, ConfigError> {
+        let d = Config::default();
+        let config = Config {
+            bridge: args.bridge.clone().or(file.bridge).unwrap_or(d.bridge),
+            subnet: args.subnet.or(file.subnet).unwrap_or(d.subnet),
+            subnet6: args.subnet6.or(file.subnet6),
+            state_dir: args
+                .state_dir
+                .clone()
+                .or(file.state_dir)
+                .unwrap_or(d.state_dir),
+            socket: args.socket.clone().or(file.socket).unwrap_or(d.socket),
+            netns: args.netns.clone().or(file.netns),
+            metrics_addr: args.metrics_addr.or(file.metrics_addr),
+            firewall: args.firewall.or(file.firewall).unwrap_or(d.firewall),
+            mtu: args.mtu.or(file.mtu),
+            reconcile_interval: Duration::from_secs(
+                args.reconcile_interval_secs
+                    .or(file.reconcile_interval_secs)
+                    .unwrap_or(DEFAULT_RECONCILE_SECS),
+            ),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what the kernel or the IPAM would otherwise reject later.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        plumb::validate_ifname(&self.bridge).map_err(|e| ConfigError::Value {
+            key: "bridge",
+            value: self.bridge.clone(),
+            why: e.to_string(),
+        })?;
+        check_subnet("subnet", IpNetwork::V4(self.subnet), 30)?;
+        if let Some(s6) = self.subnet6 {
+            if s6.prefix() < 64 {
+                return Err(ConfigError::Value {
+                    key: "subnet6",
+                    value: s6.to_string(),
+                    why: "prefix must be 64 or longer".into(),
+                });
+            }
+            check_subnet("subnet6", IpNetwork::V6(s6), 126)?;
+        }
+        if let Some(mtu) = self.mtu {
+            if !(576..=65535).contains(&mtu) {
+                return Err(ConfigError::Value {
+                    key: "mtu",
+                    value: mtu.to_string(),
+                    why: "must be between 576 and 65535".into(),
+                });
+            }
+        }
+        if self.reconcile_interval.is_zero() {
+            return Err(ConfigError::Value {
+                key: "reconcile_interval_secs",
+                value: "0".into(),
+                why: "must be at least 1".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The gateway: the subnet's first address, on the bridge.
+    pub fn gateway4(&self) -> std::net::Ipv4Addr {
+        crate::ipam::gateway(IpNetwork::V4(self.subnet))
+            .to_string()
+            .parse()
+            .expect("an IPv4 subnet has an IPv4 gateway")
+    }
+
+    /// The subnets containers get addresses from, IPv4 first.
+    pub fn subnets(&self) -> Vec<IpNetwork> {
+        let mut subnets = vec![IpNetwork::V4(self.subnet)];
+        subnets.extend(self.subnet6.map(IpNetwork::V6));
+        subnets
+    }
+}
+
+fn check_subnet(key: &'static str, subnet: IpNetwork, longest: u8) -> Result<(), ConfigError> {
+    if subnet.ip() != subnet.network() {
+        return Err(ConfigError::Value {
+            key,
+            value: subnet.to_string(),
+            why: format!(
+                "is not a network address; did you mean {}/{}?",
+                subnet.network(),
+                subnet.prefix()
+            ),
+        });
+    }
+    if subnet.prefix() > longest {
+        return Err(ConfigError::Value {
+            key,
+            value: subnet.to_string(),
+            why: format!("is too small for containers; use a prefix of {longest} or shorter"),
+        });
+    }
+    Ok(())
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_file(path, &text)
+}
+
+/// Parses netd.toml, turning toml's error into "file, line, key: problem".
+pub fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
+    toml::from_str(text).map_err(|e: toml::de::Error| {
+        let start = e.span().map(|s| s.start).unwrap_or(0).min(text.len());
+        let line = text[..start].matches('\n').count() + 1;
+        let line_text = text.lines().nth(line - 1).unwrap_or("");
+        let key = line_text
+            .split_once('=')
+            .map(|(k, _)| k.trim().trim_matches('"').to_string())
+            .filter(|k| !k.is_empty() && !k.starts_with('#') && !k.starts_with('['));
+        ConfigError::Parse {
+            path: path.to_path_buf(),
+            line,
+            key,
+            message: e.message().trim().to_string(),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<FileConfig, ConfigError> {
+        parse_file(Path::new("/etc/weft/netd.toml"), text)
+    }
+
+    #[test]
+    fn broken_files_name_file_line_and_key() {
+        let err = parse("bridge = \"weft0\"\nsubnet = \"10.1.0.0/99\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("config file /etc/weft/netd.toml, line 2, key `subnet`:"),
+            "{err}"
+        );
+        let err = parse("\n\nbrige = \"x\"\n").unwrap_err().to_string();
+        assert!(err.contains("line 3, key `brige`"), "{err}");
+        assert!(err.contains("unknown field"), "{err}");
+        let err = parse("mtu = \"big\"\n").unwrap_err().to_string();
+        assert!(err.contains("line 1, key `mtu`"), "{err}");
+        let err = parse("bridge = \n").unwrap_err().to_string();
+        assert!(err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn flags_and_environment_win_over_the_file() {
+        let file = parse("bridge = \"br-file\"\nsubnet = \"10.5.0.0/24\"\nmtu = 1400\n").unwrap();
+        let args = ConfigArgs {
+            bridge: Some("br-flag".into()),
+            ..Default::default()
+        };
+        let c = Config::merge(file, &args).unwrap();
+        assert_eq!(c.bridge, "br-flag");
+        assert_eq!(c.subnet.to_string(), "10.5.0.0/24");
+        assert_eq!(c.mtu, Some(1400));
+        assert_eq!(c.gateway4().to_string(), "10.5.0.1");
+        assert_eq!(c.socket, PathBuf::from(DEFAULT_SOCKET));
+    }
+
+    #[test]
+    fn values_are_checked() {
+        let bad = |text: &str| {
+            Config::merge(parse(text).unwrap(), &ConfigArgs::default())
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(bad("subnet = \"10.5.0.7/24\"").contains("did you mean 10.5.0.0/24"));
+        assert!(bad("subnet = \"10.5.0.0/31\"").contains("too small"));
+        assert!(bad("bridge = \"a-very-long-bridge-name\"").contains("at most 15"));
+        assert!(bad("mtu = 100").contains("between 576"));
+        assert!(bad("subnet6 = \"fd00::/48\"").contains("64 or longer"));
+    }
+}

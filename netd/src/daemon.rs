@@ -1,0 +1,101 @@
+//! `netd run`: set up the host, reconcile, serve the API and the metrics,
+//! check the kernel periodically, reconcile on SIGHUP, and stop on SIGTERM or
+//! SIGINT without touching any container's networking (a restarted netd
+//! adopts them from the state).
+
+use std::sync::Arc;
+
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+use crate::api::server;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::network::Network;
+
+pub async fn run(config: Config) -> Result<()> {
+    let network = Arc::new(Network::open(config.clone()).await?);
+    let report = network.reconcile().await?;
+    tracing::info!(
+        actions = report.actions.len(),
+        errors = report.errors.len(),
+        bridge = %config.bridge,
+        subnet = %config.subnet,
+        "host reconciled"
+    );
+    let (stop, stopped) = watch::channel(false);
+    let metrics = match config.metrics_addr {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                Error::Api(format!(
+                    "metrics: listen on {addr}: {e} — check --metrics-addr"
+                ))
+            })?;
+            tracing::info!(%addr, "serving metrics");
+            Some(tokio::spawn(server::serve_metrics(
+                network.clone(),
+                listener,
+                stopped.clone(),
+            )))
+        }
+        None => None,
+    };
+    // The socket appears last: once it answers, netd is ready.
+    let listener = server::bind(&config.socket)?;
+    tracing::info!(socket = %config.socket.display(), "serving the API");
+    let api = tokio::spawn(server::serve(network.clone(), listener, stopped.clone()));
+    let checker = tokio::spawn(check_periodically(network.clone(), stopped.clone()));
+
+    let sig = |kind: SignalKind, name: &str| {
+        signal(kind).map_err(|e| Error::Api(format!("install a {name} handler: {e}")))
+    };
+    let mut term = sig(SignalKind::terminate(), "SIGTERM")?;
+    let mut int = sig(SignalKind::interrupt(), "SIGINT")?;
+    let mut hup = sig(SignalKind::hangup(), "SIGHUP")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reconciling");
+                if let Err(e) = network.reconcile().await {
+                    tracing::error!("reconcile after SIGHUP: {e}");
+                }
+            }
+        }
+    }
+    tracing::info!("stopping; containers keep their networking");
+    let _ = stop.send(true);
+    let _ = api.await;
+    let _ = checker.await;
+    if let Some(m) = metrics {
+        let _ = m.await;
+    }
+    let _ = std::fs::remove_file(&config.socket);
+    Ok(())
+}
+
+/// Every `reconcile_interval`, a quick look at the host; a full
+/// reconciliation when it finds something amiss.
+async fn check_periodically(network: Arc<Network>, mut stopped: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(network.config().reconcile_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopped.changed() => return,
+        }
+        match network.needs_reconcile().await {
+            Ok(false) => {}
+            Ok(true) => {
+                if let Err(e) = network.reconcile().await {
+                    tracing::error!("periodic reconcile: {e}");
+                }
+            }
+            Err(e) => {
+                network.metrics().error("check");
+                tracing::error!("periodic check: {e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! The `netd` binary: the daemon (`netd run`) and the admin commands.
+
+use clap::Parser;
+
+fn main() {
+    let cli = netd::cli::Cli::parse();
+    let default_level = if cli.is_daemon() { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("netd: start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(cli.run()) {
+        eprintln!("netd: {e}");
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            // thiserror's transparent and "{context}: {source}" variants already
+            // print their cause; only add causes the message does not contain.
+            if !e.to_string().contains(&cause.to_string()) {
+                eprintln!("  caused by: {cause}");
+            }
+            source = cause.source();
+        }
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,192 @@
+//! The host network model in one value: configuration, the host namespace,
+//! the state store, the firewall and the metrics. The daemon serves it over
+//! its API; a CNI plugin in standalone mode uses it directly:
+//!
+//! ```no_run
+//! # async fn demo() -> netd::Result<()> {
+//! let config = netd::Config::load(&netd::ConfigArgs::default())?;
+//! let network = netd::Network::open(config).await?;
+//! let result = network
+//!     .attach(netd::AttachRequest { netns: "/run/netns/c1".into(), id: Some("c1".into()), ..Default::default() })
+//!     .await?;
+//! network.detach("c1").await?;
+//! # Ok(()) }
+//! ```
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ipnetwork::IpNetwork;
+use plumb::{LinkChange, LinkOptions, Netlink, Netns};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::error::{Error, KernelContext, Result};
+use crate::ipam;
+use crate::metrics::Metrics;
+use crate::state::Store;
+
+/// One change reconciliation (or host setup) made, for logs, reports and metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Action {
+    /// A stable label for metrics: "bridge_created", "repaired", …
+    pub kind: String,
+    /// What was done, in words.
+    pub detail: String,
+}
+
+impl Action {
+    pub fn new(kind: &'static str, detail: impl Into<String>) -> Action {
+        Action {
+            kind: kind.to_string(),
+            detail: detail.into(),
+        }
+    }
+}
+
+pub struct Network {
+    pub(crate) config: Config,
+    pub(crate) host: Netns,
+    pub(crate) nl: Netlink,
+    pub(crate) store: Store,
+    pub(crate) metrics: Arc<Metrics>,
+    /// Attaches and detaches share it; a full reconciliation takes it alone,
+    /// so it never sees (and "repairs") an endpoint half-way through a change.
+    pub(crate) ops: tokio::sync::RwLock<()>,
+}
+
+impl Network {
+    /// Opens the host namespace (`config.netns`, or the current one) and the
+    /// state directory. Changes nothing in the kernel.
+    pub async fn open(config: Config) -> Result<Network> {
+        config.validate()?;
+        let host = match &config.netns {
+            Some(spec) => Netns::resolve(spec)
+                .ctx(|| format!("open the namespace netd manages ({spec}, from --netns)"))?,
+            None => Netns::current().ctx(|| "open netd's own network namespace")?,
+        };
+        let nl = Netlink::open(&host)
+            .await
+            .ctx(|| format!("open netlink in {}", host.label()))?;
+        let store = Store::open(&config.state_dir)?;
+        Ok(Network {
+            config,
+            host,
+            nl,
+            store,
+            metrics: Arc::new(Metrics::default()),
+            ops: tokio::sync::RwLock::new(()),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn host_netns(&self) -> &Netns {
+        &self.host
+    }
+
+    /// The bridge's addresses: each subnet's gateway with the subnet's prefix.
+    pub fn gateway_networks(&self) -> Vec<IpNetwork> {
+        self.config
+            .subnets()
+            .into_iter()
+            .map(|s| IpNetwork::new(ipam::gateway(s), s.prefix()).expect("prefix of a subnet"))
+            .collect()
+    }
+
+    pub fn gateways(&self) -> Vec<IpAddr> {
+        self.gateway_networks().iter().map(|n| n.ip()).collect()
+    }
+
+    /// Makes sure the bridge exists and is up with the gateway addresses, and
+    /// that forwarding is on. Idempotent; safe against a concurrent caller.
+    pub async fn ensure_host(&self) -> Result<Vec<Action>> {
+        let mut actions = Vec::new();
+        let bridge = &self.config.bridge;
+        let ctx = |what: &str| format!("set up bridge {bridge} in {}: {what}", self.host.label());
+        let link = match self.nl.link(bridge).await.ctx(|| ctx("list links"))? {
+            Some(link) => link,
+            None => {
+                let opts = LinkOptions {
+                    up: true,
+                    mtu: self.config.mtu,
+                    ..Default::default()
+                };
+                match self.nl.add_bridge(bridge, &opts).await {
+                    Ok(()) => actions.push(Action::new(
+                        "bridge_created",
+                        format!("created bridge {bridge}"),
+                    )),
+                    Err(e) if e.is_already_exists() => {}
+                    Err(e) => return Err(Error::kernel(ctx("create it"), e)),
+                }
+                self.nl.require_link(bridge).await.ctx(|| ctx("find it"))?
+            }
+        };
+        if !link.is_kind("bridge") {
+            return Err(Error::Conflict(format!(
+                "link {bridge} in {} exists but is a {}, not a bridge; choose another --bridge or remove it",
+                self.host.label(),
+                link.kind.as_deref().unwrap_or("plain device")
+            )));
+        }
+        if !link.up {
+            self.nl.set_up(bridge).await.ctx(|| ctx("bring it up"))?;
+            actions.push(Action::new("bridge_up", format!("brought {bridge} up")));
+        }
+        if let Some(mtu) = self.config.mtu {
+            if link.mtu != mtu {
+                let change = LinkChange {
+                    mtu: Some(mtu),
+                    ..Default::default()
+                };
+                self.nl
+                    .set_link(bridge, &change)
+                    .await
+                    .ctx(|| ctx("set its MTU"))?;
+            }
+        }
+        let present = self
+            .nl
+            .addresses(Some(link.index))
+            .await
+            .ctx(|| ctx("list its addresses"))?;
+        for gw in self.gateway_networks() {
+            if present.iter().any(|a| a.network == gw) {
+                continue;
+            }
+            match self.nl.add_address(bridge, gw, true).await {
+                Ok(()) => actions.push(Action::new(
+                    "gateway_added",
+                    format!("added gateway {gw} to {bridge}"),
+                )),
+                Err(e) if e.is_already_exists() => {}
+                Err(e) => return Err(Error::kernel(ctx(&format!("add gateway {gw}")), e)),
+            }
+        }
+        let mut sysctls = vec!["net.ipv4.ip_forward"];
+        if self.config.subnet6.is_some() {
+            sysctls.push("net.ipv6.conf.all.forwarding");
+        }
+        for key in sysctls {
+            let set = plumb::sysctl::read(&self.host, key)
+                .ctx(|| format!("read {key} in {}", self.host.label()))?;
+            if set != "1" {
+                plumb::sysctl::write(&self.host, key, "1")
+                    .ctx(|| format!("enable forwarding in {}", self.host.label()))?;
+                actions.push(Action::new("sysctl_set", format!("set {key}=1")));
+            }
+        }
+        Ok(actions)
+    }
+}
