@@ -1,0 +1,196 @@
+//! netd on one simulated host: containers attached through the CLI reach each
+//! other and the gateway, detach leaves nothing behind, and bad input is
+//! refused with a clear error and no change.
+//!
+//! Needs the netd binary: `cargo build -p netd` (see tests/netd_support).
+
+mod netd_support;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use netd_support::{addresses, default_args, links_with_prefix, result_ip, Netd, TestDir};
+use world::{ip_json, ping, ping6, root_or_skip, tcp_exchange, World};
+
+#[tokio::test]
+async fn two_containers_reach_each_other_and_the_gateway_and_detach_leaves_nothing() {
+    root_or_skip!();
+    let world = World::new().await.unwrap();
+    let host = world.host("a").await.unwrap();
+    let dir = TestDir::new(&world).unwrap();
+    let netd = Netd::start(&world, &host, &dir.0, &default_args("10.66.0.0/24")).unwrap();
+    let c1 = host.container("c1").unwrap();
+    let c2 = host.container("c2").unwrap();
+
+    // The bridge carries the gateway; forwarding is on.
+    assert_eq!(addresses(&host.netns, "weft0"), ["10.66.0.1/24"]);
+    assert_eq!(
+        plumb::sysctl::read(&host.netns, "net.ipv4.ip_forward").unwrap(),
+        "1"
+    );
+
+    let r1 = netd
+        .attach(&c1.netns_name, "c1", &["--mac", "02:aa:00:00:00:01"])
+        .unwrap();
+    let r2 = netd.attach(&c2.netns_name, "c2", &[]).unwrap();
+    assert_eq!(r1["ips"][0]["address"], "10.66.0.2/24");
+    assert_eq!(r2["ips"][0]["address"], "10.66.0.3/24");
+    assert_eq!(r1["ips"][0]["gateway"], "10.66.0.1");
+    assert_eq!(r1["routes"][0]["dst"], "0.0.0.0/0");
+    assert_eq!(r1["mac"], "02:aa:00:00:00:01");
+    let host_if1 = r1["interfaces"][0]["name"].as_str().unwrap().to_string();
+    assert!(host_if1.starts_with("wv") && host_if1.len() <= 15, "{host_if1}");
+
+    // The kernel, seen through iproute2: both host ends are ports of weft0,
+    // the container ends are veths in the containers with address and route.
+    let ports = ip_json(&host.netns, &["link", "show", "master", "weft0"]).unwrap();
+    assert_eq!(ports.as_array().unwrap().len(), 2);
+    let eth0 = ip_json(&c1.netns, &["-d", "link", "show", "eth0"]).unwrap();
+    assert_eq!(eth0[0]["linkinfo"]["info_kind"], "veth");
+    assert_eq!(eth0[0]["address"], "02:aa:00:00:00:01");
+    assert_eq!(addresses(&c1.netns, "eth0"), ["10.66.0.2/24"]);
+    let routes = ip_json(&c1.netns, &["route", "show", "default"]).unwrap();
+    assert_eq!(routes[0]["gateway"], "10.66.0.1");
+
+    let (ip1, ip2) = (result_ip(&r1), result_ip(&r2));
+    assert!(ping(&c1.netns, ip2).unwrap());
+    assert!(ping(&c2.netns, ip1).unwrap());
+    assert!(ping(&c1.netns, "10.66.0.1".parse().unwrap()).unwrap());
+    tcp_exchange(&c2.netns, (ip2, 7100).into(), &c1.netns).unwrap();
+
+    let ls = netd.endpoints().unwrap();
+    assert_eq!(ls.len(), 2);
+    assert!(ls.iter().all(|e| e["phase"] == "attached"));
+    let status = netd.json(&["status"]).unwrap();
+    assert_eq!(status["containers"], 2);
+    assert_eq!(status["ipam"][0]["in_use"], 3);
+
+    // Detach by name: no link, address or state is left.
+    let report = netd.json(&["detach", "c1"]).unwrap();
+    assert_eq!(report["found"], true);
+    assert_eq!(report["released"][0], "10.66.0.2");
+    assert!(links_with_prefix(&host.netns, &host_if1).is_empty());
+    assert!(links_with_prefix(&c1.netns, "eth0").is_empty());
+    let ls = netd.endpoints().unwrap();
+    assert_eq!(ls.len(), 1);
+    assert_eq!(ls[0]["name"], "c2");
+    assert_eq!(netd.json(&["status"]).unwrap()["ipam"][0]["in_use"], 2);
+    let state = std::fs::read_to_string(netd.state_dir.join("state.json")).unwrap();
+    assert!(!state.contains("10.66.0.2"), "{state}");
+    // Detach is idempotent.
+    let again = netd.json(&["detach", "c1"]).unwrap();
+    assert_eq!(again["found"], false);
+    assert!(ping(&c2.netns, "10.66.0.1".parse().unwrap()).unwrap());
+}
+
+#[tokio::test]
+async fn dual_stack_containers_get_both_families() {
+    root_or_skip!();
+    let world = World::new().await.unwrap();
+    let host = world.host("a").await.unwrap();
+    let dir = TestDir::new(&world).unwrap();
+    let mut args = default_args("10.66.1.0/24");
+    args.extend(["--subnet6".into(), "fd66:1::/64".into(), "--mtu".into(), "1400".into()]);
+    let netd = Netd::start(&world, &host, &dir.0, &args).unwrap();
+    let c1 = host.container("c1").unwrap();
+    let c2 = host.container("c2").unwrap();
+    let r1 = netd.attach(&c1.netns_name, "c1", &[]).unwrap();
+    let r2 = netd
+        .attach(&c2.netns_name, "c2", &["--ip6", "fd66:1::99", "--ip", "10.66.1.50"])
+        .unwrap();
+    assert_eq!(r1["ips"][1]["address"], "fd66:1::2/64");
+    assert_eq!(r2["ips"][0]["address"], "10.66.1.50/24");
+    assert_eq!(r2["ips"][1]["address"], "fd66:1::99/64");
+    assert_eq!(r2["routes"][1]["gw"], "fd66:1::1");
+    let eth0 = ip_json(&c1.netns, &["link", "show", "eth0"]).unwrap();
+    assert_eq!(eth0[0]["mtu"], 1400);
+    assert!(ping6(&c1.netns, "fd66:1::99").unwrap());
+    assert!(ping6(&c2.netns, "fd66:1::1").unwrap());
+    assert!(ping(&c1.netns, "10.66.1.50".parse().unwrap()).unwrap());
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_clearly_and_changes_nothing() {
+    root_or_skip!();
+    let world = World::new().await.unwrap();
+    let host = world.host("a").await.unwrap();
+    let dir = TestDir::new(&world).unwrap();
+
+    // A broken config file: netd names the file, the line and the key.
+    let config = dir.0.join("netd.toml");
+    std::fs::write(&config, "bridge = \"weft0\"\nsubnet = \"10.66.2.0/40\"\n").unwrap();
+    let out = world::run_in(
+        &host.netns,
+        world::workspace_bin("netd").to_str().unwrap(),
+        &["run", "--config", config.to_str().unwrap(), "--state-dir", dir.0.join("x").to_str().unwrap(), "--socket", dir.0.join("x.sock").to_str().unwrap()],
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    assert!(!out.success);
+    assert!(
+        out.stderr.contains(&format!("config file {}, line 2, key `subnet`", config.display())),
+        "{}",
+        out.stderr
+    );
+    assert!(links_with_prefix(&host.netns, "weft0").is_empty(), "a broken config created the bridge");
+
+    // A /29 holds the gateway and five containers.
+    let netd = Netd::start(&world, &host, &dir.0, &default_args("10.66.2.0/29")).unwrap();
+    let c1 = host.container("c1").unwrap();
+    netd.attach(&c1.netns_name, "c1", &["--ip", "10.66.2.3"]).unwrap();
+    let before_state = std::fs::read_to_string(netd.state_dir.join("state.json")).unwrap();
+    let before_links = links_with_prefix(&host.netns, "wv");
+    let c2 = host.container("c2").unwrap();
+
+    let unchanged = |what: &str| {
+        let state = std::fs::read_to_string(netd.state_dir.join("state.json")).unwrap();
+        assert_eq!(state, before_state, "{what} changed the state");
+        assert_eq!(links_with_prefix(&host.netns, "wv"), before_links, "{what} left a link");
+        assert!(links_with_prefix(&c2.netns, "eth").is_empty(), "{what} left eth0 in c2");
+    };
+
+    let err = netd.fails(&["attach", "no-such-namespace-x", "--name", "x"]).unwrap();
+    assert!(err.contains("namespace no-such-namespace-x not found"), "{err}");
+    unchanged("an unknown namespace");
+
+    let err = netd.fails(&["attach", &c2.netns_name, "--name", "c2", "--ip", "10.66.3.4"]).unwrap();
+    assert!(err.contains("10.66.3.4 is outside subnet 10.66.2.0/29"), "{err}");
+    unchanged("an address outside the subnet");
+
+    let err = netd.fails(&["attach", &c2.netns_name, "--name", "c2", "--ip", "10.66.2.3"]).unwrap();
+    assert!(err.contains("10.66.2.3 is already in use by container c1"), "{err}");
+    unchanged("a taken address");
+
+    let err = netd.fails(&["attach", &c2.netns_name, "--name", "c1"]).unwrap();
+    assert!(err.contains("container id c1 is already attached"), "{err}");
+    let err = netd.fails(&["attach", &c2.netns_name, "--id", "other", "--name", "c1"]).unwrap();
+    assert!(err.contains("container name c1 is already taken"), "{err}");
+    unchanged("a duplicate name");
+
+    let err = netd.fails(&["attach", &c2.netns_name, "--name", "c2", "--mac", "01:00:5e:00:00:01"]).unwrap();
+    assert!(err.contains("multicast"), "{err}");
+    unchanged("a multicast MAC");
+
+    // Fill the subnet: .2, .4, .5, .6 join .3; the sixth container finds it full.
+    let mut others = Vec::new();
+    for i in 0..4 {
+        let c = host.container(&format!("f{i}")).unwrap();
+        netd.attach(&c.netns_name, &format!("f{i}"), &[]).unwrap();
+        others.push(c);
+    }
+    let full_state = std::fs::read_to_string(netd.state_dir.join("state.json")).unwrap();
+    let err = netd.fails(&["attach", &c2.netns_name, "--name", "c2"]).unwrap();
+    assert!(err.contains("subnet 10.66.2.0/29 is full (6 addresses in use)"), "{err}");
+    assert_eq!(std::fs::read_to_string(netd.state_dir.join("state.json")).unwrap(), full_state);
+    assert!(links_with_prefix(&c2.netns, "eth").is_empty());
+    assert_eq!(links_with_prefix(&host.netns, "wv").len(), 5);
+    let ips: Vec<IpAddr> = netd
+        .endpoints()
+        .unwrap()
+        .iter()
+        .map(|e| e["ips"][0].as_str().unwrap().split('/').next().unwrap().parse().unwrap())
+        .collect();
+    for ip in ips {
+        assert!(ping(&c1.netns, ip).unwrap() || ip == "10.66.2.3".parse::<IpAddr>().unwrap());
+    }
+}
