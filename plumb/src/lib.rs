@@ -24,6 +24,7 @@ pub mod mac;
 pub mod netns;
 pub mod route;
 pub mod sysctl;
+pub mod topology;
 pub mod wire;
 
 pub use addr::{parse_cidr, Address};

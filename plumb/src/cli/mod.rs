@@ -1,5 +1,6 @@
 //! The `plumb` command line: pipework's syntax, and more.
 
+mod apply;
 mod args;
 mod guest;
 
@@ -63,6 +64,9 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         words: Vec<String>,
     },
+    /// Make the kernel match a topology file: bridges, guests, interfaces,
+    /// addresses, routes (idempotent; re-run after a reboot).
+    Apply(apply::ApplyArgs),
 }
 
 #[derive(Args, Debug)]
@@ -92,7 +96,7 @@ struct WireArgs {
     mtu: Option<u32>,
 }
 
-const SUBCOMMANDS: &[&str] = &["wire", "del", "ls", "route", "help"];
+const SUBCOMMANDS: &[&str] = &["wire", "del", "ls", "route", "apply", "help"];
 /// Options of `wire` that take a value, so the command word is found after them.
 const VALUE_OPTIONS: &[&str] = &[
     "-i",
@@ -290,6 +294,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 }
             }
         }
+        Command::Apply(a) => apply::run(&host, a, cli.json, &mut out).await?,
     }
     Ok(())
 }
@@ -330,5 +335,17 @@ mod tests {
             ("eth2", Some("vc1"))
         );
         assert_eq!(w.rest.len(), 3);
+    }
+
+    #[test]
+    fn apply_takes_a_file_and_its_flags() {
+        let args = with_default_command(words("plumb --json apply lab.toml --prune --dry-run"));
+        let cli = Cli::try_parse_from(args).unwrap();
+        assert!(cli.json);
+        let Command::Apply(a) = cli.command else {
+            panic!("not apply")
+        };
+        assert_eq!(a.file, std::path::PathBuf::from("lab.toml"));
+        assert!(a.prune && a.dry_run);
     }
 }

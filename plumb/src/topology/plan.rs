@@ -1,0 +1,653 @@
+//! Comparing a topology with what the kernel holds: the list of actions that
+//! makes the kernel match the file, in the order they can run.
+//!
+//! Removals come first (an old address must go before a new one is added on
+//! its subnet, or the kernel drops the new secondary with the old primary),
+//! then bridges, namespaces, interfaces and finally routes, which need the
+//! interfaces' addresses. A planning conflict (an interface name taken by a
+//! link plumb did not make, a host link that does not exist) stops everything
+//! before any change.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use ipnetwork::IpNetwork;
+use serde::Serialize;
+
+use super::observe::{NamespaceState, Observed};
+use super::{Error, Guest, Interface, Maker, Result, Topology};
+use crate::link::Link;
+use crate::route::Route;
+use crate::wire::Record;
+
+/// A link in the host namespace or in a guest, as actions name it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Place {
+    /// None for the host namespace.
+    pub guest: Option<String>,
+    pub link: String,
+}
+
+impl Place {
+    fn host(link: &str) -> Place {
+        Place {
+            guest: None,
+            link: link.to_string(),
+        }
+    }
+
+    fn guest(guest: &str, link: &str) -> Place {
+        Place {
+            guest: Some(guest.to_string()),
+            link: link.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for Place {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.guest {
+            Some(g) => write!(f, "{g}/{}", self.link),
+            None => f.write_str(&self.link),
+        }
+    }
+}
+
+/// How an interface is wired: decided by its host link, as in pipework.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WireKind {
+    Veth,
+    Macvlan,
+}
+
+impl fmt::Display for WireKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            WireKind::Veth => "veth",
+            WireKind::Macvlan => "macvlan",
+        })
+    }
+}
+
+/// One change to the kernel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Action {
+    /// An interface this topology made that the file no longer names.
+    RemoveInterface {
+        guest: String,
+        interface: String,
+    },
+    /// A namespace this topology created that the file no longer names.
+    RemoveNamespace {
+        name: String,
+    },
+    RemoveRoute {
+        guest: String,
+        route: Route,
+    },
+    RemoveAddress {
+        place: Place,
+        address: IpNetwork,
+    },
+    /// A bridge this topology made, not in the file, with no ports left.
+    RemoveBridge {
+        name: String,
+    },
+    CreateBridge {
+        name: String,
+        mtu: Option<u32>,
+    },
+    /// Takes over a bridge `plumb` wiring made on demand, so that unwiring
+    /// its last port no longer deletes it.
+    MarkBridge {
+        name: String,
+    },
+    SetBridgeMtu {
+        name: String,
+        mtu: u32,
+    },
+    BringUp {
+        place: Place,
+    },
+    AddAddress {
+        place: Place,
+        address: IpNetwork,
+    },
+    CreateNamespace {
+        name: String,
+    },
+    /// Wires an interface; `replaces` says why an existing one is re-wired.
+    Wire {
+        guest: String,
+        interface: Interface,
+        wiring: WireKind,
+        replaces: Option<String>,
+    },
+    /// Takes over an interface `plumb` wiring made that matches the file.
+    MarkInterface {
+        guest: String,
+        interface: String,
+    },
+    /// Adds a route, or replaces one of the same destination and metric.
+    AddRoute {
+        guest: String,
+        route: Route,
+    },
+}
+
+impl Action {
+    /// The order of work; actions keep their relative order within a phase.
+    fn phase(&self) -> u8 {
+        match self {
+            Action::RemoveInterface { .. } => 0,
+            Action::RemoveNamespace { .. } => 1,
+            Action::RemoveRoute { .. } => 2,
+            Action::RemoveAddress { .. } => 3,
+            Action::RemoveBridge { .. } => 4,
+            Action::CreateBridge { .. }
+            | Action::MarkBridge { .. }
+            | Action::SetBridgeMtu { .. } => 5,
+            Action::BringUp { place } | Action::AddAddress { place, .. } => {
+                if place.guest.is_none() {
+                    5
+                } else {
+                    7
+                }
+            }
+            Action::CreateNamespace { .. } => 6,
+            Action::Wire { .. } | Action::MarkInterface { .. } => 7,
+            Action::AddRoute { .. } => 8,
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::RemoveInterface { guest, interface } => {
+                write!(f, "remove {guest}/{interface} (not in the file)")
+            }
+            Action::RemoveNamespace { name } => {
+                write!(f, "remove namespace {name} (not in the file)")
+            }
+            Action::RemoveRoute { guest, route } => {
+                write!(f, "remove route {route} in {guest} (not in the file)")
+            }
+            Action::RemoveAddress { place, address } => {
+                write!(f, "remove address {address} from {place} (not in the file)")
+            }
+            Action::RemoveBridge { name } => write!(f, "remove bridge {name} (not in the file)"),
+            Action::CreateBridge { name, mtu } => {
+                write!(f, "create bridge {name}")?;
+                match mtu {
+                    Some(mtu) => write!(f, " with MTU {mtu}"),
+                    None => Ok(()),
+                }
+            }
+            Action::MarkBridge { name } => {
+                write!(f, "take over bridge {name} (made by plumb wiring)")
+            }
+            Action::SetBridgeMtu { name, mtu } => write!(f, "set MTU {mtu} on bridge {name}"),
+            Action::BringUp { place } => write!(f, "bring up {place}"),
+            Action::AddAddress { place, address } => write!(f, "add address {address} to {place}"),
+            Action::CreateNamespace { name } => write!(f, "create namespace {name}"),
+            Action::Wire {
+                guest,
+                interface,
+                wiring,
+                replaces,
+            } => match replaces {
+                None => write!(
+                    f,
+                    "wire {guest}/{} to {} ({wiring})",
+                    interface.name, interface.host
+                ),
+                Some(why) => write!(
+                    f,
+                    "rewire {guest}/{} to {} ({wiring}): {why}",
+                    interface.name, interface.host
+                ),
+            },
+            Action::MarkInterface { guest, interface } => {
+                write!(f, "take over {guest}/{interface} (wired by plumb)")
+            }
+            Action::AddRoute { guest, route } => write!(f, "add route {route} in {guest}"),
+        }
+    }
+}
+
+/// The actions that make the kernel match a topology.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    pub topology: String,
+    pub actions: Vec<Action>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.actions.is_empty()
+    }
+}
+
+/// The metric the kernel gives a route added without one.
+fn effective_metric(route: &Route) -> u32 {
+    route
+        .metric
+        .unwrap_or(if route.is_ipv6() { 1024 } else { 0 })
+}
+
+/// True when `have` is the route `want` asks for (`want.dev` None: any link).
+fn route_matches(want: &Route, have: &Route) -> bool {
+    want.destination == have.destination
+        && want.gateway == have.gateway
+        && want.is_ipv6() == have.is_ipv6()
+        && effective_metric(want) == effective_metric(have)
+        && want
+            .dev
+            .as_ref()
+            .is_none_or(|d| have.dev.as_ref() == Some(d))
+}
+
+/// Compares `topology` with `observed`; with `prune`, also removes what this
+/// topology made that the file no longer names.
+pub fn plan(topology: &Topology, observed: &Observed, prune: bool) -> Result<Plan> {
+    let mut planner = Planner {
+        topology,
+        observed,
+        prune,
+        actions: Vec::new(),
+        conflicts: Vec::new(),
+        gone_interfaces: HashSet::new(),
+        gone_namespaces: HashSet::new(),
+    };
+    for guest in &topology.guests {
+        planner.guest(guest);
+    }
+    if prune {
+        planner.namespaces_not_in_file();
+    }
+    planner.bridges();
+    if !planner.conflicts.is_empty() {
+        return Err(Error::Conflicts {
+            topology: topology.name.clone(),
+            problems: planner.conflicts,
+        });
+    }
+    let mut actions = planner.actions;
+    actions.sort_by_key(Action::phase);
+    Ok(Plan {
+        topology: topology.name.clone(),
+        actions,
+    })
+}
+
+struct Planner<'a> {
+    topology: &'a Topology,
+    observed: &'a Observed,
+    prune: bool,
+    actions: Vec<Action>,
+    conflicts: Vec<String>,
+    /// (guest, interface) pairs whose current link goes away (removed or re-wired).
+    gone_interfaces: HashSet<(String, String)>,
+    gone_namespaces: HashSet<String>,
+}
+
+impl Planner<'_> {
+    fn ours(&self, maker: &Maker) -> bool {
+        maker.is_topology(&self.topology.name)
+    }
+
+    /// How an interface on `host` is wired, or None (with a conflict) when
+    /// the host link is neither in the file nor in the kernel.
+    fn wire_kind(&mut self, guest: &str, iface: &Interface) -> Option<WireKind> {
+        if self.topology.bridge(&iface.host).is_some() {
+            return Some(WireKind::Veth);
+        }
+        match self.observed.host.link(&iface.host) {
+            Some(link) if link.is_kind("bridge") => {
+                if iface.mode.is_some() {
+                    self.conflicts.push(format!(
+                        "{guest}/{}: mode is for macvlan interfaces, but host {} is a bridge (a veth)",
+                        iface.name, iface.host
+                    ));
+                }
+                Some(WireKind::Veth)
+            }
+            Some(_) => Some(WireKind::Macvlan),
+            None => {
+                self.conflicts.push(format!(
+                    "{guest}/{}: host link {} does not exist in the host namespace (declare it as a [[bridge]] to have apply create it)",
+                    iface.name, iface.host
+                ));
+                None
+            }
+        }
+    }
+
+    fn guest(&mut self, guest: &Guest) {
+        let state = self.observed.namespaces.get(&guest.name);
+        let mut wired_here = state.is_none();
+        if state.is_none() {
+            self.actions.push(Action::CreateNamespace {
+                name: guest.name.clone(),
+            });
+        }
+        // Interfaces whose routes and addresses stay as they are: candidates
+        // for pruning of what the file no longer names.
+        let mut kept_ours = Vec::new();
+        for iface in &guest.interfaces {
+            let Some(wiring) = self.wire_kind(&guest.name, iface) else {
+                continue;
+            };
+            let existing = state.and_then(|s| s.link(&iface.name));
+            let Some(link) = existing else {
+                self.actions.push(Action::Wire {
+                    guest: guest.name.clone(),
+                    interface: iface.clone(),
+                    wiring,
+                    replaces: None,
+                });
+                wired_here = true;
+                continue;
+            };
+            let state = state.expect("a link was found in it");
+            let maker = Maker::of_alias(link.alias.as_deref());
+            match &maker {
+                Maker::Other => {
+                    self.conflicts.push(format!(
+                        "{}/{}: a link of that name exists in namespace {} and was not made by plumb; apply does not change it (rename the interface in the file, or remove the link)",
+                        guest.name, iface.name, guest.name
+                    ));
+                    continue;
+                }
+                Maker::Topology(other) if *other != self.topology.name => {
+                    self.conflicts.push(format!(
+                        "{}/{}: made by topology {other}, not {}; apply one topology per interface",
+                        guest.name, iface.name, self.topology.name
+                    ));
+                    continue;
+                }
+                _ => {}
+            }
+            let differences = self.differences(iface, wiring, link);
+            if !differences.is_empty() {
+                self.actions.push(Action::Wire {
+                    guest: guest.name.clone(),
+                    interface: iface.clone(),
+                    wiring,
+                    replaces: Some(differences.join(", ")),
+                });
+                self.gone_interfaces
+                    .insert((guest.name.clone(), iface.name.clone()));
+                wired_here = true;
+                continue;
+            }
+            if maker == Maker::PlumbWire {
+                self.actions.push(Action::MarkInterface {
+                    guest: guest.name.clone(),
+                    interface: iface.name.clone(),
+                });
+            }
+            let place = Place::guest(&guest.name, &iface.name);
+            if !link.up {
+                self.actions.push(Action::BringUp {
+                    place: place.clone(),
+                });
+            }
+            self.addresses(&place, &iface.addresses, &state.addresses_of(link), true);
+            for route in iface.gateway_routes() {
+                if !state.routes.iter().any(|r| route_matches(&route, &r.route)) {
+                    self.actions.push(Action::AddRoute {
+                        guest: guest.name.clone(),
+                        route,
+                    });
+                }
+            }
+            kept_ours.push(iface.name.clone());
+        }
+        for route in &guest.routes {
+            let route = route.to_route();
+            let present =
+                state.is_some_and(|s| s.routes.iter().any(|r| route_matches(&route, &r.route)));
+            // A (re)wired interface takes the routes through it along when it
+            // goes: add them all again (adding is a replace, harmless when present).
+            if wired_here || !present {
+                self.actions.push(Action::AddRoute {
+                    guest: guest.name.clone(),
+                    route,
+                });
+            }
+        }
+        if let (true, Some(state)) = (self.prune, state) {
+            self.prune_guest(guest, state, &kept_ours);
+        }
+    }
+
+    /// Why an existing interface does not match the file (empty: it does).
+    fn differences(&self, iface: &Interface, wiring: WireKind, link: &Link) -> Vec<String> {
+        let mut out = Vec::new();
+        let record = link
+            .alias
+            .as_deref()
+            .and_then(Record::parse)
+            .unwrap_or_default();
+        let kind = link.kind.as_deref().unwrap_or("device");
+        if kind != wiring.to_string() {
+            out.push(format!("is a {kind}, not a {wiring}"));
+        }
+        let host = record.get("host").unwrap_or("");
+        if host != iface.host {
+            out.push(format!("host {host} → {}", iface.host));
+        }
+        let vlan = record.get("vlan").unwrap_or("");
+        let want_vlan = iface.vlan.map(|v| v.to_string()).unwrap_or_default();
+        if vlan != want_vlan {
+            let show = |v: &str| {
+                if v.is_empty() {
+                    "none".to_string()
+                } else {
+                    v.to_string()
+                }
+            };
+            out.push(format!("VLAN {} → {}", show(vlan), show(&want_vlan)));
+        }
+        if let Some(mac) = iface.mac {
+            if link.mac != Some(mac) {
+                let have = link.mac.map(|m| m.to_string()).unwrap_or_default();
+                out.push(format!("MAC {have} → {mac}"));
+            }
+        }
+        if wiring == WireKind::Macvlan {
+            let want = iface.mode.unwrap_or_default();
+            if link.macvlan_mode != Some(want) {
+                let have = link
+                    .macvlan_mode
+                    .map(|m| m.to_string())
+                    .unwrap_or_else(|| "unknown".into());
+                out.push(format!("mode {have} → {want}"));
+            }
+        }
+        if let Some(mtu) = iface.mtu {
+            if link.mtu != mtu {
+                out.push(format!("MTU {} → {mtu}", link.mtu));
+            }
+        }
+        if wiring == WireKind::Veth && kind == "veth" {
+            let peer = record.get("peer").unwrap_or("");
+            let bridge = self.observed.host.link(&iface.host);
+            let host_end = self.observed.host.link(peer);
+            let attached = match (bridge, host_end) {
+                (Some(b), Some(h)) => h.controller == Some(b.index),
+                _ => false,
+            };
+            if !attached {
+                out.push(format!(
+                    "its host end {peer} is not a port of {} here",
+                    iface.host
+                ));
+            }
+        }
+        out
+    }
+
+    /// Adds what is missing; with prune on an object of ours, removes the rest.
+    fn addresses(&mut self, place: &Place, want: &[IpNetwork], have: &[IpNetwork], ours: bool) {
+        if self.prune && ours {
+            for address in have.iter().filter(|a| !want.contains(a)) {
+                self.actions.push(Action::RemoveAddress {
+                    place: place.clone(),
+                    address: *address,
+                });
+            }
+        }
+        for address in want.iter().filter(|a| !have.contains(a)) {
+            self.actions.push(Action::AddAddress {
+                place: place.clone(),
+                address: *address,
+            });
+        }
+    }
+
+    /// Interfaces of ours the file no longer names, and static routes on
+    /// kept interfaces of ours that the file does not ask for.
+    fn prune_guest(&mut self, guest: &Guest, state: &NamespaceState, kept_ours: &[String]) {
+        for link in &state.links {
+            let named = guest.interfaces.iter().any(|i| i.name == link.name);
+            if !named && self.ours(&Maker::of_alias(link.alias.as_deref())) {
+                self.remove_interface(&guest.name, &link.name);
+            }
+        }
+        let wanted: Vec<Route> = guest
+            .routes
+            .iter()
+            .map(|r| r.to_route())
+            .chain(guest.interfaces.iter().flat_map(|i| i.gateway_routes()))
+            .collect();
+        for observed in &state.routes {
+            let on_kept = observed
+                .route
+                .dev
+                .as_ref()
+                .is_some_and(|d| kept_ours.contains(d));
+            if observed.is_static
+                && on_kept
+                && !wanted.iter().any(|w| route_matches(w, &observed.route))
+            {
+                self.actions.push(Action::RemoveRoute {
+                    guest: guest.name.clone(),
+                    route: observed.route.clone(),
+                });
+            }
+        }
+    }
+
+    fn remove_interface(&mut self, guest: &str, interface: &str) {
+        self.actions.push(Action::RemoveInterface {
+            guest: guest.to_string(),
+            interface: interface.to_string(),
+        });
+        self.gone_interfaces
+            .insert((guest.to_string(), interface.to_string()));
+    }
+
+    /// Namespaces this topology created, and its interfaces in namespaces it
+    /// did not create, that the file no longer names.
+    fn namespaces_not_in_file(&mut self) {
+        for (name, state) in &self.observed.namespaces {
+            if self.topology.guest(name).is_some() {
+                continue;
+            }
+            if self.ours(&state.maker()) {
+                self.actions
+                    .push(Action::RemoveNamespace { name: name.clone() });
+                self.gone_namespaces.insert(name.clone());
+                continue;
+            }
+            for link in &state.links {
+                if self.ours(&Maker::of_alias(link.alias.as_deref())) {
+                    self.remove_interface(name, &link.name);
+                }
+            }
+        }
+    }
+
+    fn bridges(&mut self) {
+        let host = &self.observed.host;
+        for bridge in &self.topology.bridges {
+            let place = Place::host(&bridge.name);
+            let Some(link) = host.link(&bridge.name) else {
+                self.actions.push(Action::CreateBridge {
+                    name: bridge.name.clone(),
+                    mtu: bridge.mtu,
+                });
+                self.addresses(&place, &bridge.addresses, &[], true);
+                continue;
+            };
+            if !link.is_kind("bridge") {
+                self.conflicts.push(format!(
+                    "bridge {}: a link of that name exists in the host namespace and is a {}, not a bridge",
+                    bridge.name,
+                    link.kind.as_deref().unwrap_or("device")
+                ));
+                continue;
+            }
+            let maker = Maker::of_alias(link.alias.as_deref());
+            if maker == Maker::PlumbWire {
+                self.actions.push(Action::MarkBridge {
+                    name: bridge.name.clone(),
+                });
+            }
+            if let Some(mtu) = bridge.mtu.filter(|m| *m != link.mtu) {
+                self.actions.push(Action::SetBridgeMtu {
+                    name: bridge.name.clone(),
+                    mtu,
+                });
+            }
+            if !link.up {
+                self.actions.push(Action::BringUp {
+                    place: place.clone(),
+                });
+            }
+            let ours = self.ours(&maker) || maker == Maker::PlumbWire;
+            let have = host.addresses_of(link);
+            self.addresses(&place, &bridge.addresses, &have, ours);
+        }
+        if !self.prune {
+            return;
+        }
+        for link in &host.links {
+            let ours = self.ours(&Maker::of_alias(link.alias.as_deref()));
+            if !ours || !link.is_kind("bridge") || self.topology.bridge(&link.name).is_some() {
+                continue;
+            }
+            let ports_left = host
+                .links
+                .iter()
+                .filter(|p| p.controller == Some(link.index))
+                .any(|port| !self.port_goes(port));
+            if !ports_left {
+                self.actions.push(Action::RemoveBridge {
+                    name: link.name.clone(),
+                });
+            }
+        }
+    }
+
+    /// True when a bridge port is the host end of a veth this plan removes.
+    fn port_goes(&self, port: &Link) -> bool {
+        let Some(record) = port.alias.as_deref().and_then(Record::parse) else {
+            return false;
+        };
+        match (record.get("guest"), record.get("if")) {
+            (Some(guest), Some(interface)) => {
+                self.gone_namespaces.contains(guest)
+                    || self
+                        .gone_interfaces
+                        .contains(&(guest.to_string(), interface.to_string()))
+            }
+            _ => false,
+        }
+    }
+}
