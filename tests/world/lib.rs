@@ -20,9 +20,11 @@
 //! started, and `World::new` first sweeps worlds whose process has died.
 
 mod exec;
+mod forwarded;
 mod traffic;
 
 pub use exec::{ip_json, run_in, workspace_bin, CommandOutput};
+pub use forwarded::{sctp_available, sctp_via, tcp_via, udp_via};
 pub use traffic::{ping, ping6, tcp_exchange, udp_exchange};
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
