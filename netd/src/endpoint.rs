@@ -245,6 +245,7 @@ impl Network {
 
     /// Everything that can be checked without changing anything.
     async fn validate_attach(&self, req: &AttachRequest) -> Result<AttachPlan> {
+        let nl = self.netlink().await?;
         let netns = Netns::resolve(&req.netns).map_err(|e| match e {
             plumb::Error::NamespaceNotFound(_) => Error::Invalid(format!(
                 "attach: namespace {} not found — is the container still running?",
@@ -305,8 +306,7 @@ impl Network {
             }
         }
         let host_if = host_ifname(&id);
-        if self
-            .nl
+        if nl
             .link(&host_if)
             .await
             .ctx(|| format!("attach container {name}: list links"))?
@@ -379,6 +379,7 @@ impl Network {
     /// Creates the veth pair, plugs it into the bridge and configures the
     /// container side. Returns the container interface's MAC.
     pub(crate) async fn plumb(&self, ep: &Endpoint, netns: &Netns) -> Result<MacAddr> {
+        let nl = self.netlink().await?;
         let ctx = |step: &str| format!("attach container {}: {step}", ep.name);
         let host_opts = LinkOptions {
             up: true,
@@ -393,12 +394,10 @@ impl Network {
             netns: Some(netns.clone()),
             ..Default::default()
         };
-        self.nl
-            .add_veth(&ep.host_ifname, &host_opts, &ep.ifname, &peer_opts)
+        nl.add_veth(&ep.host_ifname, &host_opts, &ep.ifname, &peer_opts)
             .await
             .ctx(|| ctx("create veth"))?;
-        self.nl
-            .attach_to_bridge(&ep.host_ifname, &self.config.bridge)
+        nl.attach_to_bridge(&ep.host_ifname, &self.config.bridge)
             .await
             .ctx(|| ctx(&format!("plug {} into bridge", ep.host_ifname)))?;
         pause_if_asked("veth").await;
@@ -440,7 +439,8 @@ impl Network {
     /// Removes the endpoint's links, then its record and reservations.
     /// Links that are already gone count as removed.
     pub(crate) async fn remove_endpoint(&self, ep: &Endpoint) -> Result<Vec<IpAddr>> {
-        match self.nl.delete_link(&ep.host_ifname).await {
+        let nl = self.netlink().await?;
+        match nl.delete_link(&ep.host_ifname).await {
             Ok(()) => {}
             Err(e) if e.is_not_found() => {}
             Err(e) => {

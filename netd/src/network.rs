@@ -47,7 +47,6 @@ impl Action {
 pub struct Network {
     pub(crate) config: Config,
     pub(crate) host: Netns,
-    pub(crate) nl: Netlink,
     pub(crate) store: Store,
     pub(crate) metrics: Arc<Metrics>,
     /// Attaches and detaches share it; a full reconciliation takes it alone,
@@ -65,18 +64,23 @@ impl Network {
                 .ctx(|| format!("open the namespace netd manages ({spec}, from --netns)"))?,
             None => Netns::current().ctx(|| "open netd's own network namespace")?,
         };
-        let nl = Netlink::open(&host)
-            .await
-            .ctx(|| format!("open netlink in {}", host.label()))?;
         let store = Store::open(&config.state_dir)?;
         Ok(Network {
             config,
             host,
-            nl,
             store,
             metrics: Arc::new(Metrics::default()),
             ops: tokio::sync::RwLock::new(()),
         })
+    }
+
+    /// A fresh netlink connection into the host namespace. Each operation
+    /// opens its own: the kernel runs one dump at a time per socket (EBUSY
+    /// otherwise), and attaches, detaches and checks run concurrently.
+    pub(crate) async fn netlink(&self) -> Result<Netlink> {
+        Netlink::open(&self.host)
+            .await
+            .ctx(|| format!("open netlink in {}", self.host.label()))
     }
 
     pub fn config(&self) -> &Config {
@@ -111,10 +115,11 @@ impl Network {
     /// Makes sure the bridge exists and is up with the gateway addresses, and
     /// that forwarding is on. Idempotent; safe against a concurrent caller.
     pub async fn ensure_host(&self) -> Result<Vec<Action>> {
+        let nl = self.netlink().await?;
         let mut actions = Vec::new();
         let bridge = &self.config.bridge;
         let ctx = |what: &str| format!("set up bridge {bridge} in {}: {what}", self.host.label());
-        let link = match self.nl.link(bridge).await.ctx(|| ctx("list links"))? {
+        let link = match nl.link(bridge).await.ctx(|| ctx("list links"))? {
             Some(link) => link,
             None => {
                 let opts = LinkOptions {
@@ -122,7 +127,7 @@ impl Network {
                     mtu: self.config.mtu,
                     ..Default::default()
                 };
-                match self.nl.add_bridge(bridge, &opts).await {
+                match nl.add_bridge(bridge, &opts).await {
                     Ok(()) => actions.push(Action::new(
                         "bridge_created",
                         format!("created bridge {bridge}"),
@@ -130,7 +135,7 @@ impl Network {
                     Err(e) if e.is_already_exists() => {}
                     Err(e) => return Err(Error::kernel(ctx("create it"), e)),
                 }
-                self.nl.require_link(bridge).await.ctx(|| ctx("find it"))?
+                nl.require_link(bridge).await.ctx(|| ctx("find it"))?
             }
         };
         if !link.is_kind("bridge") {
@@ -141,7 +146,7 @@ impl Network {
             )));
         }
         if !link.up {
-            self.nl.set_up(bridge).await.ctx(|| ctx("bring it up"))?;
+            nl.set_up(bridge).await.ctx(|| ctx("bring it up"))?;
             actions.push(Action::new("bridge_up", format!("brought {bridge} up")));
         }
         if let Some(mtu) = self.config.mtu {
@@ -150,14 +155,12 @@ impl Network {
                     mtu: Some(mtu),
                     ..Default::default()
                 };
-                self.nl
-                    .set_link(bridge, &change)
+                nl.set_link(bridge, &change)
                     .await
                     .ctx(|| ctx("set its MTU"))?;
             }
         }
-        let present = self
-            .nl
+        let present = nl
             .addresses(Some(link.index))
             .await
             .ctx(|| ctx("list its addresses"))?;
@@ -165,7 +168,7 @@ impl Network {
             if present.iter().any(|a| a.network == gw) {
                 continue;
             }
-            match self.nl.add_address(bridge, gw, true).await {
+            match nl.add_address(bridge, gw, true).await {
                 Ok(()) => actions.push(Action::new(
                     "gateway_added",
                     format!("added gateway {gw} to {bridge}"),

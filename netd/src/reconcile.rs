@@ -132,21 +132,16 @@ impl Network {
     }
 
     async fn health(&self, ep: &Endpoint) -> Result<Health> {
+        let nl = self.netlink().await?;
         let Some(netns) = self.container_netns(ep)? else {
             return Ok(Health::ContainerGone);
         };
         let ctx = |what: &str| format!("check container {}: {what}", ep.name);
-        let bridge = self
-            .nl
+        let bridge = nl
             .link(&self.config.bridge)
             .await
             .ctx(|| ctx("list links"))?;
-        let Some(host) = self
-            .nl
-            .link(&ep.host_ifname)
-            .await
-            .ctx(|| ctx("list links"))?
-        else {
+        let Some(host) = nl.link(&ep.host_ifname).await.ctx(|| ctx("list links"))? else {
             return Ok(Health::Broken(format!(
                 "host link {} is missing",
                 ep.host_ifname
@@ -205,10 +200,11 @@ impl Network {
     /// Deletes whatever is left of the endpoint's links and builds them again
     /// with the recorded names, addresses and MAC.
     async fn repair(&self, ep: &Endpoint) -> Result<()> {
+        let nl = self.netlink().await?;
         let Some(netns) = self.container_netns(ep)? else {
             return Ok(());
         };
-        match self.nl.delete_link(&ep.host_ifname).await {
+        match nl.delete_link(&ep.host_ifname).await {
             Ok(()) => {}
             Err(e) if e.is_not_found() => {}
             Err(e) => return Err(Error::kernel(format!("repair container {}", ep.name), e)),
@@ -232,8 +228,9 @@ impl Network {
     /// records its endpoint before it creates its link, so a link seen here
     /// without an endpoint is truly stale.
     async fn remove_stale(&self) -> Result<Vec<Action>> {
+        let nl = self.netlink().await?;
         let mut actions = Vec::new();
-        let links = self.nl.links().await.ctx(|| "reconcile: list host links")?;
+        let links = nl.links().await.ctx(|| "reconcile: list host links")?;
         let state = self.store.read()?;
         let known: BTreeSet<&str> = state.endpoints.keys().map(String::as_str).collect();
         for link in links {
@@ -247,7 +244,7 @@ impl Network {
             if known.contains(id) || !link.is_kind("veth") {
                 continue;
             }
-            match self.nl.delete_link(&link.name).await {
+            match nl.delete_link(&link.name).await {
                 Ok(()) => actions.push(Action::new(
                     "stale_link_removed",
                     format!(
@@ -283,19 +280,15 @@ impl Network {
     /// A cheap look at the host side only (one link dump, one address dump):
     /// true when a full reconciliation is needed.
     pub async fn needs_reconcile(&self) -> Result<bool> {
-        let links = self
-            .nl
-            .links()
-            .await
-            .ctx(|| "quick check: list host links")?;
+        let nl = self.netlink().await?;
+        let links = nl.links().await.ctx(|| "quick check: list host links")?;
         let Some(bridge) = links.iter().find(|l| l.name == self.config.bridge) else {
             return Ok(true);
         };
         if !bridge.up {
             return Ok(true);
         }
-        let addrs = self
-            .nl
+        let addrs = nl
             .addresses(Some(bridge.index))
             .await
             .ctx(|| "quick check: list bridge addresses")?;

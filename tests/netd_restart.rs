@@ -1,0 +1,190 @@
+//! netd killed or restarted: containers are fully attached or not at all,
+//! nothing leaks, a restarted netd adopts what it attached, and the periodic
+//! check repairs or removes what changed behind its back.
+//!
+//! Needs the netd binary: `cargo build -p netd` (see tests/netd_support).
+
+mod netd_support;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use netd_support::{addresses, default_args, eventually, links_with_prefix, result_ip, Netd, TestDir};
+use world::{ip_json, ping, root_or_skip, tcp_exchange, World};
+
+/// For each step of an attach, netd is killed with SIGKILL while paused right
+/// after it; the restarted netd rolls the attach back completely.
+#[tokio::test]
+async fn kill_9_during_an_attach_leaves_all_or_nothing() {
+    root_or_skip!();
+    let world = World::new().await.unwrap();
+    let host = world.host("a").await.unwrap();
+    let dir = TestDir::new(&world).unwrap();
+    let args = default_args("10.66.4.0/24");
+    for (round, step) in ["reserved", "veth", "addressed"].into_iter().enumerate() {
+        let mut netd = Netd::start_with_env(
+            &world,
+            &host,
+            &dir.0,
+            &args,
+            &[("WEFT_DEBUG_PAUSE_ATTACH", step)],
+        )
+        .unwrap();
+        let c = host.container(&format!("k{round}")).unwrap();
+        // The attach blocks at the pause; run it from a thread.
+        let client = {
+            let (netns_name, name) = (c.netns_name.clone(), c.name.clone());
+            let socket = netd.socket.clone();
+            let host_ns = host.netns.clone();
+            std::thread::spawn(move || {
+                world::run_in(
+                    &host_ns,
+                    world::workspace_bin("netd").to_str().unwrap(),
+                    &["attach", &netns_name, "--name", &name, "--socket", socket.to_str().unwrap()],
+                    Duration::from_secs(60),
+                )
+                .unwrap()
+            })
+        };
+        // Wait until the attach is in flight at the step.
+        assert!(
+            eventually(Duration::from_secs(10), || {
+                let eps = netd.endpoints().unwrap_or_default();
+                let recorded = eps.iter().any(|e| e["phase"] == "attaching");
+                let linked = !links_with_prefix(&host.netns, "wv").is_empty();
+                let addressed = !addresses(&c.netns, "eth0").is_empty();
+                recorded
+                    && match step {
+                        "reserved" => true,
+                        "veth" => linked,
+                        _ => addressed,
+                    }
+            }),
+            "attach never reached step {step}:\n{}",
+            netd.log_text()
+        );
+        netd.kill9().unwrap();
+        let out = client.join().unwrap();
+        assert!(!out.success, "the attach reported success although netd died");
+
+        netd.restart().unwrap();
+        // Start-up reconciliation rolled it back: no link, no address, no record.
+        assert!(links_with_prefix(&host.netns, "wv").is_empty(), "step {step}: host link left");
+        assert!(links_with_prefix(&c.netns, "eth0").is_empty(), "step {step}: eth0 left");
+        assert!(netd.endpoints().unwrap().is_empty(), "step {step}: endpoint left");
+        let status = netd.json(&["status"]).unwrap();
+        assert_eq!(status["ipam"][0]["in_use"], 1, "step {step}: address leaked");
+        assert!(netd.log_text().contains("rolled back the interrupted attach"));
+        // And the same container attaches cleanly afterwards.
+        let r = netd.attach(&c.netns_name, &c.name, &[]).unwrap();
+        assert!(ping(&c.netns, "10.66.4.1".parse().unwrap()).unwrap());
+        assert!(ping(&host.netns, result_ip(&r)).unwrap());
+        netd.json(&["detach", &c.name]).unwrap();
+        netd.terminate().unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_restarted_netd_adopts_twenty_containers_without_duplicates() {
+    root_or_skip!();
+    let world = World::new().await.unwrap();
+    let host = world.host("a").await.unwrap();
+    let dir = TestDir::new(&world).unwrap();
+    let mut netd = Netd::start(&world, &host, &dir.0, &default_args("10.66.5.0/24")).unwrap();
+    let mut containers = Vec::new();
+    for i in 0..20 {
+        let c = host.container(&format!("r{i}")).unwrap();
+        let r = netd.attach(&c.netns_name, &c.name, &[]).unwrap();
+        containers.push((c, result_ip(&r)));
+    }
+    let links_before = links_with_prefix(&host.netns, "wv");
+    assert_eq!(links_before.len(), 20);
+    let state_before = std::fs::read_to_string(netd.state_dir.join("state.json")).unwrap();
+
+    // SIGTERM stops netd without touching the containers' networking.
+    netd.terminate().unwrap();
+    assert!(!netd.socket.exists(), "the socket outlived netd");
+    assert_eq!(links_with_prefix(&host.netns, "wv"), links_before);
+    let (c0, ip0) = &containers[0];
+    assert!(ping(&c0.netns, containers[19].1).unwrap());
+
+    netd.restart().unwrap();
+    let report = netd.json(&["reconcile"]).unwrap();
+    assert!(report["actions"].as_array().unwrap().is_empty(), "{report}");
+    assert!(report["errors"].as_array().unwrap().is_empty(), "{report}");
+    assert_eq!(
+        std::fs::read_to_string(netd.state_dir.join("state.json")).unwrap(),
+        state_before
+    );
+    assert_eq!(links_with_prefix(&host.netns, "wv"), links_before);
+    let ports = ip_json(&host.netns, &["link", "show", "master", "weft0"]).unwrap();
+    assert_eq!(ports.as_array().unwrap().len(), 20);
+    assert_eq!(addresses(&host.netns, "weft0"), ["10.66.5.1/24"], "gateway duplicated");
+    for (c, _) in &containers {
+        assert_eq!(addresses(&c.netns, "eth0").len(), 1);
+        let routes = ip_json(&c.netns, &["route", "show", "default"]).unwrap();
+        assert_eq!(routes.as_array().unwrap().len(), 1);
+        assert!(ping(&c.netns, "10.66.5.1".parse().unwrap()).unwrap(), "{}", c.name);
+    }
+    tcp_exchange(&containers[7].0.netns, (containers[7].1, 7200).into(), &c0.netns).unwrap();
+    assert!(ping(&containers[19].0.netns, *ip0).unwrap());
+    // A new container after the restart gets a fresh address.
+    let c = host.container("late").unwrap();
+    let r = netd.attach(&c.netns_name, "late", &[]).unwrap();
+    let late = result_ip(&r);
+    assert!(containers.iter().all(|(_, ip)| *ip != late));
+}
+
+#[tokio::test]
+async fn the_periodic_check_repairs_links_and_forgets_dead_containers() {
+    root_or_skip!();
+    let world = World::new().await.unwrap();
+    let host = world.host("a").await.unwrap();
+    let dir = TestDir::new(&world).unwrap();
+    let netd = Netd::start(&world, &host, &dir.0, &default_args("10.66.6.0/24")).unwrap();
+    let c1 = host.container("c1").unwrap();
+    let c2 = host.container("c2").unwrap();
+    let r1 = netd.attach(&c1.netns_name, "c1", &[]).unwrap();
+    let r2 = netd.attach(&c2.netns_name, "c2", &[]).unwrap();
+    let host_if1 = r1["interfaces"][0]["name"].as_str().unwrap().to_string();
+    let ip1: IpAddr = result_ip(&r1);
+    let mac1 = r1["mac"].clone();
+
+    // Someone deletes c1's veth: netd re-creates it with the same address and MAC.
+    let nl = plumb::Netlink::open(&host.netns).await.unwrap();
+    nl.delete_link(&host_if1).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || addresses(&c1.netns, "eth0") == ["10.66.6.2/24"]),
+        "c1 was not repaired:\n{}",
+        netd.log_text()
+    );
+    let eth0 = ip_json(&c1.netns, &["link", "show", "eth0"]).unwrap();
+    assert_eq!(eth0[0]["address"], mac1);
+    assert!(ping(&c2.netns, ip1).unwrap());
+
+    // Someone deletes the bridge: it comes back with its gateway and ports.
+    nl.delete_link("weft0").await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            ip_json(&host.netns, &["link", "show", "master", "weft0"])
+                .map(|p| p.as_array().unwrap().len() == 2)
+                .unwrap_or(false)
+        }),
+        "the bridge was not rebuilt:\n{}",
+        netd.log_text()
+    );
+    assert!(ping(&c1.netns, result_ip(&r2)).unwrap());
+    assert!(ping(&c1.netns, "10.66.6.1".parse().unwrap()).unwrap());
+
+    // c2's namespace disappears (the container died without a detach).
+    plumb::Netns::delete(&c2.netns_name).unwrap();
+    drop(c2);
+    assert!(
+        eventually(Duration::from_secs(10), || netd.endpoints().unwrap().len() == 1),
+        "the dead container was not forgotten:\n{}",
+        netd.log_text()
+    );
+    assert_eq!(netd.json(&["status"]).unwrap()["ipam"][0]["in_use"], 2);
+    let metrics_log = netd.log_text();
+    assert!(metrics_log.contains("its namespace"), "{metrics_log}");
+}
