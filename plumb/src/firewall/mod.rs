@@ -13,6 +13,18 @@
 //! `iptables-restore --noflush`), started inside the backend's namespace.
 //! Backends own their table or chains and never touch anyone else's.
 //!
+//! What the backends arrange themselves: `net.ipv4.conf.all.route_localnet=1`
+//! (the host reaching a published port through 127.0.0.1). What the caller
+//! arranges, as it is policy or per link:
+//! - IP forwarding (`net.ipv4.ip_forward`, `net.ipv6.conf.all.forwarding`).
+//! - Hairpin mode on each container's bridge port, for a container reaching
+//!   its *own* published port through the host address: with br_netfilter
+//!   (enabled in every namespace by default) the DNAT happens at the bridge,
+//!   which then has to send the frame back out of the port it came in by.
+//!   Neighbours on the same bridge need no hairpin mode.
+//! - Published ports cannot be reached through `[::1]`: IPv6 has no
+//!   `route_localnet`, so a DNATed packet from ::1 cannot leave the host.
+//!
 //! ```no_run
 //! # fn demo() -> plumb::Result<()> {
 //! use plumb::firewall::{Firewall, NetworkRules, Nftables, PublishedPort};
