@@ -56,11 +56,14 @@ pub enum Needs {
     Network,
 }
 
+/// The body of a check: Ok when the plugin behaves as the spec says.
+pub type CheckFn = dyn Fn(&Ctx) -> Result<()> + Send + Sync;
+
 /// A named check.
 pub struct Check {
     pub name: String,
     pub needs: Needs,
-    pub run: Box<dyn Fn(&Ctx) -> Result<()> + Send + Sync>,
+    pub run: Box<CheckFn>,
 }
 
 impl Check {
