@@ -88,6 +88,40 @@ impl Netlink {
         Ok(())
     }
 
+    /// Sends a request the kernel answers with one object (a GET without
+    /// NLM_F_DUMP, e.g. one link by name). Kernel errors carry `target`.
+    pub async fn request_one(
+        &self,
+        message: RouteNetlinkMessage,
+        target: impl FnOnce() -> Target,
+    ) -> Result<RouteNetlinkMessage> {
+        let mut request = NetlinkMessage::from(message);
+        request.header.flags = NLM_F_REQUEST;
+        let mut handle = self.handle.clone();
+        let mut responses = handle
+            .request(request)
+            .map_err(|e| Error::Other(format!("netlink request failed: {e}")))?;
+        let mut answer = None;
+        while let Some(response) = responses.next().await {
+            match response.payload {
+                NetlinkPayload::InnerMessage(inner) => answer = Some(inner),
+                NetlinkPayload::Error(err) => {
+                    if let Some(code) = err.code {
+                        return Err(Error::from_errno(-code.get(), target()));
+                    }
+                }
+                _ => {}
+            }
+        }
+        answer.ok_or_else(|| {
+            let t = target();
+            Error::Other(format!(
+                "{} {} in namespace {}: the kernel sent no answer",
+                t.action, t.object, t.namespace
+            ))
+        })
+    }
+
     /// Dumps objects of one kind, retrying when the kernel says the dump was
     /// interrupted by a concurrent change.
     pub async fn dump(

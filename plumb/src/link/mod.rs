@@ -173,9 +173,27 @@ impl Netlink {
     }
 
     /// The link called `name`, if there is one.
+    /// One request for that name, not a dump of every link: a dump is
+    /// interrupted (and retried) whenever links come and go meanwhile, which
+    /// under many concurrent changes can go on for longer than the retries.
     pub async fn link(&self, name: &str) -> Result<Option<Link>> {
         validate_ifname(name)?;
-        Ok(self.links().await?.into_iter().find(|l| l.name == name))
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        let answer = self
+            .request_one(RouteNetlinkMessage::GetLink(msg), || {
+                self.target("find", format!("link {name}"))
+            })
+            .await;
+        match answer {
+            Ok(RouteNetlinkMessage::NewLink(msg)) => Ok(Some(Link::from_message(msg))),
+            Ok(other) => Err(Error::Other(format!(
+                "find link {name} in namespace {}: unexpected answer {other:?}",
+                self.netns().label()
+            ))),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// The link called `name`, or an error naming it and this namespace.
