@@ -1,0 +1,64 @@
+//! Many attaches at once: every container gets its own address and is
+//! reachable. Each attach is a separate `netd attach` client process, so the
+//! daemon serves them concurrently.
+//!
+//! Needs the netd binary: `cargo build -p netd` (see tests/netd_support).
+
+mod netd_support;
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use netd_support::{default_args, links_with_prefix, result_ip, Netd, TestDir};
+use world::{ping, root_or_skip, World};
+
+const CONTAINERS: usize = 50;
+
+#[tokio::test]
+async fn fifty_parallel_attaches_get_fifty_distinct_reachable_addresses() {
+    root_or_skip!();
+    let world = World::new().await.unwrap();
+    let host = world.host("a").await.unwrap();
+    let dir = TestDir::new(&world).unwrap();
+    let netd = Netd::start(&world, &host, &dir.0, &default_args("10.66.8.0/24")).unwrap();
+    let containers: Vec<_> = (0..CONTAINERS)
+        .map(|i| host.container(&format!("p{i}")).unwrap())
+        .collect();
+    let netd_ref = &netd;
+    let results: Vec<serde_json::Value> = std::thread::scope(|scope| {
+        let handles: Vec<_> = containers
+            .iter()
+            .map(|c| scope.spawn(move || netd_ref.attach(&c.netns_name, &c.name, &[])))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap().unwrap())
+            .collect()
+    });
+    let ips: BTreeSet<IpAddr> = results.iter().map(result_ip).collect();
+    assert_eq!(
+        ips.len(),
+        CONTAINERS,
+        "addresses were handed out twice: {results:?}"
+    );
+    assert_eq!(links_with_prefix(&host.netns, "wv").len(), CONTAINERS);
+    let status = netd.json(&["status"]).unwrap();
+    assert_eq!(status["ipam"][0]["in_use"], CONTAINERS + 1);
+    assert_eq!(status["containers"], CONTAINERS);
+    // Every container answers from the host (via the bridge), and one
+    // container reaches every other.
+    for ip in &ips {
+        assert!(ping(&host.netns, *ip).unwrap(), "{ip} does not answer");
+    }
+    for ip in ips.iter().skip(1) {
+        assert!(ping(&containers[0].netns, *ip).unwrap() || result_ip(&results[0]) == *ip);
+    }
+    // Detaching them all in parallel leaves nothing.
+    std::thread::scope(|scope| {
+        for c in &containers {
+            scope.spawn(move || netd_ref.json(&["detach", &c.name]).unwrap());
+        }
+    });
+    assert!(links_with_prefix(&host.netns, "wv").is_empty());
+    assert_eq!(netd.json(&["status"]).unwrap()["ipam"][0]["in_use"], 1);
+}
