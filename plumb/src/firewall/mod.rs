@@ -42,6 +42,7 @@
 
 mod iptables;
 mod nft;
+mod nft_syntax;
 mod port;
 
 use std::fmt;
