@@ -238,6 +238,22 @@ impl World {
         Ok((netns_name, netns))
     }
 
+    /// Hands the world a namespace the code under test created (named with
+    /// this world's prefix), so that the world removes it on drop like its own.
+    pub fn adopt_namespace(&self, name: &str) -> Result<()> {
+        if !name.starts_with(&format!("{}-", self.inner.prefix)) {
+            bail!(
+                "namespace {name} does not carry this world's prefix {}",
+                self.inner.prefix
+            );
+        }
+        let mut namespaces = self.inner.namespaces.lock().unwrap();
+        if !namespaces.iter().any(|n| n == name) {
+            namespaces.push(name.to_string());
+        }
+        Ok(())
+    }
+
     /// Starts `program` inside `netns`; the world kills it (by PID) on drop.
     pub fn spawn(&self, netns: &Netns, command: std::process::Command) -> Result<u32> {
         self.inner.spawn(netns, command)

@@ -147,8 +147,6 @@ impl Run<'_> {
                     )
                     .await?;
                 if let Some(mtu) = mtu {
-                    // Set after creation: an MTU the user set sticks, where one
-                    // given at creation follows the ports' MTUs down.
                     self.set_mtu(name, *mtu).await?;
                 }
             }
@@ -166,7 +164,11 @@ impl Run<'_> {
             }
             Action::AddAddress { place, address } => {
                 let nl = self.at(place).await?;
-                nl.add_address(&place.link, *address, true).await?;
+                // Present already (kept through a removal in its subnet): done.
+                match nl.add_address(&place.link, *address, true).await {
+                    Err(e) if e.is_already_exists() => {}
+                    other => other?,
+                }
             }
             Action::CreateNamespace { name } => {
                 let ns = Netns::create(name)?;
@@ -197,6 +199,14 @@ impl Run<'_> {
                 }
                 wire::wire(self.host, &wire_spec(&ns, interface)).await?;
                 self.mark_interface(guest, &interface.name).await?;
+                // A bridge's MTU follows its ports' down unless it was set as a
+                // change: set the file's MTU again now that this port is in.
+                let file_mtu = self.topology.bridge(&interface.host).and_then(|b| b.mtu);
+                if let Some(mtu) = file_mtu {
+                    if self.host.require_link(&interface.host).await?.mtu != mtu {
+                        self.set_mtu(&interface.host, mtu).await?;
+                    }
+                }
             }
             Action::MarkInterface { guest, interface } => {
                 self.mark_interface(guest, interface).await?;

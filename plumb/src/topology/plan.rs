@@ -337,6 +337,7 @@ impl Planner<'_> {
         // Interfaces whose routes and addresses stay as they are: candidates
         // for pruning of what the file no longer names.
         let mut kept_ours = Vec::new();
+        let mut routes_disturbed = false;
         for iface in &guest.interfaces {
             let Some(wiring) = self.wire_kind(&guest.name, iface) else {
                 continue;
@@ -396,9 +397,11 @@ impl Planner<'_> {
                     place: place.clone(),
                 });
             }
-            self.addresses(&place, &iface.addresses, &state.addresses_of(link), true);
+            let disturbed =
+                self.addresses(&place, &iface.addresses, &state.addresses_of(link), true);
+            routes_disturbed |= disturbed;
             for route in iface.gateway_routes() {
-                if !state.routes.iter().any(|r| route_matches(&route, &r.route)) {
+                if disturbed || !state.routes.iter().any(|r| route_matches(&route, &r.route)) {
                     self.actions.push(Action::AddRoute {
                         guest: guest.name.clone(),
                         route,
@@ -411,9 +414,10 @@ impl Planner<'_> {
             let route = route.to_route();
             let present =
                 state.is_some_and(|s| s.routes.iter().any(|r| route_matches(&route, &r.route)));
-            // A (re)wired interface takes the routes through it along when it
-            // goes: add them all again (adding is a replace, harmless when present).
-            if wired_here || !present {
+            // A (re)wired interface, or one losing an IPv4 address, may take
+            // the routes through it along: add them all again (adding is a
+            // replace, harmless when present).
+            if wired_here || routes_disturbed || !present {
                 self.actions.push(Action::AddRoute {
                     guest: guest.name.clone(),
                     route,
@@ -492,22 +496,44 @@ impl Planner<'_> {
         out
     }
 
-    /// Adds what is missing; with prune on an object of ours, removes the rest.
-    fn addresses(&mut self, place: &Place, want: &[IpNetwork], have: &[IpNetwork], ours: bool) {
+    /// Adds what is missing; with prune on an object of ours, removes the
+    /// rest. Returns true when an IPv4 address goes: the kernel may then take
+    /// routes through the link and same-subnet addresses along (deleting a
+    /// primary drops its secondaries unless promote_secondaries is set), so
+    /// those kept are added again (adding a present one is a no-op).
+    fn addresses(
+        &mut self,
+        place: &Place,
+        want: &[IpNetwork],
+        have: &[IpNetwork],
+        ours: bool,
+    ) -> bool {
+        let mut removed_v4 = Vec::new();
         if self.prune && ours {
             for address in have.iter().filter(|a| !want.contains(a)) {
                 self.actions.push(Action::RemoveAddress {
                     place: place.clone(),
                     address: *address,
                 });
+                if address.is_ipv4() {
+                    removed_v4.push(*address);
+                }
             }
         }
-        for address in want.iter().filter(|a| !have.contains(a)) {
-            self.actions.push(Action::AddAddress {
-                place: place.clone(),
-                address: *address,
-            });
+        for address in want {
+            let missing = !have.contains(address);
+            let shares_subnet = address.is_ipv4()
+                && removed_v4
+                    .iter()
+                    .any(|r| r.prefix() == address.prefix() && r.contains(address.ip()));
+            if missing || shares_subnet {
+                self.actions.push(Action::AddAddress {
+                    place: place.clone(),
+                    address: *address,
+                });
+            }
         }
+        !removed_v4.is_empty()
     }
 
     /// Interfaces of ours the file no longer names, and static routes on
@@ -649,5 +675,331 @@ impl Planner<'_> {
             }
             _ => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mac::MacAddr;
+    use crate::topology::observe::ObservedRoute;
+    use crate::topology::parse;
+    use crate::MacvlanMode;
+
+    const FILE: &str = r#"
+name = "lab"
+[[bridge]]
+name = "br-app"
+addresses = ["10.10.0.1/24"]
+
+[[guest]]
+name = "web1"
+[[guest.interface]]
+name = "eth1"
+host = "br-app"
+addresses = ["10.10.0.2/24", "fd10::2/64"]
+gateway = "10.10.0.1"
+mac = "U:web1"
+[[guest.route]]
+to = "10.20.0.0/16"
+via = "10.10.0.254"
+metric = 10
+
+[[guest]]
+name = "db1"
+[[guest.interface]]
+name = "eth1"
+host = "eth0"
+addresses = ["198.18.9.2/15"]
+"#;
+
+    fn topology(text: &str) -> Topology {
+        parse(text, "t.toml", "t").unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn link(index: u32, name: &str, kind: Option<&str>, alias: Option<&str>) -> Link {
+        Link {
+            index,
+            name: name.to_string(),
+            kind: kind.map(String::from),
+            mac: None,
+            mtu: 1500,
+            up: true,
+            controller: None,
+            parent: None,
+            parent_elsewhere: false,
+            alias: alias.map(String::from),
+            vlan_id: None,
+            macvlan_mode: None,
+            vxlan_id: None,
+        }
+    }
+
+    fn route(text: &str, is_static: bool) -> ObservedRoute {
+        let words: Vec<String> = text.split_whitespace().map(String::from).collect();
+        let (_, route) = Route::parse_ip_route_args(&words).unwrap();
+        let ipv6 = route.is_ipv6();
+        ObservedRoute {
+            route: Route { ipv6, ..route },
+            is_static,
+        }
+    }
+
+    /// The kernel as a first apply of FILE leaves it.
+    fn applied() -> Observed {
+        let mut host = NamespaceState::default();
+        host.links.push(link(1, "lo", None, None));
+        host.links.push(link(2, "eth0", Some("veth"), None));
+        host.links.push(link(
+            3,
+            "br-app",
+            Some("bridge"),
+            Some("plumb:by=apply topology=lab"),
+        ));
+        let mut port = link(
+            4,
+            "pl00000001",
+            Some("veth"),
+            Some("plumb:guest=web1 if=eth1 vlan="),
+        );
+        port.controller = Some(3);
+        host.links.push(port);
+        host.addresses.push((3, "10.10.0.1/24".parse().unwrap()));
+        let mut web1 = NamespaceState::default();
+        web1.links.push(link(
+            1,
+            "lo",
+            None,
+            Some("plumb-netns:made=netns by=apply topology=lab"),
+        ));
+        let mut eth1 = link(
+            2,
+            "eth1",
+            Some("veth"),
+            Some("plumb:host=br-app peer=pl00000001 vlan= by=apply topology=lab"),
+        );
+        eth1.mac = Some(MacAddr::from_seed("web1"));
+        web1.links.push(eth1);
+        web1.addresses.push((2, "10.10.0.2/24".parse().unwrap()));
+        web1.addresses.push((2, "fd10::2/64".parse().unwrap()));
+        web1.routes.push(route("10.10.0.0/24 dev eth1", false));
+        web1.routes
+            .push(route("default via 10.10.0.1 dev eth1", true));
+        web1.routes.push(route(
+            "10.20.0.0/16 via 10.10.0.254 dev eth1 metric 10",
+            true,
+        ));
+        let mut db1 = NamespaceState::default();
+        db1.links.push(link(
+            1,
+            "lo",
+            None,
+            Some("plumb-netns:made=netns by=apply topology=lab"),
+        ));
+        let mut eth1 = link(
+            2,
+            "eth1",
+            Some("macvlan"),
+            Some("plumb:host=eth0 vlan= mode=bridge by=apply topology=lab"),
+        );
+        eth1.macvlan_mode = Some(MacvlanMode::Bridge);
+        db1.links.push(eth1);
+        db1.addresses.push((2, "198.18.9.2/15".parse().unwrap()));
+        let mut observed = Observed {
+            host,
+            ..Default::default()
+        };
+        observed.namespaces.insert("web1".into(), web1);
+        observed.namespaces.insert("db1".into(), db1);
+        observed
+    }
+
+    fn texts(plan: &Plan) -> Vec<String> {
+        plan.actions.iter().map(|a| a.to_string()).collect()
+    }
+
+    #[test]
+    fn an_empty_kernel_gets_everything_in_order() {
+        let mut observed = Observed::default();
+        observed
+            .host
+            .links
+            .push(link(2, "eth0", Some("veth"), None));
+        let plan = super::plan(&topology(FILE), &observed, false).unwrap();
+        assert_eq!(
+            texts(&plan),
+            [
+                "create bridge br-app",
+                "add address 10.10.0.1/24 to br-app",
+                "create namespace web1",
+                "create namespace db1",
+                "wire web1/eth1 to br-app (veth)",
+                "wire db1/eth1 to eth0 (macvlan)",
+                "add route 10.20.0.0/16 via 10.10.0.254 metric 10 in web1",
+            ]
+        );
+    }
+
+    #[test]
+    fn what_is_in_place_plans_nothing() {
+        let plan = super::plan(&topology(FILE), &applied(), true).unwrap();
+        assert!(plan.is_empty(), "{:?}", texts(&plan));
+    }
+
+    #[test]
+    fn differences_rewire_and_missing_pieces_are_added() {
+        let mut observed = applied();
+        let web1 = observed.namespaces.get_mut("web1").unwrap();
+        web1.links[1].mac = Some(MacAddr::new([2, 0, 0, 0, 0, 1]));
+        web1.routes.retain(|r| r.route.metric != Some(10));
+        let db1 = observed.namespaces.get_mut("db1").unwrap();
+        db1.links[1].up = false;
+        db1.addresses.clear();
+        let plan = super::plan(&topology(FILE), &observed, false).unwrap();
+        assert_eq!(
+            texts(&plan),
+            [
+                format!(
+                    "rewire web1/eth1 to br-app (veth): MAC 02:00:00:00:00:01 → {}",
+                    MacAddr::from_seed("web1")
+                ),
+                "bring up db1/eth1".to_string(),
+                "add address 198.18.9.2/15 to db1/eth1".to_string(),
+                "add route 10.20.0.0/16 via 10.10.0.254 metric 10 in web1".to_string(),
+            ]
+        );
+        // The host end detached from the bridge is a difference too.
+        let mut observed = applied();
+        observed.host.links[3].controller = None;
+        let plan = super::plan(&topology(FILE), &observed, false).unwrap();
+        assert!(texts(&plan)[0].contains("host end pl00000001 is not a port of br-app"));
+    }
+
+    #[test]
+    fn links_plumb_did_not_make_and_missing_hosts_are_conflicts() {
+        let mut observed = applied();
+        let web1 = observed.namespaces.get_mut("web1").unwrap();
+        web1.links[1].alias = None;
+        observed.host.links.retain(|l| l.name != "eth0");
+        let err = super::plan(&topology(FILE), &observed, false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nothing was changed"), "{err}");
+        assert!(
+            err.contains(
+                "web1/eth1: a link of that name exists in namespace web1 and was not made by plumb"
+            ),
+            "{err}"
+        );
+        assert!(
+            err.contains("db1/eth1: host link eth0 does not exist in the host namespace"),
+            "{err}"
+        );
+        let mut observed = applied();
+        observed.namespaces.get_mut("db1").unwrap().links[1].alias =
+            Some("plumb:host=eth0 vlan= mode=bridge by=apply topology=other".into());
+        let err = super::plan(&topology(FILE), &observed, false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("made by topology other"), "{err}");
+    }
+
+    #[test]
+    fn prune_removes_only_what_this_topology_made() {
+        let mut observed = applied();
+        // Ours, not in the file: an interface, a namespace, a bridge whose
+        // only port leads into that namespace, an address, a route.
+        let web1 = observed.namespaces.get_mut("web1").unwrap();
+        web1.links.push(link(
+            3,
+            "eth9",
+            Some("veth"),
+            Some("plumb:host=br-app peer=x by=apply topology=lab"),
+        ));
+        web1.addresses.push((2, "10.10.0.7/24".parse().unwrap()));
+        web1.routes
+            .push(route("10.30.0.0/16 via 10.10.0.254 dev eth1", true));
+        // Not ours: left alone.
+        web1.links.push(link(4, "theirs", Some("veth"), None));
+        web1.routes
+            .push(route("10.40.0.0/16 via 10.10.0.254 dev eth1", false));
+        let mut old = NamespaceState::default();
+        old.links.push(link(
+            1,
+            "lo",
+            None,
+            Some("plumb-netns:made=netns by=apply topology=lab"),
+        ));
+        observed.namespaces.insert("web2".into(), old);
+        let mut shared = NamespaceState::default();
+        shared.links.push(link(1, "lo", None, None));
+        shared.links.push(link(
+            2,
+            "eth1",
+            Some("veth"),
+            Some("plumb:host=br-old peer=y by=apply topology=lab"),
+        ));
+        shared.links.push(link(
+            3,
+            "eth2",
+            Some("veth"),
+            Some("plumb:host=br-old peer=z"),
+        ));
+        observed.namespaces.insert("c1".into(), shared);
+        observed.host.links.push(link(
+            10,
+            "br-old",
+            Some("bridge"),
+            Some("plumb:by=apply topology=lab"),
+        ));
+        let mut port = link(
+            11,
+            "pl00000002",
+            Some("veth"),
+            Some("plumb:guest=web2 if=eth1 vlan="),
+        );
+        port.controller = Some(10);
+        observed.host.links.push(port);
+        observed.host.links.push(link(
+            12,
+            "br-kept",
+            Some("bridge"),
+            Some("plumb:by=apply topology=lab"),
+        ));
+        let mut port = link(13, "mine", Some("veth"), None);
+        port.controller = Some(12);
+        observed.host.links.push(port);
+        observed
+            .host
+            .links
+            .push(link(14, "br-hand", Some("bridge"), None));
+
+        let without = super::plan(&topology(FILE), &observed, false).unwrap();
+        assert!(without.is_empty(), "{:?}", texts(&without));
+        let plan = super::plan(&topology(FILE), &observed, true).unwrap();
+        assert_eq!(
+            texts(&plan),
+            [
+                "remove web1/eth9 (not in the file)",
+                "remove c1/eth1 (not in the file)",
+                "remove namespace web2 (not in the file)",
+                "remove route 10.30.0.0/16 via 10.10.0.254 dev eth1 in web1 (not in the file)",
+                "remove address 10.10.0.7/24 from web1/eth1 (not in the file)",
+                "remove bridge br-old (not in the file)",
+                "add address 10.10.0.2/24 to web1/eth1",
+                "add route default via 10.10.0.1 dev eth1 in web1",
+                "add route 10.20.0.0/16 via 10.10.0.254 metric 10 in web1",
+            ]
+        );
+    }
+
+    #[test]
+    fn actions_serialize_with_their_kind() {
+        let action = Action::CreateNamespace {
+            name: "web1".into(),
+        };
+        let json = serde_json::to_value(&action).unwrap();
+        assert_eq!(json["kind"], "create-namespace");
+        assert_eq!(json["name"], "web1");
     }
 }
