@@ -285,8 +285,14 @@ async fn sysctls_are_per_namespace() {
     let b = world.host("b").await.unwrap();
     plumb::sysctl::write(&a.netns, "net.ipv4.ip_forward", "1").unwrap();
     plumb::sysctl::write(&b.netns, "net.ipv4.ip_forward", "0").unwrap();
-    assert_eq!(plumb::sysctl::read(&a.netns, "net.ipv4.ip_forward").unwrap(), "1");
-    assert_eq!(plumb::sysctl::read(&b.netns, "net.ipv4.ip_forward").unwrap(), "0");
+    assert_eq!(
+        plumb::sysctl::read(&a.netns, "net.ipv4.ip_forward").unwrap(),
+        "1"
+    );
+    assert_eq!(
+        plumb::sysctl::read(&b.netns, "net.ipv4.ip_forward").unwrap(),
+        "0"
+    );
     // Slash form for keys whose parts contain dots, checked through procfs in the namespace.
     plumb::sysctl::write(&a.netns, "net/ipv6/conf/eth0/disable_ipv6", "1").unwrap();
     let out = world::run_in(
@@ -325,5 +331,40 @@ async fn namespaces_by_name_path_and_pid_are_one_namespace() {
     plumb::Netns::delete(&gone).unwrap();
     let err = plumb::Netns::named(&gone).unwrap_err();
     assert!(err.is_not_found(), "{err}");
-    assert!(err.to_string().contains("is the container still running"), "{err}");
+    assert!(
+        err.to_string().contains("is the container still running"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn hairpin_on_a_bridge_port() {
+    root_or_skip!();
+    let world = World::new().await.unwrap();
+    let host = world.host("a").await.unwrap();
+    let c1 = host.container("c1").unwrap();
+    let nl = Netlink::open(&host.netns).await.unwrap();
+    nl.add_bridge("br0", &up()).await.unwrap();
+    nl.add_veth(
+        "v1",
+        &up(),
+        "eth0",
+        &LinkOptions {
+            netns: Some(c1.netns.clone()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    nl.attach_to_bridge("v1", "br0").await.unwrap();
+    let hairpin = |netns: &plumb::Netns| {
+        ip_json(netns, &["-d", "link", "show", "v1"]).unwrap()[0]["linkinfo"]["info_slave_data"]
+            ["hairpin"]
+            .clone()
+    };
+    assert_eq!(hairpin(&host.netns), false);
+    nl.set_hairpin("v1", true).await.unwrap();
+    assert_eq!(hairpin(&host.netns), true);
+    nl.set_hairpin("v1", false).await.unwrap();
+    assert_eq!(hairpin(&host.netns), false);
 }

@@ -1,7 +1,7 @@
 //! Running commands inside a namespace, bounded in time.
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use plumb::Netns;
@@ -34,23 +34,30 @@ pub fn run_in(
     wait_bounded(child, timeout).with_context(|| format!("{program} {}", args.join(" ")))
 }
 
-fn wait_bounded(mut child: std::process::Child, timeout: Duration) -> Result<CommandOutput> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if child.try_wait()?.is_some() {
-            let out = child.wait_with_output()?;
-            return Ok(CommandOutput {
+fn wait_bounded(child: std::process::Child, timeout: Duration) -> Result<CommandOutput> {
+    let pid = child.id();
+    let (done, outcome) = std::sync::mpsc::channel();
+    // Reading both pipes while waiting: a child printing more than a pipe
+    // holds (64 KiB) would otherwise block forever.
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    match outcome.recv_timeout(timeout) {
+        Ok(out) => {
+            let out = out?;
+            Ok(CommandOutput {
                 success: out.status.success(),
                 stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
                 stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            });
+            })
         }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
+        Err(_) => {
+            // Our own child, by PID; the waiting thread then reaps it.
+            // SAFETY: kill takes no pointers; pid is a child we started and have not reaped.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            let _ = outcome.recv_timeout(Duration::from_secs(5));
             bail!("timed out after {timeout:?}");
         }
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -74,7 +81,10 @@ pub fn ip_json(netns: &Netns, args: &[&str]) -> Result<serde_json::Value> {
 /// may not, hence the message.
 pub fn workspace_bin(name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("path of the test executable");
-    let mut dir = exe.parent().expect("test executable has a directory").to_path_buf();
+    let mut dir = exe
+        .parent()
+        .expect("test executable has a directory")
+        .to_path_buf();
     if dir.ends_with("deps") {
         dir.pop();
     }

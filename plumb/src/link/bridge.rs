@@ -1,6 +1,7 @@
 //! Bridges: the software switch containers' veths plug into.
 
-use rtnetlink::LinkBridge;
+use netlink_packet_route::RouteNetlinkMessage;
+use rtnetlink::{LinkBridge, LinkBridgePort};
 
 use super::LinkOptions;
 use crate::error::Result;
@@ -26,6 +27,26 @@ impl Netlink {
                 ..Default::default()
             },
         )
+        .await
+    }
+
+    /// Lets a bridge port send frames back out of the port they came in on,
+    /// which a container reaching its own published port through the host
+    /// address needs (`ip link set PORT type bridge_slave hairpin on`).
+    pub async fn set_hairpin(&self, port: &str, on: bool) -> Result<()> {
+        let link = self.require_link(port).await?;
+        let msg = LinkBridgePort::new(link.index).hairpin(on).build();
+        // Port settings change through RTM_NEWLINK on the existing link.
+        self.request_ack(RouteNetlinkMessage::NewLink(msg), 0, || {
+            self.target(
+                if on {
+                    "turn hairpin on for"
+                } else {
+                    "turn hairpin off for"
+                },
+                format!("bridge port {port}"),
+            )
+        })
         .await
     }
 }
