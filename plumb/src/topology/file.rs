@@ -609,6 +609,15 @@ vlan = 10
     }
 
     #[test]
+    fn the_documented_example_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/topology.toml");
+        let t = load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(t.name, "example");
+        assert_eq!(t.guests.len(), 2);
+        assert_eq!(t.guest("web1").unwrap().routes.len(), 1);
+    }
+
+    #[test]
     fn the_name_defaults_to_the_file_stem() {
         let t = parse("", "x/my lab.toml", "my lab").unwrap();
         assert_eq!(t.name, "my_lab");
