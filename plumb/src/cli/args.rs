@@ -116,7 +116,8 @@ mod tests {
     #[test]
     fn refuses_bad_words_with_reasons() {
         for (input, needle) in [
-            ("10.0.0.2", "need at least one"),
+            ("10.0.0.2", "needs a prefix length"),
+            ("02:aa:bb:cc:dd:ee", "need at least one"),
             ("10.0.0.300/24", "10.0.0.300/24"),
             ("10.0.0.2/24 @0", "reserved"),
             ("10.0.0.2/24 @4095", "reserved"),
