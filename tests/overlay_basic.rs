@@ -89,6 +89,8 @@ async fn ping_and_tcp_cross_the_overlay_and_the_fabric_sees_only_wireguard() {
     // MTU: the underlay's 1500 minus 80.
     let link = ip_json(&p.a.netns, &["link", "show", "weft-wg0"]).unwrap();
     assert_eq!(link[0]["mtu"], 1420);
+    // A deep enough kernel queue that bursts wait instead of being dropped.
+    assert_eq!(link[0]["txqlen"], 5000);
     assert_eq!(p.da.mtu(), 1420);
 
     let capture = Capture::start(p.world.fabric(), "h-a");

@@ -4,7 +4,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +19,12 @@ pub enum TunError {
     },
     #[error("TUN device name {0:?} must be 1 to 15 bytes without '/' or ':'")]
     BadName(String),
+    #[error("set the queue length of TUN device {name}: {source}")]
+    QueueLen {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// Mirrors `struct ifreq` for TUNSETIFF: the name, then the flags.
@@ -27,6 +33,14 @@ struct IfReqFlags {
     name: [libc::c_char; libc::IFNAMSIZ],
     flags: libc::c_short,
     _pad: [u8; 22],
+}
+
+/// Mirrors `struct ifreq` for SIOCSIFTXQLEN: the name, then the queue length.
+#[repr(C)]
+struct IfReqQlen {
+    name: [libc::c_char; libc::IFNAMSIZ],
+    qlen: libc::c_int,
+    _pad: [u8; 20],
 }
 
 /// An open TUN device. Reads are non-blocking.
@@ -78,6 +92,39 @@ impl Tun {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Sets how many packets the kernel queues for us to read (the link's
+    /// txqueuelen; 500 by default for TUN). When our reader falls behind a
+    /// burst, the kernel drops past this — TCP then sees loss, not delay.
+    /// Call from a thread inside the link's namespace.
+    pub fn set_queue_len(&self, packets: u32) -> Result<(), TunError> {
+        let failed = |source| TunError::QueueLen {
+            name: self.name.clone(),
+            source,
+        };
+        // SAFETY: plain socket(2) call; the result is checked before use.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(failed(io::Error::last_os_error()));
+        }
+        // SAFETY: `fd` was just returned by socket(2) and is owned by nobody else.
+        let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut req = IfReqQlen {
+            name: [0; libc::IFNAMSIZ],
+            qlen: packets.min(i32::MAX as u32) as libc::c_int,
+            _pad: [0; 20],
+        };
+        for (dst, src) in req.name.iter_mut().zip(self.name.bytes()) {
+            *dst = src as libc::c_char;
+        }
+        // SAFETY: SIOCSIFTXQLEN reads a struct ifreq whose union holds an int;
+        // `req` has that layout and outlives the call.
+        let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFTXQLEN, &mut req) };
+        if rc < 0 {
+            return Err(failed(io::Error::last_os_error()));
+        }
+        Ok(())
     }
 
     /// Reads one packet; `WouldBlock` when none is waiting.

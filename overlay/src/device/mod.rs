@@ -124,6 +124,9 @@ pub struct DeviceConfig {
     pub batch: usize,
     /// Handshake messages per second handled without a cookie round trip.
     pub handshakes_per_second: u64,
+    /// Packets the kernel queues on the TUN link for the tx thread (its
+    /// txqueuelen); bursts beyond it are dropped.
+    pub tun_queue_len: u32,
 }
 
 impl DeviceConfig {
@@ -137,6 +140,7 @@ impl DeviceConfig {
             socket_buffer: 8 << 20,
             batch: 32,
             handshakes_per_second: 100,
+            tun_queue_len: 5000,
         }
     }
 }
@@ -198,11 +202,13 @@ impl Device {
         let label = netns.label().to_string();
         let (tun, udp) = netns
             .run(|| -> Result<(Tun, UdpSocket), DeviceError> {
-                let tun = Tun::create(&config.name).map_err(|source| DeviceError::Tun {
+                let tun_error = |source| DeviceError::Tun {
                     name: name.clone(),
                     netns: label.clone(),
                     source,
-                })?;
+                };
+                let tun = Tun::create(&config.name).map_err(tun_error)?;
+                tun.set_queue_len(config.tun_queue_len).map_err(tun_error)?;
                 let udp = UdpSocket::bind(config.listen_port, config.socket_buffer).map_err(
                     |source| DeviceError::Udp {
                         name: name.clone(),
