@@ -126,6 +126,37 @@ async fn ping_and_tcp_cross_the_overlay_and_the_fabric_sees_only_wireguard() {
 }
 
 #[tokio::test]
+async fn ipv6_inside_and_outside_the_overlay() {
+    root_or_skip!();
+    let p = pair().await;
+    for (host, cidr) in [(&p.a, "fd99::1/64"), (&p.b, "fd99::2/64")] {
+        let nl = Netlink::open(&host.netns).await.unwrap();
+        nl.add_address("weft-wg0", cidr.parse().unwrap(), true)
+            .await
+            .unwrap();
+    }
+    // Each side reaches the other over the IPv6 underlay, for both families inside.
+    let mut b = p.peer_b();
+    b.endpoint = Some(SocketAddr::new(IpAddr::V6(p.b.ip6), p.db.listen_port()));
+    b.allowed_ips.push("fd99::2/128".parse().unwrap());
+    p.da.set_peer(b).unwrap();
+    let mut a = p.peer_a();
+    a.endpoint = Some(SocketAddr::new(IpAddr::V6(p.a.ip6), p.da.listen_port()));
+    a.allowed_ips.push("fd99::1/128".parse().unwrap());
+    p.db.set_peer(a).unwrap();
+
+    assert!(world::ping6(&p.a.netns, "fd99::2").unwrap());
+    assert!(ping(&p.b.netns, ip(A_OVERLAY)).unwrap());
+    tcp_exchange(&p.b.netns, (ip("fd99::2"), 7004).into(), &p.a.netns).unwrap();
+    let stats = p.db.peer_stats(&p.da.public_key()).unwrap();
+    assert_eq!(
+        stats.endpoint,
+        Some(SocketAddr::new(IpAddr::V6(p.a.ip6), p.da.listen_port()))
+    );
+    assert_eq!(stats.drops.total(), 0, "{:?}", stats.drops.nonzero());
+}
+
+#[tokio::test]
 async fn a_removed_peer_is_unreachable_and_can_come_back() {
     root_or_skip!();
     let p = pair().await;
