@@ -430,3 +430,77 @@ async fn dhcp_lease_lands_on_the_guest_interface() {
     assert!(ping(&c2.netns, "10.5.0.2".parse().unwrap()).unwrap());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn ls_lists_what_plumb_wired_by_name_and_by_pid() {
+    root_or_skip!();
+    let world = World::new().await.unwrap();
+    let host = world.host("a").await.unwrap();
+    let c1 = host.container("c1").unwrap();
+    let c2 = host.container("c2").unwrap();
+    plumb_ok(
+        &host,
+        &["br1", &c1.netns_name, "10.5.0.2/24", "fd05::2/64", "U:c1"],
+    );
+    // A guest named by the PID of a process running in it.
+    let mut sleep = std::process::Command::new("sleep");
+    sleep.arg("60");
+    let pid = world.spawn(&c2.netns, sleep).unwrap().to_string();
+    plumb_ok(&host, &["-i", "eth5", "eth0", &pid, "198.18.50.1/15"]);
+    let listed: serde_json::Value =
+        serde_json::from_str(&plumb_ok(&host, &["ls", "--json"])).unwrap();
+    let ours: Vec<&serde_json::Value> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["guest"] == c1.netns_name.as_str() || w["guest_if"] == "eth5")
+        .collect();
+    assert_eq!(ours.len(), 2, "{listed}");
+    let veth = ours.iter().find(|w| w["kind"] == "veth").unwrap();
+    assert_eq!(veth["host_if"], "br1");
+    assert_eq!(veth["mac"], "02:5f:0b:e3:4b:b0");
+    assert_eq!(
+        veth["addresses"],
+        serde_json::json!(["10.5.0.2/24", "fd05::2/64"])
+    );
+    let host_side = veth["host_side"].as_str().unwrap();
+    assert!(links(&host.netns).contains(&host_side.to_string()));
+    let mv = ours.iter().find(|w| w["kind"] == "macvlan").unwrap();
+    assert_eq!(mv["host_if"], "eth0");
+    // c2 has a /run/netns name too, which ls prefers to the PID.
+    assert_eq!(mv["guest"], c2.netns_name.as_str());
+    let table = plumb_ok(&host, &["ls"]);
+    assert!(
+        table.lines().next().unwrap().starts_with("GUEST"),
+        "{table}"
+    );
+    assert!(table.contains(&c1.netns_name), "{table}");
+    // del by PID finds the same namespace.
+    plumb_ok(&host, &["del", &pid]);
+    assert!(!links(&c2.netns).contains(&"eth5".to_string()));
+}
+
+#[tokio::test]
+async fn gratuitous_arp_updates_neighbours() {
+    root_or_skip!();
+    let world = World::new().await.unwrap();
+    let host = world.host("a").await.unwrap();
+    let c1 = host.container("c1").unwrap();
+    let c2 = host.container("c2").unwrap();
+    plumb_ok(&host, &["br1", &c2.netns_name, "10.5.0.3/24"]);
+    // Linux only learns from unsolicited ARP where arp_accept allows it.
+    plumb::sysctl::write(&c2.netns, "net/ipv4/conf/eth1/arp_accept", "1").unwrap();
+    plumb_ok(
+        &host,
+        &["br1", &c1.netns_name, "10.5.0.2/24", "02:00:00:00:05:02"],
+    );
+    let mut learned = serde_json::Value::Null;
+    for _ in 0..20 {
+        learned = ip_json(&c2.netns, &["neigh", "show", "10.5.0.2"]).unwrap();
+        if learned.as_array().is_some_and(|a| !a.is_empty()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(learned[0]["lladdr"], "02:00:00:00:05:02", "{learned}");
+}
