@@ -39,7 +39,10 @@ async fn two_containers_reach_each_other_and_the_gateway_and_detach_leaves_nothi
     assert_eq!(r1["routes"][0]["dst"], "0.0.0.0/0");
     assert_eq!(r1["mac"], "02:aa:00:00:00:01");
     let host_if1 = r1["interfaces"][0]["name"].as_str().unwrap().to_string();
-    assert!(host_if1.starts_with("wv") && host_if1.len() <= 15, "{host_if1}");
+    assert!(
+        host_if1.starts_with("wv") && host_if1.len() <= 15,
+        "{host_if1}"
+    );
 
     // The kernel, seen through iproute2: both host ends are ports of weft0,
     // the container ends are veths in the containers with address and route.
@@ -90,13 +93,22 @@ async fn dual_stack_containers_get_both_families() {
     let host = world.host("a").await.unwrap();
     let dir = TestDir::new(&world).unwrap();
     let mut args = default_args("10.66.1.0/24");
-    args.extend(["--subnet6".into(), "fd66:1::/64".into(), "--mtu".into(), "1400".into()]);
+    args.extend([
+        "--subnet6".into(),
+        "fd66:1::/64".into(),
+        "--mtu".into(),
+        "1400".into(),
+    ]);
     let netd = Netd::start(&world, &host, &dir.0, &args).unwrap();
     let c1 = host.container("c1").unwrap();
     let c2 = host.container("c2").unwrap();
     let r1 = netd.attach(&c1.netns_name, "c1", &[]).unwrap();
     let r2 = netd
-        .attach(&c2.netns_name, "c2", &["--ip6", "fd66:1::99", "--ip", "10.66.1.50"])
+        .attach(
+            &c2.netns_name,
+            "c2",
+            &["--ip6", "fd66:1::99", "--ip", "10.66.1.50"],
+        )
         .unwrap();
     assert_eq!(r1["ips"][1]["address"], "fd66:1::2/64");
     assert_eq!(r2["ips"][0]["address"], "10.66.1.50/24");
@@ -122,22 +134,37 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
     let out = world::run_in(
         &host.netns,
         world::workspace_bin("netd").to_str().unwrap(),
-        &["run", "--config", config.to_str().unwrap(), "--state-dir", dir.0.join("x").to_str().unwrap(), "--socket", dir.0.join("x.sock").to_str().unwrap()],
+        &[
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--state-dir",
+            dir.0.join("x").to_str().unwrap(),
+            "--socket",
+            dir.0.join("x.sock").to_str().unwrap(),
+        ],
         Duration::from_secs(20),
     )
     .unwrap();
     assert!(!out.success);
     assert!(
-        out.stderr.contains(&format!("config file {}, line 2, key `subnet`", config.display())),
+        out.stderr.contains(&format!(
+            "config file {}, line 2, key `subnet`",
+            config.display()
+        )),
         "{}",
         out.stderr
     );
-    assert!(links_with_prefix(&host.netns, "weft0").is_empty(), "a broken config created the bridge");
+    assert!(
+        links_with_prefix(&host.netns, "weft0").is_empty(),
+        "a broken config created the bridge"
+    );
 
     // A /29 holds the gateway and five containers.
     let netd = Netd::start(&world, &host, &dir.0, &default_args("10.66.2.0/29")).unwrap();
     let c1 = host.container("c1").unwrap();
-    netd.attach(&c1.netns_name, "c1", &["--ip", "10.66.2.3"]).unwrap();
+    netd.attach(&c1.netns_name, "c1", &["--ip", "10.66.2.3"])
+        .unwrap();
     let before_state = std::fs::read_to_string(netd.state_dir.join("state.json")).unwrap();
     let before_links = links_with_prefix(&host.netns, "wv");
     let c2 = host.container("c2").unwrap();
@@ -145,29 +172,78 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
     let unchanged = |what: &str| {
         let state = std::fs::read_to_string(netd.state_dir.join("state.json")).unwrap();
         assert_eq!(state, before_state, "{what} changed the state");
-        assert_eq!(links_with_prefix(&host.netns, "wv"), before_links, "{what} left a link");
-        assert!(links_with_prefix(&c2.netns, "eth").is_empty(), "{what} left eth0 in c2");
+        assert_eq!(
+            links_with_prefix(&host.netns, "wv"),
+            before_links,
+            "{what} left a link"
+        );
+        assert!(
+            links_with_prefix(&c2.netns, "eth").is_empty(),
+            "{what} left eth0 in c2"
+        );
     };
 
-    let err = netd.fails(&["attach", "no-such-namespace-x", "--name", "x"]).unwrap();
-    assert!(err.contains("namespace no-such-namespace-x not found"), "{err}");
+    let err = netd
+        .fails(&["attach", "no-such-namespace-x", "--name", "x"])
+        .unwrap();
+    assert!(
+        err.contains("namespace no-such-namespace-x not found"),
+        "{err}"
+    );
     unchanged("an unknown namespace");
 
-    let err = netd.fails(&["attach", &c2.netns_name, "--name", "c2", "--ip", "10.66.3.4"]).unwrap();
-    assert!(err.contains("10.66.3.4 is outside subnet 10.66.2.0/29"), "{err}");
+    let err = netd
+        .fails(&[
+            "attach",
+            &c2.netns_name,
+            "--name",
+            "c2",
+            "--ip",
+            "10.66.3.4",
+        ])
+        .unwrap();
+    assert!(
+        err.contains("10.66.3.4 is outside subnet 10.66.2.0/29"),
+        "{err}"
+    );
     unchanged("an address outside the subnet");
 
-    let err = netd.fails(&["attach", &c2.netns_name, "--name", "c2", "--ip", "10.66.2.3"]).unwrap();
-    assert!(err.contains("10.66.2.3 is already in use by container c1"), "{err}");
+    let err = netd
+        .fails(&[
+            "attach",
+            &c2.netns_name,
+            "--name",
+            "c2",
+            "--ip",
+            "10.66.2.3",
+        ])
+        .unwrap();
+    assert!(
+        err.contains("10.66.2.3 is already in use by container c1"),
+        "{err}"
+    );
     unchanged("a taken address");
 
-    let err = netd.fails(&["attach", &c2.netns_name, "--name", "c1"]).unwrap();
+    let err = netd
+        .fails(&["attach", &c2.netns_name, "--name", "c1"])
+        .unwrap();
     assert!(err.contains("container id c1 is already attached"), "{err}");
-    let err = netd.fails(&["attach", &c2.netns_name, "--id", "other", "--name", "c1"]).unwrap();
+    let err = netd
+        .fails(&["attach", &c2.netns_name, "--id", "other", "--name", "c1"])
+        .unwrap();
     assert!(err.contains("container name c1 is already taken"), "{err}");
     unchanged("a duplicate name");
 
-    let err = netd.fails(&["attach", &c2.netns_name, "--name", "c2", "--mac", "01:00:5e:00:00:01"]).unwrap();
+    let err = netd
+        .fails(&[
+            "attach",
+            &c2.netns_name,
+            "--name",
+            "c2",
+            "--mac",
+            "01:00:5e:00:00:01",
+        ])
+        .unwrap();
     assert!(err.contains("multicast"), "{err}");
     unchanged("a multicast MAC");
 
@@ -179,16 +255,33 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
         others.push(c);
     }
     let full_state = std::fs::read_to_string(netd.state_dir.join("state.json")).unwrap();
-    let err = netd.fails(&["attach", &c2.netns_name, "--name", "c2"]).unwrap();
-    assert!(err.contains("subnet 10.66.2.0/29 is full (6 addresses in use)"), "{err}");
-    assert_eq!(std::fs::read_to_string(netd.state_dir.join("state.json")).unwrap(), full_state);
+    let err = netd
+        .fails(&["attach", &c2.netns_name, "--name", "c2"])
+        .unwrap();
+    assert!(
+        err.contains("subnet 10.66.2.0/29 is full (6 addresses in use)"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(netd.state_dir.join("state.json")).unwrap(),
+        full_state
+    );
     assert!(links_with_prefix(&c2.netns, "eth").is_empty());
     assert_eq!(links_with_prefix(&host.netns, "wv").len(), 5);
     let ips: Vec<IpAddr> = netd
         .endpoints()
         .unwrap()
         .iter()
-        .map(|e| e["ips"][0].as_str().unwrap().split('/').next().unwrap().parse().unwrap())
+        .map(|e| {
+            e["ips"][0]
+                .as_str()
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
         .collect();
     for ip in ips {
         assert!(ping(&c1.netns, ip).unwrap() || ip == "10.66.2.3".parse::<IpAddr>().unwrap());

@@ -9,7 +9,9 @@ mod netd_support;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use netd_support::{addresses, default_args, eventually, links_with_prefix, result_ip, Netd, TestDir};
+use netd_support::{
+    addresses, default_args, eventually, links_with_prefix, result_ip, Netd, TestDir,
+};
 use world::{ip_json, ping, root_or_skip, tcp_exchange, World};
 
 /// For each step of an attach, netd is killed with SIGKILL while paused right
@@ -40,7 +42,14 @@ async fn kill_9_during_an_attach_leaves_all_or_nothing() {
                 world::run_in(
                     &host_ns,
                     world::workspace_bin("netd").to_str().unwrap(),
-                    &["attach", &netns_name, "--name", &name, "--socket", socket.to_str().unwrap()],
+                    &[
+                        "attach",
+                        &netns_name,
+                        "--name",
+                        &name,
+                        "--socket",
+                        socket.to_str().unwrap(),
+                    ],
                     Duration::from_secs(60),
                 )
                 .unwrap()
@@ -65,16 +74,33 @@ async fn kill_9_during_an_attach_leaves_all_or_nothing() {
         );
         netd.kill9().unwrap();
         let out = client.join().unwrap();
-        assert!(!out.success, "the attach reported success although netd died");
+        assert!(
+            !out.success,
+            "the attach reported success although netd died"
+        );
 
         netd.restart().unwrap();
         // Start-up reconciliation rolled it back: no link, no address, no record.
-        assert!(links_with_prefix(&host.netns, "wv").is_empty(), "step {step}: host link left");
-        assert!(links_with_prefix(&c.netns, "eth0").is_empty(), "step {step}: eth0 left");
-        assert!(netd.endpoints().unwrap().is_empty(), "step {step}: endpoint left");
+        assert!(
+            links_with_prefix(&host.netns, "wv").is_empty(),
+            "step {step}: host link left"
+        );
+        assert!(
+            links_with_prefix(&c.netns, "eth0").is_empty(),
+            "step {step}: eth0 left"
+        );
+        assert!(
+            netd.endpoints().unwrap().is_empty(),
+            "step {step}: endpoint left"
+        );
         let status = netd.json(&["status"]).unwrap();
-        assert_eq!(status["ipam"][0]["in_use"], 1, "step {step}: address leaked");
-        assert!(netd.log_text().contains("rolled back the interrupted attach"));
+        assert_eq!(
+            status["ipam"][0]["in_use"], 1,
+            "step {step}: address leaked"
+        );
+        assert!(netd
+            .log_text()
+            .contains("rolled back the interrupted attach"));
         // And the same container attaches cleanly afterwards.
         let r = netd.attach(&c.netns_name, &c.name, &[]).unwrap();
         assert!(ping(&c.netns, "10.66.4.1".parse().unwrap()).unwrap());
@@ -119,14 +145,27 @@ async fn a_restarted_netd_adopts_twenty_containers_without_duplicates() {
     assert_eq!(links_with_prefix(&host.netns, "wv"), links_before);
     let ports = ip_json(&host.netns, &["link", "show", "master", "weft0"]).unwrap();
     assert_eq!(ports.as_array().unwrap().len(), 20);
-    assert_eq!(addresses(&host.netns, "weft0"), ["10.66.5.1/24"], "gateway duplicated");
+    assert_eq!(
+        addresses(&host.netns, "weft0"),
+        ["10.66.5.1/24"],
+        "gateway duplicated"
+    );
     for (c, _) in &containers {
         assert_eq!(addresses(&c.netns, "eth0").len(), 1);
         let routes = ip_json(&c.netns, &["route", "show", "default"]).unwrap();
         assert_eq!(routes.as_array().unwrap().len(), 1);
-        assert!(ping(&c.netns, "10.66.5.1".parse().unwrap()).unwrap(), "{}", c.name);
+        assert!(
+            ping(&c.netns, "10.66.5.1".parse().unwrap()).unwrap(),
+            "{}",
+            c.name
+        );
     }
-    tcp_exchange(&containers[7].0.netns, (containers[7].1, 7200).into(), &c0.netns).unwrap();
+    tcp_exchange(
+        &containers[7].0.netns,
+        (containers[7].1, 7200).into(),
+        &c0.netns,
+    )
+    .unwrap();
     assert!(ping(&containers[19].0.netns, *ip0).unwrap());
     // A new container after the restart gets a fresh address.
     let c = host.container("late").unwrap();
@@ -154,7 +193,8 @@ async fn the_periodic_check_repairs_links_and_forgets_dead_containers() {
     let nl = plumb::Netlink::open(&host.netns).await.unwrap();
     nl.delete_link(&host_if1).await.unwrap();
     assert!(
-        eventually(Duration::from_secs(10), || addresses(&c1.netns, "eth0") == ["10.66.6.2/24"]),
+        eventually(Duration::from_secs(10), || addresses(&c1.netns, "eth0")
+            == ["10.66.6.2/24"]),
         "c1 was not repaired:\n{}",
         netd.log_text()
     );
@@ -180,7 +220,8 @@ async fn the_periodic_check_repairs_links_and_forgets_dead_containers() {
     plumb::Netns::delete(&c2.netns_name).unwrap();
     drop(c2);
     assert!(
-        eventually(Duration::from_secs(10), || netd.endpoints().unwrap().len() == 1),
+        eventually(Duration::from_secs(10), || netd.endpoints().unwrap().len()
+            == 1),
         "the dead container was not forgotten:\n{}",
         netd.log_text()
     );

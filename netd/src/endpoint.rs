@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use ipnetwork::IpNetwork;
 use md5::{Digest, Md5};
+use plumb::firewall::{PortSpec, PublishedPort};
 use plumb::{LinkOptions, MacAddr, Netlink, Netns, Route};
 use serde::{Deserialize, Serialize};
 
@@ -56,6 +57,9 @@ pub struct AttachRequest {
     pub mac: Option<String>,
     #[serde(default)]
     pub mtu: Option<u32>,
+    /// Ports to publish: `[hostip:]hostport[-end]:ctrport[-end][/proto]`.
+    #[serde(default)]
+    pub ports: Vec<String>,
 }
 
 /// The outcome, shaped like a CNI result so the plugin can pass it on.
@@ -67,6 +71,7 @@ pub struct AttachResult {
     pub ips: Vec<IpInfo>,
     pub routes: Vec<RouteInfo>,
     pub mac: Option<MacAddr>,
+    pub ports: Vec<PublishedPort>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,6 +137,7 @@ impl From<&Endpoint> for AttachResult {
             ips,
             routes,
             mac: ep.mac,
+            ports: ep.ports.clone(),
         }
     }
 }
@@ -186,6 +192,7 @@ struct AttachPlan {
     ifname: String,
     mac: Option<MacAddr>,
     mtu: Option<u32>,
+    ports: Vec<PortSpec>,
 }
 
 async fn pause_if_asked(step: &str) {
@@ -210,7 +217,7 @@ impl Network {
 
     async fn attach_inner(&self, req: AttachRequest) -> Result<AttachResult> {
         let plan = self.validate_attach(&req).await?;
-        self.ensure_host().await?;
+        self.ensure_host_once().await?;
         let endpoint = self.reserve(&plan, &req)?;
         pause_if_asked("reserved").await;
         let mac = match self.plumb(&endpoint, &plan.netns).await {
@@ -220,6 +227,18 @@ impl Network {
                 return Err(e);
             }
         };
+        if !endpoint.ports.is_empty() {
+            let ports = endpoint.ports.clone();
+            let added =
+                crate::publish::firewall_call(&self.firewall, move |fw| fw.add_ports(&ports)).await;
+            if let Err(e) = added {
+                self.roll_back(&endpoint).await;
+                return Err(Error::kernel(
+                    format!("attach container {}: publish its ports", endpoint.name),
+                    e,
+                ));
+            }
+        }
         let attached = self.store.update(|s| -> Result<Endpoint> {
             let ep = s.endpoints.get_mut(&endpoint.id).ok_or_else(|| {
                 Error::Conflict(format!(
@@ -287,6 +306,7 @@ impl Network {
                 "attach container {name}: an IPv6 address was asked for but netd has no subnet6 configured"
             )));
         }
+        let ports = crate::publish::parse_specs(&name, &req.ports)?;
         let state = self.store.read()?;
         check_unique(&state, &id, &name, &netns, &ifname)?;
         let requested = [
@@ -338,6 +358,7 @@ impl Network {
             ifname,
             mac,
             mtu,
+            ports,
         })
     }
 
@@ -358,6 +379,8 @@ impl Network {
                 let ip6 = state.ipam.allocate(s6, &plan.id, req.ip6.map(IpAddr::V6))?;
                 ips.push(IpNetwork::new(ip6, s6.prefix()).expect("subnet prefix"));
             }
+            let ports = crate::publish::bind_specs(&plan.name, &plan.ports, &ips)?;
+            crate::publish::check_conflicts(state, &plan.name, &ports)?;
             let endpoint = Endpoint {
                 id: plan.id.clone(),
                 name: plan.name.clone(),
@@ -369,6 +392,7 @@ impl Network {
                 mtu: plan.mtu,
                 ips,
                 gateways: self.gateways(),
+                ports,
                 phase: Phase::Attaching { owner },
             };
             state.endpoints.insert(plan.id.clone(), endpoint.clone());
@@ -400,6 +424,11 @@ impl Network {
         nl.attach_to_bridge(&ep.host_ifname, &self.config.bridge)
             .await
             .ctx(|| ctx(&format!("plug {} into bridge", ep.host_ifname)))?;
+        // A container reaching its own published port through the host
+        // address comes back in by the port it went out by.
+        nl.set_hairpin(&ep.host_ifname, true)
+            .await
+            .ctx(|| ctx("turn on hairpin mode"))?;
         pause_if_asked("veth").await;
         let cnl = Netlink::open(netns)
             .await
@@ -439,6 +468,17 @@ impl Network {
     /// Removes the endpoint's links, then its record and reservations.
     /// Links that are already gone count as removed.
     pub(crate) async fn remove_endpoint(&self, ep: &Endpoint) -> Result<Vec<IpAddr>> {
+        if !ep.ports.is_empty() {
+            let ports = ep.ports.clone();
+            // A failure here is not fatal: reconciliation syncs the firewall
+            // with the state, which no longer holds these ports.
+            if let Err(e) =
+                crate::publish::firewall_call(&self.firewall, move |fw| fw.remove_ports(&ports))
+                    .await
+            {
+                tracing::warn!(container = %ep.name, "withdraw published ports: {e}");
+            }
+        }
         let nl = self.netlink().await?;
         match nl.delete_link(&ep.host_ifname).await {
             Ok(()) => {}

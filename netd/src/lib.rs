@@ -15,6 +15,7 @@ pub mod error;
 pub mod ipam;
 pub mod metrics;
 pub mod network;
+pub mod publish;
 pub mod reconcile;
 pub mod state;
 

@@ -58,6 +58,12 @@ impl Metrics {
             "Containers attached to the bridge.",
             &[("", attached as u64)],
         );
+        gauge(
+            &mut out,
+            "weft_netd_published_ports",
+            "Published port mappings.",
+            &[("", crate::publish::published_count(state) as u64)],
+        );
         let _ = writeln!(
             out,
             "# HELP weft_netd_ipam_addresses_in_use Addresses taken per subnet, the gateway included.\n# TYPE weft_netd_ipam_addresses_in_use gauge"

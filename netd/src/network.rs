@@ -17,10 +17,11 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnetwork::IpNetwork;
+use plumb::firewall::{BackendKind, Firewall};
 use plumb::{LinkChange, LinkOptions, Netlink, Netns};
 use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
+use crate::config::{Config, FirewallKind};
 use crate::error::{Error, KernelContext, Result};
 use crate::ipam;
 use crate::metrics::Metrics;
@@ -49,6 +50,7 @@ pub struct Network {
     pub(crate) host: Netns,
     pub(crate) store: Store,
     pub(crate) metrics: Arc<Metrics>,
+    pub(crate) firewall: Arc<dyn Firewall>,
     /// Attaches and detaches share it; a full reconciliation takes it alone,
     /// so it never sees (and "repairs") an endpoint half-way through a change.
     pub(crate) ops: tokio::sync::RwLock<()>,
@@ -65,7 +67,13 @@ impl Network {
             None => Netns::current().ctx(|| "open netd's own network namespace")?,
         };
         let store = Store::open(&config.state_dir)?;
+        let backend = match config.firewall {
+            FirewallKind::Nft => BackendKind::Nftables,
+            FirewallKind::Iptables => BackendKind::Iptables,
+        };
+        let firewall: Arc<dyn Firewall> = Arc::from(backend.open(host.clone()));
         Ok(Network {
+            firewall,
             config,
             host,
             store,
@@ -190,6 +198,43 @@ impl Network {
                 actions.push(Action::new("sysctl_set", format!("set {key}=1")));
             }
         }
+        let rules = self.network_rules();
+        crate::publish::firewall_call(&self.firewall, move |fw| fw.ensure(&rules))
+            .await
+            .ctx(|| {
+                format!(
+                    "set up NAT for {} in {}",
+                    self.config.bridge,
+                    self.host.label()
+                )
+            })?;
         Ok(actions)
+    }
+
+    /// `ensure_host` only when the bridge or a gateway address is missing:
+    /// what an attach calls, so that the first attach without a daemon (a CNI
+    /// plugin in standalone mode) sets the host up, and later ones cost nothing.
+    pub async fn ensure_host_once(&self) -> Result<()> {
+        let nl = self.netlink().await?;
+        let ready = match nl
+            .link(&self.config.bridge)
+            .await
+            .ctx(|| "list links".to_string())?
+        {
+            Some(bridge) if bridge.up => {
+                let addrs = nl
+                    .addresses(Some(bridge.index))
+                    .await
+                    .ctx(|| "list bridge addresses".to_string())?;
+                self.gateway_networks()
+                    .iter()
+                    .all(|gw| addrs.iter().any(|a| a.network == *gw))
+            }
+            _ => false,
+        };
+        if !ready {
+            self.ensure_host().await?;
+        }
+        Ok(())
     }
 }

@@ -42,6 +42,8 @@ impl Network {
     /// collected in the report; only a broken host setup fails the call.
     pub async fn reconcile(&self) -> Result<ReconcileReport> {
         let _op = self.ops.write().await;
+        // Looked at before `ensure_host`, which rebuilds the base rules.
+        let intact = self.firewall_intact().await;
         let mut report = ReconcileReport {
             actions: self
                 .ensure_host()
@@ -49,6 +51,14 @@ impl Network {
                 .inspect_err(|_| self.metrics.error("reconcile"))?,
             errors: Vec::new(),
         };
+        match (intact, self.sync_firewall().await) {
+            (_, Err(e)) | (Err(e), _) => report.errors.push(e.to_string()),
+            (Ok(false), Ok(())) => report.actions.push(Action::new(
+                "firewall_reapplied",
+                "re-applied the NAT rules and published ports (someone removed them)",
+            )),
+            (Ok(true), Ok(())) => {}
+        }
         let state = self.store.read()?;
         for ep in state.endpoints.values() {
             match self.reconcile_endpoint(ep).await {
@@ -297,6 +307,9 @@ impl Network {
             .iter()
             .any(|gw| !addrs.iter().any(|a| a.network == *gw))
         {
+            return Ok(true);
+        }
+        if !self.firewall_intact().await? {
             return Ok(true);
         }
         let state = self.store.read()?;

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use ipnetwork::IpNetwork;
 use nix::fcntl::{Flock, FlockArg};
+use plumb::firewall::PublishedPort;
 use plumb::MacAddr;
 use serde::{Deserialize, Serialize};
 
@@ -123,6 +124,9 @@ pub struct Endpoint {
     /// Addresses with the subnet's prefix length.
     pub ips: Vec<IpNetwork>,
     pub gateways: Vec<IpAddr>,
+    /// Published ports, bound to the container's addresses.
+    #[serde(default)]
+    pub ports: Vec<PublishedPort>,
     #[serde(flatten)]
     pub phase: Phase,
 }

@@ -209,7 +209,11 @@ impl Netd {
     pub fn fails(&self, args: &[&str]) -> Result<String> {
         let out = self.cli(args)?;
         if out.success {
-            bail!("netd {} succeeded but should have failed: {}", args.join(" "), out.stdout);
+            bail!(
+                "netd {} succeeded but should have failed: {}",
+                args.join(" "),
+                out.stdout
+            );
         }
         Ok(out.stderr)
     }

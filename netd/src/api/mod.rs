@@ -7,6 +7,8 @@
 //! | POST   /v1/containers             | AttachRequest   | AttachResult      |
 //! | GET    /v1/containers/{id|name}   |                 | AttachResult      |
 //! | DELETE /v1/containers/{id|name}   |                 | DetachReport      |
+//! | POST   /v1/containers/{id}/ports  | PortsRequest    | published ports   |
+//! | DELETE /v1/containers/{id}/ports  | PortsRequest    | withdrawn ports   |
 //! | POST   /v1/reconcile              |                 | ReconcileReport   |
 //!
 //! Errors come back with a 4xx/5xx status and `{"error": "sentence"}`.

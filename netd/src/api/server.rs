@@ -18,6 +18,7 @@ use super::{ErrorBody, Status};
 use crate::endpoint::AttachRequest;
 use crate::error::{Error, ErrorKind, Result};
 use crate::network::Network;
+use crate::publish::PortsRequest;
 
 type Answer = Response<Full<Bytes>>;
 
@@ -186,6 +187,15 @@ async fn handle(network: &Network, req: Request<Incoming>) -> Answer {
             Err(e) => error(&e),
         },
         (&Method::DELETE, ["v1", "containers", key]) => answer(network.detach(key).await),
+        (&Method::POST, ["v1", "containers", key, "ports"]) => match parse::<PortsRequest>(&body) {
+            Ok(req) => answer(network.publish(key, &req.ports).await),
+            Err(e) => error(&e),
+        },
+        (&Method::DELETE, ["v1", "containers", key, "ports"]) => match parse::<PortsRequest>(&body)
+        {
+            Ok(req) => answer(network.unpublish(key, &req.ports).await),
+            Err(e) => error(&e),
+        },
         (&Method::POST, ["v1", "reconcile"]) => answer(network.reconcile().await),
         _ => json(
             StatusCode::NOT_FOUND,

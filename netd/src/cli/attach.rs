@@ -31,6 +31,9 @@ pub struct AttachArgs {
     /// MTU of the container's interface (default: netd's).
     #[arg(long)]
     pub mtu: Option<u32>,
+    /// Publish a port: [hostip:]hostport[-end]:ctrport[-end][/tcp|udp|sctp]; repeatable.
+    #[arg(short = 'p', long = "publish")]
+    pub ports: Vec<String>,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -45,6 +48,7 @@ pub async fn run(args: AttachArgs) -> Result<()> {
         ip6: args.ip6,
         mac: args.mac,
         mtu: args.mtu,
+        ports: args.ports,
     };
     let result: AttachResult = args
         .client
@@ -68,5 +72,8 @@ pub async fn run(args: AttachArgs) -> Result<()> {
             .unwrap_or_else(|| "?".into()),
         result.interfaces[0].name
     );
+    for port in &result.ports {
+        println!("published {port}");
+    }
     Ok(())
 }

@@ -4,6 +4,7 @@
 mod attach;
 mod detach;
 mod ls;
+mod publish;
 mod reconcile;
 mod run;
 mod status;
@@ -40,6 +41,10 @@ pub enum Command {
     Attach(attach::AttachArgs),
     /// Detach a container (by id or name); succeeds if it is not attached.
     Detach(detach::DetachArgs),
+    /// Publish ports of an attached container.
+    Publish(publish::PublishArgs),
+    /// Withdraw published ports of a container.
+    Unpublish(publish::PublishArgs),
     /// Check the kernel against the state now and fix what differs.
     Reconcile(ClientArgs),
 }
@@ -73,6 +78,8 @@ impl Cli {
             Command::Ls(args) => ls::run(args).await,
             Command::Attach(args) => attach::run(args).await,
             Command::Detach(args) => detach::run(args).await,
+            Command::Publish(args) => publish::run(args, true).await,
+            Command::Unpublish(args) => publish::run(args, false).await,
             Command::Reconcile(args) => reconcile::run(args).await,
         }
     }

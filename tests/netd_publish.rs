@@ -1,0 +1,306 @@
+//! Ports published through netd: reached from another host via the host's
+//! fabric address, from the host's own localhost and from containers on the
+//! bridge (hairpin, the container itself too); TCP, UDP, SCTP where the kernel
+//! has it, and a range; host ports claimed once; withdrawal; a flushed
+//! ruleset re-applied (periodic check, `netd reconcile`, SIGHUP); a restart
+//! that does not duplicate a rule; the iptables backend.
+//!
+//! Needs the netd binary: `cargo build -p netd` (see tests/netd_support).
+
+mod netd_support;
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use netd_support::{default_args, eventually, Netd, TestDir};
+use world::{root_or_skip, run_in, sctp_available, sctp_via, tcp_via, udp_via, World};
+
+fn sa(text: &str) -> SocketAddr {
+    text.parse().unwrap()
+}
+
+fn flush_ruleset(netns: &plumb::Netns) {
+    let out = run_in(netns, "nft", &["flush", "ruleset"], Duration::from_secs(10)).unwrap();
+    assert!(out.success, "{}", out.stderr);
+}
+
+fn weft_table(netns: &plumb::Netns) -> String {
+    let out = run_in(
+        netns,
+        "nft",
+        &["list", "table", "inet", "weft"],
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert!(out.success, "{}", out.stderr);
+    out.stdout
+}
+
+/// GET /metrics from inside `netns`.
+fn scrape(netns: &plumb::Netns, addr: SocketAddr) -> String {
+    let stream = netns
+        .run(move || std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)))
+        .unwrap()
+        .unwrap();
+    let mut stream = stream;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text
+}
+
+#[tokio::test]
+async fn published_ports_are_reached_from_outside_localhost_and_the_bridge() {
+    root_or_skip!();
+    let world = World::new().await.unwrap();
+    let a = world.host("a").await.unwrap();
+    let b = world.host("b").await.unwrap();
+    let dir = TestDir::new(&world).unwrap();
+    let mut args = default_args("10.66.9.0/24");
+    args.extend(["--metrics-addr".into(), "127.0.0.1:9588".into()]);
+    let netd = Netd::start(&world, &a, &dir.0, &args).unwrap();
+    let c1 = a.container("c1").unwrap();
+    let c2 = a.container("c2").unwrap();
+    let r1 = netd
+        .attach(
+            &c1.netns_name,
+            "c1",
+            &[
+                "-p",
+                "8080:80",
+                "-p",
+                "5353:53/udp",
+                "-p",
+                "8000-8002:9000-9002",
+            ],
+        )
+        .unwrap();
+    assert_eq!(r1["ports"].as_array().unwrap().len(), 3);
+    netd.attach(&c2.netns_name, "c2", &[]).unwrap();
+    let hairpin = world::ip_json(
+        &a.netns,
+        &[
+            "-d",
+            "link",
+            "show",
+            r1["interfaces"][0]["name"].as_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    assert_eq!(hairpin[0]["linkinfo"]["info_slave_data"]["hairpin"], true);
+
+    // From another host, through a's fabric address: TCP, UDP and a range.
+    tcp_via(&c1.netns, sa("0.0.0.0:80"), &b.netns, sa("198.18.0.1:8080")).unwrap();
+    udp_via(&c1.netns, sa("0.0.0.0:53"), &b.netns, sa("198.18.0.1:5353")).unwrap();
+    tcp_via(
+        &c1.netns,
+        sa("0.0.0.0:9001"),
+        &b.netns,
+        sa("198.18.0.1:8001"),
+    )
+    .unwrap();
+    tcp_via(
+        &c1.netns,
+        sa("0.0.0.0:9002"),
+        &b.netns,
+        sa("198.18.0.1:8002"),
+    )
+    .unwrap();
+    // From the host's own localhost.
+    tcp_via(&c1.netns, sa("0.0.0.0:80"), &a.netns, sa("127.0.0.1:8080")).unwrap();
+    // Hairpin: a neighbour on the bridge, and the container itself.
+    tcp_via(
+        &c1.netns,
+        sa("0.0.0.0:80"),
+        &c2.netns,
+        sa("198.18.0.1:8080"),
+    )
+    .unwrap();
+    tcp_via(
+        &c1.netns,
+        sa("0.0.0.0:80"),
+        &c1.netns,
+        sa("198.18.0.1:8080"),
+    )
+    .unwrap();
+    if sctp_available() {
+        netd.json(&["publish", "c2", "-p", "7000:7000/sctp"])
+            .unwrap();
+        sctp_via(
+            &c2.netns,
+            sa("0.0.0.0:7000"),
+            &b.netns,
+            sa("198.18.0.1:7000"),
+        )
+        .unwrap();
+        netd.json(&["unpublish", "c2", "-p", "7000:7000/sctp"])
+            .unwrap();
+    } else {
+        eprintln!("SKIPPED the SCTP part: this kernel has no SCTP");
+    }
+
+    // A host port is claimed once; the refusal changes nothing.
+    let before = weft_table(&a.netns);
+    let err = netd.fails(&["publish", "c2", "-p", "8080:81"]).unwrap();
+    assert!(
+        err.contains("host port 8080 (tcp) is already published by container c1"),
+        "{err}"
+    );
+    let err = netd.fails(&["publish", "c2", "-p", "8001:81"]).unwrap();
+    assert!(err.contains("already published by container c1"), "{err}");
+    let err = netd
+        .fails(&[
+            "attach",
+            &a.container("c3").unwrap().netns_name,
+            "--name",
+            "c3",
+            "-p",
+            "5353:1/udp",
+        ])
+        .unwrap();
+    assert!(err.contains("already published"), "{err}");
+    let err = netd.fails(&["publish", "c2", "-p", "80:81:82"]).unwrap();
+    assert!(err.contains("port spec"), "{err}");
+    assert_eq!(weft_table(&a.netns), before);
+    assert_eq!(netd.endpoints().unwrap().len(), 2);
+
+    // Publish and withdraw on a running container.
+    let published = netd.json(&["publish", "c2", "-p", "8081:81"]).unwrap();
+    assert_eq!(published[0]["host_ports"]["start"], 8081);
+    tcp_via(&c2.netns, sa("0.0.0.0:81"), &b.netns, sa("198.18.0.1:8081")).unwrap();
+    let metrics = scrape(&a.netns, sa("127.0.0.1:9588"));
+    assert!(
+        metrics.contains("weft_netd_published_ports 4\n"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("weft_netd_containers 2\n"), "{metrics}");
+    assert!(
+        metrics.contains("weft_netd_ipam_addresses_in_use{subnet=\"10.66.9.0/24\"} 3\n"),
+        "{metrics}"
+    );
+    netd.json(&["unpublish", "c2", "-p", "8081:81"]).unwrap();
+    assert!(tcp_via(&c2.netns, sa("0.0.0.0:81"), &b.netns, sa("198.18.0.1:8081")).is_err());
+    // Detach withdraws the container's ports.
+    netd.json(&["detach", "c1"]).unwrap();
+    assert!(
+        !weft_table(&a.netns).contains("8080"),
+        "c1's ports outlived it"
+    );
+}
+
+#[tokio::test]
+async fn a_flushed_ruleset_comes_back_and_a_restart_duplicates_nothing() {
+    root_or_skip!();
+    let world = World::new().await.unwrap();
+    let a = world.host("a").await.unwrap();
+    let b = world.host("b").await.unwrap();
+    let dir = TestDir::new(&world).unwrap();
+    // No periodic check in the first part: reconcile and SIGHUP do the work.
+    let mut args = vec![
+        "--subnet".to_string(),
+        "10.66.10.0/24".into(),
+        "--reconcile-interval-secs".into(),
+        "3600".into(),
+    ];
+    let netd = Netd::start(&world, &a, &dir.0, &args).unwrap();
+    let c1 = a.container("c1").unwrap();
+    netd.attach(&c1.netns_name, "c1", &["-p", "8080:80"])
+        .unwrap();
+    tcp_via(&c1.netns, sa("0.0.0.0:80"), &b.netns, sa("198.18.0.1:8080")).unwrap();
+    let table = weft_table(&a.netns);
+
+    flush_ruleset(&a.netns);
+    assert!(tcp_via(&c1.netns, sa("0.0.0.0:80"), &b.netns, sa("198.18.0.1:8080")).is_err());
+    let report = netd.json(&["reconcile"]).unwrap();
+    assert!(
+        report["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["kind"] == "firewall_reapplied"),
+        "{report}"
+    );
+    tcp_via(&c1.netns, sa("0.0.0.0:80"), &b.netns, sa("198.18.0.1:8080")).unwrap();
+    assert_eq!(weft_table(&a.netns), table);
+
+    flush_ruleset(&a.netns);
+    netd.signal(libc::SIGHUP);
+    assert!(
+        eventually(Duration::from_secs(5), || run_in(
+            &a.netns,
+            "nft",
+            &["list", "table", "inet", "weft"],
+            Duration::from_secs(5)
+        )
+        .map(|o| o.success)
+        .unwrap_or(false)),
+        "SIGHUP did not re-apply:\n{}",
+        netd.log_text()
+    );
+    tcp_via(&c1.netns, sa("0.0.0.0:80"), &b.netns, sa("198.18.0.1:8080")).unwrap();
+
+    // The periodic check notices within seconds.
+    netd.terminate().unwrap();
+    args[3] = "1".into();
+    let netd = Netd::start(&world, &a, &dir.0, &args).unwrap();
+    assert_eq!(weft_table(&a.netns), table, "a restart changed the rules");
+    flush_ruleset(&a.netns);
+    assert!(
+        eventually(Duration::from_secs(6), || tcp_via(
+            &c1.netns,
+            sa("0.0.0.0:80"),
+            &b.netns,
+            sa("198.18.0.1:8080")
+        )
+        .is_ok()),
+        "the flushed ruleset was not re-applied:\n{}",
+        netd.log_text()
+    );
+    assert_eq!(weft_table(&a.netns), table);
+}
+
+#[tokio::test]
+async fn the_iptables_backend_publishes_too() {
+    root_or_skip!();
+    let world = World::new().await.unwrap();
+    let a = world.host("a").await.unwrap();
+    let b = world.host("b").await.unwrap();
+    let dir = TestDir::new(&world).unwrap();
+    let mut args = default_args("10.66.11.0/24");
+    args.extend(["--firewall".into(), "iptables".into()]);
+    let netd = Netd::start(&world, &a, &dir.0, &args).unwrap();
+    let c1 = a.container("c1").unwrap();
+    let c2 = a.container("c2").unwrap();
+    netd.attach(
+        &c1.netns_name,
+        "c1",
+        &["-p", "8080:80", "-p", "5353:53/udp"],
+    )
+    .unwrap();
+    netd.attach(&c2.netns_name, "c2", &[]).unwrap();
+    tcp_via(&c1.netns, sa("0.0.0.0:80"), &b.netns, sa("198.18.0.1:8080")).unwrap();
+    udp_via(&c1.netns, sa("0.0.0.0:53"), &b.netns, sa("198.18.0.1:5353")).unwrap();
+    tcp_via(
+        &c1.netns,
+        sa("0.0.0.0:80"),
+        &c2.netns,
+        sa("198.18.0.1:8080"),
+    )
+    .unwrap();
+    let rules = run_in(
+        &a.netns,
+        "iptables-save",
+        &["-t", "nat"],
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert!(rules.stdout.contains("WEFT-"), "{}", rules.stdout);
+    netd.json(&["detach", "c1"]).unwrap();
+    assert!(tcp_via(&c1.netns, sa("0.0.0.0:80"), &b.netns, sa("198.18.0.1:8080")).is_err());
+}
