@@ -84,6 +84,16 @@ async fn two_containers_reach_each_other_and_the_gateway_and_detach_leaves_nothi
     let again = netd.json(&["detach", "c1"]).unwrap();
     assert_eq!(again["found"], false);
     assert!(ping(&c2.netns, "10.66.0.1".parse().unwrap()).unwrap());
+
+    // A container whose namespace is already gone detaches cleanly (a
+    // runtime's DEL after the container died).
+    let c3 = host.container("c3").unwrap();
+    netd.attach(&c3.netns_name, "c3", &[]).unwrap();
+    plumb::Netns::delete(&c3.netns_name).unwrap();
+    netd.json(&["detach", "c3"]).unwrap();
+    assert_eq!(netd.endpoints().unwrap().len(), 1);
+    assert_eq!(netd.json(&["status"]).unwrap()["ipam"][0]["in_use"], 2);
+    assert_eq!(links_with_prefix(&host.netns, "wv").len(), 1);
 }
 
 #[tokio::test]

@@ -42,7 +42,8 @@ pub struct Netd {
     pub state_dir: PathBuf,
     pub log: PathBuf,
     world: World,
-    host: Host,
+    /// The namespace netd runs in (a simulated host, normally).
+    netns: plumb::Netns,
     args: Vec<String>,
     env: Vec<(String, String)>,
 }
@@ -71,13 +72,25 @@ impl Netd {
         args: &[String],
         env: &[(&str, &str)],
     ) -> Result<Netd> {
+        Self::start_in(world, &host.netns, dir, args, env)
+    }
+
+    /// Starts netd inside any namespace of the world (e.g. a control
+    /// namespace managing a host through `--netns`).
+    pub fn start_in(
+        world: &World,
+        netns: &plumb::Netns,
+        dir: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> Result<Netd> {
         let mut netd = Netd {
             pid: 0,
             socket: dir.join("run/netd.sock"),
             state_dir: dir.join("state"),
             log: dir.join("netd.log"),
             world: world.clone(),
-            host: host.clone(),
+            netns: netns.clone(),
             args: args.to_vec(),
             env: env
                 .iter()
@@ -109,7 +122,7 @@ impl Netd {
         for (k, v) in &self.env {
             command.env(k, v);
         }
-        self.pid = self.host.spawn(command)?;
+        self.pid = self.world.spawn(&self.netns, command)?;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if self.socket.exists() && self.cli(&["status"]).map(|o| o.success).unwrap_or(false) {
@@ -186,7 +199,7 @@ impl Netd {
         full.extend(["--socket", socket]);
         let bin = world::workspace_bin("netd");
         world::run_in(
-            &self.host.netns,
+            &self.netns,
             bin.to_str().context("netd path")?,
             &full,
             Duration::from_secs(60),
