@@ -229,3 +229,52 @@ async fn the_periodic_check_repairs_links_and_forgets_dead_containers() {
     let metrics_log = netd.log_text();
     assert!(metrics_log.contains("its namespace"), "{metrics_log}");
 }
+
+#[tokio::test]
+async fn reconcile_removes_links_and_reservations_nobody_owns() {
+    root_or_skip!();
+    let world = World::new().await.unwrap();
+    let host = world.host("a").await.unwrap();
+    let dir = TestDir::new(&world).unwrap();
+    let mut args = default_args("10.66.7.0/24");
+    args[3] = "3600".into();
+    let mut netd = Netd::start(&world, &host, &dir.0, &args).unwrap();
+    let c1 = host.container("c1").unwrap();
+    netd.attach(&c1.netns_name, "c1", &[]).unwrap();
+
+    // A veth carrying netd's alias for a container netd does not know, and
+    // an unrelated link that must be left alone.
+    let nl = plumb::Netlink::open(&host.netns).await.unwrap();
+    let ghost = plumb::LinkOptions {
+        alias: Some("weft:ghost".into()),
+        ..Default::default()
+    };
+    nl.add_veth("wvghost", &ghost, "wvghost-p", &Default::default())
+        .await
+        .unwrap();
+    nl.add_veth("other0", &Default::default(), "other1", &Default::default())
+        .await
+        .unwrap();
+    let report = netd.json(&["reconcile"]).unwrap();
+    let kinds: Vec<&str> = report["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["stale_link_removed"], "{report}");
+    assert_eq!(links_with_prefix(&host.netns, "wv").len(), 1);
+    assert_eq!(links_with_prefix(&host.netns, "other").len(), 2);
+
+    // A reservation without an endpoint (written while netd is stopped).
+    netd.terminate().unwrap();
+    let path = netd.state_dir.join("state.json");
+    let mut state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    state["ipam"]["pools"]["10.66.7.0/24"]["reserved"]["10.66.7.77"] = "ghost".into();
+    std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
+    netd.restart().unwrap();
+    assert_eq!(netd.json(&["status"]).unwrap()["ipam"][0]["in_use"], 2);
+    assert!(netd.log_text().contains("released the addresses of ghost"));
+    assert!(ping(&c1.netns, "10.66.7.1".parse().unwrap()).unwrap());
+}

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::endpoint::ALIAS_PREFIX;
 use crate::error::{Error, KernelContext, Result};
 use crate::network::{Action, Network};
-use crate::state::{Endpoint, Phase};
+use crate::state::{Endpoint, OwnerProcess, Phase};
 
 /// What one reconciliation did.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -106,6 +106,11 @@ impl Network {
             Phase::Attached => match self.health(ep).await? {
                 Health::Ok => Ok(None),
                 Health::ContainerGone => {
+                    // Claimed first, so that a detach by another process (a
+                    // CNI plugin in standalone mode) and this one do not cross.
+                    if !self.claim(ep, |owner| Phase::Detaching { owner })? {
+                        return Ok(None);
+                    }
                     self.remove_endpoint(ep).await?;
                     Ok(Some(Action::new(
                         "container_gone",
@@ -118,7 +123,19 @@ impl Network {
                     )))
                 }
                 Health::Broken(why) => {
-                    self.repair(ep).await?;
+                    if !self.claim(ep, |owner| Phase::Attaching { owner })? {
+                        return Ok(None);
+                    }
+                    let repaired = self.repair(ep).await;
+                    // Attached again either way: a failed repair is retried
+                    // by the next reconciliation.
+                    self.store.update(|s| -> Result<()> {
+                        if let Some(e) = s.endpoints.get_mut(&ep.id) {
+                            e.phase = Phase::Attached;
+                        }
+                        Ok(())
+                    })?;
+                    repaired?;
                     Ok(Some(Action::new(
                         "repaired",
                         format!("re-plumbed container {}: {why}", ep.name),
@@ -126,6 +143,20 @@ impl Network {
                 }
             },
         }
+    }
+
+    /// Marks an endpoint that is still `attached` as being changed by this
+    /// process; false when someone else changed it since it was read.
+    fn claim(&self, ep: &Endpoint, phase: impl FnOnce(OwnerProcess) -> Phase) -> Result<bool> {
+        self.store.update(|s| -> Result<bool> {
+            match s.endpoints.get_mut(&ep.id) {
+                Some(e) if e.phase == Phase::Attached => {
+                    e.phase = phase(OwnerProcess::current());
+                    Ok(true)
+                }
+                _ => Ok(false),
+            }
+        })
     }
 
     /// Opens the endpoint's namespace if it is still the one it was attached in.

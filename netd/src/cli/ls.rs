@@ -11,8 +11,8 @@ pub async fn run(args: ClientArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<20} {:<10} {:<16} {:<7} {:<20} NAMESPACE",
-        "NAME", "PHASE", "HOST LINK", "IF", "ADDRESSES"
+        "{:<20} {:<10} {:<16} {:<7} {:<20} {:<30} PORTS",
+        "NAME", "PHASE", "HOST LINK", "IF", "ADDRESSES", "NAMESPACE"
     );
     for ep in endpoints {
         let phase = match ep.phase {
@@ -21,14 +21,16 @@ pub async fn run(args: ClientArgs) -> Result<()> {
             Phase::Detaching { .. } => "detaching",
         };
         let ips: Vec<String> = ep.ips.iter().map(|i| i.to_string()).collect();
+        let ports: Vec<String> = ep.ports.iter().map(|p| p.to_string()).collect();
         println!(
-            "{:<20} {:<10} {:<16} {:<7} {:<20} {}",
+            "{:<20} {:<10} {:<16} {:<7} {:<20} {:<30} {}",
             ep.name,
             phase,
             ep.host_ifname,
             ep.ifname,
             ips.join(","),
-            ep.netns.display()
+            ep.netns.display(),
+            ports.join(" ")
         );
     }
     Ok(())
