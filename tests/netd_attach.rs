@@ -129,6 +129,25 @@ async fn dual_stack_containers_get_both_families() {
     assert!(ping6(&c1.netns, "fd66:1::99").unwrap());
     assert!(ping6(&c2.netns, "fd66:1::1").unwrap());
     assert!(ping(&c1.netns, "10.66.1.50".parse().unwrap()).unwrap());
+
+    // A port published without a host address is published for both families.
+    let b = world.host("b").await.unwrap();
+    let ports = netd.json(&["publish", "c2", "-p", "8080:80"]).unwrap();
+    assert_eq!(ports.as_array().unwrap().len(), 2, "{ports}");
+    world::tcp_via(
+        &c2.netns,
+        "[::]:80".parse().unwrap(),
+        &b.netns,
+        "[fd00:198:18::1]:8080".parse().unwrap(),
+    )
+    .unwrap();
+    world::tcp_via(
+        &c2.netns,
+        "0.0.0.0:80".parse().unwrap(),
+        &b.netns,
+        "198.18.0.1:8080".parse().unwrap(),
+    )
+    .unwrap();
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 //!
 //! Every change is a transaction: take an exclusive `flock` on
 //! `<state-dir>/state.lock`, read `state.json`, change it, write a temporary
-//! file, fsync it, rename it over `state.json`, fsync the directory, unlock.
+//! file, fsync it, rename it over `state.json`, unlock.
 //! Readers and writers in other processes (a second netd, CNI plugin
 //! invocations in standalone mode) see either the old or the new file, never a
 //! half-written one, and never hand out the same address twice.
@@ -275,9 +275,10 @@ impl Store {
         file.write_all(&text).map_err(io("write", &tmp))?;
         file.sync_all().map_err(io("fsync", &tmp))?;
         std::fs::rename(&tmp, &path).map_err(io("rename into place", &path))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io("fsync", &self.dir))?;
+        // The directory is not fsynced: the rename is atomic for every reader
+        // at once, and only a power loss could undo it — which also takes
+        // every veth and namespace with it, so the state reconciliation finds
+        // after a reboot is right either way (stale entries are removed).
         Ok(())
     }
 }
