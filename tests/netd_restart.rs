@@ -266,6 +266,23 @@ async fn reconcile_removes_links_and_reservations_nobody_owns() {
     assert_eq!(links_with_prefix(&host.netns, "wv").len(), 1);
     assert_eq!(links_with_prefix(&host.netns, "other").len(), 2);
 
+    // `netd check` sees a removed link; `netd reconcile` puts it back.
+    assert!(netd.cli(&["check", "c1"]).unwrap().success);
+    let host_if = netd.endpoints().unwrap()[0]["host_ifname"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    nl.delete_link(&host_if).await.unwrap();
+    let err = netd.fails(&["check", "c1"]).unwrap();
+    assert!(
+        err.contains(&format!("host link {host_if} is missing")),
+        "{err}"
+    );
+    let report = netd.json(&["reconcile"]).unwrap();
+    assert_eq!(report["actions"][0]["kind"], "repaired", "{report}");
+    assert!(netd.cli(&["check", "c1"]).unwrap().success);
+    assert!(ping(&c1.netns, "10.66.7.1".parse().unwrap()).unwrap());
+
     // A reservation without an endpoint (written while netd is stopped).
     netd.terminate().unwrap();
     let path = netd.state_dir.join("state.json");

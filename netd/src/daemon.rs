@@ -86,8 +86,9 @@ async fn check_periodically(network: Arc<Network>, mut stopped: watch::Receiver<
             _ = stopped.changed() => return,
         }
         match network.needs_reconcile().await {
-            Ok(false) => {}
-            Ok(true) => {
+            Ok(None) => {}
+            Ok(Some(reason)) => {
+                tracing::info!("periodic check: {reason}; reconciling");
                 if let Err(e) = network.reconcile().await {
                     tracing::error!("periodic reconcile: {e}");
                 }

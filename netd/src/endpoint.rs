@@ -216,9 +216,20 @@ impl Network {
     }
 
     async fn attach_inner(&self, req: AttachRequest) -> Result<AttachResult> {
+        let started = std::time::Instant::now();
+        let step = |name: &str| {
+            tracing::debug!(
+                step = name,
+                elapsed_us = started.elapsed().as_micros() as u64,
+                "attach"
+            )
+        };
         let plan = self.validate_attach(&req).await?;
+        step("validated");
         self.ensure_host_once().await?;
+        step("host ready");
         let endpoint = self.reserve(&plan, &req)?;
+        step("reserved");
         pause_if_asked("reserved").await;
         let mac = match self.plumb(&endpoint, &plan.netns).await {
             Ok(mac) => mac,
@@ -227,6 +238,7 @@ impl Network {
                 return Err(e);
             }
         };
+        step("plumbed");
         if !endpoint.ports.is_empty() {
             let ports = endpoint.ports.clone();
             let added =
@@ -257,6 +269,7 @@ impl Network {
                 return Err(e);
             }
         };
+        step("recorded");
         self.metrics.attached();
         tracing::info!(id = %attached.id, name = %attached.name, ips = ?attached.ips, "attached");
         Ok(AttachResult::from(&attached))

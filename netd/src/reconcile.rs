@@ -145,6 +145,34 @@ impl Network {
         }
     }
 
+    /// CNI's CHECK: Ok when container `key` is attached and its links,
+    /// addresses and routes are all in place; otherwise an error saying what
+    /// is wrong. Changes nothing.
+    pub async fn check(&self, key: &str) -> Result<()> {
+        let state = self.store.read()?;
+        let Some(ep) = state.find(key) else {
+            return Err(Error::Invalid(format!("container {key} is not attached")));
+        };
+        if ep.phase != Phase::Attached {
+            return Err(Error::Conflict(format!(
+                "container {} is being attached or detached right now",
+                ep.name
+            )));
+        }
+        match self.health(ep).await? {
+            Health::Ok => Ok(()),
+            Health::ContainerGone => Err(Error::Invalid(format!(
+                "container {}: its namespace {} is gone",
+                ep.name,
+                ep.netns.display()
+            ))),
+            Health::Broken(why) => Err(Error::Conflict(format!(
+                "container {}: {why} — `netd reconcile` repairs it",
+                ep.name
+            ))),
+        }
+    }
+
     /// Marks an endpoint that is still `attached` as being changed by this
     /// process; false when someone else changed it since it was read.
     fn claim(&self, ep: &Endpoint, phase: impl FnOnce(OwnerProcess) -> Phase) -> Result<bool> {
@@ -318,16 +346,16 @@ impl Network {
         Ok(actions)
     }
 
-    /// A cheap look at the host side only (one link dump, one address dump):
-    /// true when a full reconciliation is needed.
-    pub async fn needs_reconcile(&self) -> Result<bool> {
+    /// A cheap look at the host side only (one link dump, one address dump,
+    /// one firewall check): why a full reconciliation is needed, if it is.
+    pub async fn needs_reconcile(&self) -> Result<Option<&'static str>> {
         let nl = self.netlink().await?;
         let links = nl.links().await.ctx(|| "quick check: list host links")?;
         let Some(bridge) = links.iter().find(|l| l.name == self.config.bridge) else {
-            return Ok(true);
+            return Ok(Some("bridge missing"));
         };
         if !bridge.up {
-            return Ok(true);
+            return Ok(Some("bridge down"));
         }
         let addrs = nl
             .addresses(Some(bridge.index))
@@ -338,10 +366,10 @@ impl Network {
             .iter()
             .any(|gw| !addrs.iter().any(|a| a.network == *gw))
         {
-            return Ok(true);
+            return Ok(Some("gateway address missing"));
         }
         if !self.firewall_intact().await? {
-            return Ok(true);
+            return Ok(Some("firewall rules missing"));
         }
         let state = self.store.read()?;
         for ep in state.endpoints.values() {
@@ -351,17 +379,17 @@ impl Network {
                         l.name == ep.host_ifname && l.up && l.controller == Some(bridge.index)
                     });
                     if !ok {
-                        return Ok(true);
+                        return Ok(Some("endpoint link missing or detached"));
                     }
                 }
                 Phase::Attaching { owner } | Phase::Detaching { owner } => {
                     if !owner.is_alive() {
-                        return Ok(true);
+                        return Ok(Some("an attach or detach was interrupted"));
                     }
                 }
             }
         }
-        Ok(false)
+        Ok(None)
     }
 }
 

@@ -186,6 +186,12 @@ async fn handle(network: &Network, req: Request<Incoming>) -> Answer {
             ),
             Err(e) => error(&e),
         },
+        (&Method::GET, ["v1", "containers", key, "check"]) => answer(
+            network
+                .check(key)
+                .await
+                .map(|()| serde_json::json!({"ok": true})),
+        ),
         (&Method::DELETE, ["v1", "containers", key]) => answer(network.detach(key).await),
         (&Method::POST, ["v1", "containers", key, "ports"]) => match parse::<PortsRequest>(&body) {
             Ok(req) => answer(network.publish(key, &req.ports).await),

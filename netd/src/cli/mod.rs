@@ -2,6 +2,7 @@
 //! admin commands talk to a running netd over its socket.
 
 mod attach;
+mod check;
 mod detach;
 mod ls;
 mod publish;
@@ -41,6 +42,8 @@ pub enum Command {
     Attach(attach::AttachArgs),
     /// Detach a container (by id or name); succeeds if it is not attached.
     Detach(detach::DetachArgs),
+    /// Check that a container's links, addresses and routes are in place.
+    Check(check::CheckArgs),
     /// Publish ports of an attached container.
     Publish(publish::PublishArgs),
     /// Withdraw published ports of a container.
@@ -78,6 +81,7 @@ impl Cli {
             Command::Ls(args) => ls::run(args).await,
             Command::Attach(args) => attach::run(args).await,
             Command::Detach(args) => detach::run(args).await,
+            Command::Check(args) => check::run(args).await,
             Command::Publish(args) => publish::run(args, true).await,
             Command::Unpublish(args) => publish::run(args, false).await,
             Command::Reconcile(args) => reconcile::run(args).await,
