@@ -379,6 +379,76 @@ mod tests {
         assert_eq!(state.ipam.usage(subnet()).in_use, 201);
     }
 
+    const WORKER_ENV: &str = "WEFT_TEST_IPAM_WORKER_DIR";
+
+    /// Several processes (this test binary re-run as workers) allocate from
+    /// one state directory at once: flock keeps every address unique.
+    #[test]
+    fn concurrent_processes_never_hand_out_one_address_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = std::env::current_exe().unwrap();
+        let workers: Vec<_> = (0..4)
+            .map(|w| {
+                std::process::Command::new(&exe)
+                    .args([
+                        "--exact",
+                        "state::tests::ipam_worker",
+                        "--ignored",
+                        "--nocapture",
+                    ])
+                    .env(WORKER_ENV, dir.path())
+                    .env("WEFT_TEST_IPAM_WORKER_ID", w.to_string())
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for worker in workers {
+            let out = worker.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+            assert!(
+                String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+                "the worker did not run: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        let state = Store::open(dir.path()).unwrap().read().unwrap();
+        let pool = &state.ipam.pools[&subnet().to_string()];
+        assert_eq!(pool.reserved.len(), 100, "addresses were lost or shared");
+        for w in 0..4 {
+            let held = pool
+                .reserved
+                .values()
+                .filter(|o| o.starts_with(&format!("w{w}-")))
+                .count();
+            assert_eq!(held, 25);
+        }
+    }
+
+    /// The worker half of the test above; does nothing unless run by it.
+    #[test]
+    #[ignore = "run by concurrent_processes_never_hand_out_one_address_twice"]
+    fn ipam_worker() {
+        let Some(dir) = std::env::var_os(WORKER_ENV) else {
+            return;
+        };
+        let id = std::env::var("WEFT_TEST_IPAM_WORKER_ID").unwrap();
+        let store = Store::open(dir).unwrap();
+        for i in 0..25 {
+            store
+                .update(|s| {
+                    s.ipam
+                        .allocate(subnet(), &format!("w{id}-{i}"), None)
+                        .map_err(TestError::Ipam)
+                })
+                .unwrap();
+        }
+    }
+
     #[test]
     fn a_corrupt_state_file_is_named() {
         let dir = tempfile::tempdir().unwrap();
