@@ -9,7 +9,9 @@ mod netd_support;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use netd_support::{addresses, default_args, links_with_prefix, result_ip, Netd, TestDir};
+use netd_support::{
+    addresses, default_args, eventually, links_with_prefix, result_ip, Netd, TestDir,
+};
 use world::{ip_json, ping, ping6, root_or_skip, tcp_exchange, World};
 
 #[tokio::test]
@@ -141,13 +143,17 @@ async fn dual_stack_containers_get_both_families() {
         "[fd00:198:18::1]:8080".parse().unwrap(),
     )
     .unwrap();
-    world::tcp_via(
-        &c2.netns,
-        "0.0.0.0:80".parse().unwrap(),
-        &b.netns,
-        "198.18.0.1:8080".parse().unwrap(),
-    )
-    .unwrap();
+    // The same container port again, over IPv4: the first exchange's
+    // connection may still hold port 80 for a moment (FIN_WAIT), so retry.
+    assert!(eventually(Duration::from_secs(5), || {
+        world::tcp_via(
+            &c2.netns,
+            "0.0.0.0:80".parse().unwrap(),
+            &b.netns,
+            "198.18.0.1:8080".parse().unwrap(),
+        )
+        .is_ok()
+    }));
 }
 
 #[tokio::test]

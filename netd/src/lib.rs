@@ -7,9 +7,11 @@
 //! plugin makes in standalone mode.
 
 pub mod api;
+mod attach;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+mod detach;
 pub mod endpoint;
 pub mod error;
 pub mod ipam;
