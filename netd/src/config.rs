@@ -55,6 +55,15 @@ pub enum FirewallKind {
     Iptables,
 }
 
+impl std::fmt::Display for FirewallKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FirewallKind::Nft => "nftables",
+            FirewallKind::Iptables => "iptables",
+        })
+    }
+}
+
 /// The keys of netd.toml, all optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -21,7 +21,7 @@ pub async fn run(args: ClientArgs) -> Result<()> {
     let gateways: Vec<String> = status.gateways.iter().map(|g| g.to_string()).collect();
     println!("gateways    {}", gateways.join(", "));
     println!("containers  {}", status.containers);
-    println!("firewall    {:?}", status.firewall);
+    println!("firewall    {}", status.firewall);
     println!("state       {}", status.state_dir.display());
     println!("socket      {}", status.socket.display());
     Ok(())
