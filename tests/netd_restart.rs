@@ -14,6 +14,19 @@ use netd_support::{
 };
 use world::{ip_json, ping, root_or_skip, tcp_exchange, World};
 
+/// netd's nftables table, as `nft` lists it.
+fn nft_table(netns: &plumb::Netns) -> String {
+    let out = world::run_in(
+        netns,
+        "nft",
+        &["list", "table", "inet", "weft"],
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert!(out.success, "{}", out.stderr);
+    out.stdout
+}
+
 /// For each step of an attach, netd is killed with SIGKILL while paused right
 /// after it; the restarted netd rolls the attach back completely.
 #[tokio::test]
@@ -120,12 +133,15 @@ async fn a_restarted_netd_adopts_twenty_containers_without_duplicates() {
     let mut containers = Vec::new();
     for i in 0..20 {
         let c = host.container(&format!("r{i}")).unwrap();
-        let r = netd.attach(&c.netns_name, &c.name, &[]).unwrap();
+        let port = format!("{}:80", 10000 + i);
+        let r = netd.attach(&c.netns_name, &c.name, &["-p", &port]).unwrap();
         containers.push((c, result_ip(&r)));
     }
     let links_before = links_with_prefix(&host.netns, "wv");
     assert_eq!(links_before.len(), 20);
     let state_before = std::fs::read_to_string(netd.state_dir.join("state.json")).unwrap();
+    let rules_before = nft_table(&host.netns);
+    assert!(rules_before.contains("10019"), "{rules_before}");
 
     // SIGTERM stops netd without touching the containers' networking.
     netd.terminate().unwrap();
@@ -150,6 +166,18 @@ async fn a_restarted_netd_adopts_twenty_containers_without_duplicates() {
         ["10.66.5.1/24"],
         "gateway duplicated"
     );
+    assert_eq!(
+        nft_table(&host.netns),
+        rules_before,
+        "a restart changed the rules"
+    );
+    world::tcp_via(
+        &containers[3].0.netns,
+        "0.0.0.0:80".parse().unwrap(),
+        &c0.netns,
+        "198.18.0.1:10003".parse().unwrap(),
+    )
+    .unwrap();
     for (c, _) in &containers {
         assert_eq!(addresses(&c.netns, "eth0").len(), 1);
         let routes = ip_json(&c.netns, &["route", "show", "default"]).unwrap();
