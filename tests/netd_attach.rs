@@ -322,3 +322,34 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
         assert!(ping(&c1.netns, ip).unwrap() || ip == "10.66.2.3".parse::<IpAddr>().unwrap());
     }
 }
+
+/// A kernel failure half-way through an attach (here: the container has
+/// IPv6 disabled, so its IPv6 address is refused after the veth exists) is
+/// rolled back: no link, no address, no record, no reservation.
+#[tokio::test]
+async fn a_failed_attach_leaks_nothing() {
+    root_or_skip!();
+    let world = World::new().await.unwrap();
+    let host = world.host("a").await.unwrap();
+    let dir = TestDir::new(&world).unwrap();
+    let mut args = default_args("10.66.16.0/24");
+    args.extend(["--subnet6".into(), "fd66:16::/64".into()]);
+    let netd = Netd::start(&world, &host, &dir.0, &args).unwrap();
+    let c1 = host.container("c1").unwrap();
+    plumb::sysctl::write(&c1.netns, "net.ipv6.conf.default.disable_ipv6", "1").unwrap();
+    let err = netd
+        .fails(&["attach", &c1.netns_name, "--name", "c1", "-p", "8080:80"])
+        .unwrap();
+    assert!(err.contains("attach container c1: add address"), "{err}");
+    assert!(links_with_prefix(&host.netns, "wv").is_empty(), "host link leaked");
+    assert!(links_with_prefix(&c1.netns, "eth0").is_empty(), "eth0 leaked");
+    assert!(netd.endpoints().unwrap().is_empty());
+    let status = netd.json(&["status"]).unwrap();
+    assert_eq!(status["ipam"][0]["in_use"], 1, "IPv4 address leaked");
+    assert_eq!(status["ipam"][1]["in_use"], 1, "IPv6 address leaked");
+    // Its port was never published, so another container may take it.
+    plumb::sysctl::write(&c1.netns, "net.ipv6.conf.default.disable_ipv6", "0").unwrap();
+    let c2 = host.container("c2").unwrap();
+    netd.attach(&c2.netns_name, "c2", &["-p", "8080:80"]).unwrap();
+    assert!(ping(&c2.netns, "10.66.16.1".parse().unwrap()).unwrap());
+}

@@ -38,6 +38,9 @@ pub enum ConfigError {
         message: String,
     },
 
+    #[error("a WEFT_* environment variable is invalid: {0}")]
+    Environment(String),
+
     #[error("config key `{key}` = {value:?}: {why}")]
     Value {
         key: &'static str,
@@ -163,6 +166,19 @@ impl Config {
         }
         .unwrap_or_default();
         Config::merge(file, args)
+    }
+
+    /// The file and the `WEFT_*` environment, no flags: what a library user
+    /// (the CNI plugin in standalone mode) starts from.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        #[derive(clap::Parser)]
+        struct EnvOnly {
+            #[command(flatten)]
+            args: ConfigArgs,
+        }
+        let parsed = <EnvOnly as clap::Parser>::try_parse_from(["netd"])
+            .map_err(|e| ConfigError::Environment(e.to_string().trim().to_string()))?;
+        Config::load(&parsed.args)
     }
 
     fn merge(file: FileConfig, args: &ConfigArgs) -> Result<Config, ConfigError> {
@@ -332,6 +348,28 @@ mod tests {
         assert_eq!(c.mtu, Some(1400));
         assert_eq!(c.gateway4().to_string(), "10.5.0.1");
         assert_eq!(c.socket, PathBuf::from(DEFAULT_SOCKET));
+    }
+
+    #[test]
+    fn the_environment_is_read_without_flags() {
+        // Only this test sets these variables in this process.
+        std::env::set_var("WEFT_BRIDGE", "br-envtest");
+        std::env::set_var("WEFT_SUBNET", "10.99.0.0/24");
+        let c = Config::from_env();
+        std::env::set_var("WEFT_SUBNET", "10.99.0.0/99");
+        let bad = Config::from_env();
+        std::env::remove_var("WEFT_BRIDGE");
+        std::env::remove_var("WEFT_SUBNET");
+        let c = c.unwrap();
+        assert_eq!(
+            (c.bridge.as_str(), c.subnet.to_string()),
+            ("br-envtest", "10.99.0.0/24".into())
+        );
+        let bad = bad.unwrap_err().to_string();
+        assert!(
+            bad.contains("WEFT_* environment") && bad.contains("10.99.0.0/99"),
+            "{bad}"
+        );
     }
 
     #[test]

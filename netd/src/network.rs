@@ -4,7 +4,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> netd::Result<()> {
-//! let config = netd::Config::load(&netd::ConfigArgs::default())?;
+//! let config = netd::Config::from_env()?; // netd.toml, then WEFT_* variables
 //! let network = netd::Network::open(config).await?;
 //! let result = network
 //!     .attach(netd::AttachRequest { netns: "/run/netns/c1".into(), id: Some("c1".into()), ..Default::default() })
