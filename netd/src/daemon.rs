@@ -27,7 +27,7 @@ pub async fn run(config: Config) -> Result<()> {
     let metrics = match config.metrics_addr {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-                Error::Api(format!(
+                Error::Daemon(format!(
                     "metrics: listen on {addr}: {e} — check --metrics-addr"
                 ))
             })?;
@@ -47,7 +47,7 @@ pub async fn run(config: Config) -> Result<()> {
     let checker = tokio::spawn(check_periodically(network.clone(), stopped.clone()));
 
     let sig = |kind: SignalKind, name: &str| {
-        signal(kind).map_err(|e| Error::Api(format!("install a {name} handler: {e}")))
+        signal(kind).map_err(|e| Error::Daemon(format!("install a {name} handler: {e}")))
     };
     let mut term = sig(SignalKind::terminate(), "SIGTERM")?;
     let mut int = sig(SignalKind::interrupt(), "SIGINT")?;

@@ -37,9 +37,9 @@ pub enum Error {
     #[error("{0}")]
     Api(String),
 
-    /// Several independent steps failed (teardown keeps going and reports all).
-    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
-    Many(Vec<Error>),
+    /// The daemon could not set itself up: its socket, metrics listener or signals.
+    #[error("{0}")]
+    Daemon(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

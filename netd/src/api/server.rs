@@ -26,7 +26,7 @@ type Answer = Response<Full<Bytes>>;
 /// socket file left by a dead netd is replaced, a live one is an error.
 pub fn bind(path: &Path) -> Result<UnixListener> {
     let io = |what: &str, e: std::io::Error| {
-        Error::Api(format!(
+        Error::Daemon(format!(
             "{what} {}: {e} — check --socket / WEFT_SOCKET",
             path.display()
         ))
