@@ -341,8 +341,14 @@ async fn a_failed_attach_leaks_nothing() {
         .fails(&["attach", &c1.netns_name, "--name", "c1", "-p", "8080:80"])
         .unwrap();
     assert!(err.contains("attach container c1: add address"), "{err}");
-    assert!(links_with_prefix(&host.netns, "wv").is_empty(), "host link leaked");
-    assert!(links_with_prefix(&c1.netns, "eth0").is_empty(), "eth0 leaked");
+    assert!(
+        links_with_prefix(&host.netns, "wv").is_empty(),
+        "host link leaked"
+    );
+    assert!(
+        links_with_prefix(&c1.netns, "eth0").is_empty(),
+        "eth0 leaked"
+    );
     assert!(netd.endpoints().unwrap().is_empty());
     let status = netd.json(&["status"]).unwrap();
     assert_eq!(status["ipam"][0]["in_use"], 1, "IPv4 address leaked");
@@ -350,6 +356,7 @@ async fn a_failed_attach_leaks_nothing() {
     // Its port was never published, so another container may take it.
     plumb::sysctl::write(&c1.netns, "net.ipv6.conf.default.disable_ipv6", "0").unwrap();
     let c2 = host.container("c2").unwrap();
-    netd.attach(&c2.netns_name, "c2", &["-p", "8080:80"]).unwrap();
+    netd.attach(&c2.netns_name, "c2", &["-p", "8080:80"])
+        .unwrap();
     assert!(ping(&c2.netns, "10.66.16.1".parse().unwrap()).unwrap());
 }
