@@ -368,3 +368,21 @@ async fn hairpin_on_a_bridge_port() {
     nl.set_hairpin("v1", false).await.unwrap();
     assert_eq!(hairpin(&host.netns), false);
 }
+
+#[tokio::test]
+async fn one_connection_serves_concurrent_dumps() {
+    root_or_skip!();
+    let world = World::new().await.unwrap();
+    let host = world.host("a").await.unwrap();
+    let nl = Netlink::open(&host.netns).await.unwrap();
+    // 32 dumps at once on one socket: without taking turns the kernel answers EBUSY.
+    let dumps = (0..32).map(|_| {
+        let nl = nl.clone();
+        tokio::spawn(async move { (nl.links().await, nl.addresses(None).await) })
+    });
+    for dump in dumps {
+        let (links, addrs) = dump.await.unwrap();
+        assert!(links.unwrap().iter().any(|l| l.name == "eth0"));
+        assert!(!addrs.unwrap().is_empty());
+    }
+}

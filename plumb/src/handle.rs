@@ -22,6 +22,9 @@ const DUMP_ATTEMPTS: usize = 10;
 pub struct Netlink {
     handle: rtnetlink::Handle,
     netns: Netns,
+    /// The kernel runs one dump at a time per socket and answers a second
+    /// with EBUSY, so dumps on a shared connection take turns.
+    dump_turn: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Netlink {
@@ -44,6 +47,7 @@ impl Netlink {
         Ok(Netlink {
             handle,
             netns: netns.clone(),
+            dump_turn: Default::default(),
         })
     }
 
@@ -129,6 +133,7 @@ impl Netlink {
         message: RouteNetlinkMessage,
         target: impl Fn() -> Target,
     ) -> Result<Vec<RouteNetlinkMessage>> {
+        let _turn = self.dump_turn.lock().await;
         for _ in 0..DUMP_ATTEMPTS {
             match self.dump_once(message.clone()).await {
                 Ok(Some(items)) => return Ok(items),
