@@ -23,6 +23,7 @@
 pub mod allowed_ips;
 pub mod device;
 pub mod keys;
+pub mod offload;
 pub mod packet;
 pub mod session;
 pub mod tun;

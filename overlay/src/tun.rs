@@ -1,11 +1,17 @@
-//! The TUN device: /dev/net/tun with TUNSETIFF (IFF_TUN | IFF_NO_PI), so each
-//! read or write is exactly one IP packet. The link lives in the namespace of
-//! the thread that calls `Tun::create` and disappears when the device closes.
+//! The TUN device: /dev/net/tun with TUNSETIFF (IFF_TUN | IFF_NO_PI |
+//! IFF_VNET_HDR), so each read or write is one virtio-net header followed by
+//! one IP packet — which, with the offloads TUNSETOFFLOAD grants (checksum,
+//! TSO for IPv4 and IPv6, USO where the kernel has it), may be a TCP or UDP
+//! super-segment of up to 64 KiB in either direction (see `offload`). The
+//! link lives in the namespace of the thread that calls `Tun::create` and
+//! disappears when the device closes.
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
+
+use crate::offload::VirtioNetHdr;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TunError {
@@ -19,6 +25,12 @@ pub enum TunError {
     },
     #[error("TUN device name {0:?} must be 1 to 15 bytes without '/' or ':'")]
     BadName(String),
+    #[error("enable offloads on TUN device {name}: {source}")]
+    Offload {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("set the queue length of TUN device {name}: {source}")]
     QueueLen {
         name: String,
@@ -43,11 +55,26 @@ struct IfReqQlen {
     _pad: [u8; 20],
 }
 
-/// An open TUN device. Reads are non-blocking.
+/// Offloads we ask for: checksum, TSO (IPv4, IPv6) and, where offered, USO.
+const OFFLOADS: libc::c_uint = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
+const OFFLOADS_USO: libc::c_uint = libc::TUN_F_USO4 | libc::TUN_F_USO6;
+
+/// What the kernel agreed to hand over in one read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offloads {
+    /// TCP super-segments (TSO) and partial checksums.
+    pub tso: bool,
+    /// UDP super-datagrams (USO, Linux 6.2 and later).
+    pub uso: bool,
+}
+
+/// An open TUN device. Reads are non-blocking; every read and write starts
+/// with a `VNET_HDR_LEN`-byte virtio-net header.
 #[derive(Debug)]
 pub struct Tun {
     file: File,
     name: String,
+    offloads: Offloads,
 }
 
 impl Tun {
@@ -69,7 +96,7 @@ impl Tun {
             .map_err(TunError::Open)?;
         let mut req = IfReqFlags {
             name: [0; libc::IFNAMSIZ],
-            flags: (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short,
+            flags: (libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short,
             _pad: [0; 22],
         };
         for (dst, src) in req.name.iter_mut().zip(name.bytes()) {
@@ -84,10 +111,20 @@ impl Tun {
                 source: io::Error::last_os_error(),
             });
         }
+        let offloads = enable_offloads(&file).map_err(|source| TunError::Offload {
+            name: name.to_string(),
+            source,
+        })?;
         Ok(Tun {
             file,
             name: name.to_string(),
+            offloads,
         })
+    }
+
+    /// What the kernel hands over: super-segments or single packets.
+    pub fn offloads(&self) -> Offloads {
+        self.offloads
     }
 
     pub fn name(&self) -> &str {
@@ -127,7 +164,8 @@ impl Tun {
         Ok(())
     }
 
-    /// Reads one packet; `WouldBlock` when none is waiting.
+    /// Reads one virtio-net header and the packet after it into `buf`;
+    /// `WouldBlock` when none is waiting.
     #[inline]
     pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
@@ -144,13 +182,25 @@ impl Tun {
         }
     }
 
-    /// Writes one packet into the kernel.
+    /// Writes one packet into the kernel, after the virtio-net header that
+    /// says whether (and where) the kernel should cut it.
     #[inline]
-    pub fn write(&self, packet: &[u8]) -> io::Result<()> {
+    pub fn write(&self, hdr: &VirtioNetHdr, packet: &[u8]) -> io::Result<()> {
+        let hdr = hdr.to_bytes();
+        let iov = [
+            libc::iovec {
+                iov_base: hdr.as_ptr() as *mut libc::c_void,
+                iov_len: hdr.len(),
+            },
+            libc::iovec {
+                iov_base: packet.as_ptr() as *mut libc::c_void,
+                iov_len: packet.len(),
+            },
+        ];
         loop {
-            // SAFETY: `packet` is valid for reads of its length.
-            let n =
-                unsafe { libc::write(self.file.as_raw_fd(), packet.as_ptr().cast(), packet.len()) };
+            // SAFETY: both iovecs point at live buffers of the lengths given,
+            // which the kernel only reads.
+            let n = unsafe { libc::writev(self.file.as_raw_fd(), iov.as_ptr(), 2) };
             if n >= 0 {
                 return Ok(());
             }
@@ -159,6 +209,48 @@ impl Tun {
                 return Err(err);
             }
         }
+    }
+}
+
+/// TUNSETOFFLOAD with USO when the kernel knows it (EINVAL otherwise), then
+/// without; a kernel refusing even that gets no offloads (single packets).
+fn enable_offloads(file: &File) -> io::Result<Offloads> {
+    let set = |flags: libc::c_uint| -> io::Result<()> {
+        // SAFETY: TUNSETOFFLOAD takes its flags as the ioctl's integer argument.
+        let rc = unsafe {
+            libc::ioctl(
+                file.as_raw_fd(),
+                libc::TUNSETOFFLOAD,
+                flags as libc::c_ulong,
+            )
+        };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    };
+    let einval = |e: &io::Error| e.raw_os_error() == Some(libc::EINVAL);
+    match set(OFFLOADS | OFFLOADS_USO) {
+        Ok(()) => {
+            return Ok(Offloads {
+                tso: true,
+                uso: true,
+            })
+        }
+        Err(e) if einval(&e) => {}
+        Err(e) => return Err(e),
+    }
+    match set(OFFLOADS) {
+        Ok(()) => Ok(Offloads {
+            tso: true,
+            uso: false,
+        }),
+        Err(e) if einval(&e) => Ok(Offloads {
+            tso: false,
+            uso: false,
+        }),
+        Err(e) => Err(e),
     }
 }
 

@@ -2,6 +2,12 @@
 //! buffers allocated once, and receive/send buffers sized past the
 //! namespace's `rmem_max` with SO_RCVBUFFORCE/SO_SNDBUFFORCE.
 //!
+//! Where the kernel has them, UDP GSO and GRO cut the system calls further:
+//! a run of equal-sized datagrams to one endpoint leaves as one message with
+//! a UDP_SEGMENT control message (the kernel cuts it, or hands it whole to a
+//! receiver on the same host), and with UDP_GRO on, one received message may
+//! hold many datagrams of the size its UDP_GRO control message gives.
+//!
 //! The socket is dual-stack (`[::]`, IPV6_V6ONLY off) when IPv6 is available:
 //! IPv4 peers then appear as v4-mapped addresses, which this module converts
 //! in both directions so callers only ever see plain IPv4 endpoints.
@@ -10,6 +16,14 @@ use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Datagrams per GSO message (the kernel's UDP_MAX_SEGMENTS is 64 or more).
+const GSO_MAX_SEGMENTS: usize = 64;
+/// Bytes per GSO message: the UDP length field, less the headers.
+const GSO_MAX_BYTES: usize = 65_000;
+/// Room for one control message carrying an int (aligned to cmsghdr).
+const CMSG_BUF: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UdpError {
@@ -36,6 +50,10 @@ pub struct UdpSocket {
     /// True for a dual-stack IPv6 socket (IPv4 peers use mapped addresses).
     v6: bool,
     port: u16,
+    /// UDP_SEGMENT works (cleared when the kernel refuses a GSO send).
+    gso: AtomicBool,
+    /// UDP_GRO is on: received messages may hold several datagrams.
+    gro: bool,
 }
 
 impl UdpSocket {
@@ -88,11 +106,26 @@ impl UdpSocket {
             option: "getsockname",
             source,
         })?;
+        // Probes: both options exist since Linux 5.0; older kernels say ENOPROTOOPT.
+        let gso = set_int(raw, libc::SOL_UDP, libc::UDP_SEGMENT, 0, "UDP_SEGMENT").is_ok();
+        let gro = set_int(raw, libc::SOL_UDP, libc::UDP_GRO, 1, "UDP_GRO").is_ok();
         Ok(UdpSocket {
             fd,
             v6,
             port: bound,
+            gso: AtomicBool::new(gso),
+            gro,
         })
+    }
+
+    /// Whether sends may carry several datagrams (UDP GSO).
+    pub fn gso(&self) -> bool {
+        self.gso.load(Ordering::Relaxed)
+    }
+
+    /// Whether receives may carry several datagrams (UDP GRO).
+    pub fn gro(&self) -> bool {
+        self.gro
     }
 
     /// The port actually bound (useful when binding port 0).
@@ -145,35 +178,41 @@ impl AsRawFd for UdpSocket {
     }
 }
 
-/// Buffers for receiving up to `capacity` datagrams with one recvmmsg.
+/// Buffers for receiving up to `capacity` messages with one recvmmsg. With
+/// UDP GRO, one message may hold several datagrams: `get` says their size.
 pub struct RecvBatch {
     slot: usize,
     data: Vec<u8>,
     lens: Vec<usize>,
+    segments: Vec<usize>,
     addrs: Vec<libc::sockaddr_storage>,
     iovs: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
+    cmsgs: Vec<[u64; CMSG_BUF / 8]>,
     count: usize,
 }
 
 impl RecvBatch {
+    /// `slot` bytes per message: 65 536 to take whatever GRO assembles.
     pub fn new(capacity: usize, slot: usize) -> RecvBatch {
         RecvBatch {
             slot,
             data: vec![0u8; capacity * slot],
             lens: vec![0; capacity],
+            segments: vec![0; capacity],
             // SAFETY: all-zero bytes are valid for these plain C structs.
             addrs: vec![unsafe { zeroed() }; capacity],
             // SAFETY: as above; the pointers are filled in before each use.
             iovs: vec![unsafe { zeroed() }; capacity],
             // SAFETY: as above.
             hdrs: vec![unsafe { zeroed() }; capacity],
+            cmsgs: vec![[0; CMSG_BUF / 8]; capacity],
             count: 0,
         }
     }
 
     /// Receives what is queued (up to capacity) without blocking. Returns the
-    /// number of datagrams, 0 when none were waiting.
+    /// number of messages, 0 when none were waiting.
     pub fn recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {
         let capacity = self.lens.len();
         let base = self.data.as_mut_ptr();
@@ -188,8 +227,8 @@ impl RecvBatch {
             hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             hdr.msg_iov = &mut self.iovs[i];
             hdr.msg_iovlen = 1;
-            hdr.msg_control = std::ptr::null_mut();
-            hdr.msg_controllen = 0;
+            hdr.msg_control = self.cmsgs[i].as_mut_ptr().cast();
+            hdr.msg_controllen = CMSG_BUF as _;
             hdr.msg_flags = 0;
             self.hdrs[i].msg_len = 0;
         }
@@ -209,7 +248,12 @@ impl RecvBatch {
             if n >= 0 {
                 let n = n as usize;
                 for i in 0..n {
-                    self.lens[i] = self.hdrs[i].msg_len as usize;
+                    let len = (self.hdrs[i].msg_len as usize).min(self.slot);
+                    self.lens[i] = len;
+                    self.segments[i] = match gro_segment(&self.hdrs[i].msg_hdr) {
+                        Some(size) if size > 0 => size,
+                        _ => len.max(1),
+                    };
                 }
                 self.count = n;
                 return Ok(n);
@@ -231,31 +275,68 @@ impl RecvBatch {
         self.count == 0
     }
 
-    /// Datagram `i` of the last `recv` and who sent it.
+    /// Message `i` of the last `recv`, who sent it, and the size of the
+    /// datagrams in it (all but the last have exactly that size).
     #[inline]
-    pub fn get(&self, i: usize) -> Option<(&[u8], SocketAddr)> {
+    pub fn get(&self, i: usize) -> Option<(&[u8], SocketAddr, usize)> {
         if i >= self.count {
             return None;
         }
         let from = read_sockaddr(&self.addrs[i], self.hdrs[i].msg_hdr.msg_namelen)?;
         let start = i * self.slot;
-        Some((&self.data[start..start + self.lens[i].min(self.slot)], from))
+        Some((
+            &self.data[start..start + self.lens[i]],
+            from,
+            self.segments[i],
+        ))
     }
 }
 
-/// Buffers for sending up to `capacity` datagrams with one sendmmsg.
-pub struct SendBatch {
-    slot: usize,
-    data: Vec<u8>,
-    lens: Vec<usize>,
-    addrs: Vec<libc::sockaddr_storage>,
-    addr_lens: Vec<libc::socklen_t>,
-    iovs: Vec<libc::iovec>,
-    hdrs: Vec<libc::mmsghdr>,
-    count: usize,
+/// The UDP_GRO control message's segment size, if the kernel sent one.
+fn gro_segment(hdr: &libc::msghdr) -> Option<usize> {
+    // SAFETY: the CMSG_* macros walk the control buffer the kernel filled in,
+    // bounded by `msg_controllen`; `hdr` points at our own live buffer.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(hdr);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_UDP && (*cmsg).cmsg_type == libc::UDP_GRO {
+                let data = libc::CMSG_DATA(cmsg).cast::<libc::c_int>();
+                return usize::try_from(std::ptr::read_unaligned(data)).ok();
+            }
+            cmsg = libc::CMSG_NXTHDR(hdr, cmsg);
+        }
+    }
+    None
 }
 
-/// How a flush went.
+/// One message of a send batch: a run of datagrams to one endpoint, all of
+/// `segment` bytes but the last (which may be shorter and ends the run).
+#[derive(Debug, Clone, Copy)]
+struct Message {
+    start: usize,
+    len: usize,
+    segment: usize,
+    datagrams: usize,
+    to: SocketAddr,
+    /// More datagrams may join.
+    open: bool,
+}
+
+/// Buffers for sending datagrams with one sendmmsg; with GSO, runs of
+/// equal-sized datagrams to one endpoint go as one message each.
+pub struct SendBatch {
+    data: Vec<u8>,
+    /// End of the last datagram in `data`.
+    pos: usize,
+    messages: Vec<Message>,
+    capacity: usize,
+    addrs: Vec<libc::sockaddr_storage>,
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+    cmsgs: Vec<[u64; CMSG_BUF / 8]>,
+}
+
+/// How a flush went, in datagrams.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Flushed {
     pub sent: usize,
@@ -263,106 +344,174 @@ pub struct Flushed {
 }
 
 impl SendBatch {
-    pub fn new(capacity: usize, slot: usize) -> SendBatch {
+    /// Up to `capacity` messages in `bytes` bytes of datagrams.
+    pub fn new(capacity: usize, bytes: usize) -> SendBatch {
         SendBatch {
-            slot,
-            data: vec![0u8; capacity * slot],
-            lens: vec![0; capacity],
+            data: vec![0u8; bytes],
+            pos: 0,
+            messages: Vec::with_capacity(capacity),
+            capacity,
             // SAFETY: all-zero bytes are valid for these plain C structs.
             addrs: vec![unsafe { zeroed() }; capacity],
-            addr_lens: vec![0; capacity],
             // SAFETY: as above; the pointers are filled in before each use.
             iovs: vec![unsafe { zeroed() }; capacity],
             // SAFETY: as above.
             hdrs: vec![unsafe { zeroed() }; capacity],
-            count: 0,
+            cmsgs: vec![[0; CMSG_BUF / 8]; capacity],
         }
     }
 
-    pub fn is_full(&self) -> bool {
-        self.count == self.lens.len()
-    }
-
-    pub fn len(&self) -> usize {
-        self.count
+    /// True when a datagram of `len` bytes still fits (in a new message, at worst).
+    #[inline]
+    pub fn has_room(&self, len: usize) -> bool {
+        self.messages.len() < self.capacity && self.pos + len <= self.data.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.count == 0
+        self.messages.is_empty()
     }
 
-    /// The buffer the next datagram is built in.
+    /// Messages queued (each one or more datagrams).
+    pub fn messages(&self) -> usize {
+        self.messages.len()
+    }
+
+    /// The buffer the next datagram is built in (check `has_room` first).
     #[inline]
     pub fn next_slot(&mut self) -> &mut [u8] {
-        let start = self.count * self.slot;
-        &mut self.data[start..start + self.slot]
+        &mut self.data[self.pos..]
     }
 
-    /// Queues the first `len` bytes of `next_slot()` for `to`.
+    /// Queues the first `len` bytes of `next_slot()` for `to`, joining the
+    /// last message when GSO can carry them together.
     #[inline]
-    pub fn commit(&mut self, len: usize, to: SocketAddr, v6_socket: bool) {
-        debug_assert!(!self.is_full() && len <= self.slot);
-        let i = self.count;
-        self.lens[i] = len;
-        self.addr_lens[i] = write_sockaddr(to, v6_socket, &mut self.addrs[i]);
-        self.count += 1;
+    pub fn commit(&mut self, len: usize, to: SocketAddr, gso: bool) {
+        debug_assert!(self.pos + len <= self.data.len());
+        if gso {
+            if let Some(last) = self.messages.last_mut() {
+                if last.open
+                    && last.to == to
+                    && len <= last.segment
+                    && last.datagrams < GSO_MAX_SEGMENTS
+                    && last.len + len <= GSO_MAX_BYTES
+                {
+                    last.len += len;
+                    last.datagrams += 1;
+                    last.open = len == last.segment;
+                    self.pos += len;
+                    return;
+                }
+            }
+        }
+        debug_assert!(self.messages.len() < self.capacity);
+        self.messages.push(Message {
+            start: self.pos,
+            len,
+            segment: len,
+            datagrams: 1,
+            to,
+            open: true,
+        });
+        self.pos += len;
     }
 
     /// Sends everything queued. Datagrams the kernel refuses (unreachable
     /// endpoint, …) are skipped and counted as failed; a full send buffer is
-    /// waited out.
+    /// waited out. A kernel that refuses GSO gets the datagrams one by one,
+    /// and no more GSO from this socket.
     pub fn flush(&mut self, socket: &UdpSocket) -> Flushed {
         let mut done = Flushed::default();
         let base = self.data.as_mut_ptr();
-        for i in 0..self.count {
+        for (i, m) in self.messages.iter().enumerate() {
             self.iovs[i] = libc::iovec {
-                // SAFETY: slot i lies within `data`.
-                iov_base: unsafe { base.add(i * self.slot) }.cast(),
-                iov_len: self.lens[i],
+                // SAFETY: the message lies within `data`.
+                iov_base: unsafe { base.add(m.start) }.cast(),
+                iov_len: m.len,
             };
+            let namelen = write_sockaddr(m.to, socket.v6, &mut self.addrs[i]);
             let hdr = &mut self.hdrs[i].msg_hdr;
             hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
-            hdr.msg_namelen = self.addr_lens[i];
+            hdr.msg_namelen = namelen;
             hdr.msg_iov = &mut self.iovs[i];
             hdr.msg_iovlen = 1;
-            hdr.msg_control = std::ptr::null_mut();
-            hdr.msg_controllen = 0;
             hdr.msg_flags = 0;
+            if m.datagrams > 1 {
+                hdr.msg_control = self.cmsgs[i].as_mut_ptr().cast();
+                // SAFETY: CMSG_SPACE is a pure size computation.
+                hdr.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as _;
+                // SAFETY: the control buffer (CMSG_BUF bytes, 8-aligned) holds
+                // one cmsghdr with a u16 after it; `hdr` points at it.
+                unsafe {
+                    let cmsg = libc::CMSG_FIRSTHDR(hdr);
+                    (*cmsg).cmsg_level = libc::SOL_UDP;
+                    (*cmsg).cmsg_type = libc::UDP_SEGMENT;
+                    (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
+                    std::ptr::write_unaligned(
+                        libc::CMSG_DATA(cmsg).cast::<u16>(),
+                        m.segment as u16,
+                    );
+                }
+            } else {
+                hdr.msg_control = std::ptr::null_mut();
+                hdr.msg_controllen = 0;
+            }
         }
+        let count = self.messages.len();
         let mut at = 0;
-        while at < self.count {
+        while at < count {
             // SAFETY: headers at..count point at buffers owned by `self`, alive
             // and unmoved for the duration of the call.
             let n = unsafe {
                 libc::sendmmsg(
                     socket.as_raw_fd(),
                     self.hdrs[at..].as_mut_ptr(),
-                    (self.count - at) as libc::c_uint,
+                    (count - at) as libc::c_uint,
                     libc::MSG_DONTWAIT,
                 )
             };
             if n > 0 {
+                for m in &self.messages[at..at + n as usize] {
+                    done.sent += m.datagrams;
+                }
                 at += n as usize;
-                done.sent += n as usize;
                 continue;
             }
             let err = io::Error::last_os_error();
+            let m = self.messages[at];
             match err.kind() {
                 io::ErrorKind::Interrupted => {}
                 io::ErrorKind::WouldBlock => {
                     if wait_writable(socket.as_raw_fd()).is_err() {
-                        done.failed += self.count - at;
+                        for m in &self.messages[at..] {
+                            done.failed += m.datagrams;
+                        }
                         break;
                     }
                 }
-                _ => {
-                    // The first queued datagram was refused: skip it.
+                _ if m.datagrams > 1
+                    && matches!(err.raw_os_error(), Some(libc::EIO | libc::EINVAL)) =>
+                {
+                    // No GSO on this path (no checksum offload, or an old kernel).
+                    socket.gso.store(false, Ordering::Relaxed);
+                    tracing::debug!("UDP GSO refused ({err}); sending datagrams one by one");
+                    let bytes = &self.data[m.start..m.start + m.len];
+                    for d in bytes.chunks(m.segment) {
+                        match socket.send_to(d, m.to) {
+                            Ok(()) => done.sent += 1,
+                            Err(_) => done.failed += 1,
+                        }
+                    }
                     at += 1;
-                    done.failed += 1;
+                }
+                _ => {
+                    // The first queued message was refused: skip it.
+                    done.failed += m.datagrams;
+                    at += 1;
                 }
             }
         }
-        self.count = 0;
+        self.messages.clear();
+        self.pos = 0;
         done
     }
 }
@@ -600,29 +749,35 @@ mod tests {
         let a = UdpSocket::bind(0, 1 << 20).unwrap();
         let b = UdpSocket::bind(0, 1 << 20).unwrap();
         let to: SocketAddr = format!("127.0.0.1:{}", b.port()).parse().unwrap();
-        let mut out = SendBatch::new(4, 256);
+        // Three equal datagrams and a shorter one: one GSO message where the
+        // kernel has it; then one more for another port: a second message.
+        let mut out = SendBatch::new(4, 4096);
         for i in 0..4u8 {
-            let slot = out.next_slot();
-            slot[..3].copy_from_slice(&[i, i, i]);
-            out.commit(3, to, a.is_dual_stack());
+            let len = if i == 3 { 2 } else { 3 };
+            out.next_slot()[..len].fill(i);
+            out.commit(len, to, a.gso());
         }
-        assert!(out.is_full());
-        assert_eq!(out.flush(&a), Flushed { sent: 4, failed: 0 });
-        let mut input = RecvBatch::new(8, 256);
+        let other: SocketAddr = format!("127.0.0.1:{}", a.port()).parse().unwrap();
+        out.next_slot()[..1].fill(9);
+        out.commit(1, other, a.gso());
+        assert_eq!(out.messages(), if a.gso() { 2 } else { 5 });
+        assert_eq!(out.flush(&a), Flushed { sent: 5, failed: 0 });
+        assert!(out.is_empty());
+        let mut input = RecvBatch::new(8, 65536);
         let mut got = Vec::new();
         for _ in 0..100 {
             input.recv(&b).unwrap();
             for i in 0..input.len() {
-                let (data, from) = input.get(i).unwrap();
+                let (data, from, size) = input.get(i).unwrap();
                 assert_eq!(from.port(), a.port());
                 assert!(from.is_ipv4(), "{from}");
-                got.push(data.to_vec());
+                got.extend(data.chunks(size).map(|d| d.to_vec()));
             }
             if got.len() == 4 {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        assert_eq!(got, vec![vec![0; 3], vec![1; 3], vec![2; 3], vec![3; 3]]);
+        assert_eq!(got, vec![vec![0; 3], vec![1; 3], vec![2; 3], vec![3; 2]]);
     }
 }

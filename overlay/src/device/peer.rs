@@ -175,7 +175,16 @@ impl PeerCounters {
         self.rx_packets.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts a data message of `wire_len` bytes sent; keepalives and
+    /// Counts `packets` inner packets of `bytes` bytes in all sent.
+    #[inline]
+    pub(crate) fn sent(&self, bytes: u64, packets: u64) {
+        if packets > 0 {
+            self.tx_bytes.fetch_add(bytes, Ordering::Relaxed);
+            self.tx_packets.fetch_add(packets, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a data message sent; keepalives and
     /// handshake messages carry no inner packet and are not counted.
     #[inline]
     pub(crate) fn sent_message(&self, wire: &[u8]) {

@@ -1,15 +1,25 @@
 //! The device's threads: tx (TUN → peers), rx (peers → TUN), timers.
 //!
+//! tx reads what the TUN device hands over — with TSO, TCP super-segments of
+//! up to 64 KiB — cuts it into MTU-sized packets (`offload::segment`),
+//! encrypts each straight into the send batch, where runs of equal-sized
+//! datagrams to one peer become single UDP GSO messages. rx takes what one
+//! recvmmsg brings (with UDP GRO, many datagrams per message), decrypts each,
+//! and hands the packets to the coalescer, which writes each TCP flow's
+//! consecutive packets to the TUN device as one super-packet.
+//!
 //! Buffers are allocated once per thread; the per-packet path takes the peer
-//! table's read lock once per batch and the peer's own lock per packet, and
-//! allocates nothing.
+//! table's read lock once per batch, the peer's own lock once per
+//! super-segment (tx) or datagram (rx), and allocates nothing.
 
 use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use crate::packet::{IpHeader, WireMessage, COOKIE_REPLY_LEN};
+use crate::offload::coalesce::PacketSink;
+use crate::offload::{segment, Coalescer, VirtioNetHdr, VNET_HDR_LEN};
+use crate::packet::{IpHeader, WireMessage, COOKIE_REPLY_LEN, DATA_OVERHEAD};
 use crate::session::{Admission, SessionError, SessionOutput};
 use crate::udp::{RecvBatch, SendBatch};
 use crate::wait::Wake;
@@ -22,12 +32,18 @@ use super::{send_one, Shared};
 const MAX_DATAGRAM: usize = 65_536;
 /// How often session timers run.
 const TIMER_TICK: Duration = Duration::from_millis(100);
+/// Bytes of encrypted datagrams the tx thread gathers before sending: a few
+/// super-segments' worth, so the receiver starts on one while we encrypt the next.
+const TX_BATCH_BYTES: usize = 4 * MAX_DATAGRAM;
+/// Flows the rx coalescer merges at once.
+const GRO_FLOWS: usize = 8;
 
-/// TUN → allowed IPs → session encapsulate → sendmmsg.
+/// TUN → segment → allowed IPs → session encapsulate → sendmmsg (GSO).
 pub(super) fn tx_loop(shared: &Shared) {
-    let mut batch = SendBatch::new(shared.batch, MAX_DATAGRAM);
-    let mut packet = vec![0u8; MAX_DATAGRAM];
-    let dual = shared.udp.is_dual_stack();
+    // Room for the batch plus the datagrams of one more super-segment.
+    let mut batch = SendBatch::new(shared.batch.max(8), TX_BATCH_BYTES + 2 * MAX_DATAGRAM);
+    let mut buf = vec![0u8; VNET_HDR_LEN + MAX_DATAGRAM];
+    let mut scratch = vec![0u8; MAX_DATAGRAM];
     loop {
         match shared.stop.wait(shared.tun.as_raw_fd(), -1) {
             Ok(Wake::Stop) => return,
@@ -41,8 +57,8 @@ pub(super) fn tx_loop(shared: &Shared) {
         while !drained {
             {
                 let table = shared.peers.read().expect("peer table lock poisoned");
-                while !batch.is_full() {
-                    let n = match shared.tun.read(&mut packet) {
+                while batch.has_room(TX_BATCH_BYTES) {
+                    let n = match shared.tun.read(&mut buf) {
                         Ok(n) => n,
                         Err(e) if e.kind() == ErrorKind::WouldBlock => {
                             drained = true;
@@ -54,28 +70,41 @@ pub(super) fn tx_loop(shared: &Shared) {
                             break;
                         }
                     };
-                    encapsulate_one(shared, &table, &packet[..n], &mut batch, dual);
+                    if n <= VNET_HDR_LEN {
+                        shared.drops.add(DropReason::Malformed, 1);
+                        continue;
+                    }
+                    let (hdr, packet) = buf[..n].split_at_mut(VNET_HDR_LEN);
+                    let hdr = VirtioNetHdr::parse(&(*hdr).try_into().expect("10 bytes"));
+                    encapsulate(shared, &table, &hdr, packet, &mut scratch, &mut batch);
                 }
             }
-            if !batch.is_empty() {
-                let flushed = batch.flush(&shared.udp);
-                if flushed.failed > 0 {
-                    shared
-                        .drops
-                        .add(DropReason::SendFailed, flushed.failed as u64);
-                }
-            }
+            flush(shared, &mut batch);
         }
     }
 }
 
+fn flush(shared: &Shared, batch: &mut SendBatch) {
+    if !batch.is_empty() {
+        let flushed = batch.flush(&shared.udp);
+        if flushed.failed > 0 {
+            shared
+                .drops
+                .add(DropReason::SendFailed, flushed.failed as u64);
+        }
+    }
+}
+
+/// Routes one read from the TUN device (a packet or a super-segment) to its
+/// peer, then cuts and encrypts it into the batch.
 #[inline]
-fn encapsulate_one(
+fn encapsulate(
     shared: &Shared,
     table: &PeerTable,
-    packet: &[u8],
+    hdr: &VirtioNetHdr,
+    packet: &mut [u8],
+    scratch: &mut [u8],
     batch: &mut SendBatch,
-    dual: bool,
 ) {
     let header = match IpHeader::parse(packet) {
         Ok(h) => h,
@@ -93,31 +122,38 @@ fn encapsulate_one(
         peer.counters.drops.add(DropReason::NoEndpoint, 1);
         return;
     };
-    let out = batch.next_slot();
-    let start = out.as_ptr();
-    let len = match state.session.encapsulate(packet, out) {
-        SessionOutput::ToNetwork(wire) => {
-            debug_assert_eq!(
-                wire.as_ptr(),
-                start,
-                "sessions write at the start of the buffer"
-            );
-            peer.counters.sent_message(wire);
-            wire.len()
+    let gso = shared.udp.gso();
+    let (mut bytes, mut packets) = (0u64, 0u64);
+    let cut = segment(hdr, packet, scratch, |inner| {
+        if !batch.has_room(inner.len() + DATA_OVERHEAD) {
+            flush(shared, batch);
         }
-        // Queued until the handshake it started completes.
-        SessionOutput::Done => return,
-        SessionOutput::Failed(e) => {
-            peer.counters.drops.add(DropReason::from_session(e), 1);
-            return;
-        }
-        SessionOutput::ToTunnel(_) => {
-            peer.counters.drops.add(DropReason::Malformed, 1);
-            return;
-        }
-    };
+        let len = match state.session.encapsulate(inner, batch.next_slot()) {
+            SessionOutput::ToNetwork(wire) => {
+                if wire.first() == Some(&4) {
+                    bytes += inner.len() as u64;
+                    packets += 1;
+                }
+                wire.len()
+            }
+            // Queued until the handshake it started completes.
+            SessionOutput::Done => return,
+            SessionOutput::Failed(e) => {
+                peer.counters.drops.add(DropReason::from_session(e), 1);
+                return;
+            }
+            SessionOutput::ToTunnel(_) => {
+                peer.counters.drops.add(DropReason::Malformed, 1);
+                return;
+            }
+        };
+        batch.commit(len, endpoint, gso);
+    });
     drop(state);
-    batch.commit(len, endpoint, dual);
+    peer.counters.sent(bytes, packets);
+    if cut.is_err() {
+        peer.counters.drops.add(DropReason::Malformed, 1);
+    }
 }
 
 /// recvmmsg → classify → peer → decapsulate → allowed-IPs check → TUN.
@@ -125,6 +161,8 @@ pub(super) fn rx_loop(shared: &Shared) {
     let mut batch = RecvBatch::new(shared.batch, MAX_DATAGRAM);
     let mut out = vec![0u8; MAX_DATAGRAM];
     let mut cookie = [0u8; COOKIE_REPLY_LEN];
+    let mut gro = Coalescer::new(GRO_FLOWS);
+    let mut sink = TunSink { shared };
     loop {
         match shared.stop.wait(shared.udp.as_raw_fd(), -1) {
             Ok(Wake::Stop) => return,
@@ -145,15 +183,43 @@ pub(super) fn rx_loop(shared: &Shared) {
             };
             let table = shared.peers.read().expect("peer table lock poisoned");
             for i in 0..n {
-                if let Some((datagram, from)) = batch.get(i) {
-                    receive_one(shared, &table, datagram, from, &mut out, &mut cookie);
+                let Some((message, from, size)) = batch.get(i) else {
+                    continue;
+                };
+                for datagram in message.chunks(size) {
+                    receive_one(
+                        shared,
+                        &table,
+                        datagram,
+                        from,
+                        &mut out,
+                        &mut cookie,
+                        &mut gro,
+                        &mut sink,
+                    );
                 }
             }
+            gro.flush(&mut sink);
+        }
+    }
+}
+
+/// Writes to the TUN device; failures are counted for the device.
+struct TunSink<'a> {
+    shared: &'a Shared,
+}
+
+impl PacketSink for TunSink<'_> {
+    fn write_packet(&mut self, hdr: &VirtioNetHdr, packet: &[u8]) {
+        if let Err(e) = self.shared.tun.write(hdr, packet) {
+            tracing::debug!(device = %self.shared.name, "rx: write to the TUN device: {e}");
+            self.shared.drops.add(DropReason::TunWriteFailed, 1);
         }
     }
 }
 
 #[inline]
+#[allow(clippy::too_many_arguments)]
 fn receive_one(
     shared: &Shared,
     table: &PeerTable,
@@ -161,6 +227,8 @@ fn receive_one(
     from: SocketAddr,
     out: &mut [u8],
     cookie: &mut [u8; COOKIE_REPLY_LEN],
+    gro: &mut Coalescer,
+    sink: &mut TunSink,
 ) {
     let message = match WireMessage::classify(datagram) {
         Ok(m) => m,
@@ -203,7 +271,7 @@ fn receive_one(
             // Authenticated data: the peer is where it came from (roaming).
             state.endpoint = Some(from);
             drop(state);
-            deliver(shared, table, peer, packet);
+            deliver(table, peer, packet, gro, sink);
         }
         SessionOutput::ToNetwork(reply) => {
             // Our handshake response, or the keepalive that confirms theirs.
@@ -269,10 +337,10 @@ fn count_failure(shared: &Shared, peer: &Peer, message: &WireMessage, e: Session
     tracing::trace!(device = %shared.name, slot = peer.slot, "rx: {reason:?}: {e}");
 }
 
-/// Writes a decrypted packet to the TUN device if its inner source is one of
-/// the sending peer's allowed IPs.
+/// Passes a decrypted packet on towards the TUN device if its inner source is
+/// one of the sending peer's allowed IPs.
 #[inline]
-fn deliver(shared: &Shared, table: &PeerTable, peer: &Peer, packet: &[u8]) {
+fn deliver(table: &PeerTable, peer: &Peer, packet: &[u8], gro: &mut Coalescer, sink: &mut TunSink) {
     let header = match IpHeader::parse(packet) {
         Ok(h) => h,
         Err(_) => {
@@ -284,13 +352,10 @@ fn deliver(shared: &Shared, table: &PeerTable, peer: &Peer, packet: &[u8]) {
         peer.counters.drops.add(DropReason::DisallowedSource, 1);
         return;
     }
-    match shared.tun.write(packet) {
-        Ok(()) => peer.counters.received(packet.len()),
-        Err(e) => {
-            tracing::debug!(device = %shared.name, "rx: write to the TUN device: {e}");
-            peer.counters.drops.add(DropReason::TunWriteFailed, 1);
-        }
-    }
+    // Trailing bytes past the IP length (none from a sane peer) stay out.
+    let packet = &packet[..header.total_len];
+    peer.counters.received(packet.len());
+    gro.push(packet, sink);
 }
 
 /// Session timers every 100 ms; the handshake budget every second.
