@@ -10,13 +10,44 @@ use plumb::firewall::PortSpec;
 use plumb::{LinkOptions, MacAddr, Netlink, Netns, Route};
 
 use crate::endpoint::{
-    check_unique, host_ifname, validate_id, AttachRequest, AttachResult, ALIAS_PREFIX,
-    DEFAULT_IFNAME, PAUSE_ENV,
+    check_unique, host_ifname, validate_id, AssignedAddresses, AttachRequest, AttachResult,
+    ALIAS_PREFIX, DEFAULT_IFNAME, PAUSE_ENV,
 };
 use crate::error::{Error, KernelContext, Result};
 use crate::ipam::IpamError;
 use crate::network::Network;
 use crate::state::{Endpoint, OwnerProcess, Phase};
+
+/// Addresses given by the caller: at least one, no `ip`/`ip6` beside them,
+/// at most one gateway per family.
+fn validate_assigned(name: &str, req: &AttachRequest, assigned: &AssignedAddresses) -> Result<()> {
+    if assigned.ips.is_empty() {
+        return Err(Error::Invalid(format!(
+            "attach container {name}: assigned addresses are empty; give at least one or leave them to netd"
+        )));
+    }
+    if req.ip.is_some() || req.ip6.is_some() {
+        return Err(Error::Invalid(format!(
+            "attach container {name}: ip/ip6 and assigned addresses exclude each other"
+        )));
+    }
+    for v6 in [false, true] {
+        if assigned
+            .gateways
+            .iter()
+            .filter(|g| g.is_ipv6() == v6)
+            .count()
+            > 1
+        {
+            return Err(Error::Invalid(format!(
+                "attach container {name}: more than one IPv{} gateway: {:?}",
+                if v6 { 6 } else { 4 },
+                assigned.gateways
+            )));
+        }
+    }
+    Ok(())
+}
 
 /// An attach request checked against the kernel and the state, before any change.
 struct AttachPlan {
@@ -148,6 +179,9 @@ impl Network {
                 )));
             }
         }
+        if let Some(assigned) = &req.assigned {
+            validate_assigned(&name, req, assigned)?;
+        }
         if req.ip6.is_some() && self.config.subnet6.is_none() {
             return Err(Error::Invalid(format!(
                 "attach container {name}: an IPv6 address was asked for but netd has no subnet6 configured"
@@ -215,17 +249,10 @@ impl Network {
         self.store.update(|state| -> Result<Endpoint> {
             // Checked again under the lock: another caller may have won the race.
             check_unique(state, &plan.id, &plan.name, &plan.netns, &plan.ifname)?;
-            let mut ips = Vec::new();
-            let subnet4 = IpNetwork::V4(self.config.subnet);
-            let ip4 = state
-                .ipam
-                .allocate(subnet4, &plan.id, req.ip.map(IpAddr::V4))?;
-            ips.push(IpNetwork::new(ip4, subnet4.prefix()).expect("subnet prefix"));
-            if let Some(s6) = self.config.subnet6 {
-                let s6 = IpNetwork::V6(s6);
-                let ip6 = state.ipam.allocate(s6, &plan.id, req.ip6.map(IpAddr::V6))?;
-                ips.push(IpNetwork::new(ip6, s6.prefix()).expect("subnet prefix"));
-            }
+            let (ips, gateways) = match &req.assigned {
+                Some(assigned) => (assigned.ips.clone(), assigned.gateways.clone()),
+                None => (self.allocate(state, plan, req)?, self.gateways()),
+            };
             let ports = crate::publish::bind_specs(&plan.name, &plan.ports, &ips)?;
             crate::publish::check_conflicts(state, &plan.name, &ports)?;
             let endpoint = Endpoint {
@@ -238,13 +265,34 @@ impl Network {
                 mac: plan.mac,
                 mtu: plan.mtu,
                 ips,
-                gateways: self.gateways(),
+                gateways,
                 ports,
                 phase: Phase::Attaching { owner },
             };
             state.endpoints.insert(plan.id.clone(), endpoint.clone());
             Ok(endpoint)
         })
+    }
+
+    /// Reserves the endpoint's addresses from netd's own subnets (under the state lock).
+    fn allocate(
+        &self,
+        state: &mut crate::state::State,
+        plan: &AttachPlan,
+        req: &AttachRequest,
+    ) -> Result<Vec<IpNetwork>> {
+        let mut ips = Vec::new();
+        let subnet4 = IpNetwork::V4(self.config.subnet);
+        let ip4 = state
+            .ipam
+            .allocate(subnet4, &plan.id, req.ip.map(IpAddr::V4))?;
+        ips.push(IpNetwork::new(ip4, subnet4.prefix()).expect("subnet prefix"));
+        if let Some(s6) = self.config.subnet6 {
+            let s6 = IpNetwork::V6(s6);
+            let ip6 = state.ipam.allocate(s6, &plan.id, req.ip6.map(IpAddr::V6))?;
+            ips.push(IpNetwork::new(ip6, s6.prefix()).expect("subnet prefix"));
+        }
+        Ok(ips)
     }
 
     /// Creates the veth pair, plugs it into the bridge and configures the

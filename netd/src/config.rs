@@ -134,6 +134,9 @@ pub struct Config {
     pub firewall: FirewallKind,
     pub mtu: Option<u32>,
     pub reconcile_interval: Duration,
+    /// Masquerade traffic from the subnets to the outside (on unless a
+    /// library user, such as a CNI config with `"ipMasq": false`, turns it off).
+    pub masquerade: bool,
 }
 
 impl Default for Config {
@@ -149,6 +152,7 @@ impl Default for Config {
             firewall: FirewallKind::Nft,
             mtu: None,
             reconcile_interval: Duration::from_secs(DEFAULT_RECONCILE_SECS),
+            masquerade: true,
         }
     }
 }
@@ -202,6 +206,7 @@ impl Config {
                     .or(file.reconcile_interval_secs)
                     .unwrap_or(DEFAULT_RECONCILE_SECS),
             ),
+            masquerade: true,
         };
         config.validate()?;
         Ok(config)

@@ -58,6 +58,22 @@ pub struct AttachRequest {
     /// Ports to publish: `[hostip:]hostport[-end]:ctrport[-end][/proto]`.
     #[serde(default)]
     pub ports: Vec<String>,
+    /// Addresses allocated elsewhere (a CNI IPAM plugin such as host-local):
+    /// netd applies them as given instead of allocating from its subnets, and
+    /// reserves nothing for them. Excludes `ip` and `ip6`.
+    #[serde(default)]
+    pub assigned: Option<AssignedAddresses>,
+}
+
+/// Addresses and default gateways decided outside netd, for [`AttachRequest::assigned`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssignedAddresses {
+    /// Addresses with their prefix length, e.g. `10.77.0.5/24`.
+    pub ips: Vec<IpNetwork>,
+    /// A default route is added via each (one per address family at most).
+    #[serde(default)]
+    pub gateways: Vec<IpAddr>,
 }
 
 /// The outcome, shaped like a CNI result so the plugin can pass it on.

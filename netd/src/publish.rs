@@ -121,7 +121,7 @@ impl Network {
         NetworkRules {
             bridge: self.config.bridge.clone(),
             subnets: self.config.subnets(),
-            masquerade: true,
+            masquerade: self.config.masquerade,
             cluster_ranges: Vec::new(),
         }
     }

@@ -49,6 +49,7 @@ pub async fn run(args: AttachArgs) -> Result<()> {
         mac: args.mac,
         mtu: args.mtu,
         ports: args.ports,
+        assigned: None,
     };
     let result: AttachResult = args
         .client
