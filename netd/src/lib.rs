@@ -14,6 +14,7 @@ pub mod daemon;
 mod detach;
 pub mod endpoint;
 pub mod error;
+pub mod gc;
 pub mod ipam;
 pub mod metrics;
 pub mod network;
@@ -22,8 +23,9 @@ pub mod reconcile;
 pub mod state;
 
 pub use config::{Config, ConfigArgs, FirewallKind};
-pub use endpoint::{AttachRequest, AttachResult, DetachReport};
+pub use endpoint::{AssignedAddresses, AttachRequest, AttachResult, DetachReport};
 pub use error::{Error, Result};
+pub use gc::GcReport;
 pub use network::{Action, Network};
 pub use reconcile::ReconcileReport;
 pub use state::{Endpoint, Phase, Store};
