@@ -12,6 +12,8 @@ use std::time::Duration;
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde::{Deserialize, Serialize};
 
+use crate::overlay::config::{OverlayArgs, OverlayConfig, OverlayFile};
+
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/weft/netd.toml";
 pub const DEFAULT_BRIDGE: &str = "weft0";
 /// The single-host default: a private /16 that neither Docker (172.17/16) nor
@@ -81,6 +83,7 @@ pub struct FileConfig {
     pub firewall: Option<FirewallKind>,
     pub mtu: Option<u32>,
     pub reconcile_interval_secs: Option<u64>,
+    pub overlay: Option<OverlayFile>,
 }
 
 /// The same keys as flags, each also read from its `WEFT_*` variable.
@@ -119,6 +122,8 @@ pub struct ConfigArgs {
     /// Seconds between checks of the kernel against the state.
     #[arg(long, env = "WEFT_RECONCILE_INTERVAL_SECS")]
     pub reconcile_interval_secs: Option<u64>,
+    #[command(flatten)]
+    pub overlay: OverlayArgs,
 }
 
 /// The resolved configuration.
@@ -134,6 +139,8 @@ pub struct Config {
     pub firewall: FirewallKind,
     pub mtu: Option<u32>,
     pub reconcile_interval: Duration,
+    /// The WireGuard overlay to other hosts (`[overlay]`); off by default.
+    pub overlay: OverlayConfig,
     /// Masquerade traffic from the subnets to the outside (on unless a
     /// library user, such as a CNI config with `"ipMasq": false`, turns it off).
     pub masquerade: bool,
@@ -152,6 +159,7 @@ impl Default for Config {
             firewall: FirewallKind::Nft,
             mtu: None,
             reconcile_interval: Duration::from_secs(DEFAULT_RECONCILE_SECS),
+            overlay: OverlayConfig::default(),
             masquerade: true,
         }
     }
@@ -185,7 +193,7 @@ impl Config {
         Config::load(&parsed.args)
     }
 
-    fn merge(file: FileConfig, args: &ConfigArgs) -> Result<Config, ConfigError> {
+    pub(crate) fn merge(file: FileConfig, args: &ConfigArgs) -> Result<Config, ConfigError> {
         let d = Config::default();
         let config = Config {
             bridge: args.bridge.clone().or(file.bridge).unwrap_or(d.bridge),
@@ -206,6 +214,7 @@ impl Config {
                     .or(file.reconcile_interval_secs)
                     .unwrap_or(DEFAULT_RECONCILE_SECS),
             ),
+            overlay: OverlayConfig::merge(file.overlay, &args.overlay),
             masquerade: true,
         };
         config.validate()?;
@@ -239,6 +248,7 @@ impl Config {
                 });
             }
         }
+        self.overlay.validate(self.subnet)?;
         if self.reconcile_interval.is_zero() {
             return Err(ConfigError::Value {
                 key: "reconcile_interval_secs",

@@ -9,12 +9,28 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 use crate::api::server;
-use crate::config::Config;
+use crate::config::{Config, ConfigArgs};
 use crate::error::{Error, Result};
 use crate::network::Network;
+use crate::overlay::PeerSource;
 
+/// Runs with a fixed configuration: the overlay's peer list never changes.
 pub async fn run(config: Config) -> Result<()> {
-    let network = Arc::new(Network::open(config.clone()).await?);
+    let peers = PeerSource::Fixed(config.overlay.peers.clone());
+    run_with(config, peers).await
+}
+
+/// Runs from a file, environment and flags that every reconciliation reads
+/// again for the overlay's peer list.
+pub async fn run_from(args: ConfigArgs) -> Result<()> {
+    let config = Config::load(&args)?;
+    run_with(config, PeerSource::Reread(Box::new(args))).await
+}
+
+async fn run_with(config: Config, peers: PeerSource) -> Result<()> {
+    let mut network = Network::open(config.clone()).await?;
+    network.start_overlay(peers).await?;
+    let network = Arc::new(network);
     let report = network.reconcile().await?;
     tracing::info!(
         actions = report.actions.len(),

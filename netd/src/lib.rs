@@ -18,6 +18,7 @@ pub mod gc;
 pub mod ipam;
 pub mod metrics;
 pub mod network;
+pub mod overlay;
 pub mod publish;
 pub mod reconcile;
 pub mod state;

@@ -54,6 +54,8 @@ pub struct Network {
     /// Attaches and detaches share it; a full reconciliation takes it alone,
     /// so it never sees (and "repairs") an endpoint half-way through a change.
     pub(crate) ops: tokio::sync::RwLock<()>,
+    /// The WireGuard overlay, when `[overlay]` enables it and a daemon runs.
+    pub(crate) overlay: std::sync::OnceLock<Arc<crate::overlay::OverlayService>>,
 }
 
 impl Network {
@@ -79,6 +81,7 @@ impl Network {
             store,
             metrics: Arc::new(Metrics::default()),
             ops: tokio::sync::RwLock::new(()),
+            overlay: std::sync::OnceLock::new(),
         })
     }
 

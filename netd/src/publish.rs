@@ -122,7 +122,7 @@ impl Network {
             bridge: self.config.bridge.clone(),
             subnets: self.config.subnets(),
             masquerade: self.config.masquerade,
-            cluster_ranges: Vec::new(),
+            cluster_ranges: self.cluster_ranges(),
         }
     }
 

@@ -71,6 +71,9 @@ impl Network {
             Ok(actions) => report.actions.extend(actions),
             Err(e) => report.errors.push(e.to_string()),
         }
+        let (actions, errors) = self.reconcile_overlay().await;
+        report.actions.extend(actions);
+        report.errors.extend(errors);
         for action in &report.actions {
             tracing::info!(kind = %action.kind, "reconcile: {}", action.detail);
         }
@@ -370,6 +373,9 @@ impl Network {
         }
         if !self.firewall_intact().await? {
             return Ok(Some("firewall rules missing"));
+        }
+        if let Some(reason) = self.overlay_needs_reconcile().await? {
+            return Ok(Some(reason));
         }
         let state = self.store.read()?;
         for ep in state.endpoints.values() {

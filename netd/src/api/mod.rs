@@ -11,6 +11,7 @@
 //! | POST   /v1/containers/{id}/ports  | PortsRequest    | published ports   |
 //! | DELETE /v1/containers/{id}/ports  | PortsRequest    | withdrawn ports   |
 //! | POST   /v1/reconcile              |                 | ReconcileReport   |
+//! | GET    /v1/peers                  |                 | [`PeerReport`]s   |
 //!
 //! Errors come back with a 4xx/5xx status and `{"error": "sentence"}`.
 
@@ -25,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::FirewallKind;
 use crate::ipam::Usage;
+pub use crate::overlay::{OverlayStatus, PeerReport};
 
 /// What `netd status` shows.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -39,6 +41,9 @@ pub struct Status {
     pub firewall: FirewallKind,
     pub state_dir: PathBuf,
     pub socket: PathBuf,
+    /// The WireGuard overlay; None when it is off.
+    #[serde(default)]
+    pub overlay: Option<OverlayStatus>,
 }
 
 /// The body of an error answer.

@@ -101,7 +101,13 @@ pub async fn serve_metrics(
                         async move {
                             let answer = if req.uri().path() == "/metrics" {
                                 match network.store().read() {
-                                    Ok(state) => text(StatusCode::OK, network.metrics().render(&state, network.config())),
+                                    Ok(state) => {
+                                        let mut body = network.metrics().render(&state, network.config());
+                                        if let Some(overlay) = network.overlay() {
+                                            overlay.render_metrics(&mut body);
+                                        }
+                                        text(StatusCode::OK, body)
+                                    }
                                     Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
                                 }
                             } else {
@@ -203,6 +209,15 @@ async fn handle(network: &Network, req: Request<Incoming>) -> Answer {
             Err(e) => error(&e),
         },
         (&Method::POST, ["v1", "reconcile"]) => answer(network.reconcile().await),
+        (&Method::GET, ["v1", "peers"]) => match network.overlay() {
+            Some(overlay) => json(StatusCode::OK, &overlay.peers()),
+            None => json(
+                StatusCode::NOT_FOUND,
+                &ErrorBody {
+                    error: "the overlay is off; enable it with [overlay] enabled = true in netd.toml (or --overlay true)".into(),
+                },
+            ),
+        },
         _ => json(
             StatusCode::NOT_FOUND,
             &ErrorBody {
@@ -234,5 +249,6 @@ fn status(network: &Network) -> Result<Status> {
         firewall: config.firewall,
         state_dir: config.state_dir.clone(),
         socket: config.socket.clone(),
+        overlay: network.overlay().map(|o| o.status()),
     })
 }

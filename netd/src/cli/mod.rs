@@ -5,6 +5,8 @@ mod attach;
 mod check;
 mod detach;
 mod ls;
+mod peers;
+mod pubkey;
 mod publish;
 mod reconcile;
 mod run;
@@ -48,8 +50,13 @@ pub enum Command {
     Publish(publish::PublishArgs),
     /// Withdraw published ports of a container.
     Unpublish(publish::PublishArgs),
-    /// Check the kernel against the state now and fix what differs.
+    /// Check the kernel against the state now and fix what differs; re-reads the overlay's peer list.
     Reconcile(ClientArgs),
+    /// Show the overlay's peers: endpoint, last handshake, traffic, drops.
+    Peers(ClientArgs),
+    /// Print this host's overlay public key (generating the key pair when missing),
+    /// for the other hosts' [[overlay.peer]] lists. Needs no running netd.
+    Pubkey(ConfigArgs),
 }
 
 /// What every admin command takes.
@@ -85,6 +92,8 @@ impl Cli {
             Command::Publish(args) => publish::run(args, true).await,
             Command::Unpublish(args) => publish::run(args, false).await,
             Command::Reconcile(args) => reconcile::run(args).await,
+            Command::Peers(args) => peers::run(args).await,
+            Command::Pubkey(args) => pubkey::run(args),
         }
     }
 }

@@ -1,9 +1,8 @@
 //! `netd run`
 
-use crate::config::{Config, ConfigArgs};
+use crate::config::ConfigArgs;
 use crate::error::Result;
 
 pub async fn run(args: ConfigArgs) -> Result<()> {
-    let config = Config::load(&args)?;
-    crate::daemon::run(config).await
+    crate::daemon::run_from(args).await
 }

@@ -24,5 +24,19 @@ pub async fn run(args: ClientArgs) -> Result<()> {
     println!("firewall    {}", status.firewall);
     println!("state       {}", status.state_dir.display());
     println!("socket      {}", status.socket.display());
+    match &status.overlay {
+        Some(o) => {
+            println!(
+                "overlay     {} on UDP port {}, MTU {}, cluster range {}",
+                o.interface, o.listen_port, o.mtu, o.cluster_range
+            );
+            println!("public key  {}", o.public_key);
+            println!(
+                "peers       {} configured, {} connected (netd peers for details)",
+                o.peers, o.peers_connected
+            );
+        }
+        None => println!("overlay     off"),
+    }
     Ok(())
 }
