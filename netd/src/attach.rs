@@ -18,6 +18,17 @@ use crate::ipam::IpamError;
 use crate::network::Network;
 use crate::state::{Endpoint, OwnerProcess, Phase};
 
+/// True when the namespace has a default route via `gw`.
+async fn has_default_via(nl: &Netlink, gw: IpAddr) -> Result<bool> {
+    let routes = nl
+        .routes(gw.is_ipv6(), false)
+        .await
+        .ctx(|| "list routes in the container")?;
+    Ok(routes
+        .iter()
+        .any(|r| r.destination.is_none() && r.gateway == Some(gw)))
+}
+
 /// Addresses given by the caller: at least one, no `ip`/`ip6` beside them,
 /// at most one gateway per family.
 fn validate_assigned(name: &str, req: &AttachRequest, assigned: &AssignedAddresses) -> Result<()> {
@@ -341,9 +352,18 @@ impl Network {
                 ipv6: gw.is_ipv6(),
                 ..Default::default()
             };
-            cnl.add_route(&route)
-                .await
-                .ctx(|| ctx(&format!("add default route via {gw}")))?;
+            match cnl.add_route(&route).await {
+                Ok(()) => {}
+                // A second interface of the container on this network: the
+                // default route via this gateway is there already (on the first).
+                Err(e) if e.is_already_exists() && has_default_via(&cnl, *gw).await? => {}
+                Err(e) => {
+                    return Err(Error::kernel(
+                        ctx(&format!("add default route via {gw}")),
+                        e,
+                    ))
+                }
+            }
         }
         let link = cnl
             .require_link(&ep.ifname)
