@@ -69,8 +69,10 @@ pub trait Backend {
     fn del(&self, request: &DetachRequest) -> Result<(), CniError>;
     fn check(&self, request: &CheckRequest) -> Result<(), CniError>;
     /// Removes everything of `network` not belonging to one of `valid`,
-    /// carrying on past errors and reporting them all.
-    fn gc(&self, network: &NetConf, valid: &[Attachment]) -> Result<(), CniError>;
+    /// carrying on past errors and reporting them all. Returns the stale
+    /// attachments it removed, so a delegated IPAM plugin that predates GC
+    /// can be told to release their addresses one by one.
+    fn gc(&self, network: &NetConf, valid: &[Attachment]) -> Result<Vec<Attachment>, CniError>;
     /// Ok when ADD could succeed now; else code 50 or 51.
     fn status(&self, network: &NetConf) -> Result<(), CniError>;
 }

@@ -72,21 +72,112 @@ impl IpamDelegate {
         self.exec(env::Command::Del).map(drop)
     }
 
+    /// DEL for another attachment than this call's (GC of a removed one).
+    pub fn del_attachment(&self, container_id: &str, ifname: &str) -> Result<(), CniError> {
+        let mut other = self.clone();
+        other.vars.retain(|(k, _)| k != "CNI_NETNS");
+        other.set_var("CNI_CONTAINERID", container_id);
+        other.set_var("CNI_IFNAME", ifname);
+        other.exec(env::Command::Del).map(drop)
+    }
+
     pub fn check(&self) -> Result<(), CniError> {
         self.exec(env::Command::Check).map(drop)
     }
 
+    /// GC, when the plugin speaks spec 1.1.0; one that predates GC is left
+    /// alone (weft's GC then releases each removed attachment by DEL).
     pub fn gc(&self) -> Result<(), CniError> {
+        if !self.speaks_1_1()? {
+            return Ok(());
+        }
         self.exec(env::Command::Gc).map(drop)
     }
 
+    /// STATUS, when the plugin speaks spec 1.1.0; one that predates STATUS
+    /// has no way to say it is not ready, so it counts as ready.
     pub fn status(&self) -> Result<(), CniError> {
+        if !self.speaks_1_1()? {
+            return Ok(());
+        }
         self.exec(env::Command::Status).map(drop)
     }
 
-    /// Runs the plugin; a failure keeps the plugin's own code and message,
-    /// prefixed with the plugin's name.
+    fn set_var(&mut self, key: &str, value: &str) {
+        self.vars.retain(|(k, _)| k != key);
+        self.vars.push((key.to_string(), value.to_string()));
+    }
+
+    /// The versions the plugin answers VERSION with.
+    pub fn supported_versions(&self) -> Result<Vec<String>, CniError> {
+        let mut probe = self.clone();
+        probe.config = br#"{"cniVersion":"1.0.0"}"#.to_vec();
+        let out = probe.exec_once(env::Command::Version)?;
+        let value: serde_json::Value = serde_json::from_slice(&out).map_err(|e| {
+            CniError::decoding(
+                format!("IPAM plugin {} VERSION", self.plugin),
+                e.to_string(),
+            )
+        })?;
+        Ok(value["supportedVersions"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    fn speaks_1_1(&self) -> Result<bool, CniError> {
+        Ok(self.supported_versions()?.iter().any(|v| v == "1.1.0"))
+    }
+
+    /// Runs the plugin. When it refuses the config's cniVersion (code 1), asks
+    /// it which versions it speaks and calls it again with the newest of them
+    /// that is not newer than the config's: the reference plugins of Debian 12
+    /// stop at 1.0.0, and their IPAM results read back in any version.
     fn exec(&self, command: env::Command) -> Result<Vec<u8>, CniError> {
+        match self.exec_once(command) {
+            Err(e) if e.code == ErrorCode::IncompatibleVersion => {
+                let Some(older) = self.older_version()? else {
+                    return Err(e);
+                };
+                let mut again = self.clone();
+                again.config = older;
+                again.exec_once(command)
+            }
+            other => other,
+        }
+    }
+
+    /// The config rewritten to the newest version the plugin speaks below the config's.
+    fn older_version(&self) -> Result<Option<Vec<u8>>, CniError> {
+        let Ok(mut config) = serde_json::from_slice::<serde_json::Value>(&self.config) else {
+            return Ok(None);
+        };
+        let asked = config["cniVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let theirs = self.supported_versions()?;
+        let order = |v: &str| crate::version::SUPPORTED.iter().position(|s| *s == v);
+        let Some(limit) = order(&asked) else {
+            return Ok(None);
+        };
+        let best = theirs
+            .iter()
+            .filter_map(|v| order(v).filter(|i| *i < limit))
+            .max();
+        Ok(best.map(|i| {
+            config["cniVersion"] = serde_json::json!(crate::version::SUPPORTED[i]);
+            serde_json::to_vec(&config).expect("a JSON value serialises")
+        }))
+    }
+
+    /// Runs the plugin once; a failure keeps the plugin's own code and message,
+    /// prefixed with the plugin's name.
+    fn exec_once(&self, command: env::Command) -> Result<Vec<u8>, CniError> {
         let doing = format!("IPAM plugin {} {}", self.plugin, command.as_str());
         let mut child = Command::new(&self.binary)
             .env_clear()

@@ -5,16 +5,25 @@
 //! - [`version`]: versions and the result shape of each; [`result`]: the result;
 //! - [`error`]: the error result and its codes;
 //! - [`ipam_delegate`]: exec'ing an IPAM plugin from CNI_PATH;
-//! - [`commands`]: ADD, DEL, CHECK, STATUS, GC, VERSION, over a [`Backend`].
+//! - [`commands`]: ADD, DEL, CHECK, STATUS, GC, VERSION, over a [`Backend`];
+//! - [`select`]: the backend a config's `mode` picks: [`standalone`] (netd's
+//!   library) or [`daemon`] (netd's API), both mapping CNI to netd through
+//!   [`wiring`], [`range`] and [`host`].
 
 pub mod backend;
 pub mod commands;
+pub mod daemon;
 pub mod env;
 pub mod error;
+pub mod host;
 pub mod ipam_delegate;
+pub mod range;
 pub mod result;
+pub mod select;
+pub mod standalone;
 pub mod types;
 pub mod version;
+pub mod wiring;
 
 pub use backend::Backend;
 pub use error::{CniError, ErrorCode};

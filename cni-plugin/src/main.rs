@@ -4,12 +4,16 @@
 use std::io::{Read, Write};
 
 use cni_plugin::commands::{self, Outcome};
-use cni_plugin::{Backend, CniError, ErrorCode};
+use cni_plugin::CniError;
 
 fn main() {
     let mut stdin = Vec::new();
     let outcome = match std::io::stdin().read_to_end(&mut stdin) {
-        Ok(_) => commands::run(std::env::vars().collect(), &stdin, &backend_for),
+        Ok(_) => commands::run(
+            std::env::vars().collect(),
+            &stdin,
+            &cni_plugin::select::backend_for,
+        ),
         Err(e) => Outcome {
             stdout: CniError::io("cannot read the network config from stdin", e.to_string())
                 .to_json(cni_plugin::version::Version::NEWEST.as_str()),
@@ -21,16 +25,4 @@ fn main() {
     let _ = out.write_all(outcome.stdout.as_bytes());
     let _ = out.flush();
     std::process::exit(outcome.exit_code);
-}
-
-/// The backend a config's `mode` selects.
-fn backend_for(conf: &cni_plugin::types::NetConf) -> Result<Box<dyn Backend>, CniError> {
-    Err(CniError::new(
-        ErrorCode::Unavailable,
-        format!(
-            "weft {:?} mode: netd's attach API is not linked into this build",
-            conf.mode
-        ),
-        "this build of weft speaks the CNI protocol but cannot wire containers yet",
-    ))
 }

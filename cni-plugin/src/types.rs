@@ -20,7 +20,8 @@
 //!   `isGateway`, `isDefaultGateway`, `forceAddress`, `mtu`, `hairpinMode`,
 //!   `promiscMode`, `vlan`, `macspoofchk` (whether the backend honours each is
 //!   its call: one it cannot honour is code 2 from [`crate::Backend::validate`]);
-//! - weft's own: `mode` (`auto` | `standalone` | `daemon`), `stateDir`, `socket`.
+//! - weft's own: `mode` (`auto` | `standalone` | `daemon`), `stateDir`, `socket`,
+//!   `subnet`, `subnet6` (the built-in IPAM's subnets; also read from `ipam`).
 //!
 //! Ignored, as the spec allows: unknown keys inside `runtimeConfig` (capability
 //! arguments are conventions; a runtime only inserts the ones a config declares)
@@ -73,6 +74,8 @@ const WEFT_KEYS: &[&str] = &[
     "mode",
     "stateDir",
     "socket",
+    "subnet",
+    "subnet6",
 ];
 
 /// How the plugin reaches netd.
@@ -140,6 +143,12 @@ pub struct NetConf {
     /// netd's socket (default /run/weft/netd.sock).
     #[serde(default)]
     pub socket: Option<PathBuf>,
+    /// The built-in IPAM's IPv4 subnet (netd's default 10.66.0.0/16).
+    #[serde(default)]
+    pub subnet: Option<IpNetwork>,
+    /// The built-in IPAM's IPv6 subnet, if any.
+    #[serde(default)]
+    pub subnet6: Option<IpNetwork>,
     /// GC's list of attachments still in use.
     #[serde(rename = "cni.dev/valid-attachments", default)]
     pub valid_attachments: Option<Vec<Attachment>>,

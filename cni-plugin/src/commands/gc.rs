@@ -8,11 +8,19 @@ use crate::error::CniError;
 pub fn run(inv: &Invocation, backend: &dyn Backend) -> Result<(), CniError> {
     let valid = inv.conf.valid_attachments.clone().unwrap_or_default();
     let mut errors = Vec::new();
-    if let Err(e) = backend.gc(&inv.conf, &valid) {
+    let removed = backend.gc(&inv.conf, &valid).unwrap_or_else(|e| {
         errors.push(e.context("GC"));
-    }
+        Vec::new()
+    });
     match inv.ipam_delegate() {
         Ok(Some(ipam)) => {
+            // A delegate that predates GC (spec 1.1.0) still releases the
+            // addresses of the attachments removed above on DEL.
+            for attachment in &removed {
+                if let Err(e) = ipam.del_attachment(&attachment.container_id, &attachment.ifname) {
+                    errors.push(e);
+                }
+            }
             if let Err(e) = ipam.gc() {
                 errors.push(e);
             }

@@ -87,11 +87,11 @@ impl Backend for Fake {
         Ok(())
     }
 
-    fn gc(&self, _: &NetConf, valid: &[Attachment]) -> Result<(), CniError> {
+    fn gc(&self, _: &NetConf, valid: &[Attachment]) -> Result<Vec<Attachment>, CniError> {
         let mut rec = self.record.borrow_mut();
         rec.calls.push("gc".into());
         rec.valid = valid.to_vec();
-        Ok(())
+        Ok(Vec::new())
     }
 
     fn status(&self, _: &NetConf) -> Result<(), CniError> {

@@ -1,0 +1,237 @@
+//! `mode: daemon`: the same work through netd's API on its unix socket.
+//! The daemon owns the bridge, subnet and state; the plugin only refuses a
+//! config that names a different bridge or subnet than the daemon manages.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use netd::api::client::Client;
+use netd::api::Status;
+
+use crate::backend::{AttachRequest, Backend, CheckRequest, DetachRequest};
+use crate::error::{CniError, ErrorCode};
+use crate::host;
+use crate::result::CniResult;
+use crate::standalone::{attachment_of, check_common, finish_add};
+use crate::types::{Attachment, NetConf};
+use crate::wiring;
+
+pub struct Daemon {
+    runtime: tokio::runtime::Runtime,
+    client: Client,
+    socket: PathBuf,
+}
+
+/// The socket a config names, else netd's default.
+pub fn socket_of(conf: &NetConf) -> PathBuf {
+    conf.socket
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(netd::config::DEFAULT_SOCKET))
+}
+
+/// True when something accepts connections on `socket` (auto mode's test).
+pub fn answers(socket: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(socket).is_ok()
+}
+
+fn api_error(socket: &Path, e: netd::Error) -> CniError {
+    match e {
+        netd::Error::Api(msg) if msg.starts_with("cannot reach netd") => CniError::new(
+            ErrorCode::TryAgainLater,
+            msg,
+            format!("mode daemon needs netd listening on {}", socket.display()),
+        ),
+        netd::Error::Api(msg) => CniError::internal(format!("netd: {msg}"), ""),
+        other => crate::standalone::netd_error(other),
+    }
+}
+
+impl Daemon {
+    pub fn new(conf: &NetConf) -> Result<Daemon, CniError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| CniError::internal("cannot start the async runtime", e.to_string()))?;
+        let socket = socket_of(conf);
+        Ok(Daemon {
+            runtime,
+            client: Client::new(&socket),
+            socket,
+        })
+    }
+
+    fn err(&self, e: netd::Error) -> CniError {
+        api_error(&self.socket, e)
+    }
+
+    async fn status_of(&self) -> Result<Status, CniError> {
+        self.client.get("/v1/status").await.map_err(|e| self.err(e))
+    }
+}
+
+impl Backend for Daemon {
+    fn validate(&self, conf: &NetConf) -> Result<(), CniError> {
+        self.runtime.block_on(async {
+            let status = self.status_of().await?;
+            if status.bridge != conf.bridge_name() {
+                return Err(CniError::invalid_config(
+                    format!(
+                        "network {} names bridge {}, but netd at {} manages {}",
+                        conf.name,
+                        conf.bridge_name(),
+                        self.socket.display(),
+                        status.bridge
+                    ),
+                    "set `bridge` to the daemon's, or use mode standalone",
+                ));
+            }
+            if conf.ipam_delegate().is_none() {
+                if let Some(subnet) = wiring::builtin_subnet(conf)? {
+                    if !status.subnets.contains(&subnet) {
+                        return Err(CniError::invalid_config(
+                            format!(
+                                "network {} asks for subnet {subnet}, but netd at {} hands out {:?}",
+                                conf.name,
+                                self.socket.display(),
+                                status.subnets
+                            ),
+                            "drop `subnet` from the CNI config or change netd's",
+                        ));
+                    }
+                }
+            }
+            let subnets = wiring::configured_subnets(conf)?;
+            if conf.ipam_delegate().is_some() {
+                host::check_overlap(&subnets, conf.bridge_name()).await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn add(&self, request: &AttachRequest) -> Result<CniResult, CniError> {
+        let conf = request.network;
+        if !conf.runtime_config.ip_ranges.is_empty()
+            || conf
+                .ipam
+                .as_ref()
+                .is_some_and(|i| i.delegate().is_none() && i.settings.contains_key("rangeStart"))
+        {
+            return Err(CniError::unsupported_field(
+                "ipRanges",
+                &serde_json::json!(conf.runtime_config.ip_ranges),
+                "address ranges of the built-in IPAM need mode standalone",
+            ));
+        }
+        self.runtime.block_on(async {
+            let id = wiring::endpoint_id(&conf.name, request.container_id, request.ifname);
+            let netd_req = wiring::attach_request(request, &id, None)?;
+            let attached: netd::AttachResult = self
+                .client
+                .post("/v1/containers", &netd_req)
+                .await
+                .map_err(|e| self.err(e))?;
+            finish_add(request, &attached, || async {
+                let _: Result<netd::DetachReport, _> =
+                    self.client.delete(&format!("/v1/containers/{id}")).await;
+            })
+            .await
+        })
+    }
+
+    fn del(&self, request: &DetachRequest) -> Result<(), CniError> {
+        let conf = request.network;
+        let id = wiring::endpoint_id(&conf.name, request.container_id, request.ifname);
+        self.runtime.block_on(async {
+            let _: netd::DetachReport = self
+                .client
+                .delete(&format!("/v1/containers/{id}"))
+                .await
+                .map_err(|e| self.err(e))?;
+            Ok(())
+        })
+    }
+
+    fn check(&self, request: &CheckRequest) -> Result<(), CniError> {
+        let conf = request.network;
+        let id = wiring::endpoint_id(&conf.name, request.container_id, request.ifname);
+        self.runtime.block_on(async {
+            let recorded: netd::AttachResult = self
+                .client
+                .get(&format!("/v1/containers/{id}"))
+                .await
+                .map_err(|e| {
+                    CniError::new(
+                        ErrorCode::UnknownContainer,
+                        format!(
+                            "no attachment of {} {}",
+                            request.container_id, request.ifname
+                        ),
+                        e.to_string(),
+                    )
+                })?;
+            let _: serde_json::Value = self
+                .client
+                .get(&format!("/v1/containers/{id}/check"))
+                .await
+                .map_err(|e| self.err(e).context("CHECK"))?;
+            check_common(request, &recorded).await
+        })
+    }
+
+    fn gc(&self, conf: &NetConf, valid: &[Attachment]) -> Result<Vec<Attachment>, CniError> {
+        let prefix = wiring::id_prefix(&conf.name);
+        let keep: BTreeSet<String> = valid
+            .iter()
+            .map(|a| wiring::endpoint_id(&conf.name, &a.container_id, &a.ifname))
+            .collect();
+        self.runtime.block_on(async {
+            let endpoints: Vec<netd::Endpoint> = self
+                .client
+                .get("/v1/containers")
+                .await
+                .map_err(|e| self.err(e))?;
+            let mut removed = Vec::new();
+            let mut errors = Vec::new();
+            for ep in endpoints
+                .iter()
+                .filter(|e| e.id.starts_with(&prefix) && !keep.contains(&e.id))
+            {
+                let answer: Result<netd::DetachReport, _> = self
+                    .client
+                    .delete(&format!("/v1/containers/{}", ep.id))
+                    .await;
+                match answer {
+                    Ok(_) => removed.extend(attachment_of(&prefix, ep)),
+                    Err(e) => errors.push(format!("{}: {e}", ep.id)),
+                }
+            }
+            if errors.is_empty() {
+                Ok(removed)
+            } else {
+                Err(CniError::internal(
+                    format!("GC could not detach {} endpoint(s)", errors.len()),
+                    errors.join("; "),
+                ))
+            }
+        })
+    }
+
+    fn status(&self, conf: &NetConf) -> Result<(), CniError> {
+        let unavailable = |e: CniError| CniError::new(ErrorCode::Unavailable, e.msg, e.details);
+        self.validate(conf).map_err(unavailable)?;
+        let status = self
+            .runtime
+            .block_on(self.status_of())
+            .map_err(unavailable)?;
+        if conf.ipam_delegate().is_none() {
+            if let Some(full) = status.ipam.iter().find(|u| u.in_use >= u.capacity) {
+                return Err(CniError::new(
+                    ErrorCode::Unavailable,
+                    format!("subnet {} is full", full.subnet),
+                    "DEL containers or configure a larger subnet",
+                ));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,200 @@
+//! Address ranges for the built-in IPAM: `ipam.rangeStart`/`rangeEnd` in the
+//! config, or the runtime's `ipRanges` capability. netd allocates from its
+//! whole subnet; the plugin picks the first free address of the range from
+//! netd's reservations and asks netd for exactly that one (netd checks it
+//! again under its lock, so a race ends in a retry, never a shared address).
+
+use std::net::IpAddr;
+
+use crate::error::CniError;
+use crate::types::NetConf;
+
+/// An inclusive IPv4 range inside netd's subnet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AddressRange {
+    pub first: u32,
+    pub last: u32,
+}
+
+fn v4(ip: IpAddr, what: &str) -> Result<u32, CniError> {
+    match ip {
+        IpAddr::V4(a) => Ok(u32::from(a)),
+        IpAddr::V6(_) => Err(CniError::invalid_config(
+            format!("{what} {ip} is IPv6"),
+            "ranges of the built-in IPAM are IPv4",
+        )),
+    }
+}
+
+fn setting(conf: &NetConf, key: &str) -> Result<Option<IpAddr>, CniError> {
+    let Some(value) = conf.ipam.as_ref().and_then(|i| i.settings.get(key)) else {
+        return Ok(None);
+    };
+    value
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            CniError::invalid_config(format!("invalid ipam.{key} {value}"), "an IP address")
+        })
+}
+
+/// The range this ADD must pick from, if the config or the runtime asks for one.
+pub fn wanted(conf: &NetConf, config: &netd::Config) -> Result<Option<AddressRange>, CniError> {
+    if conf.ipam_delegate().is_some() {
+        return Ok(None);
+    }
+    let subnet = config.subnet;
+    let base = u32::from(subnet.network());
+    let top = u32::from(subnet.broadcast());
+    let (mut start, mut end) = (setting(conf, "rangeStart")?, setting(conf, "rangeEnd")?);
+    if let Some(r) = conf
+        .runtime_config
+        .ip_ranges
+        .iter()
+        .flatten()
+        .find(|r| r.subnet.is_ipv4())
+    {
+        let inside = |ip: IpAddr| match ip {
+            IpAddr::V4(a) => subnet.contains(a),
+            IpAddr::V6(_) => false,
+        };
+        if !inside(r.subnet.network()) || r.subnet.prefix() < subnet.prefix() {
+            return Err(CniError::invalid_config(
+                format!("ipRanges subnet {} is not inside the network's subnet {subnet}", r.subnet),
+                "weft's built-in IPAM hands out addresses of its one subnet; set `subnet` to cover the range",
+            ));
+        }
+        let IpAddr::V4(first) = r.subnet.network() else {
+            unreachable!()
+        };
+        start = Some(r.range_start.unwrap_or(IpAddr::V4(first)));
+        end = Some(
+            r.range_end.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::from(
+                u32::from(first)
+                    | !u32::MAX
+                        .checked_shl(32 - r.subnet.prefix() as u32)
+                        .unwrap_or(0),
+            ))),
+        );
+    }
+    if start.is_none() && end.is_none() {
+        return Ok(None);
+    }
+    let first = start
+        .map(|s| v4(s, "rangeStart"))
+        .transpose()?
+        .unwrap_or(base + 2);
+    let last = end
+        .map(|e| v4(e, "rangeEnd"))
+        .transpose()?
+        .unwrap_or(top - 1);
+    // Network, gateway and broadcast addresses are never handed out.
+    let first = first.max(base + 2);
+    let last = last.min(top - 1);
+    if first > last || first < base || last > top {
+        return Err(CniError::invalid_config(
+            format!(
+                "range {}-{} is empty or outside subnet {subnet}",
+                std::net::Ipv4Addr::from(first),
+                std::net::Ipv4Addr::from(last)
+            ),
+            "rangeStart and rangeEnd must lie inside the subnet, start before end",
+        ));
+    }
+    Ok(Some(AddressRange { first, last }))
+}
+
+impl AddressRange {
+    /// The first address of the range netd has not reserved.
+    pub fn pick(
+        &self,
+        ipam: &netd::ipam::Reservations,
+        config: &netd::Config,
+    ) -> Result<IpAddr, CniError> {
+        let key = ipnetwork::IpNetwork::V4(config.subnet).to_string();
+        let reserved = ipam.pools.get(&key).map(|p| &p.reserved);
+        (self.first..=self.last)
+            .map(|n| IpAddr::V4(std::net::Ipv4Addr::from(n)))
+            .find(|ip| reserved.is_none_or(|r| !r.contains_key(ip)))
+            .ok_or_else(|| {
+                CniError::internal(
+                    format!(
+                        "no free address in range {}-{}",
+                        std::net::Ipv4Addr::from(self.first),
+                        std::net::Ipv4Addr::from(self.last)
+                    ),
+                    "DEL containers or widen the range",
+                )
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conf(json: serde_json::Value) -> NetConf {
+        NetConf::parse(json.to_string().as_bytes()).unwrap()
+    }
+
+    fn config(subnet: &str) -> netd::Config {
+        netd::Config {
+            subnet: subnet.parse().unwrap(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn ranges_from_config_and_capability() {
+        let c = conf(
+            serde_json::json!({"cniVersion": "1.0.0", "name": "n", "type": "weft",
+            "ipam": {"type": "weft", "subnet": "10.77.0.0/24", "rangeStart": "10.77.0.10", "rangeEnd": "10.77.0.11"}}),
+        );
+        let r = wanted(&c, &config("10.77.0.0/24")).unwrap().unwrap();
+        let mut ipam = netd::ipam::Reservations::default();
+        assert_eq!(
+            r.pick(&ipam, &config("10.77.0.0/24")).unwrap().to_string(),
+            "10.77.0.10"
+        );
+        ipam.allocate(
+            "10.77.0.0/24".parse().unwrap(),
+            "a",
+            Some("10.77.0.10".parse().unwrap()),
+        )
+        .unwrap();
+        assert_eq!(
+            r.pick(&ipam, &config("10.77.0.0/24")).unwrap().to_string(),
+            "10.77.0.11"
+        );
+        ipam.allocate(
+            "10.77.0.0/24".parse().unwrap(),
+            "b",
+            Some("10.77.0.11".parse().unwrap()),
+        )
+        .unwrap();
+        assert!(r.pick(&ipam, &config("10.77.0.0/24")).is_err());
+
+        let c = conf(
+            serde_json::json!({"cniVersion": "1.0.0", "name": "n", "type": "weft",
+            "runtimeConfig": {"ipRanges": [[{"subnet": "10.77.0.64/26"}]]}}),
+        );
+        let r = wanted(&c, &config("10.77.0.0/24")).unwrap().unwrap();
+        assert_eq!(
+            (r.first, r.last),
+            (
+                u32::from(std::net::Ipv4Addr::new(10, 77, 0, 64)),
+                u32::from(std::net::Ipv4Addr::new(10, 77, 0, 127))
+            )
+        );
+        assert_eq!(
+            wanted(&c, &config("10.78.0.0/24"))
+                .unwrap_err()
+                .code
+                .number(),
+            7
+        );
+        let plain = conf(serde_json::json!({"cniVersion": "1.0.0", "name": "n", "type": "weft"}));
+        assert_eq!(wanted(&plain, &config("10.77.0.0/24")).unwrap(), None);
+    }
+}

@@ -1,0 +1,357 @@
+//! `mode: standalone`: netd's library and state directory, in this process.
+//! No daemon needed; several plugin processes at once are serialised by the
+//! state lock (so parallel ADDs never share an address).
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+
+use crate::backend::{Addressing, AttachRequest, Backend, CheckRequest, DetachRequest};
+use crate::error::{CniError, ErrorCode};
+use crate::host;
+use crate::range;
+use crate::result::CniResult;
+use crate::types::{Attachment, NetConf};
+use crate::wiring;
+
+/// How many times an ADD picking from a range retries when another process
+/// took the address it picked between the pick and the reservation.
+const RANGE_RETRIES: usize = 16;
+
+pub struct Standalone {
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Standalone {
+    pub fn new() -> Result<Standalone, CniError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| CniError::internal("cannot start the async runtime", e.to_string()))?;
+        Ok(Standalone { runtime })
+    }
+
+    async fn open(conf: &NetConf, delegated: Option<IpNetwork>) -> Result<netd::Network, CniError> {
+        let config = wiring::netd_config(conf, delegated)?;
+        netd::Network::open(config)
+            .await
+            .map_err(|e| netd_error(e).context(&format!("open network {}", conf.name)))
+    }
+}
+
+/// netd's errors as CNI codes: bad requests are 7, state I/O is 5, a clash
+/// with something already there and kernel failures are 100+.
+pub fn netd_error(e: netd::Error) -> CniError {
+    use netd::ipam::IpamError;
+    let code = match &e {
+        netd::Error::Config(_) | netd::Error::Invalid(_) => ErrorCode::InvalidConfig,
+        netd::Error::Ipam(
+            IpamError::OutsideSubnet { .. }
+            | IpamError::NotAssignable { .. }
+            | IpamError::BadSubnet { .. },
+        ) => ErrorCode::InvalidConfig,
+        netd::Error::Store(_) => ErrorCode::Io,
+        netd::Error::Api(_) => ErrorCode::TryAgainLater,
+        _ => ErrorCode::Internal,
+    };
+    CniError::new(code, e.to_string(), "")
+}
+
+/// The IPv4 network of a delegated IPAM's first IPv4 address.
+pub fn delegated_network(addressing: &Addressing) -> Option<IpNetwork> {
+    let Addressing::Delegated(ipam) = addressing else {
+        return None;
+    };
+    ipam.ips
+        .iter()
+        .map(|ip| ip.address)
+        .find(IpNetwork::is_ipv4)
+        .map(|a| IpNetwork::new(a.network(), a.prefix()).expect("prefix of an address"))
+}
+
+impl Backend for Standalone {
+    fn validate(&self, conf: &NetConf) -> Result<(), CniError> {
+        let subnets = wiring::configured_subnets(conf)?;
+        wiring::netd_config(conf, None)?;
+        self.runtime
+            .block_on(host::check_overlap(&subnets, conf.bridge_name()))
+    }
+
+    fn add(&self, request: &AttachRequest) -> Result<CniResult, CniError> {
+        let conf = request.network;
+        self.runtime.block_on(async {
+            let network = Standalone::open(conf, delegated_network(&request.addressing)).await?;
+            let id = wiring::endpoint_id(&conf.name, request.container_id, request.ifname);
+            let range = range::wanted(conf, network.config())?;
+            let mut attempts = 0;
+            let attached = loop {
+                let pick = match (&range, &request.addressing) {
+                    (Some(r), Addressing::Builtin { requested }) if requested.is_empty() => {
+                        let state = network.store().read().map_err(|e| netd_error(e.into()))?;
+                        Some(r.pick(&state.ipam, network.config())?)
+                    }
+                    _ => None,
+                };
+                let netd_req = wiring::attach_request(request, &id, pick)?;
+                match network.attach(netd_req).await {
+                    Ok(result) => break result,
+                    Err(netd::Error::Ipam(netd::ipam::IpamError::Taken { .. }))
+                        if pick.is_some() && attempts < RANGE_RETRIES =>
+                    {
+                        attempts += 1;
+                    }
+                    Err(e) => return Err(netd_error(e)),
+                }
+            };
+            finish_add(request, &attached, || async {
+                let _ = network.detach(&id).await;
+            })
+            .await
+        })
+    }
+
+    fn del(&self, request: &DetachRequest) -> Result<(), CniError> {
+        let conf = request.network;
+        self.runtime.block_on(async {
+            let delegated = request
+                .prev_result
+                .as_ref()
+                .and_then(|r| delegated_network(&Addressing::Delegated(r.clone())));
+            let network =
+                Standalone::open(conf, delegated.filter(|_| conf.ipam_delegate().is_some()))
+                    .await?;
+            let id = wiring::endpoint_id(&conf.name, request.container_id, request.ifname);
+            network.detach(&id).await.map_err(netd_error)?;
+            Ok(())
+        })
+    }
+
+    fn check(&self, request: &CheckRequest) -> Result<(), CniError> {
+        let conf = request.network;
+        self.runtime.block_on(async {
+            let network = Standalone::open(conf, None).await?;
+            let id = wiring::endpoint_id(&conf.name, request.container_id, request.ifname);
+            let Some(recorded) = network.get(&id).map_err(netd_error)? else {
+                return Err(CniError::new(
+                    ErrorCode::UnknownContainer,
+                    format!(
+                        "no attachment of {} {} on network {}",
+                        request.container_id, request.ifname, conf.name
+                    ),
+                    "ADD it first",
+                ));
+            };
+            network
+                .check(&id)
+                .await
+                .map_err(|e| netd_error(e).context("CHECK"))?;
+            if conf.ipam_delegate().is_none() {
+                let state = network.store().read().map_err(|e| netd_error(e.into()))?;
+                let held: BTreeSet<IpAddr> = state.ipam.held_by(&id).into_iter().collect();
+                for ip in &recorded.ips {
+                    if !held.contains(&ip.address.ip()) {
+                        return Err(CniError::internal(
+                            format!(
+                                "address {} is no longer reserved for this attachment",
+                                ip.address
+                            ),
+                            "run DEL and ADD again",
+                        ));
+                    }
+                }
+            }
+            check_common(request, &recorded).await
+        })
+    }
+
+    fn gc(&self, conf: &NetConf, valid: &[Attachment]) -> Result<Vec<Attachment>, CniError> {
+        self.runtime.block_on(async {
+            let network = Standalone::open(conf, None).await?;
+            let prefix = wiring::id_prefix(&conf.name);
+            let keep: BTreeSet<String> = valid
+                .iter()
+                .map(|a| wiring::endpoint_id(&conf.name, &a.container_id, &a.ifname))
+                .collect();
+            let stale: Vec<netd::Endpoint> = network
+                .list()
+                .map_err(netd_error)?
+                .into_iter()
+                .filter(|e| e.id.starts_with(&prefix) && !keep.contains(&e.id))
+                .collect();
+            let owned = |id: &str| id.starts_with(&prefix);
+            let report = network.gc(&owned, &keep).await.map_err(netd_error)?;
+            if !report.errors.is_empty() {
+                return Err(CniError::internal(
+                    format!("GC left {} problem(s)", report.errors.len()),
+                    report.errors.join("; "),
+                ));
+            }
+            Ok(stale
+                .iter()
+                .filter_map(|e| attachment_of(&prefix, e))
+                .collect())
+        })
+    }
+
+    fn status(&self, conf: &NetConf) -> Result<(), CniError> {
+        let unavailable = |e: CniError| CniError::new(ErrorCode::Unavailable, e.msg, e.details);
+        self.validate(conf).map_err(unavailable)?;
+        self.runtime.block_on(async {
+            let network = Standalone::open(conf, None).await.map_err(unavailable)?;
+            let state = network
+                .store()
+                .read()
+                .map_err(|e| unavailable(netd_error(e.into())))?;
+            if conf.ipam_delegate().is_none() {
+                for subnet in network.config().subnets() {
+                    let usage = state.ipam.usage(subnet);
+                    if usage.in_use >= usage.capacity {
+                        return Err(CniError::new(
+                            ErrorCode::Unavailable,
+                            format!(
+                                "subnet {subnet} is full ({} addresses in use)",
+                                usage.in_use
+                            ),
+                            "DEL containers or configure a larger subnet",
+                        ));
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// The CNI attachment an endpoint id stands for (readable ids only; hashed
+/// ones cannot be turned back).
+pub fn attachment_of(prefix: &str, ep: &netd::Endpoint) -> Option<Attachment> {
+    let rest = ep.id.strip_prefix(prefix)?;
+    let container = rest.strip_suffix(&format!(".{}", ep.ifname))?;
+    Some(Attachment {
+        container_id: container.to_string(),
+        ifname: ep.ifname.clone(),
+    })
+}
+
+/// After netd's attach: the delegated IPAM's gateways and routes, then the
+/// result. `undo` detaches again when a step fails.
+pub async fn finish_add<F, Fut>(
+    request: &AttachRequest<'_>,
+    attached: &netd::AttachResult,
+    undo: F,
+) -> Result<CniResult, CniError>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let conf = request.network;
+    let ipam = match &request.addressing {
+        Addressing::Delegated(ipam) => Some(ipam),
+        Addressing::Builtin { .. } => None,
+    };
+    let extra = async {
+        if let Some(ipam) = ipam {
+            if conf.is_gateway || conf.is_default_gateway {
+                host::ensure_bridge_gateways(conf.bridge_name(), ipam).await?;
+            }
+            host::add_routes(
+                &request.netns,
+                request.ifname,
+                ipam,
+                &wiring::extra_routes(ipam),
+            )
+            .await?;
+        }
+        host::container_mtu(&request.netns, request.ifname).await
+    };
+    let mtu = match extra.await {
+        Ok(mtu) => mtu,
+        Err(e) => {
+            undo().await;
+            return Err(e);
+        }
+    };
+    let bridge_mac = host::link_mac(conf.bridge_name()).await;
+    Ok(wiring::cni_result(
+        conf,
+        &wiring::Attached {
+            bridge: conf.bridge_name(),
+            bridge_mac,
+            netd: attached,
+            container_mtu: mtu,
+            ipam,
+        },
+    ))
+}
+
+/// CHECK's comparisons shared by both backends: the addresses recorded are
+/// those of the ADD's result, and everything the result lists is in the kernel.
+pub async fn check_common(
+    request: &CheckRequest<'_>,
+    recorded: &netd::AttachResult,
+) -> Result<(), CniError> {
+    let prev = &request.prev_result;
+    let sandbox = request.netns.display().to_string();
+    let index = prev
+        .container_interface(request.ifname, &sandbox)
+        .expect("checked by the CHECK command");
+    let recorded_ips: BTreeSet<IpNetwork> = recorded.ips.iter().map(|i| i.address).collect();
+    for ip in prev.ips.iter().filter(|ip| ip.interface == Some(index)) {
+        if !recorded_ips.contains(&ip.address) {
+            return Err(CniError::internal(
+                format!(
+                    "address {} of the ADD's result is not this attachment's",
+                    ip.address
+                ),
+                format!("weft recorded {recorded_ips:?}"),
+            ));
+        }
+    }
+    host::check_container(&request.netns, request.ifname, prev, index).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipam_errors_get_cni_codes() {
+        let e = netd_error(netd::Error::Ipam(netd::ipam::IpamError::Full {
+            subnet: "10.0.0.0/30".parse().unwrap(),
+            in_use: 2,
+        }));
+        assert_eq!(e.code.number(), 100);
+        assert_eq!(
+            netd_error(netd::Error::Invalid("x".into())).code.number(),
+            7
+        );
+    }
+
+    #[test]
+    fn readable_ids_turn_back_into_attachments() {
+        let prefix = wiring::id_prefix("n");
+        let id = wiring::endpoint_id("n", "abc", "eth1");
+        let ep = netd::Endpoint {
+            id,
+            name: String::new(),
+            netns: "/x".into(),
+            netns_inode: 0,
+            ifname: "eth1".into(),
+            host_ifname: String::new(),
+            mac: None,
+            mtu: None,
+            ips: vec![],
+            gateways: vec![],
+            ports: vec![],
+            phase: netd::Phase::Attached,
+        };
+        assert_eq!(
+            attachment_of(&prefix, &ep),
+            Some(Attachment {
+                container_id: "abc".into(),
+                ifname: "eth1".into()
+            })
+        );
+    }
+}
