@@ -13,7 +13,7 @@ mod cni;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use cni::{run_suite, Needs, Outcome};
+use cni::{run_suite, Outcome};
 use world::root_or_skip;
 
 /// How the reference plugins (containernetworking-plugins 1.1.1, Debian 12)
@@ -101,22 +101,37 @@ fn weft_binary() -> PathBuf {
     }
 }
 
-/// weft against the protocol checks (environment, config, versions, errors).
+/// weft (standalone mode, host-local IPAM) against every check.
 #[tokio::test]
-async fn weft_protocol_against_the_spec() {
+async fn weft_against_the_spec() {
     root_or_skip!();
+    weft_subject_passes(cni::weft(weft_plugin())).await;
+}
+
+/// weft with its built-in IPAM against every check.
+#[tokio::test]
+async fn weft_builtin_ipam_against_the_spec() {
+    root_or_skip!();
+    weft_subject_passes(cni::weft_builtin(weft_plugin())).await;
+}
+
+fn weft_plugin() -> PathBuf {
     let plugin = weft_binary();
     assert!(
         plugin.exists(),
         "{} missing: build it first (cargo build -p cni-plugin) or set WEFT_CNI_PLUGIN",
         plugin.display()
     );
-    let subject = cni::weft(plugin);
+    plugin
+}
+
+async fn weft_subject_passes(subject: cni::Subject) {
     let filter = std::env::var("CNI_CHECK").unwrap_or_default();
-    let outcomes = run_suite(&subject, |c| {
-        c.needs == Needs::Protocol && c.name.contains(&filter)
-    })
-    .await;
+    let outcomes = run_suite(&subject, |c| c.name.contains(&filter)).await;
+    assert!(
+        !outcomes.is_empty(),
+        "no check matches CNI_CHECK={filter:?}"
+    );
     let problems = report(subject.name, &outcomes, &[]);
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }

@@ -439,6 +439,33 @@ pub fn weft(plugin: PathBuf) -> Subject {
     }
 }
 
+/// `weft` with its built-in IPAM (netd's reservations), the range given as
+/// `rangeStart`/`rangeEnd` in an `ipam` section of type `weft`.
+pub fn weft_builtin(plugin: PathBuf) -> Subject {
+    Subject {
+        name: "weft-builtin",
+        plugin,
+        cni_path: "/usr/lib/cni".into(),
+        config: |spec| {
+            let mut ipam = json!({"type": "weft"});
+            if let Some((first, last)) = &spec.range {
+                ipam["rangeStart"] = json!(first);
+                ipam["rangeEnd"] = json!(last);
+            }
+            json!({
+                "cniVersion": spec.version,
+                "name": spec.name,
+                "type": "weft",
+                "bridge": "weftbr0",
+                "mode": "standalone",
+                "subnet": spec.subnet,
+                "stateDir": spec.state_dir.join("weft"),
+                "ipam": ipam,
+            })
+        },
+    }
+}
+
 fn host_local(spec: &NetSpec) -> Value {
     let mut range = json!({"subnet": spec.subnet});
     if let Some((first, last)) = &spec.range {
