@@ -19,12 +19,16 @@
 //! unwinding from a panic) removes every namespace and kills every process it
 //! started, and `World::new` first sweeps worlds whose process has died.
 
+mod capture;
 mod exec;
 mod forwarded;
+mod netd_host;
 mod traffic;
 
+pub use capture::{classify_frame, contains, Capture, Frame};
 pub use exec::{ip_json, run_in, workspace_bin, CommandOutput};
 pub use forwarded::{sctp_available, sctp_via, tcp_via, udp_via};
+pub use netd_host::{NetdHost, WIREGUARD_PORT};
 pub use traffic::{ping, ping6, tcp_exchange, udp_exchange};
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
