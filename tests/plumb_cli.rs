@@ -151,6 +151,12 @@ async fn macvlan_in_each_mode() {
             ping(&other.netns, b_ip.parse().unwrap()).unwrap(),
             "{mode}: no ping"
         );
+        tcp_exchange(
+            &c.netns,
+            format!("{b_ip}:7300").parse().unwrap(),
+            &other.netns,
+        )
+        .unwrap_or_else(|e| panic!("{mode}: no TCP: {e:#}"));
     }
     // passthru alone on its own lower link works.
     let lone = world.host("p").await.unwrap();
