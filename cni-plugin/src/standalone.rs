@@ -273,11 +273,13 @@ where
         }
     };
     let bridge_mac = host::link_mac(conf.bridge_name()).await;
+    let host_mac = host::link_mac(&attached.interfaces[0].name).await;
     Ok(wiring::cni_result(
         conf,
         &wiring::Attached {
             bridge: conf.bridge_name(),
             bridge_mac,
+            host_mac,
             netd: attached,
             container_mtu: mtu,
             ipam,

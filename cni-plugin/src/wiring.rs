@@ -302,6 +302,7 @@ pub fn attach_request(
 pub struct Attached<'a> {
     pub bridge: &'a str,
     pub bridge_mac: Option<String>,
+    pub host_mac: Option<String>,
     pub netd: &'a netd::AttachResult,
     pub container_mtu: Option<u32>,
     /// The delegated IPAM's result, whose gateways, routes and DNS are kept.
@@ -319,7 +320,7 @@ pub fn cni_result(conf: &NetConf, a: &Attached) -> CniResult {
         },
         Interface {
             name: host.name.clone(),
-            mac: host.mac.map(|m| m.to_string()),
+            mac: a.host_mac.clone(),
             ..Default::default()
         },
         Interface {
