@@ -1,0 +1,743 @@
+//! `bench-attach`: what attaching a container with one published port, and
+//! detaching it again, costs with netd and with the tools it replaces, in one
+//! run on one machine (absolute figures are noisy; the ratios are the point).
+//!
+//! Modes, each on a fresh simulated host of the test world:
+//! - `netd-lib`: `netd::Network::attach`/`detach` called in-process, as the
+//!   CNI plugin does in standalone mode;
+//! - `netd-api`: a `netd run` inside the host, called over its unix socket
+//!   with the client library, as a runtime (or the CNI plugin with a daemon) does;
+//! - `cni`: the reference CNI `bridge` (+ `host-local`) and `portmap` chain
+//!   from /usr/lib/cni, ADD with prevResult, DEL in reverse order;
+//! - `netavark`: `netavark setup`/`teardown` with Podman's JSON (static
+//!   addresses: netavark leaves IPAM to Podman).
+//!
+//! Container namespaces are made up front and not timed. Every mode attaches
+//! one untimed warm-up container first (bridges, NAT chains, nft tables), then
+//! attaches containers 1..N one after the other, then detaches them in order.
+//! Run it through `scripts/bench-attach` (release build, root).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use world::{Container, Host, World};
+
+const USAGE: &str = "\
+usage: bench-attach [--sizes 1,100,1000] [--reference-cap 100] [--modes netd-lib,netd-api,cni,netavark] [--json FILE]
+  --sizes          numbers of containers, one run each
+  --reference-cap  the largest N the reference tools run (they are slow)
+  --modes          which implementations to measure
+  --json FILE      also write every per-container timing as JSON";
+
+const CNI_PATH: &str = "/usr/lib/cni";
+const NETAVARK: &str = "/usr/lib/podman/netavark";
+const FIRST_HOST_PORT: u16 = 20000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Mode {
+    NetdLib,
+    NetdApi,
+    Cni,
+    Netavark,
+}
+
+impl Mode {
+    fn parse(s: &str) -> Result<Mode> {
+        Ok(match s {
+            "netd-lib" => Mode::NetdLib,
+            "netd-api" => Mode::NetdApi,
+            "cni" => Mode::Cni,
+            "netavark" => Mode::Netavark,
+            other => bail!("unknown mode {other:?}\n{USAGE}"),
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Mode::NetdLib => "netd-lib",
+            Mode::NetdApi => "netd-api",
+            Mode::Cni => "cni",
+            Mode::Netavark => "netavark",
+        }
+    }
+
+    /// Its simulated host's name (plus N).
+    fn host_name(self) -> &'static str {
+        match self {
+            Mode::NetdLib => "lib",
+            Mode::NetdApi => "api",
+            Mode::Cni => "cni",
+            Mode::Netavark => "nva",
+        }
+    }
+
+    fn is_reference(self) -> bool {
+        matches!(self, Mode::Cni | Mode::Netavark)
+    }
+}
+
+struct Options {
+    sizes: Vec<usize>,
+    reference_cap: usize,
+    modes: Vec<Mode>,
+    json: Option<PathBuf>,
+}
+
+fn parse_args() -> Result<Options> {
+    let mut opts = Options {
+        sizes: vec![1, 100, 1000],
+        reference_cap: 100,
+        modes: vec![Mode::NetdLib, Mode::NetdApi, Mode::Cni, Mode::Netavark],
+        json: None,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || {
+            args.next()
+                .with_context(|| format!("{arg} needs a value\n{USAGE}"))
+        };
+        match arg.as_str() {
+            "--sizes" => {
+                opts.sizes = value()?
+                    .split(',')
+                    .map(|s| s.trim().parse::<usize>())
+                    .collect::<Result<_, _>>()
+                    .context("--sizes: comma-separated numbers")?
+            }
+            "--reference-cap" => opts.reference_cap = value()?.parse()?,
+            "--modes" => {
+                opts.modes = value()?
+                    .split(',')
+                    .map(Mode::parse)
+                    .collect::<Result<_>>()?
+            }
+            "--json" => opts.json = Some(value()?.into()),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+    if opts.sizes.iter().any(|&n| n == 0 || n > 10_000) {
+        bail!("--sizes: each N must be between 1 and 10000");
+    }
+    Ok(opts)
+}
+
+/// Per-container timings of one run.
+struct Run {
+    mode: Mode,
+    n: usize,
+    attach: Vec<Duration>,
+    detach: Vec<Duration>,
+}
+
+/// One implementation under test, set up on its own host.
+trait Driver {
+    async fn attach(&mut self, i: usize, c: &Container) -> Result<()>;
+    async fn detach(&mut self, i: usize, c: &Container) -> Result<()>;
+}
+
+fn container_id(i: usize) -> String {
+    // 64 hex digits, like the ids runtimes hand to CNI and netavark.
+    format!("{:064x}", 0xbe_0000_0000u64 + i as u64)
+}
+
+fn host_port(i: usize) -> u16 {
+    FIRST_HOST_PORT + i as u16
+}
+
+// ---- netd, in-process -------------------------------------------------------
+
+struct NetdLib {
+    network: netd::Network,
+}
+
+impl NetdLib {
+    async fn new(host: &Host, dir: &Path) -> Result<NetdLib> {
+        let config = netd::Config {
+            state_dir: dir.join("state"),
+            socket: dir.join("unused.sock"),
+            netns: Some(host.netns.path_buf().display().to_string()),
+            ..Default::default()
+        };
+        Ok(NetdLib {
+            network: netd::Network::open(config).await?,
+        })
+    }
+}
+
+fn netd_request(i: usize, c: &Container) -> netd::AttachRequest {
+    netd::AttachRequest {
+        netns: c.netns.path_buf().display().to_string(),
+        id: Some(container_id(i)),
+        name: Some(format!("bench{i}")),
+        ports: vec![format!("{}:80", host_port(i))],
+        ..Default::default()
+    }
+}
+
+impl Driver for NetdLib {
+    async fn attach(&mut self, i: usize, c: &Container) -> Result<()> {
+        self.network.attach(netd_request(i, c)).await?;
+        Ok(())
+    }
+
+    async fn detach(&mut self, i: usize, _c: &Container) -> Result<()> {
+        let report = self.network.detach(&container_id(i)).await?;
+        if !report.found {
+            bail!("netd did not know container {i}");
+        }
+        Ok(())
+    }
+}
+
+// ---- netd, daemon over its socket --------------------------------------------
+
+struct NetdApi {
+    client: netd::api::client::Client,
+}
+
+impl NetdApi {
+    async fn new(host: &Host, dir: &Path) -> Result<NetdApi> {
+        let socket = dir.join("netd.sock");
+        let log = std::fs::File::create(dir.join("netd.log"))?;
+        let mut command = Command::new(world::workspace_bin("netd"));
+        command
+            .arg("run")
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .arg("--socket")
+            .arg(&socket)
+            .env_remove("WEFT_CONFIG")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        host.spawn(command)?;
+        let client = netd::api::client::Client::new(&socket);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match client.get::<Value>("/v1/status").await {
+                Ok(_) => break,
+                Err(e) if Instant::now() > deadline => {
+                    let log = std::fs::read_to_string(dir.join("netd.log")).unwrap_or_default();
+                    bail!("netd did not answer within 20 s: {e}\n{log}");
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        Ok(NetdApi { client })
+    }
+}
+
+impl Driver for NetdApi {
+    async fn attach(&mut self, i: usize, c: &Container) -> Result<()> {
+        let _: netd::AttachResult = self
+            .client
+            .post("/v1/containers", &netd_request(i, c))
+            .await?;
+        Ok(())
+    }
+
+    async fn detach(&mut self, i: usize, _c: &Container) -> Result<()> {
+        let report: netd::DetachReport = self
+            .client
+            .delete(&format!("/v1/containers/{}", container_id(i)))
+            .await?;
+        if !report.found {
+            bail!("netd did not know container {i}");
+        }
+        Ok(())
+    }
+}
+
+// ---- reference tools ------------------------------------------------------------
+
+/// Runs `program` inside `host` with `env` and `input` on stdin; its stdout
+/// when it succeeds.
+fn run_tool(
+    host: &Host,
+    program: &str,
+    args: &[&str],
+    env: &[(&str, String)],
+    input: &str,
+) -> Result<String> {
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = host
+        .netns
+        .run(move || command.spawn())?
+        .with_context(|| format!("start {program} in {}", host.netns_name))?;
+    child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(input.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "{program} {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The CNI `bridge` + `portmap` chain, as a runtime drives it.
+struct Cni {
+    host: Host,
+    data_dir: PathBuf,
+    results: BTreeMap<usize, Value>,
+}
+
+impl Cni {
+    fn network(&self) -> Value {
+        json!({
+            "cniVersion": "1.0.0",
+            "name": "benchnet",
+        })
+    }
+
+    fn bridge_conf(&self) -> Value {
+        let mut conf = self.network();
+        conf["type"] = json!("bridge");
+        conf["bridge"] = json!("cni0");
+        conf["isGateway"] = json!(true);
+        conf["ipMasq"] = json!(true);
+        conf["hairpinMode"] = json!(true);
+        conf["ipam"] = json!({
+            "type": "host-local",
+            "ranges": [[{"subnet": "10.77.0.0/16"}]],
+            "routes": [{"dst": "0.0.0.0/0"}],
+            "dataDir": self.data_dir,
+        });
+        conf
+    }
+
+    fn portmap_conf(&self, i: usize, prev: Option<&Value>) -> Value {
+        let mut conf = self.network();
+        conf["type"] = json!("portmap");
+        conf["capabilities"] = json!({"portMappings": true});
+        conf["snat"] = json!(true);
+        conf["runtimeConfig"] = json!({"portMappings": [
+            {"hostPort": host_port(i), "containerPort": 80, "protocol": "tcp"}
+        ]});
+        if let Some(prev) = prev {
+            conf["prevResult"] = prev.clone();
+        }
+        conf
+    }
+
+    fn call(
+        &self,
+        command: &str,
+        plugin: &str,
+        i: usize,
+        c: &Container,
+        conf: &Value,
+    ) -> Result<String> {
+        let env = [
+            ("CNI_COMMAND", command.to_string()),
+            ("CNI_CONTAINERID", container_id(i)),
+            ("CNI_NETNS", format!("/run/netns/{}", c.netns_name)),
+            ("CNI_IFNAME", "eth0".to_string()),
+            ("CNI_PATH", CNI_PATH.to_string()),
+        ];
+        run_tool(
+            &self.host,
+            &format!("{CNI_PATH}/{plugin}"),
+            &[],
+            &env,
+            &conf.to_string(),
+        )
+        .with_context(|| format!("CNI {command} {plugin} for container {i}"))
+    }
+}
+
+impl Driver for Cni {
+    async fn attach(&mut self, i: usize, c: &Container) -> Result<()> {
+        let bridge: Value =
+            serde_json::from_str(&self.call("ADD", "bridge", i, c, &self.bridge_conf())?)?;
+        let result: Value = serde_json::from_str(&self.call(
+            "ADD",
+            "portmap",
+            i,
+            c,
+            &self.portmap_conf(i, Some(&bridge)),
+        )?)?;
+        self.results.insert(i, result);
+        Ok(())
+    }
+
+    async fn detach(&mut self, i: usize, c: &Container) -> Result<()> {
+        let prev = self.results.remove(&i);
+        self.call("DEL", "portmap", i, c, &self.portmap_conf(i, prev.as_ref()))?;
+        let mut bridge = self.bridge_conf();
+        if let Some(prev) = prev {
+            bridge["prevResult"] = prev;
+        }
+        self.call("DEL", "bridge", i, c, &bridge)?;
+        Ok(())
+    }
+}
+
+/// `netavark setup`/`teardown` with Podman's network JSON.
+struct Netavark {
+    host: Host,
+    config_dir: PathBuf,
+}
+
+impl Netavark {
+    fn options(&self, i: usize) -> Value {
+        // Podman does the IPAM: addresses 10.88.0.2 onwards, one per container.
+        let n = i as u32 + 2;
+        let ip = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(10, 88, 0, 0)) + n);
+        json!({
+            "container_id": container_id(i),
+            "container_name": format!("bench{i}"),
+            "port_mappings": [
+                {"host_ip": "", "container_port": 80, "host_port": host_port(i), "range": 1, "protocol": "tcp"}
+            ],
+            "networks": {"benchnet": {"static_ips": [ip.to_string()], "interface_name": "eth0"}},
+            "network_info": {"benchnet": {
+                "name": "benchnet",
+                "id": format!("{:064x}", 0xbe_u64),
+                "driver": "bridge",
+                "network_interface": "podman0",
+                "created": "2026-11-25T00:00:00Z",
+                "subnets": [{"subnet": "10.88.0.0/16", "gateway": "10.88.0.1"}],
+                "ipv6_enabled": false,
+                "internal": false,
+                "dns_enabled": false,
+                "ipam_options": {"driver": "host-local"}
+            }}
+        })
+    }
+
+    fn call(&self, command: &str, i: usize, c: &Container) -> Result<()> {
+        let config = self.config_dir.display().to_string();
+        let netns = format!("/run/netns/{}", c.netns_name);
+        let env = [("NETAVARK_FW", "iptables".to_string())];
+        run_tool(
+            &self.host,
+            NETAVARK,
+            &["--config", &config, command, &netns],
+            &env,
+            &self.options(i).to_string(),
+        )
+        .with_context(|| format!("netavark {command} for container {i}"))?;
+        Ok(())
+    }
+}
+
+impl Driver for Netavark {
+    async fn attach(&mut self, i: usize, c: &Container) -> Result<()> {
+        self.call("setup", i, c)
+    }
+
+    async fn detach(&mut self, i: usize, c: &Container) -> Result<()> {
+        self.call("teardown", i, c)
+    }
+}
+
+// ---- the runs -----------------------------------------------------------------
+
+/// Attaches the warm-up container, then 1..=n timed, then detaches them in order.
+async fn measure(
+    driver: &mut impl Driver,
+    mode: Mode,
+    warmup: &Container,
+    containers: &[Container],
+) -> Result<Run> {
+    // The warm-up container has index 0; timed containers are 1..=n.
+    driver.attach(0, warmup).await.context("warm-up attach")?;
+    driver.detach(0, warmup).await.context("warm-up detach")?;
+    let mut run = Run {
+        mode,
+        n: containers.len(),
+        attach: Vec::with_capacity(containers.len()),
+        detach: Vec::with_capacity(containers.len()),
+    };
+    for (k, c) in containers.iter().enumerate() {
+        let started = Instant::now();
+        driver.attach(k + 1, c).await?;
+        run.attach.push(started.elapsed());
+    }
+    for (k, c) in containers.iter().enumerate() {
+        let started = Instant::now();
+        driver.detach(k + 1, c).await?;
+        run.detach.push(started.elapsed());
+    }
+    Ok(run)
+}
+
+async fn run_mode(
+    world: &World,
+    mode: Mode,
+    n: usize,
+    containers: &[Container],
+    dir: &Path,
+) -> Result<Run> {
+    let host = world.host(&format!("{}{n}", mode.host_name())).await?;
+    let dir = dir.join(format!("{}-{n}", mode.name()));
+    std::fs::create_dir_all(&dir)?;
+    let (warmup, timed) = containers.split_first().context("no containers")?;
+    let timed = &timed[..n];
+    let started = Instant::now();
+    let run = match mode {
+        Mode::NetdLib => {
+            let mut d = NetdLib::new(&host, &dir).await?;
+            measure(&mut d, mode, warmup, timed).await?
+        }
+        Mode::NetdApi => {
+            let mut d = NetdApi::new(&host, &dir).await?;
+            measure(&mut d, mode, warmup, timed).await?
+        }
+        Mode::Cni => {
+            let mut d = Cni {
+                host: host.clone(),
+                data_dir: dir.join("host-local"),
+                results: BTreeMap::new(),
+            };
+            measure(&mut d, mode, warmup, timed).await?
+        }
+        Mode::Netavark => {
+            let config_dir = dir.join("netavark");
+            std::fs::create_dir_all(&config_dir)?;
+            let mut d = Netavark {
+                host: host.clone(),
+                config_dir,
+            };
+            measure(&mut d, mode, warmup, timed).await?
+        }
+    };
+    eprintln!(
+        "bench-attach: {:<9} N={n:<5} done in {:.1} s",
+        mode.name(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(run)
+}
+
+// ---- statistics -----------------------------------------------------------------
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn median(samples: &[Duration]) -> f64 {
+    let mut v: Vec<f64> = samples.iter().copied().map(ms).collect();
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    }
+}
+
+/// Medians of the first and the last 10% (at least one container each).
+fn ends(samples: &[Duration]) -> (f64, f64) {
+    let k = samples.len().div_ceil(10).max(1);
+    (median(&samples[..k]), median(&samples[samples.len() - k..]))
+}
+
+fn report(opts: &Options, runs: &[Run]) {
+    println!();
+    println!("bench-attach: per container, attach = create its network and publish one port (host port 20000+i → 80/tcp),");
+    println!(
+        "detach = remove both. All N attached one after the other, then all detached. Times in ms."
+    );
+    println!(
+        "References run up to N={} (bridge+portmap took 352 s at N=500 in baselines.md); larger N compare with their N={} run.",
+        opts.reference_cap, opts.reference_cap
+    );
+    println!();
+    println!(
+        "{:<9} {:>5} | {:>8} {:>8} {:>8} {:>6} | {:>8} {:>8} {:>8} {:>6}",
+        "mode",
+        "N",
+        "attach",
+        "first10%",
+        "last10%",
+        "last/1",
+        "detach",
+        "first10%",
+        "last10%",
+        "last/1"
+    );
+    println!("{}", "-".repeat(96));
+    for run in runs {
+        let (af, al) = ends(&run.attach);
+        let (df, dl) = ends(&run.detach);
+        println!(
+            "{:<9} {:>5} | {:>8.2} {:>8.2} {:>8.2} {:>6.2} | {:>8.2} {:>8.2} {:>8.2} {:>6.2}",
+            run.mode.name(),
+            run.n,
+            median(&run.attach),
+            af,
+            al,
+            al / af,
+            median(&run.detach),
+            df,
+            dl,
+            dl / df
+        );
+    }
+    println!();
+    println!("reference ÷ weft, per-container medians (higher is better for weft; goal ≥ 10):");
+    println!(
+        "{:<9} {:>5} | {:<10} {:>5} | {:>8} {:>8} {:>8}",
+        "weft", "N", "reference", "at N", "attach", "detach", "both"
+    );
+    println!("{}", "-".repeat(66));
+    for weft in runs.iter().filter(|r| !r.mode.is_reference()) {
+        for reference in [Mode::Cni, Mode::Netavark] {
+            let at = weft.n.min(opts.reference_cap);
+            let Some(r) = runs.iter().find(|r| r.mode == reference && r.n == at) else {
+                continue;
+            };
+            let both = |run: &Run| median(&run.attach) + median(&run.detach);
+            println!(
+                "{:<9} {:>5} | {:<10} {:>5} | {:>7.1}× {:>7.1}× {:>7.1}×",
+                weft.mode.name(),
+                weft.n,
+                reference.name(),
+                at,
+                median(&r.attach) / median(&weft.attach),
+                median(&r.detach) / median(&weft.detach),
+                both(r) / both(weft)
+            );
+        }
+    }
+    println!();
+    println!("growth (goal: the last 10% of attaches cost ≤ 1.2× the first 10%):");
+    for run in runs.iter().filter(|r| r.n >= 100) {
+        let (af, al) = ends(&run.attach);
+        println!(
+            "  {:<9} N={:<5} #{}..{} {:.2} ms → #{}..{} {:.2} ms: {:.2}×",
+            run.mode.name(),
+            run.n,
+            1,
+            run.n.div_ceil(10),
+            af,
+            run.n - run.n.div_ceil(10) + 1,
+            run.n,
+            al,
+            al / af
+        );
+    }
+}
+
+fn write_json(path: &Path, runs: &[Run]) -> Result<()> {
+    let runs: Vec<Value> = runs
+        .iter()
+        .map(|r| {
+            json!({
+                "mode": r.mode.name(),
+                "n": r.n,
+                "attach_ms": r.attach.iter().copied().map(ms).collect::<Vec<_>>(),
+                "detach_ms": r.detach.iter().copied().map(ms).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    std::fs::write(path, serde_json::to_vec_pretty(&json!({ "runs": runs }))?)?;
+    Ok(())
+}
+
+fn check_tools(opts: &Options) -> Result<()> {
+    let needs = |mode| opts.modes.contains(&mode);
+    if needs(Mode::Cni) {
+        for plugin in ["bridge", "host-local", "portmap"] {
+            if !Path::new(CNI_PATH).join(plugin).exists() {
+                bail!("{CNI_PATH}/{plugin} is missing: install containernetworking-plugins (scripts/install-deps --test)");
+            }
+        }
+    }
+    if needs(Mode::Netavark) && !Path::new(NETAVARK).exists() {
+        bail!("{NETAVARK} is missing: install netavark (scripts/install-deps --test)");
+    }
+    Ok(())
+}
+
+async fn bench(opts: Options) -> Result<()> {
+    check_tools(&opts)?;
+    let world = World::new().await?;
+    let dir = tempdir_for(&world)?;
+    let largest = opts.sizes.iter().copied().max().unwrap_or(1);
+    let pool = world.host("ctrs").await?;
+    let made = Instant::now();
+    // Container namespaces up front, untimed; every run reuses them
+    // (each run detaches everything it attached). Index 0 is the warm-up one.
+    let containers: Vec<Container> = (0..=largest)
+        .map(|i| pool.container(&format!("c{i}")))
+        .collect::<Result<_>>()?;
+    eprintln!(
+        "bench-attach: {} container namespaces made in {:.1} s (not timed)",
+        containers.len(),
+        made.elapsed().as_secs_f64()
+    );
+    let mut runs = Vec::new();
+    for &n in &opts.sizes {
+        for &mode in &opts.modes {
+            if mode.is_reference() && n > opts.reference_cap {
+                continue;
+            }
+            runs.push(
+                run_mode(&world, mode, n, &containers, &dir.0)
+                    .await
+                    .with_context(|| format!("{} with N={n}", mode.name()))?,
+            );
+        }
+    }
+    report(&opts, &runs);
+    if let Some(path) = &opts.json {
+        write_json(path, &runs)?;
+    }
+    Ok(())
+}
+
+/// A per-run directory for state, sockets and the reference tools' data, removed at the end.
+struct RunDir(PathBuf);
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempdir_for(world: &World) -> Result<RunDir> {
+    let dir = std::env::temp_dir().join(format!("weft-bench-{}", world.prefix()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(RunDir(dir))
+}
+
+fn main() -> Result<()> {
+    let opts = parse_args()?;
+    if !world::is_root() {
+        bail!("bench-attach needs root (network namespaces): run it with sudo");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(bench(opts))
+}
