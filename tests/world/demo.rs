@@ -1,125 +1,295 @@
-//! The weft demo: a world of simulated hosts and containers in network
-//! namespaces, wired with plumb, with traffic shown flowing between them.
+//! The weft demo: three simulated hosts in network namespaces, each running
+//! netd with the WireGuard overlay from a static peer list, two containers
+//! per host attached through netd, and traffic shown flowing between
+//! containers on different hosts (with the address the server saw), a
+//! published port reached from another host, and each host's `netd peers`.
 //! Nothing touches this machine's own network; everything is removed on exit.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
-use plumb::{LinkOptions, Netlink, Route};
-use world::{ping, tcp_exchange, Host, World};
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use world::{classify_frame, ping, tcp_via, Capture, Container, Frame, NetdHost, World};
 
-/// Each host's container subnet: 10.77.<n>.0/24, gateway .1 on bridge weft0.
-fn subnet(n: u8) -> (String, String) {
-    (format!("10.77.{n}.1/24"), format!("10.77.{n}.0/24"))
+const CLUSTER: &str = "10.66.0.0/16";
+const HOSTS: [&str; 3] = ["a", "b", "c"];
+const CONTAINERS: [&str; 2] = ["web", "db"];
+/// Host a publishes its `web` container's port 80 here.
+const PUBLISHED: u16 = 8080;
+
+struct Attached {
+    host: usize,
+    container: Container,
+    ip: IpAddr,
 }
 
-async fn wire_host(
-    host: &Host,
-    n: u8,
-    containers: &[&str],
-) -> Result<Vec<(String, IpAddr, plumb::Netns)>> {
-    let nl = Netlink::open(&host.netns).await?;
-    let (gateway, _) = subnet(n);
-    let up = LinkOptions {
-        up: true,
-        ..Default::default()
-    };
-    nl.add_bridge("weft0", &up).await?;
-    nl.add_address("weft0", gateway.parse()?, false).await?;
-    plumb::sysctl::write(&host.netns, "net.ipv4.ip_forward", "1")?;
-    let mut out = Vec::new();
-    for (i, name) in containers.iter().enumerate() {
-        let c = host.container(name)?;
-        let port = format!("veth-{name}");
-        nl.add_veth(
-            &port,
-            &up,
-            "eth0",
-            &LinkOptions {
-                netns: Some(c.netns.clone()),
-                up: true,
-                ..Default::default()
-            },
-        )
-        .await
-        .with_context(|| format!("wire container {name}"))?;
-        nl.attach_to_bridge(&port, "weft0").await?;
-        let ip: IpAddr = format!("10.77.{n}.{}", i + 2).parse()?;
-        let cnl = Netlink::open(&c.netns).await?;
-        cnl.add_address("eth0", format!("{ip}/24").parse()?, false)
-            .await?;
-        cnl.add_route(&Route {
-            gateway: Some(format!("10.77.{n}.1").parse()?),
-            ..Default::default()
-        })
-        .await?;
-        println!(
-            "  {:<4} {:<3} eth0 {ip}/24  (veth {port} on weft0 of host {})",
-            "", name, host.name
-        );
-        out.push((name.to_string(), ip, c.netns));
+impl Attached {
+    fn label(&self) -> String {
+        format!("{}/{}", HOSTS[self.host], self.container.name)
     }
-    Ok(out)
+}
+
+/// The demo's files (configs, keys, state, logs), removed on exit.
+struct Dir(PathBuf);
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn short_key(key: &str) -> String {
+    format!("{}…", &key[..key.len().min(10)])
+}
+
+fn size(bytes: u64) -> String {
+    if bytes < 1024 {
+        format!("{bytes} B")
+    } else {
+        format!("{:.1} KiB", bytes as f64 / 1024.0)
+    }
+}
+
+/// `a: 2 peers, 2 connected, rx 9.1 KiB, tx 9.3 KiB, handshake 1s ago, 0 drops`
+fn peers_summary(peers: &[Value]) -> String {
+    let sum = |key: &str| peers.iter().filter_map(|p| p[key].as_u64()).sum::<u64>();
+    let connected = peers
+        .iter()
+        .filter(|p| p["handshake_age_secs"].as_u64().is_some_and(|a| a < 180))
+        .count();
+    let newest = peers
+        .iter()
+        .filter_map(|p| p["handshake_age_secs"].as_u64())
+        .min()
+        .map(|a| format!("{a}s ago"))
+        .unwrap_or_else(|| "never".into());
+    let drops: u64 = peers
+        .iter()
+        .filter_map(|p| p["drops"].as_object())
+        .flat_map(|d| d.values().filter_map(|v| v.as_u64()))
+        .sum();
+    format!(
+        "{} peers, {connected} connected, rx {}, tx {}, last handshake {newest}, {drops} drops",
+        peers.len(),
+        size(sum("rx_bytes")),
+        size(sum("tx_bytes")),
+    )
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     if !world::is_root() {
-        anyhow::bail!("the demo builds network namespaces and needs root");
+        bail!("the demo builds network namespaces and needs root");
     }
     let started = Instant::now();
     let world = World::new().await?;
+    let dir = Dir(std::env::temp_dir().join(format!("weft-demo-{}", world.prefix())));
+    let result = run(&world, &dir).await;
+    println!(
+        "\ndone in {:.1} s; tearing the world down (netd stopped, namespaces removed)",
+        started.elapsed().as_secs_f64()
+    );
+    drop(world);
+    drop(dir);
+    result
+}
+
+async fn run(world: &World, dir: &Dir) -> Result<()> {
     println!(
         "weft demo — world {} (namespaces only; removed on exit)",
         world.prefix()
     );
     println!(
-        "fabric: bridge fabric0 in namespace {}-fab, hosts on 198.18.0.0/15",
+        "fabric: bridge fabric0 in namespace {}-fab; hosts on 198.18.0.0/15",
         world.prefix()
     );
-    let a = world.host("a").await?;
-    let b = world.host("b").await?;
-    println!("host a: {}   host b: {}", a.ip, b.ip);
-    println!("containers:");
-    let on_a = wire_host(&a, 1, &["c1", "c2"]).await?;
-    let on_b = wire_host(&b, 2, &["c3"]).await?;
-    // Until the overlay takes over, hosts route each other's container subnets
-    // over the fabric.
-    for (host, peer, n) in [(&a, &b, 2u8), (&b, &a, 1u8)] {
-        let nl = Netlink::open(&host.netns).await?;
-        nl.add_route(&Route {
-            destination: Some(subnet(n).1.parse()?),
-            gateway: Some(peer.ip_addr()),
-            ..Default::default()
-        })
-        .await?;
+
+    println!("\n1. three hosts, each running netd with the WireGuard overlay");
+    println!("   cluster range {CLUSTER}, one /24 per host; keys from `netd pubkey`");
+    let mut netds = Vec::new();
+    for (i, name) in HOSTS.iter().enumerate() {
+        let host = world.host(name).await?;
+        let subnet = format!("10.66.{}.0/24", i + 1);
+        let mut netd = NetdHost::prepare(&host, &dir.0.join(name), &subnet)?;
+        netd.log_filter("info");
+        netds.push(netd);
     }
-    println!("traffic:");
-    let mut failures = 0;
-    let all: Vec<_> = on_a.iter().chain(on_b.iter()).collect();
-    for (from, _, from_ns) in &all {
-        for (to, to_ip, to_ns) in &all {
-            if from == to {
+    for (i, netd) in netds.iter().enumerate() {
+        let others: Vec<&NetdHost> = netds
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, n)| n)
+            .collect();
+        netd.write_config(CLUSTER, &others, "")?;
+    }
+    for netd in &mut netds {
+        netd.start()?;
+        let status = netd.json(&["status"])?;
+        println!(
+            "   host {}  {:<11}  subnet {}  key {}  wg {} MTU {}",
+            netd.host.name,
+            netd.host.ip,
+            netd.subnet,
+            short_key(&netd.public_key),
+            status["overlay"]["interface"].as_str().unwrap_or("?"),
+            status["overlay"]["mtu"],
+        );
+    }
+    println!(
+        "   static peers: each host's netd.toml lists the other two ([[overlay.peer]]: key, endpoint, subnet)"
+    );
+
+    println!("\n2. two containers per host, attached through netd (`netd attach`)");
+    let mut attached = Vec::new();
+    for (h, netd) in netds.iter().enumerate() {
+        for name in CONTAINERS {
+            let container = netd.host.container(name)?;
+            let publish = format!("{PUBLISHED}:80/tcp");
+            let extra: Vec<&str> = if h == 0 && name == "web" {
+                vec!["-p", &publish]
+            } else {
+                Vec::new()
+            };
+            let ip = netd
+                .attach(&container, &extra)
+                .with_context(|| format!("attach {name} on host {}", netd.host.name))?;
+            let mtu =
+                world::ip_json(&container.netns, &["link", "show", "eth0"])?[0]["mtu"].clone();
+            let note = if extra.is_empty() {
+                String::new()
+            } else {
+                format!("  published {}:{PUBLISHED} → port 80", netd.host.ip)
+            };
+            let a = Attached {
+                host: h,
+                container,
+                ip,
+            };
+            println!("   {:<6} eth0 {:<10} MTU {mtu}{note}", a.label(), a.ip);
+            attached.push(a);
+        }
+    }
+
+    println!("\n3. traffic between containers on different hosts, through WireGuard");
+    let captures = HOSTS
+        .iter()
+        .map(|h| Capture::start(world.fabric(), &format!("h-{h}")))
+        .collect::<Result<Vec<_>>>()?;
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    let mut port = 7000;
+    for from in &attached {
+        for to in &attached {
+            if from.host == to.host {
                 continue;
             }
-            let icmp = ping(from_ns, *to_ip)?;
-            let tcp = tcp_exchange(to_ns, SocketAddr::new(*to_ip, 0), from_ns).is_ok();
-            failures += usize::from(!icmp) + usize::from(!tcp);
-            println!(
-                "  {from:<3} -> {to:<3} {to_ip:<11} ping {}  tcp {}",
-                if icmp { "ok" } else { "FAILED" },
-                if tcp { "ok" } else { "FAILED" }
-            );
+            port += 1;
+            checked += 1;
+            let icmp = ping(&from.container.netns, to.ip)?;
+            let addr = SocketAddr::new(to.ip, port);
+            let tcp = tcp_via(&to.container.netns, addr, &from.container.netns, addr);
+            let shown = from.container.name == "web" && to.container.name == "db";
+            let (tcp_text, seen, real) = match &tcp {
+                Ok(peer) => (
+                    "ok",
+                    format!("server saw {}", peer.ip()),
+                    peer.ip() == from.ip,
+                ),
+                Err(e) => ("FAILED", format!("{e:#}"), false),
+            };
+            if !icmp || !real {
+                failures.push(format!("{} → {}", from.label(), to.label()));
+            }
+            if shown || !icmp || !real {
+                println!(
+                    "   {:<6} → {:<6} {:<10} ping {:<6} tcp {tcp_text:<6} {seen}",
+                    from.label(),
+                    to.label(),
+                    to.ip,
+                    if icmp { "ok" } else { "FAILED" },
+                );
+            }
         }
     }
     println!(
-        "done in {:.2} s; tearing the world down",
-        started.elapsed().as_secs_f64()
+        "   all {checked} cross-host container pairs: {} (servers see the real container addresses: no NAT inside the cluster)",
+        if failures.is_empty() { "ping ok, tcp ok".to_string() } else { format!("{} FAILED", failures.len()) }
     );
-    drop(world);
-    if failures > 0 {
-        anyhow::bail!("{failures} checks failed");
+    let mut wireguard = 0;
+    let mut other = Vec::new();
+    for capture in captures {
+        for frame in capture.stop() {
+            match classify_frame(&frame) {
+                Frame::WireGuard => wireguard += 1,
+                Frame::Neighbour => {}
+                Frame::Other(what) => other.push(what),
+            }
+        }
+    }
+    println!(
+        "   on the fabric meanwhile: {wireguard} WireGuard (UDP 51820) frames, {} others{}",
+        other.len(),
+        if other.is_empty() {
+            " — nothing in plaintext"
+        } else {
+            ""
+        }
+    );
+    if !other.is_empty() {
+        failures.push(format!("the fabric carried {}", other.join(", ")));
+    }
+
+    println!("\n4. a published port reached from another host");
+    let web = &attached[0];
+    let target = SocketAddr::new(netds[0].host.ip_addr(), PUBLISHED);
+    let listen = SocketAddr::new(web.ip, 80);
+    let c_host = &netds[2].host;
+    match tcp_via(&web.container.netns, listen, &c_host.netns, target) {
+        Ok(peer) => println!(
+            "   host c ({}) → {target} → {}:80   tcp ok, server saw {}",
+            c_host.ip,
+            web.label(),
+            peer.ip()
+        ),
+        Err(e) => {
+            println!("   host c → {target}: FAILED: {e:#}");
+            failures.push("published port from host c".into());
+        }
+    }
+    let b_web = &attached[2];
+    match tcp_via(&web.container.netns, listen, &b_web.container.netns, target) {
+        Ok(peer) => println!(
+            "   {} ({}) → {target} → {}:80   tcp ok, server saw {} (host b: leaving the cluster range is masqueraded)",
+            b_web.label(),
+            b_web.ip,
+            web.label(),
+            peer.ip()
+        ),
+        Err(e) => {
+            println!("   {} → {target}: FAILED: {e:#}", b_web.label());
+            failures.push(format!("published port from {}", b_web.label()));
+        }
+    }
+
+    println!("\n5. netd peers, per host");
+    for netd in &netds {
+        let peers = netd.peers()?;
+        println!("   {}: {}", netd.host.name, peers_summary(&peers));
+    }
+
+    if !failures.is_empty() {
+        for netd in &netds {
+            let log = netd.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(10).collect();
+            eprintln!("--- netd on host {} (last lines) ---", netd.host.name);
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+        bail!("{} checks failed: {}", failures.len(), failures.join("; "));
     }
     Ok(())
 }
