@@ -1,0 +1,286 @@
+//! Real container runtimes inside a simulated host: podman 4.3 (CNI backend,
+//! runc, cgroupfs, its own root, runroot, tmpdir and network config dir) and a
+//! private containerd, each with a busybox-static image. Everything they
+//! create lives in the test's scratch directory and the host's namespace;
+//! drop removes the containers, unmounts what they left under the scratch
+//! directory and deletes it.
+
+#![allow(dead_code)] // each test binary uses its part
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use plumb::Netns;
+
+/// The image both runtimes import.
+pub const IMAGE: &str = "localhost/weft-busybox:latest";
+
+/// Output of a command, with its exit status.
+#[derive(Debug)]
+pub struct Out {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    pub fn ok(self, what: &str) -> Result<String> {
+        if !self.success {
+            bail!("{what}: {}{}", self.stderr.trim(), self.stdout.trim());
+        }
+        Ok(self.stdout)
+    }
+}
+
+/// Runs `program args` in `netns` with `env`, bounded by `timeout`.
+pub fn run(
+    netns: &Netns,
+    program: &str,
+    args: &[&str],
+    env: &[(&str, String)],
+    timeout: Duration,
+) -> Result<Out> {
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = netns
+        .run(move || command.spawn())?
+        .with_context(|| format!("start {program}"))?;
+    let mut out = child.stdout.take().expect("piped");
+    let mut err = child.stderr.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            // Our own child, by PID.
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{program} {} timed out after {timeout:?}", args.join(" "));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Ok(Out {
+        success: status.success(),
+        stdout: reader.join().unwrap_or_default(),
+        stderr: err_reader.join().unwrap_or_default(),
+    })
+}
+
+/// The `weft` binary's directory (CNI plugin dirs list it before /usr/lib/cni).
+pub fn weft_dir() -> PathBuf {
+    let bin = match std::env::var_os("WEFT_CNI_PLUGIN") {
+        Some(path) => PathBuf::from(path),
+        None => world::workspace_bin("weft"),
+    };
+    bin.parent().expect("a directory").to_path_buf()
+}
+
+/// A rootfs tarball of busybox-static: /bin/busybox and its applets.
+pub fn busybox_rootfs(dir: &Path) -> Result<PathBuf> {
+    let root = dir.join("rootfs");
+    for sub in ["bin", "etc", "proc", "sys", "dev", "tmp"] {
+        std::fs::create_dir_all(root.join(sub))?;
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .context("copy /bin/busybox (apt-get install busybox-static)")?;
+    for applet in [
+        "sh", "nc", "cat", "echo", "sleep", "ip", "ifconfig", "hostname", "true", "wget", "ls",
+    ] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
+    }
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n")?;
+    std::fs::write(root.join("etc/group"), "root:x:0:\n")?;
+    let tar = dir.join("rootfs.tar");
+    let out = Command::new("tar")
+        .args([
+            "-C",
+            &root.display().to_string(),
+            "-cf",
+            &tar.display().to_string(),
+            ".",
+        ])
+        .output()?;
+    if !out.status.success() {
+        bail!("tar: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(tar)
+}
+
+/// Unmounts every mount point under `dir` (deepest first): what a runtime
+/// left behind in the test's own directory.
+pub fn unmount_under(dir: &Path) {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let prefix = dir.display().to_string();
+    let mut points: Vec<String> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .filter(|p| p.starts_with(&prefix))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        let Ok(c) = std::ffi::CString::new(p) else {
+            continue;
+        };
+        // SAFETY: c is a valid NUL-terminated path; MNT_DETACH on our own mount point.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// A TCP client in `netns`: sends `payload` to `to` and returns what comes
+/// back before the server closes (busybox `nc -e /bin/cat` echoes it).
+pub fn tcp_echo(netns: &Netns, to: SocketAddr, payload: &[u8]) -> Result<Vec<u8>> {
+    let payload = payload.to_vec();
+    netns.run(move || -> Result<Vec<u8>> {
+        let mut last = None;
+        for _ in 0..20 {
+            match TcpStream::connect_timeout(&to, Duration::from_secs(2)) {
+                Ok(mut s) => {
+                    use std::io::Write;
+                    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+                    s.write_all(&payload)?;
+                    let mut back = vec![0u8; payload.len()];
+                    s.read_exact(&mut back)?;
+                    return Ok(back);
+                }
+                Err(e) => {
+                    last = Some(e);
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+            }
+        }
+        bail!("connect to {to}: {:?}", last)
+    })?
+}
+
+/// podman with its own everything, run inside a host namespace.
+pub struct Podman {
+    pub dir: PathBuf,
+    pub netns: Netns,
+    pub net_dir: PathBuf,
+    conf: PathBuf,
+}
+
+impl Podman {
+    /// Writes containers.conf (CNI backend, runc, cgroupfs, weft's plugin dir
+    /// first) and imports the busybox image.
+    pub fn new(dir: &Path, netns: &Netns) -> Result<Podman> {
+        let net_dir = dir.join("net.d");
+        std::fs::create_dir_all(&net_dir)?;
+        let conf = dir.join("containers.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                r#"[containers]
+default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
+
+[network]
+network_backend = "cni"
+cni_plugin_dirs = ["{}", "/usr/lib/cni"]
+network_config_dir = "{}"
+
+[engine]
+cgroup_manager = "cgroupfs"
+runtime = "runc"
+events_logger = "file"
+events_logfile_path = "{}"
+"#,
+                weft_dir().display(),
+                net_dir.display(),
+                dir.join("events.log").display()
+            ),
+        )?;
+        let podman = Podman {
+            dir: dir.to_path_buf(),
+            netns: netns.clone(),
+            net_dir,
+            conf,
+        };
+        let tar = busybox_rootfs(dir)?;
+        podman
+            .run(
+                &["import", &tar.display().to_string(), IMAGE],
+                Duration::from_secs(120),
+            )?
+            .ok("podman import")?;
+        Ok(podman)
+    }
+
+    /// `podman <global flags> args`, in the host namespace.
+    pub fn run(&self, args: &[&str], timeout: Duration) -> Result<Out> {
+        let d = |s: &str| self.dir.join(s).display().to_string();
+        let mut full: Vec<String> = vec![
+            "--root".into(),
+            d("root"),
+            "--runroot".into(),
+            d("runroot"),
+            "--tmpdir".into(),
+            d("tmp"),
+            "--storage-driver".into(),
+            "vfs".into(),
+            "--cgroup-manager".into(),
+            "cgroupfs".into(),
+            "--runtime".into(),
+            "runc".into(),
+            "--network-config-dir".into(),
+            self.net_dir.display().to_string(),
+        ];
+        full.extend(args.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = full.iter().map(String::as_str).collect();
+        run(
+            &self.netns,
+            "podman",
+            &refs,
+            &[
+                ("CONTAINERS_CONF", self.conf.display().to_string()),
+                (
+                    "PATH",
+                    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+                ),
+            ],
+            timeout,
+        )
+    }
+
+    /// Writes a conflist into podman's network config dir.
+    pub fn network(&self, name: &str, conflist: &serde_json::Value) -> Result<()> {
+        std::fs::write(
+            self.net_dir.join(format!("{name}.conflist")),
+            serde_json::to_string_pretty(conflist)?,
+        )?;
+        Ok(())
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self.run(
+            &["rm", "--all", "--force", "--time", "0"],
+            Duration::from_secs(60),
+        );
+        unmount_under(&self.dir);
+    }
+}
