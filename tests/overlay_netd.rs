@@ -219,6 +219,33 @@ async fn two_hosts_containers_talk_with_real_addresses_over_wireguard_only() {
     assert!(rx > 0);
     assert!(body.contains("weft_netd_overlay_peer_handshake_age_seconds{peer="));
 
+    // A deleted overlay route comes back with the periodic check.
+    let deleted = world::run_in(
+        &a.host.netns,
+        "ip",
+        &["route", "del", "10.66.2.0/24", "dev", "weft-wg0"],
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert!(deleted.success, "{}", deleted.stderr);
+    let restored = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        ip_json(&a.host.netns, &["route", "show", "10.66.2.0/24"])
+            .map(|r| r[0]["dev"] == "weft-wg0")
+            .unwrap_or(false)
+    });
+    assert!(restored, "route not restored:\n{}", a.log_text());
+    assert!(a.log_text().contains("overlay route missing"));
+    assert!(
+        ping(cl.ns(0), cl.ip(1)).unwrap(),
+        "a/c1 → b/c1 after the repair"
+    );
+    // `netd pubkey` reads the same key again.
+    let again = a
+        .run(&["pubkey", "--state-dir", a.state_dir().to_str().unwrap()])
+        .unwrap();
+    assert_eq!(again.stdout.trim(), a.public_key);
+
     // The private key: generated 0600, and nowhere in logs or answers.
     let key_file = a.state_dir().join("overlay.key");
     let mode = std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777;
@@ -291,8 +318,14 @@ async fn three_hosts_and_a_peer_removed_from_one_host() {
         u64_of(b_after, "rx_packets") > u64_of(&b_before, "rx_packets"),
         "{b_before} {b_after}"
     );
+    // What c still sends a is dropped there, and counted by reason.
     let status = a.json(&["status"]).unwrap();
     assert_eq!(status["overlay"]["peers"], 1, "{status}");
+    let drops = status["overlay"]["drops"].as_object().unwrap();
+    assert!(
+        drops.values().any(|n| n.as_u64().unwrap_or(0) > 0),
+        "{status}"
+    );
 
     // A broken list on reload is reported and changes nothing.
     std::fs::write(
