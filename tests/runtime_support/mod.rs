@@ -236,9 +236,9 @@ events_logfile_path = "{}"
             "--root".into(),
             d("root"),
             "--runroot".into(),
-            d("runroot"),
+            d("r"),
             "--tmpdir".into(),
-            d("tmp"),
+            d("t"),
             "--storage-driver".into(),
             "vfs".into(),
             "--cgroup-manager".into(),
@@ -281,6 +281,125 @@ impl Drop for Podman {
             &["rm", "--all", "--force", "--time", "0"],
             Duration::from_secs(60),
         );
+        unmount_under(&self.dir);
+    }
+}
+
+/// A private containerd (own root, state, socket) started in a host
+/// namespace, and `ctr` run in a mount namespace of its own where
+/// /etc/cni/net.d and /usr/lib/cni are the test's directories: ctr 1.6 reads
+/// CNI configs only from /etc/cni/net.d, and this keeps the real one untouched.
+pub struct Containerd {
+    pub dir: PathBuf,
+    pub netns: Netns,
+    pub socket: PathBuf,
+    pub conf_dir: PathBuf,
+    pub bin_dir: PathBuf,
+}
+
+impl Containerd {
+    /// Writes the config, starts containerd through `spawn` (the world kills
+    /// it by PID on drop) and waits for its socket.
+    pub fn start(
+        dir: &Path,
+        netns: &Netns,
+        spawn: impl FnOnce(Command) -> Result<u32>,
+    ) -> Result<Containerd> {
+        std::fs::create_dir_all(dir)?;
+        let socket = dir.join("containerd.sock");
+        let config = dir.join("containerd.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"version = 2
+root = "{root}"
+state = "{state}"
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]
+[grpc]
+  address = "{sock}"
+[ttrpc]
+  address = "{sock}.ttrpc"
+"#,
+                root = dir.join("root").display(),
+                state = dir.join("state").display(),
+                sock = socket.display()
+            ),
+        )?;
+        let mut command = Command::new("containerd");
+        command
+            .args(["--config", &config.display().to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("containerd.log"))?);
+        spawn(command)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !socket.exists() {
+            if Instant::now() > deadline {
+                bail!(
+                    "containerd did not open {}: {}",
+                    socket.display(),
+                    std::fs::read_to_string(dir.join("containerd.log")).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let conf_dir = dir.join("cni-conf");
+        let bin_dir = dir.join("cni-bin");
+        std::fs::create_dir_all(&conf_dir)?;
+        std::fs::create_dir_all(&bin_dir)?;
+        // Inside ctr's mount namespace /usr/lib/cni is bin_dir: copies, not
+        // symlinks into the directory it hides.
+        for plugin in ["loopback", "portmap", "host-local"] {
+            std::fs::copy(Path::new("/usr/lib/cni").join(plugin), bin_dir.join(plugin))?;
+        }
+        std::fs::copy(weft_dir().join("weft"), bin_dir.join("weft"))?;
+        Ok(Containerd {
+            dir: dir.to_path_buf(),
+            netns: netns.clone(),
+            socket,
+            conf_dir,
+            bin_dir,
+        })
+    }
+
+    /// Writes the one conflist ctr will load.
+    pub fn network(&self, conflist: &serde_json::Value) -> Result<()> {
+        std::fs::write(
+            self.conf_dir.join("10-weft.conflist"),
+            serde_json::to_string_pretty(conflist)?,
+        )?;
+        Ok(())
+    }
+
+    /// `ctr --address … --namespace weft args` in the host namespace, with the
+    /// test's CNI directories bound over the system's in a private mount namespace.
+    pub fn ctr(&self, args: &[&str], timeout: Duration) -> Result<Out> {
+        let mut script = format!(
+            "mount --bind {} /etc/cni/net.d && mount --bind {} /usr/lib/cni && exec ctr --address {} --namespace weft",
+            self.conf_dir.display(),
+            self.bin_dir.display(),
+            self.socket.display()
+        );
+        for a in args {
+            script.push_str(" '");
+            script.push_str(&a.replace('\'', "'\\''"));
+            script.push('\'');
+        }
+        run(
+            &self.netns,
+            "unshare",
+            &["--mount", "--propagation", "private", "sh", "-c", &script],
+            &[(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+            )],
+            timeout,
+        )
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
         unmount_under(&self.dir);
     }
 }
