@@ -401,5 +401,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
 impl Drop for Containerd {
     fn drop(&mut self) {
         unmount_under(&self.dir);
+        // runc's state directory for this test's containerd namespace, empty
+        // once the containers are gone (remove_dir refuses a non-empty one).
+        let _ = std::fs::remove_dir("/run/containerd/runc/weft");
     }
 }
