@@ -80,6 +80,16 @@ impl Check {
     }
 }
 
+/// The `CNI_CHECK` filter: a part of a check's name, or `protocol` /
+/// `network` for the checks that need only the protocol or a working ADD.
+pub fn selected(check: &Check, filter: &str) -> bool {
+    match filter {
+        "protocol" => check.needs == Needs::Protocol,
+        "network" => check.needs == Needs::Network,
+        _ => check.name.contains(filter),
+    }
+}
+
 /// One plugin invocation.
 #[derive(Clone, Debug)]
 pub struct Call {
