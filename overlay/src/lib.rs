@@ -22,6 +22,7 @@
 
 pub mod allowed_ips;
 pub mod device;
+pub mod icmp;
 pub mod keys;
 pub mod offload;
 pub mod packet;

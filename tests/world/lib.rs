@@ -19,12 +19,14 @@
 //! unwinding from a panic) removes every namespace and kills every process it
 //! started, and `World::new` first sweeps worlds whose process has died.
 
+mod bulk;
 mod capture;
 mod exec;
 mod forwarded;
 mod netd_host;
 mod traffic;
 
+pub use bulk::tcp_bulk;
 pub use capture::{classify_frame, contains, Capture, Frame};
 pub use exec::{ip_json, run_in, workspace_bin, CommandOutput};
 pub use forwarded::{sctp_available, sctp_via, tcp_via, udp_via};

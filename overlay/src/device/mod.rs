@@ -171,6 +171,9 @@ pub(crate) struct Shared {
     pub drops: DropCounters,
     pub stop: Stop,
     pub batch: usize,
+    /// The largest inner packet carried whole (the overlay MTU the device was
+    /// made with, whatever the link's MTU is changed to later).
+    pub max_packet: usize,
     next_slot: AtomicU32,
 }
 
@@ -276,6 +279,7 @@ impl Device {
                 source,
             })?,
             batch: config.batch.clamp(1, 1024),
+            max_packet: mtu as usize,
             next_slot: AtomicU32::new(random_slot()),
         });
         let device = Device {

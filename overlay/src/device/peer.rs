@@ -68,10 +68,13 @@ pub enum DropReason {
     UnknownKey,
     /// A handshake answered with a cookie reply because we are under load.
     RateLimited,
+    /// A packet larger than the overlay carries, answered with ICMP
+    /// "fragmentation needed" / "packet too big".
+    TooBig,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::DisallowedSource,
         DropReason::Authentication,
         DropReason::Replay,
@@ -85,6 +88,7 @@ impl DropReason {
         DropReason::UnknownIndex,
         DropReason::UnknownKey,
         DropReason::RateLimited,
+        DropReason::TooBig,
     ];
 
     pub(crate) fn from_session(e: SessionError) -> DropReason {

@@ -17,8 +17,9 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
+use crate::icmp;
 use crate::offload::coalesce::PacketSink;
-use crate::offload::{segment, Coalescer, VirtioNetHdr, VNET_HDR_LEN};
+use crate::offload::{largest_segment, segment, Coalescer, VirtioNetHdr, VNET_HDR_LEN};
 use crate::packet::{IpHeader, WireMessage, COOKIE_REPLY_LEN, DATA_OVERHEAD};
 use crate::session::{Admission, SessionError, SessionOutput};
 use crate::udp::{RecvBatch, SendBatch};
@@ -117,6 +118,16 @@ fn encapsulate(
         shared.drops.add(DropReason::NoRoute, 1);
         return;
     };
+    if largest_segment(hdr, packet) > shared.max_packet && icmp::must_answer(packet) {
+        // The sender learns the MTU instead of losing the packet.
+        if let Some(answer) = icmp::too_big(packet, shared.max_packet as u32, scratch) {
+            if let Err(e) = shared.tun.write(&VirtioNetHdr::default(), answer) {
+                tracing::debug!(device = %shared.name, "tx: write ICMP too big: {e}");
+            }
+        }
+        peer.counters.drops.add(DropReason::TooBig, 1);
+        return;
+    }
     let mut state = peer.state.lock().expect("peer state lock poisoned");
     let Some(endpoint) = state.endpoint else {
         peer.counters.drops.add(DropReason::NoEndpoint, 1);

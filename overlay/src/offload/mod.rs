@@ -12,7 +12,7 @@ pub mod coalesce;
 pub mod segment;
 
 pub use coalesce::Coalescer;
-pub use segment::{segment, SegmentError};
+pub use segment::{largest_segment, segment, SegmentError};
 
 /// `struct virtio_net_hdr` (10 bytes, native endian for a TUN device).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

@@ -123,6 +123,21 @@ pub fn segment(
     Ok(count)
 }
 
+/// The size of the largest packet `segment` would make of `packet`.
+pub fn largest_segment(hdr: &VirtioNetHdr, packet: &[u8]) -> usize {
+    let gso = hdr.gso_type & !VIRTIO_NET_HDR_GSO_ECN;
+    let l4 = usize::from(hdr.csum_start);
+    if gso == VIRTIO_NET_HDR_GSO_NONE || hdr.gso_size == 0 || l4 + 20 > packet.len() {
+        return packet.len();
+    }
+    let headers = if gso == VIRTIO_NET_HDR_GSO_UDP_L4 {
+        l4 + 8
+    } else {
+        l4 + usize::from(packet[l4 + 12] >> 4) * 4
+    };
+    packet.len().min(headers + usize::from(hdr.gso_size))
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -274,8 +289,10 @@ pub(crate) mod tests {
             let payload = 60_000;
             let (hdr, mut packet) = tso_packet(v6, payload, TCP_PSH | TCP_FIN);
             let original = packet.clone();
+            let largest = largest_segment(&hdr, &packet);
             let segments = cut(&hdr, &mut packet);
             assert_eq!(segments.len(), payload.div_ceil(1368));
+            assert_eq!(largest, segments[0].len());
             let mut joined = Vec::new();
             let mut ids = Vec::new();
             for (i, s) in segments.iter().enumerate() {
