@@ -9,8 +9,9 @@
 //!   ip6tables, laid out like the CNI portmap plugin, for hosts still on
 //!   iptables (one rule per published port: linear per-packet cost).
 //!
-//! Every change is one transaction per tool run (`nft -f -`,
-//! `iptables-restore --noflush`), started inside the backend's namespace.
+//! Every change is one transaction per tool run (`nft -f -`, through
+//! libnftables in-process when it is installed, or `iptables-restore
+//! --noflush`), started inside the backend's namespace.
 //! Backends own their table or chains and never touch anyone else's.
 //!
 //! What the backends arrange themselves: `net.ipv4.conf.all.route_localnet=1`
@@ -41,6 +42,7 @@
 //! ```
 
 mod iptables;
+mod libnft;
 mod nft;
 mod nft_syntax;
 mod port;
@@ -276,7 +278,18 @@ pub(crate) fn run_tool_checked(
     if out.success {
         return Ok(out.stdout);
     }
-    let stderr = out.stderr.trim();
+    Err(tool_error(netns, program, action, &out.stderr, explain))
+}
+
+/// `Error::Firewall` for a tool (or libnftables) that refused a change.
+pub(crate) fn tool_error(
+    netns: &Netns,
+    program: &'static str,
+    action: &str,
+    stderr: &str,
+    explain: impl Fn(&str) -> Option<&'static str>,
+) -> Error {
+    let stderr = stderr.trim();
     let mut message = if stderr.is_empty() {
         "exited with an error and printed nothing".to_string()
     } else {
@@ -286,12 +299,12 @@ pub(crate) fn run_tool_checked(
         message.push_str(" — ");
         message.push_str(hint);
     }
-    Err(Error::Firewall {
+    Error::Firewall {
         tool: program,
         action: action.to_string(),
         namespace: netns.label().to_string(),
         message,
-    })
+    }
 }
 
 /// Describes a list of ports for error messages: "publish 8080->10.9.0.3:80/tcp, …".

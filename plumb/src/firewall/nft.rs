@@ -40,7 +40,7 @@ use super::nft_syntax::{
 use super::port::{validate_all, PortForward};
 use super::{
     allow_localhost_dnat, describe_ports, localhost_dnat_allowed, run_tool, run_tool_checked,
-    Firewall, NetworkRules, PublishedPort,
+    tool_error, Firewall, NetworkRules, PublishedPort,
 };
 use crate::error::{Error, Result};
 use crate::netns::Netns;
@@ -66,15 +66,12 @@ impl Nftables {
     /// Runs one batch as one transaction: `nft -f -`.
     fn apply(&self, batch: &Batch, action: &str) -> Result<()> {
         tracing::debug!(namespace = self.netns.label(), "nft batch:\n{batch}");
-        run_tool_checked(
-            &self.netns,
-            "nft",
-            &["-f", "-"],
-            &batch.to_string(),
-            action,
-            explain_nft,
-        )
-        .map(drop)
+        let text = batch.to_string();
+        if let Some(outcome) = super::libnft::run(&self.netns, &text) {
+            return outcome?
+                .map_err(|stderr| tool_error(&self.netns, "nft", action, &stderr, explain_nft));
+        }
+        run_tool_checked(&self.netns, "nft", &["-f", "-"], &text, action, explain_nft).map(drop)
     }
 }
 

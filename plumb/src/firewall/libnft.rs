@@ -1,0 +1,137 @@
+//! libnftables in-process: the same `nft -f -` transaction without a fork and
+//! an exec. On the test machine a change costs ~0.2 ms this way against ~2 ms
+//! through the `nft` binary, most of it the exec and the dynamic loading.
+//!
+//! The library is opened with `dlopen` at first use, so plumb builds without
+//! its headers and still works without it: `run` answers `None` and the
+//! caller runs the binary. One context per call, created and used on a thread
+//! that has entered the namespace (its netlink socket lives there), and one
+//! call at a time in the process: libnftables keeps global state.
+
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::sync::{Mutex, OnceLock};
+
+use crate::error::Result;
+use crate::netns::Netns;
+
+/// The functions of libnftables(3) weft uses.
+struct Library {
+    ctx_new: unsafe extern "C" fn(u32) -> *mut c_void,
+    ctx_free: unsafe extern "C" fn(*mut c_void),
+    buffer_output: unsafe extern "C" fn(*mut c_void) -> c_int,
+    buffer_error: unsafe extern "C" fn(*mut c_void) -> c_int,
+    error_buffer: unsafe extern "C" fn(*mut c_void) -> *const c_char,
+    run_buffer: unsafe extern "C" fn(*mut c_void, *const c_char) -> c_int,
+}
+
+static LIBRARY: OnceLock<Option<Library>> = OnceLock::new();
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// `WEFT_NFT_EXEC=1` makes plumb run the `nft` binary even when the library is there.
+pub const EXEC_ENV: &str = "WEFT_NFT_EXEC";
+
+fn library() -> Option<&'static Library> {
+    LIBRARY
+        .get_or_init(|| {
+            if std::env::var_os(EXEC_ENV).is_some_and(|v| v == "1") {
+                return None;
+            }
+            load()
+        })
+        .as_ref()
+}
+
+fn load() -> Option<Library> {
+    // SAFETY: dlopen takes a NUL-terminated name; the handle is never closed,
+    // so symbols taken from it stay valid for the life of the process.
+    let handle = unsafe {
+        libc::dlopen(
+            c"libnftables.so.1".as_ptr(),
+            libc::RTLD_NOW | libc::RTLD_LOCAL,
+        )
+    };
+    if handle.is_null() {
+        tracing::debug!("libnftables.so.1 not found: running the nft binary");
+        return None;
+    }
+    let symbol = |name: &CStr| {
+        // SAFETY: a valid handle and a NUL-terminated name.
+        let p = unsafe { libc::dlsym(handle, name.as_ptr()) };
+        (!p.is_null()).then_some(p)
+    };
+    let ctx_new = symbol(c"nft_ctx_new")?;
+    let ctx_free = symbol(c"nft_ctx_free")?;
+    let buffer_output = symbol(c"nft_ctx_buffer_output")?;
+    let buffer_error = symbol(c"nft_ctx_buffer_error")?;
+    let error_buffer = symbol(c"nft_ctx_get_error_buffer")?;
+    let run_buffer = symbol(c"nft_run_cmd_from_buffer")?;
+    // SAFETY: each pointer is the named function of libnftables.so.1, whose C
+    // signatures (libnftables(3)) these function pointer types match:
+    // struct nft_ctx *nft_ctx_new(uint32_t flags); void nft_ctx_free(struct nft_ctx *);
+    // int nft_ctx_buffer_output(struct nft_ctx *); int nft_ctx_buffer_error(struct nft_ctx *);
+    // const char *nft_ctx_get_error_buffer(struct nft_ctx *);
+    // int nft_run_cmd_from_buffer(struct nft_ctx *, const char *buf).
+    unsafe {
+        Some(Library {
+            ctx_new: std::mem::transmute::<*mut c_void, unsafe extern "C" fn(u32) -> *mut c_void>(
+                ctx_new,
+            ),
+            ctx_free: std::mem::transmute::<*mut c_void, unsafe extern "C" fn(*mut c_void)>(
+                ctx_free,
+            ),
+            buffer_output: std::mem::transmute::<
+                *mut c_void,
+                unsafe extern "C" fn(*mut c_void) -> c_int,
+            >(buffer_output),
+            buffer_error: std::mem::transmute::<
+                *mut c_void,
+                unsafe extern "C" fn(*mut c_void) -> c_int,
+            >(buffer_error),
+            error_buffer: std::mem::transmute::<
+                *mut c_void,
+                unsafe extern "C" fn(*mut c_void) -> *const c_char,
+            >(error_buffer),
+            run_buffer: std::mem::transmute::<
+                *mut c_void,
+                unsafe extern "C" fn(*mut c_void, *const c_char) -> c_int,
+            >(run_buffer),
+        })
+    }
+}
+
+/// Runs `input` (what `nft -f -` would read) as one transaction inside
+/// `netns`. `None` when libnftables is not available; otherwise whether nft
+/// accepted it, with nft's error text when it did not.
+pub(crate) fn run(netns: &Netns, input: &str) -> Option<Result<std::result::Result<(), String>>> {
+    let lib = library()?;
+    let Ok(text) = CString::new(input) else {
+        return Some(Ok(Err("the batch holds a NUL byte".to_string())));
+    };
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    Some(netns.run(|| {
+        // SAFETY: the context is created, used and freed on this one thread;
+        // `text` is NUL-terminated and outlives the call; the error buffer
+        // belongs to the context and is copied out before the context is freed.
+        unsafe {
+            let ctx = (lib.ctx_new)(0);
+            if ctx.is_null() {
+                return Err("libnftables could not create a context".to_string());
+            }
+            (lib.buffer_output)(ctx);
+            (lib.buffer_error)(ctx);
+            let rc = (lib.run_buffer)(ctx, text.as_ptr());
+            let outcome = if rc == 0 {
+                Ok(())
+            } else {
+                let err = (lib.error_buffer)(ctx);
+                Err(if err.is_null() {
+                    String::new()
+                } else {
+                    CStr::from_ptr(err).to_string_lossy().into_owned()
+                })
+            };
+            (lib.ctx_free)(ctx);
+            outcome
+        }
+    }))
+}
