@@ -182,12 +182,20 @@ pub struct Podman {
     pub netns: Netns,
     pub net_dir: PathBuf,
     conf: PathBuf,
+    /// podman refuses a runroot longer than 50 bytes: a short one in /tmp,
+    /// named by a hash of `dir`, removed on drop.
+    runroot: PathBuf,
 }
 
 impl Podman {
     /// Writes containers.conf (CNI backend, runc, cgroupfs, weft's plugin dir
     /// first) and imports the busybox image.
     pub fn new(dir: &Path, netns: &Netns) -> Result<Podman> {
+        Podman::with_backend(dir, netns, "cni")
+    }
+
+    /// The same with `network_backend` = `backend` ("cni" or "netavark").
+    pub fn with_backend(dir: &Path, netns: &Netns, backend: &str) -> Result<Podman> {
         let net_dir = dir.join("net.d");
         std::fs::create_dir_all(&net_dir)?;
         let conf = dir.join("containers.conf");
@@ -198,7 +206,7 @@ impl Podman {
 default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
 
 [network]
-network_backend = "cni"
+network_backend = "{backend}"
 cni_plugin_dirs = ["{}", "/usr/lib/cni"]
 network_config_dir = "{}"
 
@@ -210,14 +218,23 @@ events_logfile_path = "{}"
 "#,
                 weft_dir().display(),
                 net_dir.display(),
-                dir.join("events.log").display()
+                dir.join("events.log").display(),
+                backend = backend,
             ),
         )?;
+        let runroot = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            dir.hash(&mut h);
+            std::env::temp_dir().join(format!("wpr-{:016x}", h.finish()))
+        };
+        std::fs::create_dir_all(&runroot)?;
         let podman = Podman {
             dir: dir.to_path_buf(),
             netns: netns.clone(),
             net_dir,
             conf,
+            runroot,
         };
         let tar = busybox_rootfs(dir)?;
         podman
@@ -236,7 +253,7 @@ events_logfile_path = "{}"
             "--root".into(),
             d("root"),
             "--runroot".into(),
-            d("r"),
+            self.runroot.display().to_string(),
             "--tmpdir".into(),
             d("t"),
             "--storage-driver".into(),
