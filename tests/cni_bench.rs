@@ -84,91 +84,143 @@ fn address(result: &Value) -> Result<IpAddr> {
         .with_context(|| format!("no address in {result}"))
 }
 
-/// Checks container 0's published port from `peer`.
-fn port_works(host: &Host, peer: &Host, c0: &Container, ip: IpAddr) -> Result<()> {
-    tcp_via(
-        &c0.netns,
-        SocketAddr::new(ip, 8080),
-        &peer.netns,
-        SocketAddr::new(host.ip_addr(), 20000),
-    )
-    .map(drop)
-}
-
 fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(Duration, T)> {
     let start = Instant::now();
     let out = f()?;
     Ok((start.elapsed(), out))
 }
 
-fn bench_weft(host: &Host, peer: &Host, cs: &[Container], dir: &Path) -> Result<Timings> {
-    let plugin = weft_dir().join("weft");
-    let base = json!({"cniVersion": "1.0.0", "name": "bench", "type": "weft", "mode": "standalone",
-        "bridge": "weftbn0", "subnet": "10.90.0.0/16", "stateDir": dir.join("weft")});
-    let mut t = Timings {
-        name: "weft",
-        add: vec![],
-        del: vec![],
-    };
-    let mut results = Vec::new();
-    for (i, c) in cs.iter().enumerate() {
-        let mut conf = base.clone();
-        conf["runtimeConfig"] = json!({"portMappings": port_mapping(i)});
-        let (d, r) =
-            timed(|| exec_in(host, &plugin, &call("ADD", c, &conf, "/usr/lib/cni"))?.result())?;
-        t.add.push(d);
-        results.push((conf, r));
-    }
-    port_works(host, peer, &cs[0], address(&results[0].1)?)?;
-    for (c, (conf, r)) in cs.iter().zip(results) {
-        let mut del = conf;
-        del["prevResult"] = r;
-        let (d, ()) =
-            timed(|| exec_in(host, &plugin, &call("DEL", c, &del, "/usr/lib/cni"))?.ok())?;
-        t.del.push(d);
-    }
-    Ok(t)
+/// One subject: its host, containers and what each ADD returned.
+struct Subject {
+    name: &'static str,
+    host: Host,
+    cs: Vec<Container>,
+    dir: Scratch,
+    /// Per container: what DEL needs (configs with prevResult, or netavark's options file).
+    added: Vec<Value>,
+    /// Container 0's address, for the published-port check.
+    first_ip: Option<IpAddr>,
 }
 
-fn bench_reference(host: &Host, peer: &Host, cs: &[Container], dir: &Path) -> Result<Timings> {
-    let bridge = json!({"cniVersion": "1.0.0", "name": "bench", "type": "bridge", "bridge": "cnibn0",
-        "isGateway": true, "ipMasq": true,
-        "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.91.0.0/16"}]],
-            "routes": [{"dst": "0.0.0.0/0"}], "dataDir": dir.join("ipam")}});
-    let bridge_bin = PathBuf::from("/usr/lib/cni/bridge");
-    let portmap_bin = PathBuf::from("/usr/lib/cni/portmap");
-    let mut t = Timings {
-        name: "bridge+portmap",
-        add: vec![],
-        del: vec![],
-    };
-    let mut results = Vec::new();
-    for (i, c) in cs.iter().enumerate() {
-        let (d, (pm, r)) = timed(|| {
-            let r1 =
-                exec_in(host, &bridge_bin, &call("ADD", c, &bridge, "/usr/lib/cni"))?.result()?;
-            let mut pm = json!({"cniVersion": "1.0.0", "name": "bench", "type": "portmap",
-                "capabilities": {"portMappings": true}, "snat": true});
-            pm["runtimeConfig"] = json!({"portMappings": port_mapping(i)});
-            pm["prevResult"] = r1;
-            let r2 = exec_in(host, &portmap_bin, &call("ADD", c, &pm, "/usr/lib/cni"))?.result()?;
-            Ok((pm, r2))
-        })?;
-        t.add.push(d);
-        results.push((pm, r));
+const WEFT: &str = "weft";
+const REFERENCE: &str = "bridge+portmap";
+const NETAVARK_NAME: &str = "netavark";
+
+impl Subject {
+    fn add(&mut self, i: usize) -> Result<Duration> {
+        let c = &self.cs[i];
+        let dir = &self.dir.0;
+        let (d, (keep, ip)) = match self.name {
+            WEFT => {
+                let plugin = weft_dir().join("weft");
+                let mut conf = json!({"cniVersion": "1.0.0", "name": "bench", "type": "weft",
+                    "mode": "standalone", "bridge": "weftbn0", "subnet": "10.90.0.0/16",
+                    "stateDir": dir.join("weft")});
+                conf["runtimeConfig"] = json!({"portMappings": port_mapping(i)});
+                timed(|| {
+                    let r = exec_in(&self.host, &plugin, &call("ADD", c, &conf, "/usr/lib/cni"))?
+                        .result()?;
+                    let ip = address(&r)?;
+                    conf["prevResult"] = r;
+                    Ok((json!([conf]), ip))
+                })?
+            }
+            REFERENCE => {
+                let bridge = json!({"cniVersion": "1.0.0", "name": "bench", "type": "bridge",
+                    "bridge": "cnibn0", "isGateway": true, "ipMasq": true,
+                    "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.91.0.0/16"}]],
+                        "routes": [{"dst": "0.0.0.0/0"}], "dataDir": dir.join("ipam")}});
+                timed(|| {
+                    let r1 = exec_in(
+                        &self.host,
+                        Path::new("/usr/lib/cni/bridge"),
+                        &call("ADD", c, &bridge, "/usr/lib/cni"),
+                    )?
+                    .result()?;
+                    let mut pm = json!({"cniVersion": "1.0.0", "name": "bench", "type": "portmap",
+                        "capabilities": {"portMappings": true}, "snat": true,
+                        "runtimeConfig": {"portMappings": port_mapping(i)}});
+                    pm["prevResult"] = r1;
+                    let r2 = exec_in(
+                        &self.host,
+                        Path::new("/usr/lib/cni/portmap"),
+                        &call("ADD", c, &pm, "/usr/lib/cni"),
+                    )?
+                    .result()?;
+                    let ip = address(&r2)?;
+                    let mut b = bridge.clone();
+                    pm["prevResult"] = r2.clone();
+                    b["prevResult"] = r2;
+                    Ok((json!([pm, b]), ip))
+                })?
+            }
+            _ => {
+                let config = dir.join("netavark");
+                std::fs::create_dir_all(&config)?;
+                let path = dir.join(format!("opts-{i}.json"));
+                let opts = netavark_opts(i, c);
+                std::fs::write(&path, opts.to_string())?;
+                let ip: IpAddr = opts["networks"]["bench"]["static_ips"][0]
+                    .as_str()
+                    .unwrap_or_default()
+                    .parse()?;
+                timed(|| {
+                    netavark(&self.host, "setup", c, &path, &config)?;
+                    Ok((json!(path), ip))
+                })?
+            }
+        };
+        self.added.push(keep);
+        if i == 0 {
+            self.first_ip = Some(ip);
+        }
+        Ok(d)
     }
-    port_works(host, peer, &cs[0], address(&results[0].1)?)?;
-    for (c, (mut pm, r)) in cs.iter().zip(results) {
-        let (d, ()) = timed(|| {
-            pm["prevResult"] = r.clone();
-            exec_in(host, &portmap_bin, &call("DEL", c, &pm, "/usr/lib/cni"))?.ok()?;
-            let mut b = bridge.clone();
-            b["prevResult"] = r;
-            exec_in(host, &bridge_bin, &call("DEL", c, &b, "/usr/lib/cni"))?.ok()
-        })?;
-        t.del.push(d);
+
+    fn del(&self, i: usize) -> Result<Duration> {
+        let c = &self.cs[i];
+        let keep = &self.added[i];
+        match self.name {
+            WEFT | REFERENCE => timed(|| {
+                for conf in keep.as_array().into_iter().flatten() {
+                    let plugin = match conf["type"].as_str() {
+                        Some("weft") => weft_dir().join("weft"),
+                        Some(other) => Path::new("/usr/lib/cni").join(other),
+                        None => anyhow::bail!("no type in {conf}"),
+                    };
+                    exec_in(&self.host, &plugin, &call("DEL", c, conf, "/usr/lib/cni"))?.ok()?;
+                }
+                Ok(())
+            })
+            .map(|(d, ())| d),
+            _ => {
+                let path = PathBuf::from(keep.as_str().unwrap_or_default());
+                timed(|| {
+                    netavark(
+                        &self.host,
+                        "teardown",
+                        c,
+                        &path,
+                        &self.dir.0.join("netavark"),
+                    )
+                })
+                .map(|(d, ())| d)
+            }
+        }
     }
-    Ok(t)
+
+    /// Container 0's published port, from `peer`.
+    fn port_works(&self, peer: &Host) -> Result<()> {
+        let ip = self.first_ip.context("nothing added")?;
+        tcp_via(
+            &self.cs[0].netns,
+            SocketAddr::new(ip, 8080),
+            &peer.netns,
+            SocketAddr::new(self.host.ip_addr(), 20000),
+        )
+        .map(drop)
+        .with_context(|| format!("{}: published port", self.name))
+    }
 }
 
 fn netavark_opts(i: usize, c: &Container) -> Value {
@@ -202,60 +254,51 @@ fn netavark(host: &Host, verb: &str, c: &Container, opts: &Path, config: &Path) 
     .map(drop)
 }
 
-fn bench_netavark(host: &Host, peer: &Host, cs: &[Container], dir: &Path) -> Result<Timings> {
-    let config = dir.join("netavark");
-    std::fs::create_dir_all(&config)?;
-    let mut t = Timings {
-        name: "netavark",
-        add: vec![],
-        del: vec![],
-    };
-    let mut opts = Vec::new();
-    for (i, c) in cs.iter().enumerate() {
-        let path = dir.join(format!("opts-{i}.json"));
-        std::fs::write(&path, netavark_opts(i, c).to_string())?;
-        let (d, ()) = timed(|| netavark(host, "setup", c, &path, &config))?;
-        t.add.push(d);
-        opts.push(path);
-    }
-    let ip: IpAddr = netavark_opts(0, &cs[0])["networks"]["bench"]["static_ips"][0]
-        .as_str()
-        .unwrap_or_default()
-        .parse()?;
-    port_works(host, peer, &cs[0], ip)?;
-    for (c, path) in cs.iter().zip(&opts) {
-        let (d, ()) = timed(|| netavark(host, "teardown", c, path, &config))?;
-        t.del.push(d);
-    }
-    Ok(t)
-}
-
+/// ADD container i on every subject in turn, then DEL likewise: the
+/// subjects share the machine's load as it drifts, so the ratios hold.
 async fn per_container(n: usize) -> Result<Vec<Timings>> {
     let world = World::new().await?;
     let peer = world.host("peer").await?;
-    let mut out = Vec::new();
-    type Bench = fn(&Host, &Host, &[Container], &Path) -> Result<Timings>;
-    let subjects: [(&str, Bench); 3] = [
-        ("w", bench_weft),
-        ("r", bench_reference),
-        ("n", bench_netavark),
-    ];
-    for (tag, bench) in subjects {
+    let mut subjects = Vec::new();
+    for (tag, name) in [("w", WEFT), ("r", REFERENCE), ("n", NETAVARK_NAME)] {
         let host = world.host(tag).await?;
-        let scratch = Scratch::new(&format!("{}-bench-{tag}", world.prefix()))?;
+        let dir = Scratch::new(&format!("{}-bench-{tag}", world.prefix()))?;
         let cs: Vec<Container> = (0..n)
             .map(|i| host.container(&format!("b{i}")))
             .collect::<Result<_>>()?;
-        let t = bench(&host, &peer, &cs, &scratch.0).with_context(|| format!("subject {tag}"))?;
-        eprintln!(
-            "{}: {} ADDs, {} DELs measured",
-            t.name,
-            t.add.len(),
-            t.del.len()
-        );
-        out.push(t);
+        subjects.push(Subject {
+            name,
+            host,
+            cs,
+            dir,
+            added: Vec::new(),
+            first_ip: None,
+        });
     }
-    Ok(out)
+    let mut timings: Vec<Timings> = subjects
+        .iter()
+        .map(|s| Timings {
+            name: s.name,
+            add: Vec::new(),
+            del: Vec::new(),
+        })
+        .collect();
+    for i in 0..n {
+        for (s, t) in subjects.iter_mut().zip(timings.iter_mut()) {
+            t.add
+                .push(s.add(i).with_context(|| format!("{} ADD {i}", s.name))?);
+        }
+    }
+    for s in &subjects {
+        s.port_works(&peer)?;
+    }
+    for i in 0..n {
+        for (s, t) in subjects.iter().zip(timings.iter_mut()) {
+            t.del
+                .push(s.del(i).with_context(|| format!("{} DEL {i}", s.name))?);
+        }
+    }
+    Ok(timings)
 }
 
 /// podman run --rm: median wall time per network.

@@ -12,7 +12,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 use world::{root_or_skip, World};
 
 use cni::Scratch;
@@ -46,8 +46,7 @@ async fn ctr_run_cni_on_a_weft_network_reaches_another_host() {
             .ok("podman save")
             .unwrap();
     }
-    let containerd =
-        Containerd::start(&scratch.0.join("c"), &a.netns, |c| a.spawn(c)).unwrap();
+    let containerd = Containerd::start(&scratch.0.join("c"), &a.netns, |c| a.spawn(c)).unwrap();
     containerd
         .ctr(
             &[
@@ -121,10 +120,9 @@ async fn ctr_run_cni_on_a_weft_network_reaches_another_host() {
     );
 
     // --rm ran DEL: weft's state holds no endpoint.
-    let endpoints: Value = std::fs::read_to_string(state.join("state.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-        .map(|v| v["endpoints"].clone())
-        .unwrap_or(Value::Null);
-    assert_eq!(endpoints, json!({}), "endpoints left after ctr run --rm");
+    let (endpoints, owners) = cni::netd_state(&state).unwrap();
+    assert!(
+        endpoints.is_empty() && owners.is_empty(),
+        "left after ctr run --rm: {endpoints:?} {owners:?}"
+    );
 }

@@ -37,12 +37,7 @@ fn address(result: &Value) -> IpAddr {
 }
 
 fn daemon_endpoints(netd: &Netd) -> Vec<String> {
-    let text = std::fs::read_to_string(netd.state_dir.join("state.json")).unwrap_or_default();
-    let state: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-    state["endpoints"]
-        .as_object()
-        .map(|o| o.keys().cloned().collect())
-        .unwrap_or_default()
+    cni::netd_state(&netd.state_dir).unwrap().0
 }
 
 #[tokio::test]
@@ -84,7 +79,7 @@ async fn auto_mode_uses_the_daemon_for_add_check_gc_and_del() {
     );
     assert_eq!(daemon_endpoints(&netd).len(), 2, "the daemon holds both");
     assert!(
-        !own_state.join("state.json").exists(),
+        cni::netd_state(&own_state).unwrap().0.is_empty(),
         "auto mode used the library instead of the daemon"
     );
 

@@ -33,12 +33,8 @@ fn weft_conflist(name: &str, bridge: &str, subnet: &str, state: &std::path::Path
     })
 }
 
-fn state_endpoints(state: &std::path::Path) -> Value {
-    std::fs::read_to_string(state.join("state.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-        .map(|v| v["endpoints"].clone())
-        .unwrap_or(Value::Null)
+fn state_endpoints(state: &std::path::Path) -> Vec<String> {
+    cni::netd_state(state).unwrap().0
 }
 
 #[tokio::test]
@@ -105,15 +101,14 @@ async fn podman_containers_on_a_weft_network_reach_each_other_and_a_published_po
     let subnet: ipnetwork::IpNetwork = "10.81.0.0/24".parse().unwrap();
     assert!(subnet.contains(ip), "srv got {ip}, outside weft's subnet");
     let endpoints = state_endpoints(&state);
-    assert_eq!(
-        endpoints.as_object().map(|o| o.len()),
-        Some(1),
-        "{endpoints}"
-    );
-    assert!(
-        endpoints.to_string().contains(&ip.to_string()),
-        "{endpoints}"
-    );
+    assert_eq!(endpoints.len(), 1, "{endpoints:?}");
+    let held = netd::Store::open(&state)
+        .unwrap()
+        .read()
+        .unwrap()
+        .ipam
+        .held_by(&endpoints[0]);
+    assert_eq!(held, [ip], "weft's reservation for srv");
 
     // A second container on the network talks to the first.
     let said = podman
@@ -149,11 +144,10 @@ async fn podman_containers_on_a_weft_network_reach_each_other_and_a_published_po
         .unwrap()
         .ok("podman rm")
         .unwrap();
-    let endpoints = state_endpoints(&state);
-    assert_eq!(
-        endpoints,
-        json!({}),
-        "endpoints left after podman rm: {endpoints}"
+    let (endpoints, owners) = cni::netd_state(&state).unwrap();
+    assert!(
+        endpoints.is_empty() && owners.is_empty(),
+        "left after podman rm: {endpoints:?} {owners:?}"
     );
     assert!(
         tcp_echo(&b.netns, SocketAddr::new(a.ip_addr(), 18090), b"x").is_err(),

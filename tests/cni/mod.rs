@@ -90,6 +90,21 @@ pub fn selected(check: &Check, filter: &str) -> bool {
     }
 }
 
+/// netd's state in `dir` (what weft's standalone mode keeps), read through
+/// netd's library: the endpoint ids and the reservation owners. Empty when
+/// nothing was ever written there.
+#[allow(dead_code)] // the runtime tests use it, the conformance runner does not
+pub fn netd_state(dir: &Path) -> Result<(Vec<String>, Vec<String>)> {
+    if !dir.exists() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let state = netd::Store::open(dir)?.read()?;
+    Ok((
+        state.endpoints.keys().cloned().collect(),
+        state.ipam.owners().into_iter().collect(),
+    ))
+}
+
 /// One plugin invocation.
 #[derive(Clone, Debug)]
 pub struct Call {
