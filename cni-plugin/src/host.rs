@@ -83,10 +83,26 @@ pub async fn ensure_bridge_gateways(bridge: &str, ipam: &CniResult) -> Result<()
     Ok(())
 }
 
-/// The MAC of a link in this namespace, if it exists.
-pub async fn link_mac(name: &str) -> Option<String> {
-    let nl = Netlink::current().await.ok()?;
-    nl.link(name).await.ok()??.mac.map(|m| m.to_string())
+/// What the ADD result reports of the host side, from one link dump: the
+/// bridge's MAC, the host end's MAC, and the host end's MTU (the container
+/// end was created with it, as a pair).
+pub struct HostSide {
+    pub bridge_mac: Option<String>,
+    pub veth_mac: Option<String>,
+    pub veth_mtu: Option<u32>,
+}
+
+pub async fn host_side(bridge: &str, veth: &str) -> HostSide {
+    let links = match Netlink::current().await {
+        Ok(nl) => nl.links().await.unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
+    let find = |name: &str| links.iter().find(|l| l.name == name);
+    HostSide {
+        bridge_mac: find(bridge).and_then(|l| l.mac).map(|m| m.to_string()),
+        veth_mac: find(veth).and_then(|l| l.mac).map(|m| m.to_string()),
+        veth_mtu: find(veth).map(|l| l.mtu),
+    }
 }
 
 /// Opens netlink in the container's namespace.
@@ -96,16 +112,6 @@ async fn container_netlink(netns: &Path) -> Result<Netlink, CniError> {
     Netlink::open(&ns)
         .await
         .map_err(|e| kernel(&format!("open netlink in {}", netns.display()), e))
-}
-
-/// The MTU of the container's interface.
-pub async fn container_mtu(netns: &Path, ifname: &str) -> Result<Option<u32>, CniError> {
-    let nl = container_netlink(netns).await?;
-    Ok(nl
-        .link(ifname)
-        .await
-        .map_err(|e| kernel(&format!("read {ifname}"), e))?
-        .map(|l| l.mtu))
 }
 
 fn plumb_route(route: &Route, ifname: &str, fallback_gw: Option<IpAddr>) -> plumb::Route {

@@ -263,25 +263,21 @@ where
             )
             .await?;
         }
-        host::container_mtu(&request.netns, request.ifname).await
+        Ok::<(), CniError>(())
     };
-    let mtu = match extra.await {
-        Ok(mtu) => mtu,
-        Err(e) => {
-            undo().await;
-            return Err(e);
-        }
-    };
-    let bridge_mac = host::link_mac(conf.bridge_name()).await;
-    let host_mac = host::link_mac(&attached.interfaces[0].name).await;
+    if let Err(e) = extra.await {
+        undo().await;
+        return Err(e);
+    }
+    let side = host::host_side(conf.bridge_name(), &attached.interfaces[0].name).await;
     Ok(wiring::cni_result(
         conf,
         &wiring::Attached {
             bridge: conf.bridge_name(),
-            bridge_mac,
-            host_mac,
+            bridge_mac: side.bridge_mac,
+            host_mac: side.veth_mac,
             netd: attached,
-            container_mtu: mtu,
+            container_mtu: side.veth_mtu,
             ipam,
         },
     ))
