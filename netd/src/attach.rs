@@ -199,24 +199,27 @@ impl Network {
             )));
         }
         let ports = crate::publish::parse_specs(&name, &req.ports)?;
-        let state = self.store.read()?;
-        check_unique(&state, &id, &name, &netns, &ifname)?;
-        let requested = [
-            req.ip
-                .map(|ip| (IpNetwork::V4(self.config.subnet), IpAddr::V4(ip))),
-            req.ip6
-                .zip(self.config.subnet6)
-                .map(|(ip, s6)| (IpNetwork::V6(s6), IpAddr::V6(ip))),
-        ];
-        for (subnet, ip) in requested.into_iter().flatten() {
-            match state.ipam.check(subnet, ip) {
-                Ok(()) => {}
-                Err(e @ IpamError::Taken { .. }) => {
-                    return Err(Error::Conflict(format!("attach container {name}: {e}")))
+        // Looked at in place: copying the state would cost O(containers).
+        self.store.read_with(|state| -> Result<()> {
+            check_unique(state, &id, &name, &netns, &ifname)?;
+            let requested = [
+                req.ip
+                    .map(|ip| (IpNetwork::V4(self.config.subnet), IpAddr::V4(ip))),
+                req.ip6
+                    .zip(self.config.subnet6)
+                    .map(|(ip, s6)| (IpNetwork::V6(s6), IpAddr::V6(ip))),
+            ];
+            for (subnet, ip) in requested.into_iter().flatten() {
+                match state.ipam.check(subnet, ip) {
+                    Ok(()) => {}
+                    Err(e @ IpamError::Taken { .. }) => {
+                        return Err(Error::Conflict(format!("attach container {name}: {e}")))
+                    }
+                    Err(e) => return Err(Error::Invalid(format!("attach container {name}: {e}"))),
                 }
-                Err(e) => return Err(Error::Invalid(format!("attach container {name}: {e}"))),
             }
-        }
+            Ok(())
+        })??;
         let host_if = host_ifname(&id);
         if nl
             .link(&host_if)

@@ -206,7 +206,9 @@ impl Network {
 
     /// The attach result of an attached container, for CNI's CHECK and GET.
     pub fn get(&self, key: &str) -> Result<Option<AttachResult>> {
-        Ok(self.store.read()?.find(key).map(AttachResult::from))
+        Ok(self
+            .store
+            .read_with(|s| s.find(key).map(AttachResult::from))?)
     }
 }
 
