@@ -71,6 +71,7 @@ impl Daemon {
 
 impl Backend for Daemon {
     fn validate(&self, conf: &NetConf) -> Result<(), CniError> {
+        wiring::refuse_unsupported(conf)?;
         self.runtime.block_on(async {
             let status = self.status_of().await?;
             if status.bridge != conf.bridge_name() {

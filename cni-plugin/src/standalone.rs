@@ -72,6 +72,7 @@ pub fn delegated_network(addressing: &Addressing) -> Option<IpNetwork> {
 
 impl Backend for Standalone {
     fn validate(&self, conf: &NetConf) -> Result<(), CniError> {
+        wiring::refuse_unsupported(conf)?;
         let subnets = wiring::configured_subnets(conf)?;
         wiring::netd_config(conf, None)?;
         self.runtime

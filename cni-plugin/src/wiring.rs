@@ -17,6 +17,39 @@ use crate::types::{NetConf, PortMapping, DEFAULT_BRIDGE};
 /// below it (one netd `Network` is one bridge).
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/weft";
 
+/// Options of the reference bridge plugin weft reads but cannot honour:
+/// code 2 naming key and value, before anything is touched.
+pub fn refuse_unsupported(conf: &NetConf) -> Result<(), CniError> {
+    let refuse = |key: &str, value: serde_json::Value, why: &str| {
+        Err(CniError::unsupported_field(key, &value, why))
+    };
+    if let Some(vlan) = conf.vlan.filter(|v| *v != 0) {
+        return refuse("vlan", vlan.into(), "weft's bridge does not tag VLANs");
+    }
+    if conf.promisc_mode {
+        return refuse(
+            "promiscMode",
+            true.into(),
+            "weft does not put its bridge into promiscuous mode",
+        );
+    }
+    if conf.macspoofchk {
+        return refuse(
+            "macspoofchk",
+            true.into(),
+            "weft installs no MAC spoofing filter",
+        );
+    }
+    if conf.force_address {
+        return refuse(
+            "forceAddress",
+            true.into(),
+            "weft never replaces the bridge's addresses; give each network its own bridge",
+        );
+    }
+    Ok(())
+}
+
 /// The IPv4 subnet of the built-in IPAM: `subnet`, else `ipam.subnet`, else netd's default.
 pub fn builtin_subnet(conf: &NetConf) -> Result<Option<IpNetwork>, CniError> {
     if let Some(subnet) = conf.subnet {
@@ -76,6 +109,8 @@ pub fn configured_subnets(conf: &NetConf) -> Result<Vec<IpNetwork>, CniError> {
 /// address: the bridge gets its first address as the gateway.
 pub fn netd_config(conf: &NetConf, delegated: Option<IpNetwork>) -> Result<netd::Config, CniError> {
     let mut config = netd::Config {
+        // By path, not netd's default (the current namespace found by name).
+        netns: Some(crate::host::OWN_NETNS.to_string()),
         bridge: conf.bridge_name().to_string(),
         state_dir: state_dir(conf),
         mtu: conf.mtu,
@@ -427,6 +462,26 @@ mod tests {
             .number(),
             2
         );
+    }
+
+    #[test]
+    fn options_weft_cannot_honour_are_code_2() {
+        for (key, value) in [
+            ("vlan", serde_json::json!(100)),
+            ("promiscMode", serde_json::json!(true)),
+            ("macspoofchk", serde_json::json!(true)),
+            ("forceAddress", serde_json::json!(true)),
+        ] {
+            let mut v = serde_json::json!({"cniVersion": "1.0.0", "name": "n", "type": "weft"});
+            v[key] = value.clone();
+            let e = refuse_unsupported(&conf(v)).unwrap_err();
+            assert_eq!(e.code.number(), 2);
+            assert!(e.msg.contains(&format!("{key}={value}")), "{e}");
+        }
+        let plain = conf(
+            serde_json::json!({"cniVersion": "1.0.0", "name": "n", "type": "weft", "vlan": 0}),
+        );
+        assert!(refuse_unsupported(&plain).is_ok());
     }
 
     #[test]
