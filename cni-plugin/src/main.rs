@@ -6,7 +6,17 @@ use std::io::{Read, Write};
 use cni_plugin::commands::{self, Outcome};
 use cni_plugin::CniError;
 
+/// `WEFT_LOG=<filter>` (e.g. `netd=debug`) logs to stderr, which runtimes
+/// keep out of the result: netd's attach logs each step's elapsed time.
+const LOG_ENV: &str = "WEFT_LOG";
+
 fn main() {
+    if let Ok(filter) = std::env::var(LOG_ENV) {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let mut stdin = Vec::new();
     let outcome = match std::io::stdin().read_to_end(&mut stdin) {
         Ok(_) => commands::run(
