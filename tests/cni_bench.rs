@@ -27,8 +27,8 @@ use anyhow::{Context, Result};
 use serde_json::{json, Value};
 use world::{root_or_skip, tcp_via, Container, Host, World};
 
-use cni::{exec_in, Call, Scratch};
-use runtime_support::{run, weft_dir, Podman, IMAGE};
+use cni::{Reply, Scratch};
+use runtime_support::{run_with_stdin, weft_dir, Podman, IMAGE};
 
 const NETAVARK: &str = "/usr/lib/podman/netavark";
 
@@ -60,16 +60,35 @@ struct Timings {
     del: Vec<Duration>,
 }
 
-fn call(command: &str, c: &Container, stdin: &Value, cni_path: &str) -> Call {
-    Call {
-        command: command.into(),
-        container_id: Some(format!("bench-{}", c.name)),
-        netns: Some(format!("/run/netns/{}", c.netns_name)),
-        ifname: Some("eth0".into()),
-        cni_args: None,
-        cni_path: Some(cni_path.into()),
-        stdin: stdin.to_string().into_bytes(),
-    }
+/// One plugin call in `host`, timed by the caller: the CNI variables, the
+/// config on stdin, a blocking wait (no polling in the measured time).
+fn plugin(
+    host: &Host,
+    binary: &Path,
+    command: &str,
+    c: &Container,
+    stdin: &Value,
+) -> Result<Reply> {
+    let env = [
+        ("CNI_COMMAND", command.to_string()),
+        ("CNI_CONTAINERID", format!("bench-{}", c.name)),
+        ("CNI_NETNS", format!("/run/netns/{}", c.netns_name)),
+        ("CNI_IFNAME", "eth0".to_string()),
+        ("CNI_PATH", "/usr/lib/cni".to_string()),
+    ];
+    let out = run_with_stdin(
+        &host.netns,
+        &binary.display().to_string(),
+        &[],
+        &env,
+        Some(stdin.to_string().as_bytes()),
+        Duration::from_secs(60),
+    )?;
+    Ok(Reply {
+        success: out.success,
+        stdout: out.stdout,
+        stderr: out.stderr,
+    })
 }
 
 fn port_mapping(i: usize) -> Value {
@@ -112,14 +131,13 @@ impl Subject {
         let dir = &self.dir.0;
         let (d, (keep, ip)) = match self.name {
             WEFT => {
-                let plugin = weft_dir().join("weft");
+                let binary = weft_dir().join("weft");
                 let mut conf = json!({"cniVersion": "1.0.0", "name": "bench", "type": "weft",
                     "mode": "standalone", "bridge": "weftbn0", "subnet": "10.90.0.0/16",
                     "stateDir": dir.join("weft")});
                 conf["runtimeConfig"] = json!({"portMappings": port_mapping(i)});
                 timed(|| {
-                    let r = exec_in(&self.host, &plugin, &call("ADD", c, &conf, "/usr/lib/cni"))?
-                        .result()?;
+                    let r = plugin(&self.host, &binary, "ADD", c, &conf)?.result()?;
                     let ip = address(&r)?;
                     conf["prevResult"] = r;
                     Ok((json!([conf]), ip))
@@ -131,22 +149,20 @@ impl Subject {
                     "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.91.0.0/16"}]],
                         "routes": [{"dst": "0.0.0.0/0"}], "dataDir": dir.join("ipam")}});
                 timed(|| {
-                    let r1 = exec_in(
+                    let r1 = plugin(
                         &self.host,
                         Path::new("/usr/lib/cni/bridge"),
-                        &call("ADD", c, &bridge, "/usr/lib/cni"),
+                        "ADD",
+                        c,
+                        &bridge,
                     )?
                     .result()?;
                     let mut pm = json!({"cniVersion": "1.0.0", "name": "bench", "type": "portmap",
                         "capabilities": {"portMappings": true}, "snat": true,
                         "runtimeConfig": {"portMappings": port_mapping(i)}});
                     pm["prevResult"] = r1;
-                    let r2 = exec_in(
-                        &self.host,
-                        Path::new("/usr/lib/cni/portmap"),
-                        &call("ADD", c, &pm, "/usr/lib/cni"),
-                    )?
-                    .result()?;
+                    let r2 = plugin(&self.host, Path::new("/usr/lib/cni/portmap"), "ADD", c, &pm)?
+                        .result()?;
                     let ip = address(&r2)?;
                     let mut b = bridge.clone();
                     pm["prevResult"] = r2.clone();
@@ -183,12 +199,12 @@ impl Subject {
         match self.name {
             WEFT | REFERENCE => timed(|| {
                 for conf in keep.as_array().into_iter().flatten() {
-                    let plugin = match conf["type"].as_str() {
+                    let binary = match conf["type"].as_str() {
                         Some("weft") => weft_dir().join("weft"),
                         Some(other) => Path::new("/usr/lib/cni").join(other),
                         None => anyhow::bail!("no type in {conf}"),
                     };
-                    exec_in(&self.host, &plugin, &call("DEL", c, conf, "/usr/lib/cni"))?.ok()?;
+                    plugin(&self.host, &binary, "DEL", c, conf)?.ok()?;
                 }
                 Ok(())
             })
@@ -238,16 +254,13 @@ fn netavark_opts(i: usize, c: &Container) -> Value {
 
 fn netavark(host: &Host, verb: &str, c: &Container, opts: &Path, config: &Path) -> Result<()> {
     let netns = format!("/run/netns/{}", c.netns_name);
-    let script = format!(
-        "exec {NETAVARK} --config {} {verb} {netns} < {}",
-        config.display(),
-        opts.display()
-    );
-    run(
+    let input = std::fs::read(opts)?;
+    run_with_stdin(
         &host.netns,
-        "sh",
-        &["-c", &script],
+        NETAVARK,
+        &["--config", &config.display().to_string(), verb, &netns],
         &[],
+        Some(&input),
         Duration::from_secs(60),
     )?
     .ok(&format!("netavark {verb}"))

@@ -7,7 +7,6 @@
 
 #![allow(dead_code)] // each test binary uses its part
 
-use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -44,10 +43,27 @@ pub fn run(
     env: &[(&str, String)],
     timeout: Duration,
 ) -> Result<Out> {
+    run_with_stdin(netns, program, args, env, None, timeout)
+}
+
+/// The same, writing `stdin` to the program. The wait blocks in a helper
+/// thread (no polling), so a benchmark measures the program, not a sleep.
+pub fn run_with_stdin(
+    netns: &Netns,
+    program: &str,
+    args: &[&str],
+    env: &[(&str, String)],
+    stdin: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<Out> {
     let mut command = Command::new(program);
     command
         .args(args)
-        .stdin(Stdio::null())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     for (k, v) in env {
@@ -56,36 +72,33 @@ pub fn run(
     let mut child = netns
         .run(move || command.spawn())?
         .with_context(|| format!("start {program}"))?;
-    let mut out = child.stdout.take().expect("piped");
-    let mut err = child.stderr.take().expect("piped");
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        use std::io::Write;
+        // A program may exit without reading all of it.
+        let _ = pipe.write_all(input);
+    }
+    let pid = child.id();
+    let (done, outcome) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
     });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
+    match outcome.recv_timeout(timeout) {
+        Ok(out) => {
+            let out = out?;
+            Ok(Out {
+                success: out.status.success(),
+                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            })
         }
-        if Instant::now() >= deadline {
-            // Our own child, by PID.
-            let _ = child.kill();
-            let _ = child.wait();
+        Err(_) => {
+            // Our own child, by PID; the waiting thread then reaps it.
+            // SAFETY: kill takes no pointers; pid is a child we started and have not reaped.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            let _ = outcome.recv_timeout(Duration::from_secs(5));
             bail!("{program} {} timed out after {timeout:?}", args.join(" "));
         }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Ok(Out {
-        success: status.success(),
-        stdout: reader.join().unwrap_or_default(),
-        stderr: err_reader.join().unwrap_or_default(),
-    })
+    }
 }
 
 /// The `weft` binary's directory (CNI plugin dirs list it before /usr/lib/cni).
@@ -153,6 +166,7 @@ pub fn unmount_under(dir: &Path) {
 /// A TCP client in `netns`: sends `payload` to `to` and returns what comes
 /// back before the server closes (busybox `nc -e /bin/cat` echoes it).
 pub fn tcp_echo(netns: &Netns, to: SocketAddr, payload: &[u8]) -> Result<Vec<u8>> {
+    use std::io::Read;
     let payload = payload.to_vec();
     netns.run(move || -> Result<Vec<u8>> {
         let mut last = None;
