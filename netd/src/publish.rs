@@ -208,7 +208,9 @@ impl Network {
             .map_err(|e| Error::kernel("re-apply the firewall rules", e))
     }
 
-    pub(crate) async fn firewall_intact(&self) -> Result<bool> {
+    /// False when the network's NAT rules are no longer in place (someone
+    /// flushed the ruleset or deleted the table); CNI's CHECK asks this.
+    pub async fn firewall_intact(&self) -> Result<bool> {
         let rules = self.network_rules();
         firewall_call(&self.firewall, move |fw| fw.is_intact(&rules))
             .await
