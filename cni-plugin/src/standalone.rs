@@ -86,6 +86,7 @@ impl Backend for Standalone {
             let id = wiring::endpoint_id(&conf.name, request.container_id, request.ifname);
             let range = range::wanted(conf, network.config())?;
             let mut attempts = 0;
+            let mut repaired = false;
             let attached = loop {
                 let pick = match (&range, &request.addressing) {
                     (Some(r), Addressing::Builtin { requested }) if requested.is_empty() => {
@@ -101,6 +102,15 @@ impl Backend for Standalone {
                         if pick.is_some() && attempts < RANGE_RETRIES =>
                     {
                         attempts += 1;
+                    }
+                    // Without a daemon nobody notices a flushed ruleset until
+                    // an ADD fails on it: restore the rules and every recorded
+                    // port as netd's reconciliation does, then try once more.
+                    Err(e) if !repaired && !network.firewall_intact().await.unwrap_or(true) => {
+                        repaired = true;
+                        network.reconcile().await.map_err(|r| {
+                            netd_error(r).context(&format!("restore the firewall after: {e}"))
+                        })?;
                     }
                     Err(e) => return Err(netd_error(e)),
                 }
@@ -131,7 +141,12 @@ impl Backend for Standalone {
     fn check(&self, request: &CheckRequest) -> Result<(), CniError> {
         let conf = request.network;
         self.runtime.block_on(async {
-            let network = Standalone::open(conf, None).await?;
+            // The same netd network as the ADD's: with a delegated IPAM its
+            // subnet (and so its NAT rules) is the delegate's.
+            let delegated = conf.ipam_delegate().and_then(|_| {
+                delegated_network(&Addressing::Delegated(request.prev_result.clone()))
+            });
+            let network = Standalone::open(conf, delegated).await?;
             let id = wiring::endpoint_id(&conf.name, request.container_id, request.ifname);
             let Some(recorded) = network.get(&id).map_err(netd_error)? else {
                 return Err(CniError::new(
@@ -147,6 +162,15 @@ impl Backend for Standalone {
                 .check(&id)
                 .await
                 .map_err(|e| netd_error(e).context("CHECK"))?;
+            if !network.firewall_intact().await.map_err(netd_error)? {
+                return Err(CniError::internal(
+                    format!(
+                        "the firewall rules of bridge {} (nft table inet weft: NAT, published ports) are gone",
+                        conf.bridge_name()
+                    ),
+                    "someone flushed the ruleset: `netd reconcile` (or DEL and ADD) restores them",
+                ));
+            }
             if conf.ipam_delegate().is_none() {
                 let state = network.store().read().map_err(|e| netd_error(e.into()))?;
                 let held: BTreeSet<IpAddr> = state.ipam.held_by(&id).into_iter().collect();
