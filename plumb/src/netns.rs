@@ -22,7 +22,9 @@ pub const NETNS_RUN_DIR: &str = "/run/netns";
 /// An open handle on a network namespace. Cloning is cheap and shares the handle.
 #[derive(Clone, Debug)]
 pub struct Netns {
-    label: String,
+    /// Set at open, except for `current()`, whose name is looked up in
+    /// /run/netns only when a message needs it (that costs a stat per entry).
+    label: Arc<std::sync::OnceLock<String>>,
     path: PathBuf,
     file: Arc<File>,
 }
@@ -31,16 +33,25 @@ impl Netns {
     /// The namespace this process runs in, labelled with its /run/netns name
     /// when it has one (so errors say where), or "host" otherwise.
     pub fn current() -> Result<Netns> {
-        let mut ns = Self::open_path("host", Path::new("/proc/self/ns/net"))?;
-        let inode = ns.inode();
+        let file = File::open("/proc/self/ns/net")
+            .map_err(|e| Error::io("open the current namespace", e))?;
+        Ok(Netns {
+            label: Arc::default(),
+            path: PathBuf::from("/proc/self/ns/net"),
+            file: Arc::new(file),
+        })
+    }
+
+    /// The /run/netns name of this namespace, or "host" when it has none.
+    fn find_name(&self) -> String {
+        let (inode, dev) = (self.inode(), self.dev());
         for name in Self::list_named().unwrap_or_default() {
             let path = Path::new(NETNS_RUN_DIR).join(&name);
-            if std::fs::metadata(&path).is_ok_and(|m| m.ino() == inode && m.dev() == ns.dev()) {
-                ns.label = name;
-                break;
+            if std::fs::metadata(&path).is_ok_and(|m| m.ino() == inode && m.dev() == dev) {
+                return name;
             }
         }
-        Ok(ns)
+        "host".to_string()
     }
 
     /// A namespace created by `ip netns add NAME` (a bind mount in /run/netns).
@@ -91,7 +102,7 @@ impl Netns {
             return Err(Error::NamespaceNotFound(label.to_string()));
         }
         Ok(Netns {
-            label: label.to_string(),
+            label: Arc::new(label.to_string().into()),
             path: path.to_path_buf(),
             file: Arc::new(file),
         })
@@ -179,12 +190,12 @@ impl Netns {
 
     /// Renames the namespace for messages (e.g. after the container it belongs to).
     pub fn set_label(&mut self, label: String) {
-        self.label = label;
+        self.label = Arc::new(label.into());
     }
 
     /// How errors and listings name this namespace.
     pub fn label(&self) -> &str {
-        &self.label
+        self.label.get_or_init(|| self.find_name())
     }
 
     pub fn path_buf(&self) -> &Path {
@@ -216,7 +227,7 @@ impl Netns {
                 .spawn(|| {
                     setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| {
                         Error::io(
-                            format!("enter namespace {}", self.label),
+                            format!("enter namespace {}", self.label()),
                             std::io::Error::from(e),
                         )
                     })?;
@@ -224,7 +235,7 @@ impl Netns {
                 })
                 .join()
                 .map_err(|_| {
-                    Error::Other(format!("a thread in namespace {} panicked", self.label))
+                    Error::Other(format!("a thread in namespace {} panicked", self.label()))
                 })?
         })
     }
