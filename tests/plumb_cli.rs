@@ -334,6 +334,10 @@ async fn bad_input_gets_a_clear_error_and_creates_nothing() {
             out.stderr
         );
     }
+    // The host side is named after its /run/netns entry.
+    let out = plumb(&host, &["nosuch0", g, "10.5.0.2/24"]);
+    let place = format!("in namespace {}", host.netns_name);
+    assert!(out.stderr.contains(&place), "{}", out.stderr);
     assert_eq!(
         links(&host.netns),
         host_before,
