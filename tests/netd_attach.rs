@@ -80,7 +80,7 @@ async fn two_containers_reach_each_other_and_the_gateway_and_detach_leaves_nothi
     assert_eq!(ls.len(), 1);
     assert_eq!(ls[0]["name"], "c2");
     assert_eq!(netd.json(&["status"]).unwrap()["ipam"][0]["in_use"], 2);
-    let state = std::fs::read_to_string(netd.state_dir.join("state.json")).unwrap();
+    let state = netd.state_text();
     assert!(!state.contains("10.66.0.2"), "{state}");
     // Detach is idempotent.
     let again = netd.json(&["detach", "c1"]).unwrap();
@@ -200,12 +200,12 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
     let c1 = host.container("c1").unwrap();
     netd.attach(&c1.netns_name, "c1", &["--ip", "10.66.2.3"])
         .unwrap();
-    let before_state = std::fs::read_to_string(netd.state_dir.join("state.json")).unwrap();
+    let before_state = netd.state_text();
     let before_links = links_with_prefix(&host.netns, "wv");
     let c2 = host.container("c2").unwrap();
 
     let unchanged = |what: &str| {
-        let state = std::fs::read_to_string(netd.state_dir.join("state.json")).unwrap();
+        let state = netd.state_text();
         assert_eq!(state, before_state, "{what} changed the state");
         assert_eq!(
             links_with_prefix(&host.netns, "wv"),
@@ -289,7 +289,7 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
         netd.attach(&c.netns_name, &format!("f{i}"), &[]).unwrap();
         others.push(c);
     }
-    let full_state = std::fs::read_to_string(netd.state_dir.join("state.json")).unwrap();
+    let full_state = netd.state_text();
     let err = netd
         .fails(&["attach", &c2.netns_name, "--name", "c2"])
         .unwrap();
@@ -297,10 +297,7 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
         err.contains("subnet 10.66.2.0/29 is full (6 addresses in use)"),
         "{err}"
     );
-    assert_eq!(
-        std::fs::read_to_string(netd.state_dir.join("state.json")).unwrap(),
-        full_state
-    );
+    assert_eq!(netd.state_text(), full_state);
     assert!(links_with_prefix(&c2.netns, "eth").is_empty());
     assert_eq!(links_with_prefix(&host.netns, "wv").len(), 5);
     let ips: Vec<IpAddr> = netd

@@ -139,7 +139,7 @@ async fn a_restarted_netd_adopts_twenty_containers_without_duplicates() {
     }
     let links_before = links_with_prefix(&host.netns, "wv");
     assert_eq!(links_before.len(), 20);
-    let state_before = std::fs::read_to_string(netd.state_dir.join("state.json")).unwrap();
+    let state_before = netd.state_text();
     let rules_before = nft_table(&host.netns);
     assert!(rules_before.contains("10019"), "{rules_before}");
 
@@ -154,10 +154,7 @@ async fn a_restarted_netd_adopts_twenty_containers_without_duplicates() {
     let report = netd.json(&["reconcile"]).unwrap();
     assert!(report["actions"].as_array().unwrap().is_empty(), "{report}");
     assert!(report["errors"].as_array().unwrap().is_empty(), "{report}");
-    assert_eq!(
-        std::fs::read_to_string(netd.state_dir.join("state.json")).unwrap(),
-        state_before
-    );
+    assert_eq!(netd.state_text(), state_before);
     assert_eq!(links_with_prefix(&host.netns, "wv"), links_before);
     let ports = ip_json(&host.netns, &["link", "show", "master", "weft0"]).unwrap();
     assert_eq!(ports.as_array().unwrap().len(), 20);
@@ -313,11 +310,15 @@ async fn reconcile_removes_links_and_reservations_nobody_owns() {
 
     // A reservation without an endpoint (written while netd is stopped).
     netd.terminate().unwrap();
-    let path = netd.state_dir.join("state.json");
-    let mut state: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    state["ipam"]["pools"]["10.66.7.0/24"]["reserved"]["10.66.7.77"] = "ghost".into();
-    std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
+    netd::Store::open(&netd.state_dir)
+        .unwrap()
+        .update(|s| -> Result<(), netd::state::StoreError> {
+            let pool = s.ipam.pools.get_mut("10.66.7.0/24").expect("the pool");
+            pool.reserved
+                .insert("10.66.7.77".parse().unwrap(), "ghost".into());
+            Ok(())
+        })
+        .unwrap();
     netd.restart().unwrap();
     assert_eq!(netd.json(&["status"]).unwrap()["ipam"][0]["in_use"], 2);
     assert!(netd.log_text().contains("released the addresses of ghost"));

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ipnetwork::IpNetwork;
 use plumb::firewall::PortSpec;
-use plumb::{LinkOptions, MacAddr, Netlink, Netns, Route};
+use plumb::{LinkChange, LinkOptions, MacAddr, Netlink, Netns, Route};
 
 use crate::endpoint::{
     check_unique, host_ifname, validate_id, AssignedAddresses, AttachRequest, AttachResult,
@@ -110,6 +110,9 @@ impl Network {
         let mac = match self.plumb(&endpoint, &plan.netns).await {
             Ok(mac) => mac,
             Err(e) => {
+                // Perhaps the bridge went away: the next attach looks again.
+                self.host_ready
+                    .store(false, std::sync::atomic::Ordering::Release);
                 self.roll_back(&endpoint).await;
                 return Err(e);
             }
@@ -315,7 +318,8 @@ impl Network {
         let nl = self.netlink().await?;
         let ctx = |step: &str| format!("attach container {}: {step}", ep.name);
         let host_opts = LinkOptions {
-            up: true,
+            // Up only once IPv6 is off on it (below).
+            up: false,
             mtu: ep.mtu,
             alias: Some(format!("{ALIAS_PREFIX}{}", ep.id)),
             ..Default::default()
@@ -330,7 +334,27 @@ impl Network {
         nl.add_veth(&ep.host_ifname, &host_opts, &ep.ifname, &peer_opts)
             .await
             .ctx(|| ctx("create veth"))?;
-        nl.attach_to_bridge(&ep.host_ifname, &self.config.bridge)
+        // A bridge port needs no IPv6 of its own (the bridge holds the
+        // gateway). Without it the kernel keeps no link-local address and
+        // route per port: their upkeep, a walk of the whole IPv6 routing table
+        // at every link change, made each attach and detach cost more with
+        // every container attached.
+        let no_ipv6 = format!("net/ipv6/conf/{}/disable_ipv6", ep.host_ifname);
+        // A kernel booted without IPv6 has nothing to turn off.
+        if std::path::Path::new("/proc/sys/net/ipv6/conf").exists() {
+            plumb::sysctl::write(&self.host, &no_ipv6, "1")
+                .ctx(|| ctx(&format!("turn off IPv6 on {}", ep.host_ifname)))?;
+        }
+        let bridge = nl
+            .require_link(&self.config.bridge)
+            .await
+            .ctx(|| ctx(&format!("find bridge {}", self.config.bridge)))?;
+        let plug = LinkChange {
+            controller: Some(Some(bridge.index)),
+            up: Some(true),
+            ..Default::default()
+        };
+        nl.set_link(&ep.host_ifname, &plug)
             .await
             .ctx(|| ctx(&format!("plug {} into bridge", ep.host_ifname)))?;
         // A container reaching its own published port through the host

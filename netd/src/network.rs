@@ -56,6 +56,10 @@ pub struct Network {
     pub(crate) ops: tokio::sync::RwLock<()>,
     /// The WireGuard overlay, when `[overlay]` enables it and a daemon runs.
     pub(crate) overlay: std::sync::OnceLock<Arc<crate::overlay::OverlayService>>,
+    host_netlink: tokio::sync::OnceCell<Netlink>,
+    /// Set once the host was found (or made) ready; an attach that fails
+    /// clears it so the next one looks again.
+    pub(crate) host_ready: std::sync::atomic::AtomicBool,
 }
 
 impl Network {
@@ -82,16 +86,25 @@ impl Network {
             metrics: Arc::new(Metrics::default()),
             ops: tokio::sync::RwLock::new(()),
             overlay: std::sync::OnceLock::new(),
+            host_netlink: tokio::sync::OnceCell::new(),
+            host_ready: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
-    /// A fresh netlink connection into the host namespace. Each operation
-    /// opens its own: the kernel runs one dump at a time per socket (EBUSY
-    /// otherwise), and attaches, detaches and checks run concurrently.
+    /// The netlink connection into the host namespace, opened on first use
+    /// and shared by every operation (plumb lets dumps on one connection
+    /// take turns, as the kernel runs one at a time per socket). Opening one
+    /// costs a thread entering the namespace, which every attach used to pay
+    /// several times.
     pub(crate) async fn netlink(&self) -> Result<Netlink> {
-        Netlink::open(&self.host)
+        self.host_netlink
+            .get_or_try_init(|| async {
+                Netlink::open(&self.host)
+                    .await
+                    .ctx(|| format!("open netlink in {}", self.host.label()))
+            })
             .await
-            .ctx(|| format!("open netlink in {}", self.host.label()))
+            .cloned()
     }
 
     pub fn config(&self) -> &Config {
@@ -218,6 +231,12 @@ impl Network {
     /// what an attach calls, so that the first attach without a daemon (a CNI
     /// plugin in standalone mode) sets the host up, and later ones cost nothing.
     pub async fn ensure_host_once(&self) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        // Looked at once per process: the address dump below grows with the
+        // links in the namespace. Later damage is the periodic check's job.
+        if self.host_ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let nl = self.netlink().await?;
         let ready = match nl
             .link(&self.config.bridge)
@@ -238,6 +257,7 @@ impl Network {
         if !ready {
             self.ensure_host().await?;
         }
+        self.host_ready.store(true, Ordering::Release);
         Ok(())
     }
 }

@@ -238,6 +238,15 @@ impl Netd {
         self.json(&args)
     }
 
+    /// netd's state as its store reads it (snapshot plus journal), as pretty
+    /// JSON: what tests compare to see whether something changed the state.
+    pub fn state_text(&self) -> String {
+        let state = netd::Store::open(&self.state_dir)
+            .and_then(|store| store.read())
+            .expect("read netd's state");
+        serde_json::to_string_pretty(&state).expect("state serializes")
+    }
+
     /// The endpoints netd lists.
     pub fn endpoints(&self) -> Result<Vec<Value>> {
         Ok(self.json(&["ls"])?.as_array().context("ls output")?.clone())

@@ -32,11 +32,13 @@ usage: bench-attach [--sizes 1,100,1000] [--reference-cap 100] [--modes netd-lib
   --sizes          numbers of containers, one run each
   --reference-cap  the largest N the reference tools run (they are slow)
   --modes          which implementations to measure
-  --json FILE      also write every per-container timing as JSON";
+  --json FILE      also write every per-container timing as JSON
+WEFT_BENCH_NETD_LOG=FILE appends the daemon's debug log (attach step timings) to FILE.";
 
 const CNI_PATH: &str = "/usr/lib/cni";
 const NETAVARK: &str = "/usr/lib/podman/netavark";
 const FIRST_HOST_PORT: u16 = 20000;
+const NETD_LOG_ENV: &str = "WEFT_BENCH_NETD_LOG";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Mode {
@@ -207,7 +209,15 @@ struct NetdApi {
 impl NetdApi {
     async fn new(host: &Host, dir: &Path) -> Result<NetdApi> {
         let socket = dir.join("netd.sock");
-        let log = std::fs::File::create(dir.join("netd.log"))?;
+        // WEFT_BENCH_NETD_LOG=FILE keeps the daemon's debug log (attach step timings).
+        let (log_path, filter) = match std::env::var_os(NETD_LOG_ENV) {
+            Some(path) => (PathBuf::from(path), "netd=debug,warn"),
+            None => (dir.join("netd.log"), "warn"),
+        };
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)?;
         let mut command = Command::new(world::workspace_bin("netd"));
         command
             .arg("run")
@@ -216,7 +226,7 @@ impl NetdApi {
             .arg("--socket")
             .arg(&socket)
             .env_remove("WEFT_CONFIG")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", filter)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -227,7 +237,7 @@ impl NetdApi {
             match client.get::<Value>("/v1/status").await {
                 Ok(_) => break,
                 Err(e) if Instant::now() > deadline => {
-                    let log = std::fs::read_to_string(dir.join("netd.log")).unwrap_or_default();
+                    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
                     bail!("netd did not answer within 20 s: {e}\n{log}");
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
