@@ -17,6 +17,7 @@ fn main() {
             .with_writer(std::io::stderr)
             .init();
     }
+    tracing::debug!(pid = std::process::id(), "weft started");
     let mut stdin = Vec::new();
     let outcome = match std::io::stdin().read_to_end(&mut stdin) {
         Ok(_) => commands::run(
@@ -30,6 +31,7 @@ fn main() {
             exit_code: 1,
         },
     };
+    tracing::debug!(exit_code = outcome.exit_code, "weft done");
     let mut out = std::io::stdout().lock();
     // Nothing to tell anyone if stdout is gone: the exit code still speaks.
     let _ = out.write_all(outcome.stdout.as_bytes());

@@ -81,8 +81,17 @@ impl Backend for Standalone {
 
     fn add(&self, request: &AttachRequest) -> Result<CniResult, CniError> {
         let conf = request.network;
+        let started = std::time::Instant::now();
+        let step = |name: &str| {
+            tracing::debug!(
+                step = name,
+                elapsed_us = started.elapsed().as_micros() as u64,
+                "ADD"
+            )
+        };
         self.runtime.block_on(async {
             let network = Standalone::open(conf, delegated_network(&request.addressing)).await?;
+            step("network opened");
             let id = wiring::endpoint_id(&conf.name, request.container_id, request.ifname);
             let range = range::wanted(conf, network.config())?;
             let mut attempts = 0;
@@ -115,10 +124,13 @@ impl Backend for Standalone {
                     Err(e) => return Err(netd_error(e)),
                 }
             };
-            finish_add(request, &attached, || async {
+            step("attached");
+            let result = finish_add(request, &attached, || async {
                 let _ = network.detach(&id).await;
             })
-            .await
+            .await;
+            step("result");
+            result
         })
     }
 

@@ -12,6 +12,7 @@ pub fn run(inv: &Invocation, backend: &dyn Backend) -> Result<Value, CniError> {
     let conf = &inv.conf;
     // Everything that can be refused is refused before anything is touched.
     backend.validate(conf)?;
+    tracing::debug!("ADD validated");
     let netns = existing_netns(inv.env.netns.as_deref().expect("ADD requires CNI_NETNS"))?;
     let prev = conf
         .prev_result
