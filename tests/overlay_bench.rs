@@ -114,7 +114,8 @@ async fn bench_overlay() {
         results.push((tunnel.name, figures));
     }
     let _ = std::fs::remove_dir_all(&keys);
-    println!("{}", report(&results));
+    // On a line of its own: the test harness has just printed "test … ".
+    println!("\n{}", report(&results));
     let weft = results
         .iter()
         .find(|(n, _)| *n == "weft")
