@@ -10,7 +10,7 @@
 //!
 //! Buffers are allocated once per thread; the per-packet path takes the peer
 //! table's read lock once per batch, the peer's own lock once per
-//! super-segment (tx) or datagram (rx), and allocates nothing.
+//! packet, and allocates nothing.
 
 use std::io::ErrorKind;
 use std::net::SocketAddr;
@@ -128,8 +128,12 @@ fn encapsulate(
         peer.counters.drops.add(DropReason::TooBig, 1);
         return;
     }
-    let mut state = peer.state.lock().expect("peer state lock poisoned");
-    let Some(endpoint) = state.endpoint else {
+    let Some(endpoint) = peer
+        .state
+        .lock()
+        .expect("peer state lock poisoned")
+        .endpoint
+    else {
         peer.counters.drops.add(DropReason::NoEndpoint, 1);
         return;
     };
@@ -139,6 +143,9 @@ fn encapsulate(
         if !batch.has_room(inner.len() + DATA_OVERHEAD) {
             flush(shared, batch);
         }
+        // Locked per packet, not per super-segment: the rx thread (ACKs,
+        // handshakes for this peer) waits one packet's encryption at most.
+        let mut state = peer.state.lock().expect("peer state lock poisoned");
         let len = match state.session.encapsulate(inner, batch.next_slot()) {
             SessionOutput::ToNetwork(wire) => {
                 if wire.first() == Some(&4) {
@@ -158,9 +165,9 @@ fn encapsulate(
                 return;
             }
         };
+        drop(state);
         batch.commit(len, endpoint, gso);
     });
-    drop(state);
     peer.counters.sent(bytes, packets);
     if cut.is_err() {
         peer.counters.drops.add(DropReason::Malformed, 1);
