@@ -71,10 +71,11 @@ pub struct Coalescer {
 }
 
 impl Coalescer {
-    /// Up to `flows` runs at once.
+    /// Up to `flows` runs at once; 0 passes every packet straight through
+    /// (for a TUN device that cannot take super-packets).
     pub fn new(flows: usize) -> Coalescer {
         Coalescer {
-            runs: (0..flows.max(1))
+            runs: (0..flows)
                 .map(|_| Run {
                     buf: vec![0u8; MAX_PACKET],
                     len: 0,
@@ -94,7 +95,7 @@ impl Coalescer {
 
     /// Takes one IP packet; writes whatever can no longer wait.
     pub fn push(&mut self, packet: &[u8], sink: &mut impl PacketSink) {
-        let Some(c) = candidate(packet) else {
+        let Some(c) = candidate(packet).filter(|_| !self.runs.is_empty()) else {
             if let Some(i) = self.same_flow(packet) {
                 self.flush_run(i, sink);
             }
@@ -428,6 +429,14 @@ mod tests {
         assert_eq!(written[1].0.gso_type, VIRTIO_NET_HDR_GSO_TCPV4);
         assert_eq!(written[2].1, fin);
         assert_eq!(written[2].0, VirtioNetHdr::default());
+    }
+
+    #[test]
+    fn without_runs_every_packet_passes_alone() {
+        let segs = segments(false, 5 * 1368, 0);
+        let written = collect(&mut Coalescer::new(0), &segs);
+        assert_eq!(written.len(), 5);
+        assert!(written.iter().all(|(h, _)| *h == VirtioNetHdr::default()));
     }
 
     #[test]
