@@ -12,6 +12,14 @@ impl Network {
     /// Removes the endpoint's links, then its record and reservations.
     /// Links that are already gone count as removed.
     pub(crate) async fn remove_endpoint(&self, ep: &Endpoint) -> Result<Vec<IpAddr>> {
+        let started = std::time::Instant::now();
+        let step = |name: &str| {
+            tracing::debug!(
+                step = name,
+                elapsed_us = started.elapsed().as_micros() as u64,
+                "detach"
+            )
+        };
         if !ep.ports.is_empty() {
             let ports = ep.ports.clone();
             // A failure here is not fatal: reconciliation syncs the firewall
@@ -23,6 +31,7 @@ impl Network {
                 tracing::warn!(container = %ep.name, "withdraw published ports: {e}");
             }
         }
+        step("ports withdrawn");
         let nl = self.netlink().await?;
         match nl.delete_link(&ep.host_ifname).await {
             Ok(()) => {}
@@ -37,10 +46,12 @@ impl Network {
                 ))
             }
         }
+        step("link deleted");
         let released = self.store.update(|s| -> Result<Vec<IpAddr>> {
             s.endpoints.remove(&ep.id);
             Ok(s.ipam.release_owner(&ep.id))
         })?;
+        step("forgotten");
         Ok(released)
     }
 
