@@ -103,7 +103,8 @@ impl Backend for Daemon {
             }
             let subnets = wiring::configured_subnets(conf)?;
             if conf.ipam_delegate().is_some() {
-                host::check_overlap(&subnets, conf.bridge_name()).await?;
+                let nl = host::own_netlink().await?;
+                host::check_overlap(&nl, &subnets, conf.bridge_name()).await?;
             }
             Ok(())
         })
@@ -131,7 +132,8 @@ impl Backend for Daemon {
                 .post("/v1/containers", &netd_req)
                 .await
                 .map_err(|e| self.err(e))?;
-            finish_add(request, &attached, || async {
+            let nl = host::own_netlink().await?;
+            finish_add(&nl, request, &attached, || async {
                 let _: Result<netd::DetachReport, _> =
                     self.client.delete(&format!("/v1/containers/{id}")).await;
             })

@@ -23,7 +23,7 @@ fn kernel(doing: &str, e: plumb::Error) -> CniError {
 /// costs more than the whole ADD.
 pub const OWN_NETNS: &str = "/proc/self/ns/net";
 
-async fn own_netlink() -> Result<Netlink, CniError> {
+pub async fn own_netlink() -> Result<Netlink, CniError> {
     let ns = Netns::path(OWN_NETNS).map_err(|e| kernel("open the runtime's namespace", e))?;
     Netlink::open(&ns)
         .await
@@ -37,8 +37,11 @@ fn overlaps(a: &IpNetwork, b: &IpNetwork) -> bool {
 /// Code 7 when one of `subnets` overlaps an address of this host outside the
 /// bridge `bridge` (it would hijack the host's own traffic); the message
 /// names both.
-pub async fn check_overlap(subnets: &[IpNetwork], bridge: &str) -> Result<(), CniError> {
-    let nl = own_netlink().await?;
+pub async fn check_overlap(
+    nl: &Netlink,
+    subnets: &[IpNetwork],
+    bridge: &str,
+) -> Result<(), CniError> {
     let links = nl.links().await.map_err(|e| kernel("list links", e))?;
     let addrs = nl
         .addresses(None)
@@ -71,8 +74,11 @@ pub async fn check_overlap(subnets: &[IpNetwork], bridge: &str) -> Result<(), Cn
 
 /// Puts each gateway of a delegated IPAM result on the bridge (with the
 /// prefix of its address), as the reference bridge plugin's `isGateway` does.
-pub async fn ensure_bridge_gateways(bridge: &str, ipam: &CniResult) -> Result<(), CniError> {
-    let nl = own_netlink().await?;
+pub async fn ensure_bridge_gateways(
+    nl: &Netlink,
+    bridge: &str,
+    ipam: &CniResult,
+) -> Result<(), CniError> {
     let present = nl
         .link_addresses(bridge)
         .await
@@ -101,11 +107,8 @@ pub struct HostSide {
     pub veth_mtu: Option<u32>,
 }
 
-pub async fn host_side(bridge: &str, veth: &str) -> HostSide {
-    let links = match own_netlink().await {
-        Ok(nl) => nl.links().await.unwrap_or_default(),
-        Err(_) => Vec::new(),
-    };
+pub async fn host_side(nl: &Netlink, bridge: &str, veth: &str) -> HostSide {
+    let links = nl.links().await.unwrap_or_default();
     let find = |name: &str| links.iter().find(|l| l.name == name);
     HostSide {
         bridge_mac: find(bridge).and_then(|l| l.mac).map(|m| m.to_string()),

@@ -21,6 +21,9 @@ const RANGE_RETRIES: usize = 16;
 
 pub struct Standalone {
     runtime: tokio::runtime::Runtime,
+    /// One netlink connection in the runtime's namespace for the whole call
+    /// (the overlap check, the bridge's gateways, the result's MACs).
+    host: tokio::sync::OnceCell<plumb::Netlink>,
 }
 
 impl Standalone {
@@ -29,7 +32,14 @@ impl Standalone {
             .enable_all()
             .build()
             .map_err(|e| CniError::internal("cannot start the async runtime", e.to_string()))?;
-        Ok(Standalone { runtime })
+        Ok(Standalone {
+            runtime,
+            host: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    async fn host(&self) -> Result<&plumb::Netlink, CniError> {
+        self.host.get_or_try_init(host::own_netlink).await
     }
 
     async fn open(conf: &NetConf, delegated: Option<IpNetwork>) -> Result<netd::Network, CniError> {
@@ -75,8 +85,9 @@ impl Backend for Standalone {
         wiring::refuse_unsupported(conf)?;
         let subnets = wiring::configured_subnets(conf)?;
         wiring::netd_config(conf, None)?;
-        self.runtime
-            .block_on(host::check_overlap(&subnets, conf.bridge_name()))
+        self.runtime.block_on(async {
+            host::check_overlap(self.host().await?, &subnets, conf.bridge_name()).await
+        })
     }
 
     fn add(&self, request: &AttachRequest) -> Result<CniResult, CniError> {
@@ -125,7 +136,8 @@ impl Backend for Standalone {
                 }
             };
             step("attached");
-            let result = finish_add(request, &attached, || async {
+            let nl = self.host().await?;
+            let result = finish_add(nl, request, &attached, || async {
                 let _ = network.detach(&id).await;
             })
             .await;
@@ -274,6 +286,7 @@ pub fn attachment_of(prefix: &str, ep: &netd::Endpoint) -> Option<Attachment> {
 /// After netd's attach: the delegated IPAM's gateways and routes, then the
 /// result. `undo` detaches again when a step fails.
 pub async fn finish_add<F, Fut>(
+    nl: &plumb::Netlink,
     request: &AttachRequest<'_>,
     attached: &netd::AttachResult,
     undo: F,
@@ -290,7 +303,7 @@ where
     let extra = async {
         if let Some(ipam) = ipam {
             if conf.is_gateway || conf.is_default_gateway {
-                host::ensure_bridge_gateways(conf.bridge_name(), ipam).await?;
+                host::ensure_bridge_gateways(nl, conf.bridge_name(), ipam).await?;
             }
             host::add_routes(
                 &request.netns,
@@ -306,7 +319,7 @@ where
         undo().await;
         return Err(e);
     }
-    let side = host::host_side(conf.bridge_name(), &attached.interfaces[0].name).await;
+    let side = host::host_side(nl, conf.bridge_name(), &attached.interfaces[0].name).await;
     Ok(wiring::cni_result(
         conf,
         &wiring::Attached {
