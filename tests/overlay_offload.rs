@@ -93,3 +93,73 @@ async fn bulk_tcp_crosses_as_super_packets_at_every_step() {
     let stats = da.peer_stats(&db.public_key()).unwrap();
     assert_eq!(stats.drops.total(), 0, "{:?}", stats.drops.nonzero());
 }
+
+/// A burst of UDP datagrams arrives whole and in its boundaries: the
+/// receiver's device writes them as UDP super-packets (USO, where the kernel
+/// takes them), which the kernel cuts again for the socket.
+#[tokio::test]
+async fn a_udp_burst_arrives_datagram_by_datagram() {
+    root_or_skip!();
+    let world = World::new().await.unwrap();
+    let a = world.host("a").await.unwrap();
+    let b = world.host("b").await.unwrap();
+    let da = device_on(&a, "10.99.0.1/24").await;
+    let db = device_on(&b, "10.99.0.2/24").await;
+    da.set_peer(peer(&db, &b, "10.99.0.2/32")).unwrap();
+    db.set_peer(peer(&da, &a, "10.99.0.1/32")).unwrap();
+    assert!(world::ping(&b.netns, "10.99.0.1".parse().unwrap()).unwrap());
+
+    let receiver = a
+        .netns
+        .run(|| std::net::UdpSocket::bind("10.99.0.1:0"))
+        .unwrap()
+        .unwrap();
+    force_receive_buffer(&receiver, 8 << 20);
+    receiver
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let to = receiver.local_addr().unwrap();
+    let sender = b
+        .netns
+        .run(|| std::net::UdpSocket::bind("10.99.0.2:0"))
+        .unwrap()
+        .unwrap();
+    const COUNT: u32 = 300;
+    const SIZE: usize = 1200;
+    let written_before = link_counts(&a.netns, "weft-wg0", "rx");
+    for i in 0..COUNT {
+        let mut d = vec![(i % 251) as u8; SIZE];
+        d[..4].copy_from_slice(&i.to_be_bytes());
+        sender.send_to(&d, to).unwrap();
+    }
+    let mut buf = vec![0u8; 65536];
+    for i in 0..COUNT {
+        let (n, _) = receiver
+            .recv_from(&mut buf)
+            .unwrap_or_else(|e| panic!("datagram {i} of {COUNT}: {e}"));
+        assert_eq!(n, SIZE, "datagram {i} lost its boundaries");
+        assert_eq!(u32::from_be_bytes(buf[..4].try_into().unwrap()), i, "order");
+        assert!(buf[4..n].iter().all(|b| *b == (i % 251) as u8), "content");
+    }
+    let writes = link_counts(&a.netns, "weft-wg0", "rx").1 - written_before.1;
+    eprintln!("{COUNT} datagrams in {writes} TUN writes");
+    // Back-to-back datagrams share receive batches: some must have merged
+    // (typically 300 datagrams take under ten writes).
+    assert!(writes < u64::from(COUNT), "no UDP merging: {writes} writes");
+}
+
+/// SO_RCVBUFFORCE (root), so a burst waits in the socket instead of dropping.
+fn force_receive_buffer(socket: &std::net::UdpSocket, bytes: libc::c_int) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the option value is a c_int that lives across the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&bytes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
+}

@@ -180,11 +180,8 @@ pub(super) fn rx_loop(shared: &Shared) {
     let mut out = vec![0u8; MAX_DATAGRAM];
     let mut cookie = [0u8; COOKIE_REPLY_LEN];
     // A TUN device without offloads (an old kernel) gets single packets only.
-    let mut gro = Coalescer::new(if shared.tun.offloads().tso {
-        GRO_FLOWS
-    } else {
-        0
-    });
+    let offloads = shared.tun.offloads();
+    let mut gro = Coalescer::new(if offloads.tso { GRO_FLOWS } else { 0 }, offloads.uso);
     let mut sink = TunSink { shared };
     loop {
         match shared.stop.wait(shared.udp.as_raw_fd(), -1) {

@@ -17,14 +17,17 @@
 //! byte. Packets written alone keep their own checksum, which the kernel checks.
 
 use super::{
-    fold, ipv4_header_checksum, pseudo_header, VirtioNetHdr, IPPROTO_TCP,
+    fold, ipv4_header_checksum, pseudo_header, VirtioNetHdr, IPPROTO_TCP, IPPROTO_UDP,
     VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6,
+    VIRTIO_NET_HDR_GSO_UDP_L4,
 };
 
 /// The largest packet we build (an IPv4 total length must fit 16 bits).
 const MAX_PACKET: usize = 65_535;
 const TCP_ACK: u8 = 0x10;
 const TCP_PSH: u8 = 0x08;
+/// Datagrams per UDP super-packet (the kernel's UDP_MAX_SEGMENTS is 64 or more).
+const UDP_MAX_SEGMENTS: usize = 64;
 
 /// Where a writer puts packets: a virtio-net header and the packet after it.
 pub trait PacketSink {
@@ -42,7 +45,9 @@ struct Run {
     buf: Vec<u8>,
     /// Bytes of `buf` in use; 0 when the slot is free.
     len: usize,
-    /// Offset of the TCP header, and of the payload.
+    /// TCP or UDP.
+    proto: u8,
+    /// Offset of the TCP/UDP header, and of the payload.
     l4: usize,
     headers: usize,
     /// Payload of the first packet: the size the kernel cuts at.
@@ -56,8 +61,9 @@ struct Run {
     stamp: u64,
 }
 
-/// What `push` learned about a TCP packet that could join a run.
+/// What `push` learned about a packet that could join a run.
 struct Candidate {
+    proto: u8,
     l4: usize,
     headers: usize,
     seq: u32,
@@ -68,17 +74,21 @@ struct Candidate {
 pub struct Coalescer {
     runs: Vec<Run>,
     clock: u64,
+    /// Merge UDP datagrams too (the kernel takes UDP super-packets, USO).
+    udp: bool,
 }
 
 impl Coalescer {
     /// Up to `flows` runs at once; 0 passes every packet straight through
-    /// (for a TUN device that cannot take super-packets).
-    pub fn new(flows: usize) -> Coalescer {
+    /// (for a TUN device that cannot take super-packets). With `udp`, a UDP
+    /// flow's equal-sized datagrams merge too (Linux 6.2+ takes them, USO).
+    pub fn new(flows: usize, udp: bool) -> Coalescer {
         Coalescer {
             runs: (0..flows)
                 .map(|_| Run {
                     buf: vec![0u8; MAX_PACKET],
                     len: 0,
+                    proto: 0,
                     l4: 0,
                     headers: 0,
                     mss: 0,
@@ -90,12 +100,13 @@ impl Coalescer {
                 })
                 .collect(),
             clock: 0,
+            udp,
         }
     }
 
     /// Takes one IP packet; writes whatever can no longer wait.
     pub fn push(&mut self, packet: &[u8], sink: &mut impl PacketSink) {
-        let Some(c) = candidate(packet).filter(|_| !self.runs.is_empty()) else {
+        let Some(c) = candidate(packet, self.udp).filter(|_| !self.runs.is_empty()) else {
             if let Some(i) = self.same_flow(packet) {
                 self.flush_run(i, sink);
             }
@@ -134,12 +145,13 @@ impl Coalescer {
         }
     }
 
-    /// The run holding `packet`'s TCP flow, if any.
+    /// The run holding `packet`'s TCP or UDP flow, if any.
     fn same_flow(&self, packet: &[u8]) -> Option<usize> {
-        let (addrs, l4) = flow_fields(packet)?;
+        let (addrs, l4, proto) = flow_fields(packet)?;
         let ports = packet.get(l4..l4 + 4)?;
         self.runs.iter().position(|r| {
             r.len > 0
+                && r.proto == proto
                 && r.buf[0] >> 4 == packet[0] >> 4
                 && r.buf[addrs.clone()] == packet[addrs.clone()]
                 && r.buf[r.l4..r.l4 + 4] == *ports
@@ -161,22 +173,31 @@ impl Coalescer {
             packet[2..4].copy_from_slice(&(len as u16).to_be_bytes());
             ipv4_header_checksum(packet);
         }
-        if run.psh {
-            packet[run.l4 + 13] |= TCP_PSH;
-        }
-        let partial = fold(pseudo_header(packet, IPPROTO_TCP, len - run.l4));
-        packet[run.l4 + 16..run.l4 + 18].copy_from_slice(&partial.to_ne_bytes());
-        let hdr = VirtioNetHdr {
-            flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
-            gso_type: if v6 {
+        let l4_len = len - run.l4;
+        let (gso_type, csum_offset) = if run.proto == IPPROTO_UDP {
+            packet[run.l4 + 4..run.l4 + 6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+            (VIRTIO_NET_HDR_GSO_UDP_L4, 6)
+        } else {
+            if run.psh {
+                packet[run.l4 + 13] |= TCP_PSH;
+            }
+            let t = if v6 {
                 VIRTIO_NET_HDR_GSO_TCPV6
             } else {
                 VIRTIO_NET_HDR_GSO_TCPV4
-            },
+            };
+            (t, 16)
+        };
+        let partial = fold(pseudo_header(packet, run.proto, l4_len));
+        let at = run.l4 + csum_offset;
+        packet[at..at + 2].copy_from_slice(&partial.to_ne_bytes());
+        let hdr = VirtioNetHdr {
+            flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
+            gso_type,
             hdr_len: run.headers as u16,
             gso_size: run.mss as u16,
             csum_start: run.l4 as u16,
-            csum_offset: 16,
+            csum_offset: csum_offset as u16,
         };
         sink.write_packet(&hdr, packet);
     }
@@ -186,6 +207,7 @@ impl Run {
     fn start(&mut self, packet: &[u8], c: &Candidate, stamp: u64) {
         self.buf[..packet.len()].copy_from_slice(packet);
         self.len = packet.len();
+        self.proto = c.proto;
         self.l4 = c.l4;
         self.headers = c.headers;
         self.mss = packet.len() - c.headers;
@@ -207,6 +229,22 @@ impl Run {
             run[..4] == packet[..4] && run[7] == packet[7]
         };
         let l4 = c.l4;
+        if c.proto == IPPROTO_UDP {
+            if self.closed
+                || !same_ip
+                || c.headers != self.headers
+                || payload > self.mss
+                || self.count >= UDP_MAX_SEGMENTS
+                || self.len + payload > MAX_PACKET
+            {
+                return false;
+            }
+            self.buf[self.len..self.len + payload].copy_from_slice(&packet[c.headers..]);
+            self.len += payload;
+            self.count += 1;
+            self.closed = payload < self.mss;
+            return true;
+        }
         if self.closed
             || !same_ip
             || c.headers != self.headers
@@ -236,45 +274,60 @@ impl Run {
     }
 }
 
-/// The address range and TCP header offset of a TCP packet, if it is one.
-fn flow_fields(packet: &[u8]) -> Option<(std::ops::Range<usize>, usize)> {
+/// The address range, transport header offset and protocol of a TCP or UDP
+/// packet, if it is one.
+fn flow_fields(packet: &[u8]) -> Option<(std::ops::Range<usize>, usize, u8)> {
+    let tcp_or_udp = |p: u8| p == IPPROTO_TCP || p == IPPROTO_UDP;
     match packet.first()? >> 4 {
-        4 if packet.len() >= 20 && packet[9] == IPPROTO_TCP => {
-            Some((12..20, usize::from(packet[0] & 0x0f) * 4))
+        4 if packet.len() >= 20 && tcp_or_udp(packet[9]) => {
+            Some((12..20, usize::from(packet[0] & 0x0f) * 4, packet[9]))
         }
-        6 if packet.len() >= 40 && packet[6] == IPPROTO_TCP => Some((8..40, 40)),
+        6 if packet.len() >= 40 && tcp_or_udp(packet[6]) => Some((8..40, 40, packet[6])),
         _ => None,
     }
 }
 
-/// A TCP packet with data, only ACK (and maybe PSH) set, no IP options or
-/// extension headers, not a fragment, lengths consistent.
-fn candidate(packet: &[u8]) -> Option<Candidate> {
+/// A TCP packet with data, only ACK (and maybe PSH) set, or (with `udp`) a
+/// UDP datagram with data; no IP options or extension headers, not a
+/// fragment, lengths consistent.
+fn candidate(packet: &[u8], udp: bool) -> Option<Candidate> {
     let len = packet.len();
-    let l4 = match packet.first()? >> 4 {
+    let (l4, proto) = match packet.first()? >> 4 {
         4 => {
-            if len < 40
+            if len < 28
                 || packet[0] & 0x0f != 5
-                || packet[9] != IPPROTO_TCP
                 || usize::from(u16::from_be_bytes([packet[2], packet[3]])) != len
                 // MF or a fragment offset.
                 || u16::from_be_bytes([packet[6], packet[7]]) & 0x3fff != 0
             {
                 return None;
             }
-            20
+            (20, packet[9])
         }
         6 => {
-            if len < 60
-                || packet[6] != IPPROTO_TCP
-                || usize::from(u16::from_be_bytes([packet[4], packet[5]])) + 40 != len
-            {
+            if len < 48 || usize::from(u16::from_be_bytes([packet[4], packet[5]])) + 40 != len {
                 return None;
             }
-            40
+            (40, packet[6])
         }
         _ => return None,
     };
+    if proto == IPPROTO_UDP {
+        let udp_len = usize::from(u16::from_be_bytes([packet[l4 + 4], packet[l4 + 5]]));
+        if !udp || udp_len != len - l4 || len <= l4 + 8 {
+            return None;
+        }
+        return Some(Candidate {
+            proto,
+            l4,
+            headers: l4 + 8,
+            seq: 0,
+            flags: 0,
+        });
+    }
+    if proto != IPPROTO_TCP || len < l4 + 20 {
+        return None;
+    }
     let headers = l4 + usize::from(packet[l4 + 12] >> 4) * 4;
     let flags = packet[l4 + 13];
     if headers < l4 + 20 || headers >= len || flags & !TCP_PSH != TCP_ACK {
@@ -287,6 +340,7 @@ fn candidate(packet: &[u8]) -> Option<Candidate> {
         packet[l4 + 7],
     ]);
     Some(Candidate {
+        proto,
         l4,
         headers,
         seq,
@@ -344,7 +398,7 @@ mod tests {
     fn a_flows_segments_merge_into_one_packet_that_cuts_back_identically() {
         for v6 in [false, true] {
             let segs = segments(v6, 40_000, TCP_PSH);
-            let mut c = Coalescer::new(4);
+            let mut c = Coalescer::new(4, true);
             let written = collect(&mut c, &segs);
             assert_eq!(written.len(), 1, "v6 {v6}");
             let (hdr, packet) = &written[0];
@@ -375,7 +429,7 @@ mod tests {
             })
             .collect();
         segs.extend(more);
-        let mut c = Coalescer::new(4);
+        let mut c = Coalescer::new(4, true);
         let written = collect(&mut c, &segs);
         assert!(written.len() >= 2);
         assert!(written.iter().all(|(_, p)| p.len() <= MAX_PACKET));
@@ -385,7 +439,7 @@ mod tests {
         // A missing segment starts a new run.
         let mut gap = segments(false, 10 * 1368, 0);
         gap.remove(4);
-        let written = collect(&mut Coalescer::new(4), &gap);
+        let written = collect(&mut Coalescer::new(4, true), &gap);
         assert_eq!(written.len(), 2);
         assert_eq!(recut(&written[0].0, &written[0].1).len(), 4);
 
@@ -393,7 +447,7 @@ mod tests {
         let mut acks = segments(false, 4 * 1368, 0);
         acks[2][20 + 11] ^= 1;
         seg_fix(&mut acks[2]);
-        let written = collect(&mut Coalescer::new(4), &acks);
+        let written = collect(&mut Coalescer::new(4, true), &acks);
         let sizes: Vec<usize> = written.iter().map(|(h, p)| recut(h, p).len()).collect();
         assert_eq!(sizes, [2, 1, 1]);
     }
@@ -412,7 +466,8 @@ mod tests {
             .udp(1, 2)
             .write(&mut udp, b"hello")
             .unwrap();
-        let mut c = Coalescer::new(4);
+        // UDP merging off: the datagram is a packet that cannot join anything.
+        let mut c = Coalescer::new(4, false);
         let written = std::cell::RefCell::new(Vec::new());
         let mut sink = |h: &VirtioNetHdr, p: &[u8]| written.borrow_mut().push((*h, p.to_vec()));
         for s in &segs {
@@ -432,9 +487,44 @@ mod tests {
     }
 
     #[test]
+    fn a_udp_flows_datagrams_merge_and_cut_back_identically() {
+        for v6 in [false, true] {
+            let datagrams: Vec<Vec<u8>> = (0..10u8)
+                .map(|i| {
+                    let data = vec![i; if i == 9 { 500 } else { 1200 }];
+                    let mut p = Vec::new();
+                    let b = if v6 {
+                        etherparse::PacketBuilder::ipv6(
+                            "fd99::2".parse::<std::net::Ipv6Addr>().unwrap().octets(),
+                            "fd99::1".parse::<std::net::Ipv6Addr>().unwrap().octets(),
+                            64,
+                        )
+                    } else {
+                        etherparse::PacketBuilder::ipv4([10, 99, 0, 2], [10, 99, 0, 1], 64)
+                    };
+                    b.udp(5000, 5201).write(&mut p, &data).unwrap();
+                    p
+                })
+                .collect();
+            let written = collect(&mut Coalescer::new(4, true), &datagrams);
+            assert_eq!(written.len(), 1, "v6 {v6}");
+            let (hdr, packet) = &written[0];
+            assert_eq!(hdr.gso_type, VIRTIO_NET_HDR_GSO_UDP_L4);
+            assert_eq!(hdr.gso_size, 1200);
+            let back = recut(hdr, packet);
+            assert_eq!(back.len(), 10);
+            for (a, b) in back.iter().zip(&datagrams) {
+                assert_eq!(seg_tests::verify(a), seg_tests::verify(b));
+            }
+            // Without UDP merging, each goes alone.
+            assert_eq!(collect(&mut Coalescer::new(4, false), &datagrams).len(), 10);
+        }
+    }
+
+    #[test]
     fn without_runs_every_packet_passes_alone() {
         let segs = segments(false, 5 * 1368, 0);
-        let written = collect(&mut Coalescer::new(0), &segs);
+        let written = collect(&mut Coalescer::new(0, true), &segs);
         assert_eq!(written.len(), 5);
         assert!(written.iter().all(|(h, _)| *h == VirtioNetHdr::default()));
     }
@@ -452,7 +542,7 @@ mod tests {
             .zip(&b)
             .flat_map(|(x, y)| [x.clone(), y.clone()])
             .collect();
-        let written = collect(&mut Coalescer::new(4), &mixed);
+        let written = collect(&mut Coalescer::new(4, true), &mixed);
         assert_eq!(written.len(), 2);
         assert_eq!(recut(&written[0].0, &written[0].1).len(), 5);
         assert_eq!(recut(&written[1].0, &written[1].1).len(), 5);
