@@ -163,6 +163,31 @@ pub fn unmount_under(dir: &Path) {
     }
 }
 
+/// Waits (bounded) until no process has `path` on its command line.
+pub fn wait_for_processes_using(path: &Path, timeout: Duration) {
+    let needle = path.display().to_string();
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let busy = std::fs::read_dir("/proc")
+            .map(|entries| {
+                entries.filter_map(|e| e.ok()).any(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .bytes()
+                        .all(|b| b.is_ascii_digit())
+                        && std::fs::read(e.path().join("cmdline"))
+                            .map(|c| String::from_utf8_lossy(&c).contains(&needle))
+                            .unwrap_or(false)
+                })
+            })
+            .unwrap_or(false);
+        if !busy {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A TCP client in `netns`: sends `payload` to `to` and returns what comes
 /// back before the server closes (busybox `nc -e /bin/cat` echoes it).
 pub fn tcp_echo(netns: &Netns, to: SocketAddr, payload: &[u8]) -> Result<Vec<u8>> {
@@ -312,7 +337,12 @@ impl Drop for Podman {
             &["rm", "--all", "--force", "--time", "0"],
             Duration::from_secs(60),
         );
+        // conmon runs `podman container cleanup` when a container exits, with
+        // our --runroot: wait for those (ours, never killed) before removing it.
+        wait_for_processes_using(&self.runroot, Duration::from_secs(15));
         unmount_under(&self.dir);
+        unmount_under(&self.runroot);
+        let _ = std::fs::remove_dir_all(&self.runroot);
     }
 }
 
