@@ -33,15 +33,17 @@ use super::{send_one, Shared};
 const MAX_DATAGRAM: usize = 65_536;
 /// How often session timers run.
 const TIMER_TICK: Duration = Duration::from_millis(100);
-/// Bytes of encrypted datagrams the tx thread gathers before sending: a few
-/// super-segments' worth, so the receiver starts on one while we encrypt the next.
+/// The tx thread reads another super-segment from the TUN only while the
+/// send batch has this much room left; the batch holds this plus two
+/// datagrams' worth, so it goes out after two or three super-segments (about
+/// 140–200 KiB): measured better than sending after each one (the kernel's
+/// send path dominates) or after eight (the receiver idles meanwhile).
 const TX_BATCH_BYTES: usize = 4 * MAX_DATAGRAM;
 /// Flows the rx coalescer merges at once.
 const GRO_FLOWS: usize = 8;
 
 /// TUN → segment → allowed IPs → session encapsulate → sendmmsg (GSO).
 pub(super) fn tx_loop(shared: &Shared) {
-    // Room for the batch plus the datagrams of one more super-segment.
     let mut batch = SendBatch::new(shared.batch.max(8), TX_BATCH_BYTES + 2 * MAX_DATAGRAM);
     let mut buf = vec![0u8; VNET_HDR_LEN + MAX_DATAGRAM];
     let mut scratch = vec![0u8; MAX_DATAGRAM];
