@@ -163,3 +163,52 @@ fn force_receive_buffer(socket: &std::net::UdpSocket, bytes: libc::c_int) {
     };
     assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
 }
+
+/// An underlay smaller than the overlay was configured for: the kernel
+/// refuses GSO sends whose datagrams exceed the path MTU (EMSGSIZE); the
+/// device sends those datagrams one by one (the kernel fragments them) and
+/// the traffic still arrives. (Before this was handled, the transfer stalled
+/// after its first window: every GSO message was dropped.)
+#[tokio::test]
+async fn an_underlay_smaller_than_configured_still_carries_bulk_tcp() {
+    root_or_skip!();
+    let world = World::new().await.unwrap();
+    let a = world.host("a").await.unwrap();
+    let b = world.host("b").await.unwrap();
+    let mut devices = Vec::new();
+    for (host, cidr) in [(&a, "10.99.0.1/24"), (&b, "10.99.0.2/24")] {
+        let mut config = DeviceConfig::new(PrivateKey::generate().unwrap());
+        // 1420 + 32 bytes of WireGuard + 28 of UDP/IPv4: more than b's 1400.
+        config.mtu = Some(1420);
+        let device = Device::create(&host.netns, config).await.unwrap();
+        Netlink::open(&host.netns)
+            .await
+            .unwrap()
+            .add_address(device.name(), cidr.parse().unwrap(), false)
+            .await
+            .unwrap();
+        devices.push(device);
+    }
+    let (da, db) = (&devices[0], &devices[1]);
+    da.set_peer(peer(db, &b, "10.99.0.2/32")).unwrap();
+    db.set_peer(peer(da, &a, "10.99.0.1/32")).unwrap();
+    let out = world::run_in(
+        &b.netns,
+        "ip",
+        &["link", "set", "eth0", "mtu", "1400"],
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert!(out.success, "{}", out.stderr);
+    // b sends full-sized datagrams in bulk: GSO first, refused, then singles.
+    tcp_bulk(
+        &a.netns,
+        "10.99.0.1:0".parse().unwrap(),
+        &b.netns,
+        4 << 20,
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    let peer = db.peer_stats(&da.public_key()).unwrap();
+    assert_eq!(peer.drops.total(), 0, "{:?}", peer.drops.nonzero());
+}

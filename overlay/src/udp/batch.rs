@@ -326,11 +326,21 @@ impl SendBatch {
                     }
                 }
                 _ if m.datagrams > 1
-                    && matches!(err.raw_os_error(), Some(libc::EIO | libc::EINVAL)) =>
+                    && matches!(
+                        err.raw_os_error(),
+                        Some(libc::EIO | libc::EINVAL | libc::EMSGSIZE)
+                    ) =>
                 {
-                    // No GSO on this path (no checksum offload, or an old kernel).
-                    socket.gso.store(false, Ordering::Relaxed);
-                    tracing::debug!("UDP GSO refused ({err}); sending datagrams one by one");
+                    if err.raw_os_error() == Some(libc::EMSGSIZE) {
+                        // The datagrams exceed this path's MTU: GSO cannot
+                        // cut them, the kernel's fragmentation can. Other
+                        // paths may still take GSO.
+                        tracing::debug!("UDP GSO to {}: {err}; sending one by one", m.to);
+                    } else {
+                        // No GSO at all (no checksum offload, or an old kernel).
+                        socket.gso.store(false, Ordering::Relaxed);
+                        tracing::debug!("UDP GSO refused ({err}); sending one by one");
+                    }
                     let bytes = &self.data[m.start..m.start + m.len];
                     for d in bytes.chunks(m.segment) {
                         match socket.send_to(d, m.to) {
