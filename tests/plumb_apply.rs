@@ -8,27 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use plumb::{LinkOptions, Netlink, Netns};
-use world::{
-    ip_json, ping, root_or_skip, run_in, tcp_exchange, workspace_bin, CommandOutput, Host, World,
-};
-
-/// Runs plumb inside `host` (never in the root namespace).
-fn plumb(host: &Host, args: &[&str]) -> CommandOutput {
-    let bin = workspace_bin("plumb");
-    run_in(
-        &host.netns,
-        bin.to_str().unwrap(),
-        args,
-        Duration::from_secs(60),
-    )
-    .unwrap()
-}
-
-fn plumb_ok(host: &Host, args: &[&str]) -> String {
-    let out = plumb(host, args);
-    assert!(out.success, "plumb {args:?} failed: {}", out.stderr);
-    out.stdout
-}
+use world::{ip_json, ping, root_or_skip, tcp_exchange, CommandOutput, Host, World};
 
 /// Writes `text` to a file of this test's own, named after the world.
 fn topology_file(world: &World, tag: &str, text: &str) -> PathBuf {
@@ -53,7 +33,7 @@ fn cleanup_files(world: &World) -> TempDir {
 fn apply(host: &Host, file: &Path, extra: &[&str]) -> CommandOutput {
     let mut args = vec!["apply", file.to_str().unwrap()];
     args.extend_from_slice(extra);
-    plumb(host, &args)
+    host.plumb(&args)
 }
 
 fn apply_ok(host: &Host, file: &Path, extra: &[&str]) -> String {
@@ -508,9 +488,9 @@ metric = 10
     assert!(out.contains("nothing to do"), "{out}");
 
     // plumb's own commands see apply's wirings, and not the namespace mark.
-    let ls = plumb_ok(&host, &["ls", "--json"]);
+    let ls = host.plumb_ok(&["ls", "--json"]);
     assert!(ls.contains(&web1_name), "{ls}");
-    plumb_ok(&host, &["del", &web1_name]);
+    host.plumb_ok(&["del", &web1_name]);
     let web1_links = link_names(&web1);
     assert!(!web1_links.contains(&"eth1".to_string()), "{web1_links:?}");
     assert!(web1_links.contains(&"theirs".to_string()), "{web1_links:?}");

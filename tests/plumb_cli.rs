@@ -5,27 +5,7 @@
 use std::time::Duration;
 
 use plumb::{LinkOptions, Netlink, Netns};
-use world::{
-    ip_json, ping, root_or_skip, run_in, tcp_exchange, workspace_bin, CommandOutput, Host, World,
-};
-
-/// Runs plumb inside `host` (never in the root namespace).
-fn plumb(host: &Host, args: &[&str]) -> CommandOutput {
-    let bin = workspace_bin("plumb");
-    run_in(
-        &host.netns,
-        bin.to_str().unwrap(),
-        args,
-        Duration::from_secs(30),
-    )
-    .unwrap()
-}
-
-fn plumb_ok(host: &Host, args: &[&str]) -> String {
-    let out = plumb(host, args);
-    assert!(out.success, "plumb {args:?} failed: {}", out.stderr);
-    out.stdout
-}
+use world::{ip_json, ping, root_or_skip, tcp_exchange, World};
 
 fn links(netns: &Netns) -> Vec<String> {
     ip_json(netns, &["link", "show"])
@@ -56,30 +36,24 @@ async fn bridge_wiring_with_ipv6_several_addresses_and_gateway() {
     let c1 = host.container("c1").unwrap();
     let c2 = host.container("c2").unwrap();
     // br1 does not exist: plumb creates it because the name starts with br.
-    let out = plumb_ok(
-        &host,
-        &[
-            "br1",
-            &c1.netns_name,
-            "10.5.0.2/24@10.5.0.1",
-            "fd05::2/64@fd05::1",
-            "10.6.0.2/24",
-        ],
-    );
+    let out = host.plumb_ok(&[
+        "br1",
+        &c1.netns_name,
+        "10.5.0.2/24@10.5.0.1",
+        "fd05::2/64@fd05::1",
+        "10.6.0.2/24",
+    ]);
     assert!(out.contains("wired eth1"), "{out}");
-    plumb_ok(
-        &host,
-        &[
-            "-i",
-            "eth2",
-            "-l",
-            "vc2",
-            "br1",
-            &c2.netns_name,
-            "10.5.0.3/24",
-            "fd05::3/64",
-        ],
-    );
+    host.plumb_ok(&[
+        "-i",
+        "eth2",
+        "-l",
+        "vc2",
+        "br1",
+        &c2.netns_name,
+        "10.5.0.3/24",
+        "fd05::3/64",
+    ]);
 
     let br1 = ip_json(&host.netns, &["-d", "link", "show", "br1"]).unwrap();
     assert_eq!(br1[0]["linkinfo"]["info_kind"], "bridge");
@@ -108,11 +82,8 @@ async fn custom_and_seeded_macs() {
     let host = world.host("a").await.unwrap();
     let c1 = host.container("c1").unwrap();
     let c2 = host.container("c2").unwrap();
-    plumb_ok(
-        &host,
-        &["br1", &c1.netns_name, "10.5.0.2/24", "02:12:34:56:78:9a"],
-    );
-    plumb_ok(&host, &["br1", &c2.netns_name, "10.5.0.3/24", "U:web1"]);
+    host.plumb_ok(&["br1", &c1.netns_name, "10.5.0.2/24", "02:12:34:56:78:9a"]);
+    host.plumb_ok(&["br1", &c2.netns_name, "10.5.0.3/24", "U:web1"]);
     let l1 = ip_json(&c1.netns, &["link", "show", "eth1"]).unwrap();
     assert_eq!(l1[0]["address"], "02:12:34:56:78:9a");
     let l2 = ip_json(&c2.netns, &["link", "show", "eth1"]).unwrap();
@@ -130,7 +101,7 @@ async fn macvlan_in_each_mode() {
     for (i, mode) in ["bridge", "private", "vepa", "passthru"].iter().enumerate() {
         let c = host.container(&format!("m{i}")).unwrap();
         let ip = format!("198.18.100.{}/15", i + 10);
-        let out = plumb(&host, &["--mode", mode, "eth0", &c.netns_name, &ip]);
+        let out = host.plumb(&["--mode", mode, "eth0", &c.netns_name, &ip]);
         if *mode == "passthru" {
             // passthru takes the lower link exclusively: macvlans exist on it already.
             assert!(!out.success, "passthru on a shared lower link must fail");
@@ -161,16 +132,13 @@ async fn macvlan_in_each_mode() {
     // passthru alone on its own lower link works.
     let lone = world.host("p").await.unwrap();
     let c = lone.container("pt").unwrap();
-    let out = plumb(
-        &lone,
-        &[
-            "--mode",
-            "passthru",
-            "eth0",
-            &c.netns_name,
-            "198.18.101.1/15",
-        ],
-    );
+    let out = lone.plumb(&[
+        "--mode",
+        "passthru",
+        "eth0",
+        &c.netns_name,
+        "198.18.101.1/15",
+    ]);
     assert!(out.success, "passthru: {}", out.stderr);
     let l = ip_json(&c.netns, &["-d", "link", "show", "eth1"]).unwrap();
     assert_eq!(l[0]["linkinfo"]["info_data"]["mode"], "passthru");
@@ -187,15 +155,15 @@ async fn vm_bridge_vlan_ports_separate_guests() {
     let c1 = host.container("c1").unwrap();
     let c2 = host.container("c2").unwrap();
     let c3 = host.container("c3").unwrap();
-    plumb_ok(&host, &["br1", &c1.netns_name, "10.5.0.2/24", "@10"]);
-    plumb_ok(&host, &["br1", &c2.netns_name, "10.5.0.3/24", "@10"]);
-    plumb_ok(&host, &["br1", &c3.netns_name, "10.5.0.4/24", "@20"]);
+    host.plumb_ok(&["br1", &c1.netns_name, "10.5.0.2/24", "@10"]);
+    host.plumb_ok(&["br1", &c2.netns_name, "10.5.0.3/24", "@10"]);
+    host.plumb_ok(&["br1", &c3.netns_name, "10.5.0.4/24", "@20"]);
     assert!(ping(&c1.netns, "10.5.0.3".parse().unwrap()).unwrap());
     assert!(
         !ping(&c1.netns, "10.5.0.4".parse().unwrap()).unwrap(),
         "VLANs 10 and 20 must not meet"
     );
-    let ls = plumb_ok(&host, &["ls", "--json"]);
+    let ls = host.plumb_ok(&["ls", "--json"]);
     let ls: serde_json::Value = serde_json::from_str(&ls).unwrap();
     let vlans: Vec<_> = ls
         .as_array()
@@ -229,15 +197,15 @@ async fn del_undoes_exactly_what_plumb_made() {
     )
     .await
     .unwrap();
-    plumb_ok(&host, &["br1", &c1.netns_name, "10.5.0.2/24"]);
-    plumb_ok(&host, &["-i", "eth2", "br1", &c1.netns_name, "10.6.0.2/24"]);
-    plumb_ok(&host, &["br1", &c2.netns_name, "10.5.0.3/24"]);
+    host.plumb_ok(&["br1", &c1.netns_name, "10.5.0.2/24"]);
+    host.plumb_ok(&["-i", "eth2", "br1", &c1.netns_name, "10.6.0.2/24"]);
+    host.plumb_ok(&["br1", &c2.netns_name, "10.5.0.3/24"]);
 
-    let out = plumb_ok(&host, &["del", &c1.netns_name, "-i", "eth2"]);
+    let out = host.plumb_ok(&["del", &c1.netns_name, "-i", "eth2"]);
     assert!(out.contains("eth2"), "{out}");
     assert!(cnl.link("eth2").await.unwrap().is_none());
     assert!(cnl.link("eth1").await.unwrap().is_some());
-    plumb_ok(&host, &["del", &c1.netns_name]);
+    host.plumb_ok(&["del", &c1.netns_name]);
     assert!(cnl.link("eth1").await.unwrap().is_none());
     assert!(
         cnl.link("theirs").await.unwrap().is_some(),
@@ -245,12 +213,12 @@ async fn del_undoes_exactly_what_plumb_made() {
     );
     // br1 still has c2's port, so it stays; after c2 goes, plumb's bridge goes too.
     assert!(links(&host.netns).contains(&"br1".to_string()));
-    plumb_ok(&host, &["del", &c2.netns_name]);
+    host.plumb_ok(&["del", &c2.netns_name]);
     let mut after = links(&host.netns);
     after.retain(|l| l != "mine");
     assert_eq!(after, before_host, "host links left behind");
     // Deleting a named interface plumb did not wire is an error naming it.
-    let out = plumb(&host, &["del", &c1.netns_name, "-i", "theirs"]);
+    let out = host.plumb(&["del", &c1.netns_name, "-i", "theirs"]);
     assert!(
         !out.success && out.stderr.contains("theirs"),
         "{}",
@@ -264,36 +232,30 @@ async fn route_command_changes_guest_routes() {
     let world = World::new().await.unwrap();
     let host = world.host("a").await.unwrap();
     let c1 = host.container("c1").unwrap();
-    plumb_ok(&host, &["br1", &c1.netns_name, "10.5.0.2/24"]);
-    plumb_ok(
-        &host,
-        &[
-            "route",
-            &c1.netns_name,
-            "add",
-            "10.9.0.0/16",
-            "via",
-            "10.5.0.254",
-            "metric",
-            "7",
-        ],
-    );
+    host.plumb_ok(&["br1", &c1.netns_name, "10.5.0.2/24"]);
+    host.plumb_ok(&[
+        "route",
+        &c1.netns_name,
+        "add",
+        "10.9.0.0/16",
+        "via",
+        "10.5.0.254",
+        "metric",
+        "7",
+    ]);
     let r = ip_json(&c1.netns, &["route", "show", "10.9.0.0/16"]).unwrap();
     assert_eq!(r[0]["gateway"], "10.5.0.254");
     assert_eq!(r[0]["metric"], 7);
-    let shown = plumb_ok(&host, &["route", &c1.netns_name, "show"]);
+    let shown = host.plumb_ok(&["route", &c1.netns_name, "show"]);
     assert!(shown.contains("10.9.0.0/16 via 10.5.0.254"), "{shown}");
-    plumb_ok(
-        &host,
-        &[
-            "route",
-            &c1.netns_name,
-            "del",
-            "10.9.0.0/16",
-            "via",
-            "10.5.0.254",
-        ],
-    );
+    host.plumb_ok(&[
+        "route",
+        &c1.netns_name,
+        "del",
+        "10.9.0.0/16",
+        "via",
+        "10.5.0.254",
+    ]);
     let r = ip_json(&c1.netns, &["route", "show", "10.9.0.0/16"]).unwrap();
     assert!(r.as_array().unwrap().is_empty());
 }
@@ -326,7 +288,7 @@ async fn bad_input_gets_a_clear_error_and_creates_nothing() {
         (&["br1", g, "10.5.0.2/24@fd00::1"], "same IP version"),
     ];
     for (args, needle) in cases {
-        let out = plumb(&host, args);
+        let out = host.plumb(args);
         assert!(!out.success, "{args:?} succeeded");
         assert!(
             out.stderr.contains(needle),
@@ -335,7 +297,7 @@ async fn bad_input_gets_a_clear_error_and_creates_nothing() {
         );
     }
     // The host side is named after its /run/netns entry.
-    let out = plumb(&host, &["nosuch0", g, "10.5.0.2/24"]);
+    let out = host.plumb(&["nosuch0", g, "10.5.0.2/24"]);
     let place = format!("in namespace {}", host.netns_name);
     assert!(out.stderr.contains(&place), "{}", out.stderr);
     assert_eq!(
@@ -349,9 +311,9 @@ async fn bad_input_gets_a_clear_error_and_creates_nothing() {
         "bad input created guest links"
     );
     // An interface name taken in the guest: refused, and the new bridge and veth undone.
-    plumb_ok(&host, &["br1", g, "10.5.0.2/24"]);
+    host.plumb_ok(&["br1", g, "10.5.0.2/24"]);
     let before = links(&host.netns);
-    let out = plumb(&host, &["br2", g, "10.6.0.2/24"]);
+    let out = host.plumb(&["br2", g, "10.6.0.2/24"]);
     assert!(
         !out.success && out.stderr.contains("eth1 already exists"),
         "{}",
@@ -376,9 +338,9 @@ async fn vm_macvlan_on_vlan_carries_traffic_between_hosts() {
     let c1 = a.container("c1").unwrap();
     let c2 = b.container("c2").unwrap();
     let c3 = b.container("c3").unwrap();
-    plumb_ok(&a, &["eth0", &c1.netns_name, "10.50.0.1/24", "U:c1@10"]);
-    plumb_ok(&b, &["eth0", &c2.netns_name, "10.50.0.2/24", "@10"]);
-    plumb_ok(&b, &["eth0", &c3.netns_name, "10.50.0.3/24", "@20"]);
+    a.plumb_ok(&["eth0", &c1.netns_name, "10.50.0.1/24", "U:c1@10"]);
+    b.plumb_ok(&["eth0", &c2.netns_name, "10.50.0.2/24", "@10"]);
+    b.plumb_ok(&["eth0", &c3.netns_name, "10.50.0.3/24", "@20"]);
     let sub = ip_json(&a.netns, &["-d", "link", "show", "eth0.10"]).unwrap();
     assert_eq!(sub[0]["linkinfo"]["info_kind"], "vlan");
     assert_eq!(sub[0]["linkinfo"]["info_data"]["id"], 10);
@@ -392,7 +354,7 @@ async fn vm_macvlan_on_vlan_carries_traffic_between_hosts() {
         "VLAN 20 reached from VLAN 10"
     );
     // del removes the VLAN sub-interface plumb made once its last guest is gone.
-    plumb_ok(&b, &["del", &c3.netns_name]);
+    b.plumb_ok(&["del", &c3.netns_name]);
     assert!(!links(&b.netns).contains(&"eth0.20".to_string()));
     assert!(links(&b.netns).contains(&"eth0.10".to_string()));
 }
@@ -405,7 +367,7 @@ async fn dhcp_lease_lands_on_the_guest_interface() {
     let c1 = host.container("c1").unwrap();
     let c2 = host.container("c2").unwrap();
     // A static guest first, so br1 exists for the DHCP server to listen on.
-    plumb_ok(&host, &["br1", &c1.netns_name, "10.5.0.2/24"]);
+    host.plumb_ok(&["br1", &c1.netns_name, "10.5.0.2/24"]);
     let hnl = Netlink::open(&host.netns).await.unwrap();
     hnl.add_address("br1", "10.5.0.1/24".parse().unwrap(), false)
         .await
@@ -426,7 +388,7 @@ async fn dhcp_lease_lands_on_the_guest_interface() {
     ]);
     world.spawn(&host.netns, dnsmasq).unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let out = plumb_ok(&host, &["br1", &c2.netns_name, "dhcp"]);
+    let out = host.plumb_ok(&["br1", &c2.netns_name, "dhcp"]);
     assert!(out.contains("dhcp"), "{out}");
     let got = addresses(&c2.netns, "eth1");
     assert_eq!(got.len(), 1, "{got:?}");
@@ -448,17 +410,14 @@ async fn ls_lists_what_plumb_wired_by_name_and_by_pid() {
     let host = world.host("a").await.unwrap();
     let c1 = host.container("c1").unwrap();
     let c2 = host.container("c2").unwrap();
-    plumb_ok(
-        &host,
-        &["br1", &c1.netns_name, "10.5.0.2/24", "fd05::2/64", "U:c1"],
-    );
+    host.plumb_ok(&["br1", &c1.netns_name, "10.5.0.2/24", "fd05::2/64", "U:c1"]);
     // A guest named by the PID of a process running in it.
     let mut sleep = std::process::Command::new("sleep");
     sleep.arg("60");
     let pid = world.spawn(&c2.netns, sleep).unwrap().to_string();
-    plumb_ok(&host, &["-i", "eth5", "eth0", &pid, "198.18.50.1/15"]);
+    host.plumb_ok(&["-i", "eth5", "eth0", &pid, "198.18.50.1/15"]);
     let listed: serde_json::Value =
-        serde_json::from_str(&plumb_ok(&host, &["ls", "--json"])).unwrap();
+        serde_json::from_str(&host.plumb_ok(&["ls", "--json"])).unwrap();
     let ours: Vec<&serde_json::Value> = listed
         .as_array()
         .unwrap()
@@ -479,14 +438,14 @@ async fn ls_lists_what_plumb_wired_by_name_and_by_pid() {
     assert_eq!(mv["host_if"], "eth0");
     // c2 has a /run/netns name too, which ls prefers to the PID.
     assert_eq!(mv["guest"], c2.netns_name.as_str());
-    let table = plumb_ok(&host, &["ls"]);
+    let table = host.plumb_ok(&["ls"]);
     assert!(
         table.lines().next().unwrap().starts_with("GUEST"),
         "{table}"
     );
     assert!(table.contains(&c1.netns_name), "{table}");
     // del by PID finds the same namespace.
-    plumb_ok(&host, &["del", &pid]);
+    host.plumb_ok(&["del", &pid]);
     assert!(!links(&c2.netns).contains(&"eth5".to_string()));
 }
 
@@ -497,13 +456,10 @@ async fn gratuitous_arp_updates_neighbours() {
     let host = world.host("a").await.unwrap();
     let c1 = host.container("c1").unwrap();
     let c2 = host.container("c2").unwrap();
-    plumb_ok(&host, &["br1", &c2.netns_name, "10.5.0.3/24"]);
+    host.plumb_ok(&["br1", &c2.netns_name, "10.5.0.3/24"]);
     // Linux only learns from unsolicited ARP where arp_accept allows it.
     plumb::sysctl::write(&c2.netns, "net/ipv4/conf/eth1/arp_accept", "1").unwrap();
-    plumb_ok(
-        &host,
-        &["br1", &c1.netns_name, "10.5.0.2/24", "02:00:00:00:05:02"],
-    );
+    host.plumb_ok(&["br1", &c1.netns_name, "10.5.0.2/24", "02:00:00:00:05:02"]);
     let mut learned = serde_json::Value::Null;
     for _ in 0..20 {
         learned = ip_json(&c2.netns, &["neigh", "show", "10.5.0.2"]).unwrap();

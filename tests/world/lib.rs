@@ -267,6 +267,26 @@ impl World {
 }
 
 impl Host {
+    /// Runs the workspace's `plumb` binary inside this host (never in the root
+    /// namespace), bounded to 60 s.
+    pub fn plumb(&self, args: &[&str]) -> CommandOutput {
+        let bin = workspace_bin("plumb");
+        run_in(
+            &self.netns,
+            bin.to_str().expect("UTF-8 path"),
+            args,
+            std::time::Duration::from_secs(60),
+        )
+        .expect("run plumb")
+    }
+
+    /// Like `plumb`, failing the test with plumb's stderr unless it succeeds.
+    pub fn plumb_ok(&self, args: &[&str]) -> String {
+        let out = self.plumb(args);
+        assert!(out.success, "plumb {args:?} failed: {}", out.stderr);
+        out.stdout
+    }
+
     /// A container namespace on this host, named `<prefix>-<host>-<name>`.
     pub fn container(&self, name: &str) -> Result<Container> {
         let netns_name = format!("{}-{name}", self.netns_name);
