@@ -32,6 +32,7 @@ fn main() {
         },
     };
     tracing::debug!(exit_code = outcome.exit_code, "weft done");
+    plumb::firewall::settle();
     let mut out = std::io::stdout().lock();
     // Nothing to tell anyone if stdout is gone: the exit code still speaks.
     let _ = out.write_all(outcome.stdout.as_bytes());

@@ -207,6 +207,11 @@ impl Netns {
         self.file.metadata().map(|m| m.ino()).unwrap_or(0)
     }
 
+    /// (device, inode): unique among live namespaces.
+    pub fn identity(&self) -> (u64, u64) {
+        (self.dev(), self.inode())
+    }
+
     pub fn is_same(&self, other: &Netns) -> bool {
         self.inode() == other.inode()
     }

@@ -42,8 +42,10 @@
 //! ```
 
 mod iptables;
+mod kept;
 mod libnft;
 mod nft;
+mod nft_netlink;
 mod nft_syntax;
 mod port;
 
@@ -60,6 +62,7 @@ use crate::link::validate_ifname;
 use crate::netns::Netns;
 
 pub use iptables::Iptables;
+pub use kept::settle;
 pub use nft::Nftables;
 pub use port::{PortForward, PortRange, PortSpec, Protocol, PublishedPort};
 

@@ -33,6 +33,7 @@ use std::collections::BTreeMap;
 use ipnetwork::IpNetwork;
 use serde::Deserialize;
 
+use super::nft_netlink::{Change, MapElement};
 use super::nft_syntax::{
     address, cluster, port_map, subnets, AddressValue, Batch, Chain, Command, Family, Match, Rule,
     SetDecl, Verdict, CHAINS, FAMILIES, NETWORK_SETS, PORT_MAPS,
@@ -61,6 +62,34 @@ impl Nftables {
 
     pub fn netns(&self) -> &Netns {
         &self.netns
+    }
+
+    /// Changes port map elements over nfnetlink directly (one transaction).
+    /// False when that path is not taken (`WEFT_NFT_EXEC=1`, or no netfilter
+    /// netlink socket could be opened): the caller runs the nft batch instead.
+    fn apply_elements(&self, changes: &[(Change, &MapElement)], action: &str) -> Result<bool> {
+        if std::env::var_os(super::libnft::EXEC_ENV).is_some_and(|v| v == "1") {
+            return Ok(false);
+        }
+        tracing::debug!(
+            namespace = self.netns.label(),
+            changes = changes.len(),
+            "{action} (nfnetlink)"
+        );
+        match super::nft_netlink::apply(&self.netns, TABLE, changes) {
+            Ok(Ok(())) => Ok(true),
+            Ok(Err(refusal)) => Err(tool_error(
+                &self.netns,
+                "nft",
+                action,
+                &refusal,
+                explain_nft,
+            )),
+            Err(e) => {
+                tracing::debug!("nfnetlink unavailable ({e}): running nft");
+                Ok(false)
+            }
+        }
     }
 
     /// Runs one batch as one transaction: `nft -f -`.
@@ -105,9 +134,15 @@ impl Firewall for Nftables {
         if ports.is_empty() {
             return Ok(());
         }
+        let elements = port_map_elements(ports);
+        let changes: Vec<_> = elements.iter().map(|e| (Change::Add, e)).collect();
+        let action = describe_ports("publish", ports);
+        if self.apply_elements(&changes, &action)? {
+            return Ok(());
+        }
         let mut batch = Batch::default();
         add_port_elements(&mut batch, ports);
-        self.apply(&batch, &describe_ports("publish", ports))
+        self.apply(&batch, &action)
     }
 
     fn remove_ports(&self, ports: &[PublishedPort]) -> Result<()> {
@@ -118,12 +153,22 @@ impl Firewall for Nftables {
         // `delete element` fails on an absent element and nft 1.0.6 has no
         // `destroy`: adding each element first (a no-op when it is there)
         // makes removal idempotent in the same single transaction.
+        let elements = port_map_elements(ports);
+        let changes: Vec<_> = elements
+            .iter()
+            .map(|e| (Change::Add, e))
+            .chain(elements.iter().map(|e| (Change::Delete, e)))
+            .collect();
+        let action = describe_ports("withdraw", ports);
+        if self.apply_elements(&changes, &action)? {
+            return Ok(());
+        }
         let mut batch = Batch::default();
         add_port_elements(&mut batch, ports);
         for (map, elements) in port_elements(ports) {
             batch.push(Command::DeleteElements { set: map, elements });
         }
-        self.apply(&batch, &describe_ports("withdraw", ports))
+        self.apply(&batch, &action)
     }
 
     fn sync(&self, net: &NetworkRules, ports: &[PublishedPort]) -> Result<()> {
@@ -326,6 +371,21 @@ fn port_element(forward: &PortForward) -> (SetDecl, String) {
         forward.protocol, forward.host_port, forward.container_ip, forward.container_port
     );
     (map, element)
+}
+
+/// The elements of `ports` as nfnetlink sends them, without duplicates.
+fn port_map_elements(ports: &[PublishedPort]) -> Vec<MapElement> {
+    let mut elements: Vec<MapElement> = Vec::new();
+    for port in ports {
+        for forward in port.forwards() {
+            let map = port_map(Family::of(forward.container_ip), forward.host_ip.is_some());
+            let element = MapElement::port(map.name, &forward);
+            if !elements.contains(&element) {
+                elements.push(element);
+            }
+        }
+    }
+    elements
 }
 
 /// The elements of `ports`, grouped per map, without duplicates.

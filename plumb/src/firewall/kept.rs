@@ -1,0 +1,54 @@
+//! Keeping a netfilter netlink socket (or a libnftables context, which holds
+//! one) open between transactions in the same namespace.
+//!
+//! Closing a netfilter netlink socket makes the kernel flush nf_tables'
+//! pending transaction cleanup first, and that cleanup starts with an RCU
+//! grace period: closed right after a commit, the socket costs 6–20 ms on
+//! this kind of machine, more than the change itself. Kept open, a daemon
+//! changing its one namespace never pays that; a short-lived process closes
+//! it at exit, by when the cleanup has normally started (see [`settle`]).
+//!
+//! Each keeper holds one value for one namespace; a call for another
+//! namespace drops it (and closes it) then. The namespace file is held with
+//! the value so that the namespace's identity cannot pass to a new namespace
+//! while it is kept; at most one deleted namespace per keeper outlives its
+//! name, until the next call elsewhere.
+
+use std::os::fd::{AsFd, OwnedFd};
+
+use crate::error::{Error, Result};
+use crate::netns::Netns;
+
+pub(crate) struct Kept<T> {
+    netns: (u64, u64),
+    _hold: OwnedFd,
+    pub value: T,
+}
+
+impl<T> Kept<T> {
+    pub fn new(netns: &Netns, value: T) -> Result<Kept<T>> {
+        let hold = netns
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| Error::io(format!("hold namespace {}", netns.label()), e))?;
+        Ok(Kept {
+            netns: netns.identity(),
+            _hold: hold,
+            value,
+        })
+    }
+
+    pub fn is_for(&self, netns: &Netns) -> bool {
+        self.netns == netns.identity()
+    }
+}
+
+/// Gives the kernel's nf_tables cleanup work a moment to start before a
+/// short-lived process exits. That work is queued on the CPU that committed;
+/// a process that exits first waits in the close of its netfilter socket for
+/// the work's grace period. A sleep of 50 µs, only after a transaction.
+pub fn settle() {
+    if super::nft_netlink::in_use() || super::libnft::in_use() {
+        std::thread::sleep(std::time::Duration::from_micros(50));
+    }
+}
