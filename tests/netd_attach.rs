@@ -56,6 +56,17 @@ async fn two_containers_reach_each_other_and_the_gateway_and_detach_leaves_nothi
     assert_eq!(addresses(&c1.netns, "eth0"), ["10.66.0.2/24"]);
     let routes = ip_json(&c1.netns, &["route", "show", "default"]).unwrap();
     assert_eq!(routes[0]["gateway"], "10.66.0.1");
+    // An IPv4-only network: no IPv6 link-local address on the container's
+    // interface, so nothing of it is flooded to every port; no multicast
+    // snooping on the bridge (the default).
+    // (A link-local address would appear as soon as the link has a carrier.)
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        !link_local6(&c1.netns, "eth0"),
+        "eth0 of an IPv4-only network has no fe80:: address"
+    );
+    let bridge = ip_json(&host.netns, &["-d", "link", "show", "weft0"]).unwrap();
+    assert_eq!(bridge[0]["linkinfo"]["info_data"]["mcast_snooping"], 0);
 
     let (ip1, ip2) = (result_ip(&r1), result_ip(&r2));
     assert!(ping(&c1.netns, ip2).unwrap());
@@ -128,6 +139,11 @@ async fn dual_stack_containers_get_both_families() {
     assert_eq!(r2["routes"][1]["gw"], "fd66:1::1");
     let eth0 = ip_json(&c1.netns, &["link", "show", "eth0"]).unwrap();
     assert_eq!(eth0[0]["mtu"], 1400);
+    // With IPv6 configured the container keeps its link-local address.
+    assert!(
+        eventually(Duration::from_secs(5), || link_local6(&c1.netns, "eth0")),
+        "eth0 of a dual-stack network has a fe80:: address"
+    );
     assert!(ping6(&c1.netns, "fd66:1::99").unwrap());
     assert!(ping6(&c2.netns, "fd66:1::1").unwrap());
     assert!(ping(&c1.netns, "10.66.1.50".parse().unwrap()).unwrap());
@@ -356,4 +372,14 @@ async fn a_failed_attach_leaks_nothing() {
     netd.attach(&c2.netns_name, "c2", &["-p", "8080:80"])
         .unwrap();
     assert!(ping(&c2.netns, "10.66.16.1".parse().unwrap()).unwrap());
+}
+
+/// Whether `dev` in `netns` holds an IPv6 link-local address.
+fn link_local6(netns: &plumb::Netns, dev: &str) -> bool {
+    let shown = ip_json(netns, &["-6", "addr", "show", "dev", dev]).unwrap();
+    shown.as_array().unwrap().iter().any(|l| {
+        l["addr_info"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|a| a["scope"] == "link"))
+    })
 }

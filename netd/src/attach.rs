@@ -131,7 +131,7 @@ impl Network {
             }
         }
         let attached = self.store.update(|s| -> Result<Endpoint> {
-            let ep = s.endpoints.get_mut(&endpoint.id).ok_or_else(|| {
+            let ep = s.endpoint_mut(&endpoint.id).ok_or_else(|| {
                 Error::Conflict(format!(
                     "container {} was detached while it was being attached",
                     endpoint.name
@@ -286,7 +286,9 @@ impl Network {
                 ports,
                 phase: Phase::Attaching { owner },
             };
-            state.endpoints.insert(plan.id.clone(), endpoint.clone());
+            state
+                .endpoints
+                .insert(plan.id.clone(), std::sync::Arc::new(endpoint.clone()));
             Ok(endpoint)
         })
     }
@@ -329,6 +331,12 @@ impl Network {
             mtu: ep.mtu,
             mac: ep.mac,
             netns: Some(netns.clone()),
+            // On an IPv4-only network the container's link-local address
+            // served nothing, and its duplicate address detection, router
+            // solicitations and multicast reports were flooded to every
+            // port: each attach cost more with every container attached
+            // (3.2 → 12.7 ms from the first to the last 100 of 1000).
+            no_ipv6_link_local: !ep.ips.iter().any(|ip| ip.is_ipv6()),
             ..Default::default()
         };
         nl.add_veth(&ep.host_ifname, &host_opts, &ep.ifname, &peer_opts)

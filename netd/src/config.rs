@@ -83,6 +83,7 @@ pub struct FileConfig {
     pub firewall: Option<FirewallKind>,
     pub mtu: Option<u32>,
     pub reconcile_interval_secs: Option<u64>,
+    pub multicast_snooping: Option<bool>,
     pub overlay: Option<OverlayFile>,
 }
 
@@ -122,6 +123,11 @@ pub struct ConfigArgs {
     /// Seconds between checks of the kernel against the state.
     #[arg(long, env = "WEFT_RECONCILE_INTERVAL_SECS")]
     pub reconcile_interval_secs: Option<u64>,
+    /// IGMP/MLD snooping on the bridge (true/false; default false: multicast
+    /// reaches every container, and attaching stays as cheap at the
+    /// thousandth container as at the first).
+    #[arg(long, env = "WEFT_MULTICAST_SNOOPING")]
+    pub multicast_snooping: Option<bool>,
     #[command(flatten)]
     pub overlay: OverlayArgs,
 }
@@ -139,6 +145,8 @@ pub struct Config {
     pub firewall: FirewallKind,
     pub mtu: Option<u32>,
     pub reconcile_interval: Duration,
+    /// IGMP/MLD snooping on the bridge.
+    pub multicast_snooping: bool,
     /// The WireGuard overlay to other hosts (`[overlay]`); off by default.
     pub overlay: OverlayConfig,
     /// Masquerade traffic from the subnets to the outside (on unless a
@@ -159,6 +167,7 @@ impl Default for Config {
             firewall: FirewallKind::Nft,
             mtu: None,
             reconcile_interval: Duration::from_secs(DEFAULT_RECONCILE_SECS),
+            multicast_snooping: false,
             overlay: OverlayConfig::default(),
             masquerade: true,
         }
@@ -214,6 +223,10 @@ impl Config {
                     .or(file.reconcile_interval_secs)
                     .unwrap_or(DEFAULT_RECONCILE_SECS),
             ),
+            multicast_snooping: args
+                .multicast_snooping
+                .or(file.multicast_snooping)
+                .unwrap_or(d.multicast_snooping),
             overlay: OverlayConfig::merge(file.overlay, &args.overlay),
             masquerade: true,
         };

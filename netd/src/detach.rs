@@ -73,7 +73,7 @@ impl Network {
             let Some(id) = s.find(key).map(|e| e.id.clone()) else {
                 return Ok(None);
             };
-            let ep = s.endpoints.get_mut(&id).expect("found above");
+            let ep = s.endpoint_mut(&id).expect("found above");
             if let Phase::Attaching { owner: o } = ep.phase {
                 if o.is_alive() {
                     return Err(Error::Conflict(format!(

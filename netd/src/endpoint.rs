@@ -201,7 +201,13 @@ pub(crate) fn validate_id(what: &str, value: &str) -> Result<()> {
 impl Network {
     /// The endpoints netd knows, attached or in flight.
     pub fn list(&self) -> Result<Vec<Endpoint>> {
-        Ok(self.store.read()?.endpoints.into_values().collect())
+        Ok(self
+            .store
+            .read()?
+            .endpoints
+            .into_values()
+            .map(std::sync::Arc::unwrap_or_clone)
+            .collect())
     }
 
     /// The attach result of an attached container, for CNI's CHECK and GET.
@@ -231,10 +237,11 @@ pub(crate) fn check_unique(
             ep.id
         )));
     }
+    let inode = netns.inode();
     if let Some(ep) = state
         .endpoints
         .values()
-        .find(|e| e.netns_inode == netns.inode() && e.ifname == ifname)
+        .find(|e| e.netns_inode == inode && e.ifname == ifname)
     {
         return Err(Error::Conflict(format!(
             "namespace {} already has {ifname} attached by netd (container {}); choose another --ifname",

@@ -60,6 +60,7 @@ impl Network {
                         }
                         _ => {}
                     }
+                    let ep = std::sync::Arc::make_mut(ep);
                     ep.phase = Phase::Detaching { owner: me };
                     claimed.push(ep.clone());
                 }

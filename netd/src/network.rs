@@ -184,6 +184,11 @@ impl Network {
                     .ctx(|| ctx("set its MTU"))?;
             }
         }
+        // Set every time (one request, and ensure_host runs once per start
+        // and per repair), so that a config change applies to an existing bridge.
+        nl.set_bridge_multicast_snooping(bridge, self.config.multicast_snooping)
+            .await
+            .ctx(|| ctx("set its multicast snooping"))?;
         let present = nl
             .addresses(Some(link.index))
             .await

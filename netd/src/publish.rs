@@ -147,8 +147,7 @@ impl Network {
                 let ports = bind_specs(&ep.name, &parsed, &ep.ips)?;
                 check_conflicts(s, &ep.name, &ports)?;
                 let id = ep.id.clone();
-                s.endpoints
-                    .get_mut(&id)
+                s.endpoint_mut(&id)
                     .expect("found above")
                     .ports
                     .extend(ports.iter().copied());
@@ -157,7 +156,7 @@ impl Network {
         let apply = ports.clone();
         if let Err(e) = firewall_call(&self.firewall, move |fw| fw.add_ports(&apply)).await {
             self.store.update(|s| -> Result<()> {
-                if let Some(ep) = s.endpoints.get_mut(&id) {
+                if let Some(ep) = s.endpoint_mut(&id) {
                     ep.ports.retain(|p| !ports.contains(p));
                 }
                 Ok(())
@@ -179,7 +178,7 @@ impl Network {
             let ep = attached(s, key)?;
             let wanted = bind_specs(&ep.name, &parsed, &ep.ips)?;
             let id = ep.id.clone();
-            let ep = s.endpoints.get_mut(&id).expect("found above");
+            let ep = s.endpoint_mut(&id).expect("found above");
             let removed: Vec<PublishedPort> = ep
                 .ports
                 .iter()
@@ -268,7 +267,7 @@ mod tests {
         let mut state = State::default();
         state.endpoints.insert(
             "a".into(),
-            endpoint("a", &["8080:80", "9000-9010:9000-9010/udp"]),
+            endpoint("a", &["8080:80", "9000-9010:9000-9010/udp"]).into(),
         );
         let ok = |s: &[&str]| check_conflicts(&state, "c", &bound(s, &["10.66.0.3/24"]).unwrap());
         assert!(ok(&["8081:80"]).is_ok());

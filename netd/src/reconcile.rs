@@ -133,7 +133,7 @@ impl Network {
                     // Attached again either way: a failed repair is retried
                     // by the next reconciliation.
                     self.store.update(|s| -> Result<()> {
-                        if let Some(e) = s.endpoints.get_mut(&ep.id) {
+                        if let Some(e) = s.endpoint_mut(&ep.id) {
                             e.phase = Phase::Attached;
                         }
                         Ok(())
@@ -180,7 +180,7 @@ impl Network {
     /// process; false when someone else changed it since it was read.
     fn claim(&self, ep: &Endpoint, phase: impl FnOnce(OwnerProcess) -> Phase) -> Result<bool> {
         self.store.update(|s| -> Result<bool> {
-            match s.endpoints.get_mut(&ep.id) {
+            match s.endpoint_mut(&ep.id) {
                 Some(e) if e.phase == Phase::Attached => {
                     e.phase = phase(OwnerProcess::current());
                     Ok(true)

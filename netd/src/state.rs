@@ -168,7 +168,10 @@ pub struct Endpoint {
 pub struct State {
     pub version: u32,
     /// Endpoints by container id.
-    pub endpoints: BTreeMap<String, Endpoint>,
+    /// Shared between the store's copies: an unchanged endpoint is the same
+    /// allocation in both, so telling what a change touched costs a pointer
+    /// comparison per endpoint instead of a deep one.
+    pub endpoints: BTreeMap<String, Arc<Endpoint>>,
     pub ipam: Reservations,
 }
 
@@ -183,11 +186,18 @@ impl Default for State {
 }
 
 impl State {
+    /// The endpoint `id`, to change: copied first if the store's other copy
+    /// still shares it.
+    pub fn endpoint_mut(&mut self, id: &str) -> Option<&mut Endpoint> {
+        self.endpoints.get_mut(id).map(Arc::make_mut)
+    }
+
     /// The endpoint whose id or name is `key`.
     pub fn find(&self, key: &str) -> Option<&Endpoint> {
         self.endpoints
             .get(key)
             .or_else(|| self.endpoints.values().find(|e| e.name == key))
+            .map(|e| &**e)
     }
 }
 
@@ -707,7 +717,7 @@ mod tests {
                 let ip = s.ipam.allocate("10.66.0.0/16".parse().unwrap(), id, None)?;
                 let mut ep = attached(id);
                 ep.ips = vec![IpNetwork::new(ip, 16).unwrap()];
-                s.endpoints.insert(id.into(), ep);
+                s.endpoints.insert(id.into(), ep.into());
                 Ok(())
             })
             .unwrap();

@@ -17,7 +17,7 @@ use crate::ipam::{Pool, Reservations};
 pub(super) struct Change {
     /// Container id → its endpoint now, or null when it was removed.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub endpoints: BTreeMap<String, Option<Endpoint>>,
+    pub endpoints: BTreeMap<String, Option<std::sync::Arc<Endpoint>>>,
     /// Subnet → what changed in its pool.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub pools: BTreeMap<String, PoolChange>,
@@ -216,14 +216,14 @@ mod tests {
         let subnet: ipnetwork::IpNetwork = "10.66.0.0/16".parse().unwrap();
         let mut before = State::default();
         for id in ["a", "b", "c"] {
-            before.endpoints.insert(id.into(), endpoint(id));
+            before.endpoints.insert(id.into(), endpoint(id).into());
             before.ipam.allocate(subnet, id, None).unwrap();
         }
         let mut after = before.clone();
         after.endpoints.remove("a");
         after.ipam.release_owner("a");
-        after.endpoints.get_mut("b").unwrap().mtu = Some(1400);
-        after.endpoints.insert("d".into(), endpoint("d"));
+        after.endpoint_mut("b").unwrap().mtu = Some(1400);
+        after.endpoints.insert("d".into(), endpoint("d").into());
         after.ipam.allocate(subnet, "d", None).unwrap();
         let change = diff(&before, &after);
         assert_eq!(change.endpoints.len(), 3, "{change:?}");

@@ -1,5 +1,8 @@
 //! Bridges: the software switch containers' veths plug into.
 
+use netlink_packet_route::link::{
+    InfoBridge, InfoData, InfoKind, LinkAttribute, LinkInfo, LinkMessage,
+};
 use netlink_packet_route::RouteNetlinkMessage;
 use rtnetlink::{LinkBridge, LinkBridgePort};
 
@@ -27,6 +30,32 @@ impl Netlink {
                 ..Default::default()
             },
         )
+        .await
+    }
+
+    /// Turns IGMP/MLD snooping of a bridge on or off
+    /// (`ip link set BRIDGE type bridge mcast_snooping 0|1`). Off, multicast
+    /// is flooded to every port; on, the bridge also revisits the multicast
+    /// state of every port whenever one port's carrier changes, which makes
+    /// adding a port cost more the more ports there are.
+    pub async fn set_bridge_multicast_snooping(&self, bridge: &str, on: bool) -> Result<()> {
+        let link = self.require_link(bridge).await?;
+        let mut msg = LinkMessage::default();
+        msg.header.index = link.index;
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Bridge),
+            LinkInfo::Data(InfoData::Bridge(vec![InfoBridge::MulticastSnooping(on)])),
+        ]));
+        self.request_ack(RouteNetlinkMessage::NewLink(msg), 0, || {
+            self.target(
+                if on {
+                    "turn multicast snooping on for"
+                } else {
+                    "turn multicast snooping off for"
+                },
+                format!("bridge {bridge}"),
+            )
+        })
         .await
     }
 

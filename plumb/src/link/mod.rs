@@ -12,7 +12,8 @@ pub use vxlan::VxlanSpec;
 
 use netlink_packet_core::NLM_F_ACK;
 use netlink_packet_route::link::{
-    InfoData, InfoMacVlan, InfoVlan, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoMacVlan, InfoVlan, InfoVxlan,
+    LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use rtnetlink::{LinkMessageBuilder, LinkUnspec};
@@ -127,6 +128,9 @@ pub struct LinkChange {
     /// Some(Some(i)) attaches to bridge i, Some(None) detaches.
     pub controller: Option<Option<u32>>,
     pub alias: Option<String>,
+    /// Some(false): no IPv6 link-local address on this link
+    /// (IFLA_INET6_ADDR_GEN_MODE none); Some(true): the default (EUI-64).
+    pub ipv6_link_local: Option<bool>,
 }
 
 /// Checks a name the kernel would otherwise reject with a bare EINVAL.
@@ -245,6 +249,16 @@ impl Netlink {
         if let Some(alias) = &change.alias {
             builder = builder.append_extra_attribute(LinkAttribute::IfAlias(alias.clone()));
         }
+        if let Some(link_local) = change.ipv6_link_local {
+            let mode = if link_local {
+                In6AddrGenMode::Eui64
+            } else {
+                In6AddrGenMode::None
+            };
+            builder = builder.append_extra_attribute(LinkAttribute::AfSpecUnspec(vec![
+                AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(mode)]),
+            ]));
+        }
         let what = describe_change(change);
         self.request_ack(
             RouteNetlinkMessage::SetLink(builder.build()),
@@ -310,16 +324,20 @@ impl Netlink {
         opts: &LinkOptions,
         bring_up: bool,
     ) -> Result<()> {
-        if opts.alias.is_none() && !bring_up {
+        if opts.alias.is_none() && !bring_up && !opts.no_ipv6_link_local {
             return Ok(());
         }
         let side = match &opts.netns {
             Some(ns) if !ns.is_same(self.netns()) => Netlink::open(ns).await?,
             _ => self.clone(),
         };
+        // The address mode goes in the same request as `up`: the kernel
+        // applies it before the link has a carrier, so no link-local address
+        // is ever made.
         let change = LinkChange {
             alias: opts.alias.clone(),
             up: bring_up.then_some(true),
+            ipv6_link_local: opts.no_ipv6_link_local.then_some(false),
             ..Default::default()
         };
         if let Err(e) = side.set_link(name, &change).await {
@@ -353,6 +371,12 @@ fn describe_change(change: &LinkChange) -> String {
     if change.alias.is_some() {
         parts.push("set alias of".to_string());
     }
+    if let Some(link_local) = change.ipv6_link_local {
+        parts.push(format!(
+            "turn IPv6 link-local addressing {} on",
+            if link_local { "on" } else { "off" }
+        ));
+    }
     if parts.is_empty() {
         "change".to_string()
     } else {
@@ -370,6 +394,11 @@ pub struct LinkOptions {
     pub alias: Option<String>,
     /// Create the link directly in this namespace instead of the connection's.
     pub netns: Option<Netns>,
+    /// No IPv6 link-local address (hence no duplicate address detection,
+    /// router solicitations or multicast listener reports sent from it):
+    /// for links of IPv4-only networks, where every such packet is flooded
+    /// to every port of the bridge.
+    pub no_ipv6_link_local: bool,
 }
 
 impl LinkOptions {
