@@ -81,8 +81,9 @@ async fn two_containers_reach_each_other_and_the_gateway_and_detach_leaves_nothi
     assert_eq!(status["containers"], 2);
     assert_eq!(status["ipam"][0]["in_use"], 3);
 
-    // Detach by name: no link, address or state is left.
-    let report = netd.json(&["detach", "c1"]).unwrap();
+    // Detach by name, waiting for the veth pair's deletion: no link,
+    // address or state is left.
+    let report = netd.json(&["detach", "c1", "--wait"]).unwrap();
     assert_eq!(report["found"], true);
     assert_eq!(report["released"][0], "10.66.0.2");
     assert!(links_with_prefix(&host.netns, &host_if1).is_empty());
@@ -103,10 +104,56 @@ async fn two_containers_reach_each_other_and_the_gateway_and_detach_leaves_nothi
     let c3 = host.container("c3").unwrap();
     netd.attach(&c3.netns_name, "c3", &[]).unwrap();
     plumb::Netns::delete(&c3.netns_name).unwrap();
-    netd.json(&["detach", "c3"]).unwrap();
-    assert_eq!(netd.endpoints().unwrap().len(), 1);
+    // Without --wait netd answers once the container is cut off and
+    // finishes in the background: the record and address go shortly after.
+    let report = netd.json(&["detach", "c3"]).unwrap();
+    assert_eq!(report["found"], true);
+    assert!(
+        eventually(Duration::from_secs(5), || netd.endpoints().unwrap().len()
+            == 1),
+        "c3's record is forgotten once its link is gone"
+    );
     assert_eq!(netd.json(&["status"]).unwrap()["ipam"][0]["in_use"], 2);
     assert_eq!(links_with_prefix(&host.netns, "wv").len(), 1);
+}
+
+/// A detach answers before the veth pair is deleted; attaching the same
+/// container again at once waits for that instead of colliding with it.
+#[tokio::test]
+async fn reattaching_right_after_a_detach_waits_for_the_old_link() {
+    root_or_skip!();
+    let world = World::new().await.unwrap();
+    let host = world.host("a").await.unwrap();
+    let dir = TestDir::new(&world).unwrap();
+    let netd = Netd::start(&world, &host, &dir.0, &default_args("10.66.7.0/24")).unwrap();
+    let c1 = host.container("c1").unwrap();
+    let c2 = host.container("c2").unwrap();
+    netd.attach(&c2.netns_name, "c2", &[]).unwrap();
+    for round in 0..3 {
+        let r = netd
+            .attach(&c1.netns_name, "c1", &["-p", "8080:80"])
+            .unwrap();
+        let report = netd.json(&["detach", "c1"]).unwrap();
+        assert_eq!(report["found"], true, "round {round}");
+        assert_eq!(
+            report["released"][0],
+            r["ips"][0]["address"]
+                .as_str()
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap()
+        );
+    }
+    // Same id, name, namespace, interface and host port as the pending one.
+    let r = netd
+        .attach(&c1.netns_name, "c1", &["-p", "8080:80"])
+        .unwrap();
+    let ip = result_ip(&r);
+    assert!(ping(&c2.netns, ip).unwrap());
+    assert_eq!(links_with_prefix(&host.netns, "wv").len(), 2);
+    assert_eq!(addresses(&c1.netns, "eth0").len(), 1);
+    assert_eq!(netd.endpoints().unwrap().len(), 2);
 }
 
 #[tokio::test]

@@ -123,6 +123,55 @@ async fn kill_9_during_an_attach_leaves_all_or_nothing() {
     }
 }
 
+/// A detach answers once the container is cut off; the veth pair is deleted
+/// in the background. Killed before that, netd finishes the detach on restart.
+#[tokio::test]
+async fn kill_9_before_a_detach_finished_in_the_background() {
+    root_or_skip!();
+    let world = World::new().await.unwrap();
+    let host = world.host("a").await.unwrap();
+    let dir = TestDir::new(&world).unwrap();
+    let args = default_args("10.66.9.0/24");
+    let mut netd = Netd::start_with_env(
+        &world,
+        &host,
+        &dir.0,
+        &args,
+        &[("WEFT_DEBUG_PAUSE_ATTACH", "reap")],
+    )
+    .unwrap();
+    let c = host.container("c1").unwrap();
+    netd.attach(&c.netns_name, "c1", &["-p", "8080:80"])
+        .unwrap();
+    let report = netd.json(&["detach", "c1"]).unwrap();
+    assert_eq!(report["found"], true);
+    assert_eq!(report["released"][0], "10.66.9.2");
+    // Cut off, not yet deleted: the host end is down, the record says so,
+    // the port is withdrawn, the address still reserved.
+    let eps = netd.endpoints().unwrap();
+    assert_eq!(eps.len(), 1);
+    assert_eq!(eps[0]["phase"], "detaching");
+    let host_link = ip_json(&host.netns, &["link", "show", "master", "weft0"]).unwrap();
+    assert_eq!(host_link.as_array().unwrap().len(), 1);
+    assert!(
+        !host_link[0]["flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "UP"),
+        "{host_link}"
+    );
+    assert!(!nft_table(&host.netns).contains("8080"));
+    assert_eq!(netd.json(&["status"]).unwrap()["ipam"][0]["in_use"], 2);
+
+    netd.kill9().unwrap();
+    netd.restart().unwrap();
+    assert!(links_with_prefix(&host.netns, "wv").is_empty());
+    assert!(links_with_prefix(&c.netns, "eth0").is_empty());
+    assert!(netd.endpoints().unwrap().is_empty());
+    assert_eq!(netd.json(&["status"]).unwrap()["ipam"][0]["in_use"], 1);
+}
+
 #[tokio::test]
 async fn a_restarted_netd_adopts_twenty_containers_without_duplicates() {
     root_or_skip!();

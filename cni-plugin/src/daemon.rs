@@ -134,8 +134,7 @@ impl Backend for Daemon {
                 .map_err(|e| self.err(e))?;
             let nl = host::own_netlink().await?;
             finish_add(&nl, request, &attached, || async {
-                let _: Result<netd::DetachReport, _> =
-                    self.client.delete(&format!("/v1/containers/{id}")).await;
+                let _: Result<netd::DetachReport, _> = self.client.delete(&detach_path(&id)).await;
             })
             .await
         })
@@ -147,7 +146,7 @@ impl Backend for Daemon {
         self.runtime.block_on(async {
             let _: netd::DetachReport = self
                 .client
-                .delete(&format!("/v1/containers/{id}"))
+                .delete(&detach_path(&id))
                 .await
                 .map_err(|e| self.err(e))?;
             Ok(())
@@ -199,10 +198,8 @@ impl Backend for Daemon {
                 .iter()
                 .filter(|e| e.id.starts_with(&prefix) && !keep.contains(&e.id))
             {
-                let answer: Result<netd::DetachReport, _> = self
-                    .client
-                    .delete(&format!("/v1/containers/{}", ep.id))
-                    .await;
+                let answer: Result<netd::DetachReport, _> =
+                    self.client.delete(&detach_path(&ep.id)).await;
                 match answer {
                     Ok(_) => removed.extend(attachment_of(&prefix, ep)),
                     Err(e) => errors.push(format!("{}: {e}", ep.id)),
@@ -237,4 +234,11 @@ impl Backend for Daemon {
         }
         Ok(())
     }
+}
+
+/// netd answers a plain detach once the container is cut off and deletes
+/// its veth pair in the background; CNI's DEL (and GC) promise that the
+/// resources are released when they return, so the plugin waits for that.
+fn detach_path(id: &str) -> String {
+    format!("/v1/containers/{id}?wait=1")
 }

@@ -71,9 +71,9 @@ struct AttachPlan {
     ports: Vec<PortSpec>,
 }
 
-async fn pause_if_asked(step: &str) {
+pub(crate) async fn pause_if_asked(step: &str) {
     if std::env::var(PAUSE_ENV).is_ok_and(|s| s == step) {
-        tracing::warn!(step, "{PAUSE_ENV} is set: pausing the attach for 30 s");
+        tracing::warn!(step, "{PAUSE_ENV} is set: pausing for 30 s");
         tokio::time::sleep(Duration::from_secs(30)).await;
     }
 }
@@ -84,7 +84,15 @@ impl Network {
     /// gateways. On failure nothing is left behind.
     pub async fn attach(&self, req: AttachRequest) -> Result<AttachResult> {
         let _op = self.ops.read().await;
-        let result = self.attach_inner(req).await;
+        let result = match self.attach_inner(req.clone()).await {
+            // The id, name, interface or host link may still belong to a
+            // detach the reaper is finishing: once it has, the way is clear.
+            Err(Error::Conflict(_)) if self.reaper_busy() => {
+                self.reaped().await;
+                self.attach_inner(req).await
+            }
+            other => other,
+        };
         if result.is_err() {
             self.metrics.error("attach");
         }

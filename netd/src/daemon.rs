@@ -31,6 +31,7 @@ async fn run_with(config: Config, peers: PeerSource) -> Result<()> {
     let mut network = Network::open(config.clone()).await?;
     network.start_overlay(peers).await?;
     let network = Arc::new(network);
+    network.reap_in_background()?;
     let report = network.reconcile().await?;
     tracing::info!(
         actions = report.actions.len(),
@@ -84,6 +85,14 @@ async fn run_with(config: Config, peers: PeerSource) -> Result<()> {
     let _ = stop.send(true);
     let _ = api.await;
     let _ = checker.await;
+    // Detaches already answered are finished; a stuck one is left `detaching`
+    // for the next start's reconciliation.
+    if tokio::time::timeout(std::time::Duration::from_secs(10), network.reaped())
+        .await
+        .is_err()
+    {
+        tracing::warn!("links of detached containers still being deleted; the next start finishes");
+    }
     if let Some(m) = metrics {
         let _ = m.await;
     }

@@ -3,9 +3,14 @@
 
 use std::net::IpAddr;
 
+use std::sync::Arc;
+
+use plumb::{LinkChange, Netlink};
+
 use crate::endpoint::DetachReport;
 use crate::error::{Error, Result};
 use crate::network::Network;
+use crate::reaper::{Reaper, REAP_GROUP};
 use crate::state::{Endpoint, OwnerProcess, Phase};
 
 impl Network {
@@ -20,39 +25,88 @@ impl Network {
                 "detach"
             )
         };
-        if !ep.ports.is_empty() {
-            let ports = ep.ports.clone();
-            // A failure here is not fatal: reconciliation syncs the firewall
-            // with the state, which no longer holds these ports.
-            if let Err(e) =
-                crate::publish::firewall_call(&self.firewall, move |fw| fw.remove_ports(&ports))
-                    .await
-            {
-                tracing::warn!(container = %ep.name, "withdraw published ports: {e}");
-            }
-        }
+        self.withdraw_ports(ep).await;
         step("ports withdrawn");
-        let nl = self.netlink().await?;
-        match nl.delete_link(&ep.host_ifname).await {
-            Ok(()) => {}
-            Err(e) if e.is_not_found() => {}
-            Err(e) => {
-                return Err(Error::kernel(
-                    format!(
-                        "detach container {}: delete link {}",
-                        ep.name, ep.host_ifname
-                    ),
-                    e,
-                ))
-            }
-        }
+        self.delete_host_link(&self.netlink().await?, ep).await?;
         step("link deleted");
-        let released = self.store.update(|s| -> Result<Vec<IpAddr>> {
-            s.endpoints.remove(&ep.id);
-            Ok(s.ipam.release_owner(&ep.id))
-        })?;
+        let released = self.forget(std::slice::from_ref(ep))?;
         step("forgotten");
         Ok(released)
+    }
+
+    /// A failure here is not fatal: reconciliation syncs the firewall with
+    /// the state, which will no longer hold these ports.
+    async fn withdraw_ports(&self, ep: &Endpoint) {
+        if ep.ports.is_empty() {
+            return;
+        }
+        let ports = ep.ports.clone();
+        if let Err(e) =
+            crate::publish::firewall_call(&self.firewall, move |fw| fw.remove_ports(&ports)).await
+        {
+            tracing::warn!(container = %ep.name, "withdraw published ports: {e}");
+        }
+    }
+
+    /// Deletes the veth pair by its host end; already gone is fine.
+    pub(crate) async fn delete_host_link(&self, nl: &Netlink, ep: &Endpoint) -> Result<()> {
+        match nl.delete_link(&ep.host_ifname).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(Error::kernel(
+                format!(
+                    "detach container {}: delete link {}",
+                    ep.name, ep.host_ifname
+                ),
+                e,
+            )),
+        }
+    }
+
+    /// Drops the endpoints' records and releases their addresses, in one
+    /// transaction; returns the addresses released.
+    pub(crate) fn forget(&self, eps: &[Endpoint]) -> Result<Vec<IpAddr>> {
+        if eps.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.store.update(|s| -> Result<Vec<IpAddr>> {
+            let mut released = Vec::new();
+            for ep in eps {
+                s.endpoints.remove(&ep.id);
+                released.extend(s.ipam.release_owner(&ep.id));
+            }
+            Ok(released)
+        })
+    }
+
+    /// From now on `detach` answers once the container is cut off and leaves
+    /// deleting its veth pair to a background task (see [`crate::reaper`]).
+    /// For a process that keeps running: the daemon.
+    pub fn reap_in_background(self: &Arc<Self>) -> Result<()> {
+        if self.reaper.get().is_some() {
+            return Ok(());
+        }
+        let reaper = Reaper::start(Arc::downgrade(self), self.host.clone())
+            .map_err(|e| Error::Daemon(format!("start the link reaper: {e}")))?;
+        let _ = self.reaper.set(reaper);
+        Ok(())
+    }
+
+    /// Waits until every detach handed to the background so far is finished.
+    pub async fn reaped(&self) {
+        if let Some(reaper) = self.reaper.get() {
+            reaper.reaped().await;
+        }
+    }
+
+    /// Whether the reaper still holds `id` (it is `detaching`, on purpose).
+    pub(crate) fn is_reaping(&self, id: &str) -> bool {
+        self.reaper.get().is_some_and(|r| r.is_pending(id))
+    }
+
+    /// An attach that collided with a pending detach waits for the reaper.
+    pub(crate) fn reaper_busy(&self) -> bool {
+        self.reaper.get().is_some_and(|r| r.any_pending())
     }
 
     /// Detaches a container by id or name. Detaching something that is not
@@ -92,7 +146,16 @@ impl Network {
                 released: Vec::new(),
             });
         };
-        let released = self.remove_endpoint(&endpoint).await?;
+        let released = match self.reaper.get() {
+            Some(reaper) => {
+                self.withdraw_ports(&endpoint).await;
+                self.cut_off(&endpoint).await?;
+                let released = endpoint.ips.iter().map(|ip| ip.ip()).collect();
+                reaper.hand_over(endpoint.clone());
+                released
+            }
+            None => self.remove_endpoint(&endpoint).await?,
+        };
         self.metrics.detached();
         tracing::info!(id = %endpoint.id, name = %endpoint.name, "detached");
         Ok(DetachReport {
@@ -100,5 +163,24 @@ impl Network {
             found: true,
             released,
         })
+    }
+
+    /// Takes the host end down (the container loses its carrier at once) and
+    /// moves it to the reaper's link group.
+    async fn cut_off(&self, ep: &Endpoint) -> Result<()> {
+        let nl = self.netlink().await?;
+        let change = LinkChange {
+            up: Some(false),
+            group: Some(REAP_GROUP),
+            ..Default::default()
+        };
+        match nl.set_link(&ep.host_ifname, &change).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(Error::kernel(
+                format!("detach container {}: take {} down", ep.name, ep.host_ifname),
+                e,
+            )),
+        }
     }
 }

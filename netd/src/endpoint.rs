@@ -28,7 +28,8 @@ pub const HOST_IFNAME_PREFIX: &str = "wv";
 /// The alias netd writes on the host end: `weft:<container id>`.
 pub const ALIAS_PREFIX: &str = "weft:";
 /// Test hook: `WEFT_DEBUG_PAUSE_ATTACH=reserved|veth|addressed` makes an
-/// attach sleep 30 s after that step, so tests can kill netd mid-attach.
+/// attach sleep 30 s after that step, so tests can kill netd mid-attach;
+/// `=reap` makes the reaper sleep before deleting what detaches handed it.
 pub const PAUSE_ENV: &str = "WEFT_DEBUG_PAUSE_ATTACH";
 
 /// What a caller asks for. Only `netns` is required.

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod network;
 pub mod overlay;
 pub mod publish;
+pub mod reaper;
 pub mod reconcile;
 pub mod state;
 

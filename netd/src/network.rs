@@ -60,6 +60,9 @@ pub struct Network {
     /// Set once the host was found (or made) ready; an attach that fails
     /// clears it so the next one looks again.
     pub(crate) host_ready: std::sync::atomic::AtomicBool,
+    /// Deletes detached containers' links in the background (the daemon's
+    /// choice, see [`Network::reap_in_background`]).
+    pub(crate) reaper: std::sync::OnceLock<crate::reaper::Reaper>,
 }
 
 impl Network {
@@ -88,6 +91,7 @@ impl Network {
             overlay: std::sync::OnceLock::new(),
             host_netlink: tokio::sync::OnceCell::new(),
             host_ready: std::sync::atomic::AtomicBool::new(false),
+            reaper: std::sync::OnceLock::new(),
         })
     }
 

@@ -87,7 +87,16 @@ impl Network {
 
     async fn reconcile_endpoint(&self, ep: &Endpoint) -> Result<Option<Action>> {
         match ep.phase {
-            Phase::Attaching { owner } | Phase::Detaching { owner } if owner.is_alive() => Ok(None),
+            Phase::Attaching { owner } if owner.is_alive() => Ok(None),
+            // A detach of this very process that the reaper no longer holds
+            // (its deletion failed) is finished here; any other live owner's
+            // is its own business.
+            Phase::Detaching { owner }
+                if owner.is_alive()
+                    && (owner != OwnerProcess::current() || self.is_reaping(&ep.id)) =>
+            {
+                Ok(None)
+            }
             Phase::Attaching { .. } => {
                 self.remove_endpoint(ep).await?;
                 Ok(Some(Action::new(
@@ -388,9 +397,15 @@ impl Network {
                         return Ok(Some("endpoint link missing or detached"));
                     }
                 }
-                Phase::Attaching { owner } | Phase::Detaching { owner } => {
+                Phase::Attaching { owner } => {
                     if !owner.is_alive() {
-                        return Ok(Some("an attach or detach was interrupted"));
+                        return Ok(Some("an attach was interrupted"));
+                    }
+                }
+                Phase::Detaching { owner } => {
+                    let dropped = owner == OwnerProcess::current() && !self.is_reaping(&ep.id);
+                    if !owner.is_alive() || dropped {
+                        return Ok(Some("a detach was interrupted"));
                     }
                 }
             }

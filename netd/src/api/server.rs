@@ -169,6 +169,12 @@ fn answer<T: Serialize>(result: Result<T>) -> Answer {
 async fn handle(network: &Network, req: Request<Incoming>) -> Answer {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    // `?wait=1` on DELETE: answer only once the veth pair is gone and the
+    // addresses are released, not as soon as the container is cut off.
+    let wait = req
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv == "wait=1" || kv == "wait=true"));
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => return error(&Error::Invalid(format!("reading the request body: {e}"))),
@@ -198,7 +204,13 @@ async fn handle(network: &Network, req: Request<Incoming>) -> Answer {
                 .await
                 .map(|()| serde_json::json!({"ok": true})),
         ),
-        (&Method::DELETE, ["v1", "containers", key]) => answer(network.detach(key).await),
+        (&Method::DELETE, ["v1", "containers", key]) => {
+            let report = network.detach(key).await;
+            if wait && report.is_ok() {
+                network.reaped().await;
+            }
+            answer(report)
+        }
         (&Method::POST, ["v1", "containers", key, "ports"]) => match parse::<PortsRequest>(&body) {
             Ok(req) => answer(network.publish(key, &req.ports).await),
             Err(e) => error(&e),

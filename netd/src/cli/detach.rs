@@ -8,6 +8,12 @@ use crate::error::{Error, Result};
 pub struct DetachArgs {
     /// The container's id or name.
     pub container: String,
+    /// Return only once the veth pair is deleted and the addresses are free.
+    /// Without it netd answers as soon as the container is cut off (ports
+    /// withdrawn, link down) and deletes the pair right after, in the
+    /// background, batched with other detaches.
+    #[arg(long)]
+    pub wait: bool,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -22,7 +28,11 @@ pub async fn run(args: DetachArgs) -> Result<()> {
     let report: DetachReport = args
         .client
         .client()
-        .delete(&format!("/v1/containers/{}", args.container))
+        .delete(&format!(
+            "/v1/containers/{}{}",
+            args.container,
+            if args.wait { "?wait=1" } else { "" }
+        ))
         .await?;
     if args.client.json {
         print_json(&report);

@@ -131,6 +131,8 @@ pub struct LinkChange {
     /// Some(false): no IPv6 link-local address on this link
     /// (IFLA_INET6_ADDR_GEN_MODE none); Some(true): the default (EUI-64).
     pub ipv6_link_local: Option<bool>,
+    /// The link's group (IFLA_GROUP; 0 is the default group).
+    pub group: Option<u32>,
 }
 
 /// Checks a name the kernel would otherwise reject with a bare EINVAL.
@@ -221,6 +223,32 @@ impl Netlink {
         .await
     }
 
+    /// Deletes every link in `group` at once (`ip link delete group N`), with
+    /// their veth peers wherever they are. One request: the kernel's wait for
+    /// an RCU barrier after unregistering devices (10–25 ms here) is paid once
+    /// for all of them instead of once per link. A group with no links left is
+    /// not an error.
+    pub async fn delete_link_group(&self, group: u32) -> Result<()> {
+        if group == 0 {
+            return Err(Error::invalid(
+                "link group",
+                "0",
+                "is every link's default group; refusing to delete it",
+            ));
+        }
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::Group(group));
+        match self
+            .request_ack(RouteNetlinkMessage::DelLink(msg), 0, || {
+                self.target("delete", format!("link group {group}"))
+            })
+            .await
+        {
+            Err(e) if e.is_not_found() => Ok(()),
+            other => other,
+        }
+    }
+
     /// Applies `change` to the link called `name`.
     pub async fn set_link(&self, name: &str, change: &LinkChange) -> Result<()> {
         let link = self.require_link(name).await?;
@@ -248,6 +276,9 @@ impl Netlink {
         }
         if let Some(alias) = &change.alias {
             builder = builder.append_extra_attribute(LinkAttribute::IfAlias(alias.clone()));
+        }
+        if let Some(group) = change.group {
+            builder = builder.append_extra_attribute(LinkAttribute::Group(group));
         }
         if let Some(link_local) = change.ipv6_link_local {
             let mode = if link_local {
@@ -370,6 +401,9 @@ fn describe_change(change: &LinkChange) -> String {
     }
     if change.alias.is_some() {
         parts.push("set alias of".to_string());
+    }
+    if let Some(group) = change.group {
+        parts.push(format!("move to group {group}"));
     }
     if let Some(link_local) = change.ipv6_link_local {
         parts.push(format!(
