@@ -232,23 +232,22 @@ pub(crate) fn check_unique(
             ep.name, ep.host_ifname
         )));
     }
-    if let Some(ep) = state.endpoints.values().find(|e| e.name == name) {
-        return Err(Error::Conflict(format!(
-            "container name {name} is already taken by container {}; choose another --name",
-            ep.id
-        )));
-    }
+    // One pass over the endpoints for both checks.
     let inode = netns.inode();
-    if let Some(ep) = state
-        .endpoints
-        .values()
-        .find(|e| e.netns_inode == inode && e.ifname == ifname)
-    {
-        return Err(Error::Conflict(format!(
-            "namespace {} already has {ifname} attached by netd (container {}); choose another --ifname",
-            netns.label(),
-            ep.name
-        )));
+    for ep in state.endpoints.values() {
+        if ep.name == name {
+            return Err(Error::Conflict(format!(
+                "container name {name} is already taken by container {}; choose another --name",
+                ep.id
+            )));
+        }
+        if ep.netns_inode == inode && ep.ifname == ifname {
+            return Err(Error::Conflict(format!(
+                "namespace {} already has {ifname} attached by netd (container {}); choose another --ifname",
+                netns.label(),
+                ep.name
+            )));
+        }
     }
     Ok(())
 }

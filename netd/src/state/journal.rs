@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -17,7 +18,7 @@ use crate::ipam::{Pool, Reservations};
 pub(super) struct Change {
     /// Container id → its endpoint now, or null when it was removed.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub endpoints: BTreeMap<String, Option<std::sync::Arc<Endpoint>>>,
+    pub endpoints: BTreeMap<String, Option<Arc<Endpoint>>>,
     /// Subnet → what changed in its pool.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub pools: BTreeMap<String, PoolChange>,
@@ -40,15 +41,25 @@ impl Change {
 
 /// Calls `changed(key, Some(new))` for keys added or changed from `before`
 /// to `after`, `changed(key, None)` for keys removed. One merge of the two
-/// sorted maps: no allocation unless something changed.
+/// sorted maps: no allocation unless something changed. `same` tells an
+/// entry left untouched at a glance (both copies share it), which skips even
+/// comparing the keys.
 fn diff_maps<K: Ord, V: PartialEq>(
     before: &BTreeMap<K, V>,
     after: &BTreeMap<K, V>,
+    same: impl Fn(&V, &V) -> bool,
     mut changed: impl FnMut(&K, Option<&V>),
 ) {
     let mut old = before.iter().peekable();
     let mut new = after.iter().peekable();
     loop {
+        if let (Some((_, vo)), Some((_, vn))) = (old.peek(), new.peek()) {
+            if same(vo, vn) {
+                old.next();
+                new.next();
+                continue;
+            }
+        }
         match (old.peek(), new.peek()) {
             (None, None) => return,
             (Some((k, _)), None) => {
@@ -89,7 +100,7 @@ pub(super) fn diff(before: &State, after: &State) -> Change {
         ipam: Reservations { pools },
     } = after;
     let mut change = Change::default();
-    diff_maps(&before.endpoints, endpoints, |id, ep| {
+    diff_maps(&before.endpoints, endpoints, Arc::ptr_eq, |id, ep| {
         change.endpoints.insert(id.clone(), ep.cloned());
     });
     let empty = Pool::default();
@@ -100,9 +111,14 @@ pub(super) fn diff(before: &State, after: &State) -> Change {
             last: *last,
             reserved: BTreeMap::new(),
         };
-        diff_maps(&old.reserved, reserved, |addr, owner| {
-            pc.reserved.insert(*addr, owner.cloned());
-        });
+        diff_maps(
+            &old.reserved,
+            reserved,
+            |_, _| false,
+            |addr, owner| {
+                pc.reserved.insert(*addr, owner.cloned());
+            },
+        );
         if !pc.reserved.is_empty() || old.last != *last {
             change.pools.insert(subnet.clone(), pc);
         }
