@@ -47,10 +47,18 @@ async fn auto_mode_uses_the_daemon_for_add_check_gc_and_del() {
     let a = world.host("a").await.unwrap();
     let b = world.host("b").await.unwrap();
     let dir = TestDir::new(&world).unwrap();
-    let args: Vec<String> = ["--subnet", "10.84.0.0/24", "--bridge", "weftdm0"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    // No periodic repair during the test: CHECK must see a flushed ruleset.
+    let args: Vec<String> = [
+        "--subnet",
+        "10.84.0.0/24",
+        "--bridge",
+        "weftdm0",
+        "--reconcile-interval-secs",
+        "3600",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let netd = Netd::start(&world, &a, &dir.0, &args).unwrap();
     let plugin = world::workspace_bin("weft");
     let own_state = dir.0.join("plugin-state");
@@ -94,6 +102,30 @@ async fn auto_mode_uses_the_daemon_for_add_check_gc_and_del() {
 
     let mut check = config.clone();
     check["prevResult"] = r1.clone();
+    exec_in(&a, &plugin, &call("CHECK", Some(&c1), &check))
+        .unwrap()
+        .ok()
+        .unwrap();
+    // CHECK through the daemon also looks at the firewall: flushed, it fails
+    // naming it; reconciled, it passes again.
+    world::run_in(
+        &a.netns,
+        "nft",
+        &["flush", "ruleset"],
+        std::time::Duration::from_secs(10),
+    )
+    .unwrap();
+    let reply = exec_in(&a, &plugin, &call("CHECK", Some(&c1), &check)).unwrap();
+    let err = reply.error().unwrap();
+    assert!(
+        err["msg"].as_str().unwrap_or_default().contains("firewall")
+            || err["details"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("firewall"),
+        "{err}"
+    );
+    netd.json(&["reconcile"]).unwrap();
     exec_in(&a, &plugin, &call("CHECK", Some(&c1), &check))
         .unwrap()
         .ok()

@@ -186,15 +186,7 @@ impl Backend for Standalone {
                 .check(&id)
                 .await
                 .map_err(|e| netd_error(e).context("CHECK"))?;
-            if !network.firewall_intact().await.map_err(netd_error)? {
-                return Err(CniError::internal(
-                    format!(
-                        "the firewall rules of bridge {} (nft table inet weft: NAT, published ports) are gone",
-                        conf.bridge_name()
-                    ),
-                    "someone flushed the ruleset: `netd reconcile` (or DEL and ADD) restores them",
-                ));
-            }
+            // (netd's check covers the firewall rules too.)
             if conf.ipam_delegate().is_none() {
                 let state = network.store().read().map_err(|e| netd_error(e.into()))?;
                 let held: BTreeSet<IpAddr> = state.ipam.held_by(&id).into_iter().collect();

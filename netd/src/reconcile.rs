@@ -172,7 +172,18 @@ impl Network {
             )));
         }
         match self.health(ep).await? {
-            Health::Ok => Ok(()),
+            Health::Ok => {
+                // The container's links being right is half of it: its NAT and
+                // published ports live in the host's firewall.
+                if self.firewall_intact().await? {
+                    Ok(())
+                } else {
+                    Err(Error::Conflict(format!(
+                        "container {}: the firewall rules of bridge {} (NAT, published ports) are gone — someone flushed them; `netd reconcile` restores them",
+                        ep.name, self.config.bridge
+                    )))
+                }
+            }
             Health::ContainerGone => Err(Error::Invalid(format!(
                 "container {}: its namespace {} is gone",
                 ep.name,
