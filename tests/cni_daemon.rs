@@ -131,6 +131,24 @@ async fn auto_mode_uses_the_daemon_for_add_check_gc_and_del() {
         .ok()
         .unwrap();
 
+    // ipRanges through the daemon: netd reserves the range's first free address.
+    let c3 = a.container("c3").unwrap();
+    let mut ranged = config.clone();
+    ranged["capabilities"] = json!({"ipRanges": true});
+    ranged["runtimeConfig"] = json!({"ipRanges": [[{"subnet": "10.84.0.0/24", "rangeStart": "10.84.0.200", "rangeEnd": "10.84.0.209"}]]});
+    let r3 = exec_in(&a, &plugin, &call("ADD", Some(&c3), &ranged))
+        .unwrap()
+        .result()
+        .unwrap();
+    assert_eq!(address(&r3).to_string(), "10.84.0.200");
+    let mut del3 = ranged.clone();
+    del3["prevResult"] = r3;
+    exec_in(&a, &plugin, &call("DEL", Some(&c3), &del3))
+        .unwrap()
+        .ok()
+        .unwrap();
+    assert_eq!(daemon_endpoints(&netd).len(), 2, "c3 is gone again");
+
     let mut gc = config.clone();
     gc["cni.dev/valid-attachments"] = json!([{"containerID": "ctr-c1", "ifname": "eth0"}]);
     exec_in(&a, &plugin, &call("GC", None, &gc))

@@ -73,7 +73,7 @@ async fn netns_flag_manages_another_namespace() {
     assert!(links_with_prefix(&control, "wv").is_empty());
     assert_eq!(links_with_prefix(&host.netns, "wv").len(), 1);
     assert!(ping(&host.netns, result_ip(&r)).unwrap());
-    netd.json(&["detach", "c1"]).unwrap();
+    netd.json(&["detach", "c1", "--wait"]).unwrap();
     assert!(links_with_prefix(&host.netns, "wv").is_empty());
 }
 

@@ -11,6 +11,7 @@ use netd::api::Status;
 use crate::backend::{AttachRequest, Backend, CheckRequest, DetachRequest};
 use crate::error::{CniError, ErrorCode};
 use crate::host;
+use crate::range;
 use crate::result::CniResult;
 use crate::standalone::{attachment_of, check_common, finish_add};
 use crate::types::{Attachment, NetConf};
@@ -112,21 +113,22 @@ impl Backend for Daemon {
 
     fn add(&self, request: &AttachRequest) -> Result<CniResult, CniError> {
         let conf = request.network;
-        if !conf.runtime_config.ip_ranges.is_empty()
-            || conf
-                .ipam
-                .as_ref()
-                .is_some_and(|i| i.delegate().is_none() && i.settings.contains_key("rangeStart"))
-        {
-            return Err(CniError::unsupported_field(
-                "ipRanges",
-                &serde_json::json!(conf.runtime_config.ip_ranges),
-                "address ranges of the built-in IPAM need mode standalone",
-            ));
-        }
+        let wants_range = !conf.runtime_config.ip_ranges.is_empty()
+            || conf.ipam.as_ref().is_some_and(|i| {
+                i.delegate().is_none()
+                    && (i.settings.contains_key("rangeStart")
+                        || i.settings.contains_key("rangeEnd"))
+            });
         self.runtime.block_on(async {
             let id = wiring::endpoint_id(&conf.name, request.container_id, request.ifname);
-            let netd_req = wiring::attach_request(request, &id, None)?;
+            // A range is checked against the daemon's subnet, then netd
+            // reserves its first free address.
+            let range = if wants_range {
+                range::wanted(conf, self.daemon_subnet().await?)?
+            } else {
+                None
+            };
+            let netd_req = wiring::attach_request(request, &id, range)?;
             let attached: netd::AttachResult = self
                 .client
                 .post("/v1/containers", &netd_req)
@@ -241,4 +243,28 @@ impl Backend for Daemon {
 /// resources are released when they return, so the plugin waits for that.
 fn detach_path(id: &str) -> String {
     format!("/v1/containers/{id}?wait=1")
+}
+
+impl Daemon {
+    /// The daemon's IPv4 container subnet, from its status.
+    async fn daemon_subnet(&self) -> Result<ipnetwork::Ipv4Network, CniError> {
+        let status: Status = self
+            .client
+            .get("/v1/status")
+            .await
+            .map_err(|e| self.err(e))?;
+        status
+            .subnets
+            .iter()
+            .find_map(|s| match s {
+                ipnetwork::IpNetwork::V4(v4) => Some(*v4),
+                ipnetwork::IpNetwork::V6(_) => None,
+            })
+            .ok_or_else(|| {
+                CniError::internal(
+                    "netd's status names no IPv4 subnet",
+                    format!("subnets: {:?}", status.subnets),
+                )
+            })
+    }
 }

@@ -1,8 +1,7 @@
 //! Address ranges for the built-in IPAM: `ipam.rangeStart`/`rangeEnd` in the
-//! config, or the runtime's `ipRanges` capability. netd allocates from its
-//! whole subnet; the plugin picks the first free address of the range from
-//! netd's reservations and asks netd for exactly that one (netd checks it
-//! again under its lock, so a race ends in a retry, never a shared address).
+//! config, or the runtime's `ipRanges` capability. The plugin checks the range
+//! against the network's subnet and hands it to netd (library or daemon),
+//! which reserves the range's first free address under its lock.
 
 use std::net::IpAddr;
 
@@ -40,11 +39,13 @@ fn setting(conf: &NetConf, key: &str) -> Result<Option<IpAddr>, CniError> {
 }
 
 /// The range this ADD must pick from, if the config or the runtime asks for one.
-pub fn wanted(conf: &NetConf, config: &netd::Config) -> Result<Option<AddressRange>, CniError> {
+pub fn wanted(
+    conf: &NetConf,
+    subnet: ipnetwork::Ipv4Network,
+) -> Result<Option<AddressRange>, CniError> {
     if conf.ipam_delegate().is_some() {
         return Ok(None);
     }
-    let subnet = config.subnet;
     let base = u32::from(subnet.network());
     let top = u32::from(subnet.broadcast());
     let (mut start, mut end) = (setting(conf, "rangeStart")?, setting(conf, "rangeEnd")?);
@@ -106,27 +107,12 @@ pub fn wanted(conf: &NetConf, config: &netd::Config) -> Result<Option<AddressRan
 }
 
 impl AddressRange {
-    /// The first address of the range netd has not reserved.
-    pub fn pick(
-        &self,
-        ipam: &netd::ipam::Reservations,
-        config: &netd::Config,
-    ) -> Result<IpAddr, CniError> {
-        let key = ipnetwork::IpNetwork::V4(config.subnet).to_string();
-        let reserved = ipam.pools.get(&key).map(|p| &p.reserved);
-        (self.first..=self.last)
-            .map(|n| IpAddr::V4(std::net::Ipv4Addr::from(n)))
-            .find(|ip| reserved.is_none_or(|r| !r.contains_key(ip)))
-            .ok_or_else(|| {
-                CniError::internal(
-                    format!(
-                        "no free address in range {}-{}",
-                        std::net::Ipv4Addr::from(self.first),
-                        std::net::Ipv4Addr::from(self.last)
-                    ),
-                    "DEL containers or widen the range",
-                )
-            })
+    /// As netd's attach request takes it.
+    pub fn to_netd(self) -> netd::Ipv4Range {
+        netd::Ipv4Range {
+            first: std::net::Ipv4Addr::from(self.first),
+            last: std::net::Ipv4Addr::from(self.last),
+        }
     }
 }
 
@@ -138,11 +124,8 @@ mod tests {
         NetConf::parse(json.to_string().as_bytes()).unwrap()
     }
 
-    fn config(subnet: &str) -> netd::Config {
-        netd::Config {
-            subnet: subnet.parse().unwrap(),
-            ..Default::default()
-        }
+    fn subnet(s: &str) -> ipnetwork::Ipv4Network {
+        s.parse().unwrap()
     }
 
     #[test]
@@ -151,35 +134,20 @@ mod tests {
             serde_json::json!({"cniVersion": "1.0.0", "name": "n", "type": "weft",
             "ipam": {"type": "weft", "subnet": "10.77.0.0/24", "rangeStart": "10.77.0.10", "rangeEnd": "10.77.0.11"}}),
         );
-        let r = wanted(&c, &config("10.77.0.0/24")).unwrap().unwrap();
-        let mut ipam = netd::ipam::Reservations::default();
+        let r = wanted(&c, subnet("10.77.0.0/24")).unwrap().unwrap();
         assert_eq!(
-            r.pick(&ipam, &config("10.77.0.0/24")).unwrap().to_string(),
-            "10.77.0.10"
+            r.to_netd(),
+            netd::Ipv4Range {
+                first: "10.77.0.10".parse().unwrap(),
+                last: "10.77.0.11".parse().unwrap()
+            }
         );
-        ipam.allocate(
-            "10.77.0.0/24".parse().unwrap(),
-            "a",
-            Some("10.77.0.10".parse().unwrap()),
-        )
-        .unwrap();
-        assert_eq!(
-            r.pick(&ipam, &config("10.77.0.0/24")).unwrap().to_string(),
-            "10.77.0.11"
-        );
-        ipam.allocate(
-            "10.77.0.0/24".parse().unwrap(),
-            "b",
-            Some("10.77.0.11".parse().unwrap()),
-        )
-        .unwrap();
-        assert!(r.pick(&ipam, &config("10.77.0.0/24")).is_err());
 
         let c = conf(
             serde_json::json!({"cniVersion": "1.0.0", "name": "n", "type": "weft",
             "runtimeConfig": {"ipRanges": [[{"subnet": "10.77.0.64/26"}]]}}),
         );
-        let r = wanted(&c, &config("10.77.0.0/24")).unwrap().unwrap();
+        let r = wanted(&c, subnet("10.77.0.0/24")).unwrap().unwrap();
         assert_eq!(
             (r.first, r.last),
             (
@@ -188,13 +156,13 @@ mod tests {
             )
         );
         assert_eq!(
-            wanted(&c, &config("10.78.0.0/24"))
+            wanted(&c, subnet("10.78.0.0/24"))
                 .unwrap_err()
                 .code
                 .number(),
             7
         );
         let plain = conf(serde_json::json!({"cniVersion": "1.0.0", "name": "n", "type": "weft"}));
-        assert_eq!(wanted(&plain, &config("10.77.0.0/24")).unwrap(), None);
+        assert_eq!(wanted(&plain, subnet("10.77.0.0/24")).unwrap(), None);
     }
 }

@@ -15,10 +15,6 @@ use crate::result::CniResult;
 use crate::types::{Attachment, NetConf};
 use crate::wiring;
 
-/// How many times an ADD picking from a range retries when another process
-/// took the address it picked between the pick and the reservation.
-const RANGE_RETRIES: usize = 16;
-
 pub struct Standalone {
     runtime: tokio::runtime::Runtime,
     /// One netlink connection in the runtime's namespace for the whole call
@@ -104,25 +100,12 @@ impl Backend for Standalone {
             let network = Standalone::open(conf, delegated_network(&request.addressing)).await?;
             step("network opened");
             let id = wiring::endpoint_id(&conf.name, request.container_id, request.ifname);
-            let range = range::wanted(conf, network.config())?;
-            let mut attempts = 0;
+            let range = range::wanted(conf, network.config().subnet)?;
             let mut repaired = false;
             let attached = loop {
-                let pick = match (&range, &request.addressing) {
-                    (Some(r), Addressing::Builtin { requested }) if requested.is_empty() => {
-                        let state = network.store().read().map_err(|e| netd_error(e.into()))?;
-                        Some(r.pick(&state.ipam, network.config())?)
-                    }
-                    _ => None,
-                };
-                let netd_req = wiring::attach_request(request, &id, pick)?;
+                let netd_req = wiring::attach_request(request, &id, range)?;
                 match network.attach(netd_req).await {
                     Ok(result) => break result,
-                    Err(netd::Error::Ipam(netd::ipam::IpamError::Taken { .. }))
-                        if pick.is_some() && attempts < RANGE_RETRIES =>
-                    {
-                        attempts += 1;
-                    }
                     // Without a daemon nobody notices a flushed ruleset until
                     // an ADD fails on it: restore the rules and every recorded
                     // port as netd's reconciliation does, then try once more.

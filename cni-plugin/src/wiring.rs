@@ -261,11 +261,12 @@ pub fn extra_routes(ipam: &CniResult) -> Vec<Route> {
 }
 
 /// netd's attach request for a CNI ADD. `ip` and `ip6` come from the
-/// requested static addresses or from the range choice (`range_pick`).
+/// requested static addresses or from the range (`range`), which netd
+/// allocates from under its lock.
 pub fn attach_request(
     request: &AttachRequest,
     id: &str,
-    range_pick: Option<IpAddr>,
+    range: Option<crate::range::AddressRange>,
 ) -> Result<netd::AttachRequest, CniError> {
     let conf = request.network;
     let mut netd_req = netd::AttachRequest {
@@ -324,9 +325,7 @@ pub fn attach_request(
                 }
             }
             if netd_req.ip.is_none() {
-                if let Some(IpAddr::V4(pick)) = range_pick {
-                    netd_req.ip = Some(pick);
-                }
+                netd_req.ip_range = range.map(|r| r.to_netd());
             }
         }
     }

@@ -310,9 +310,15 @@ impl Network {
     ) -> Result<Vec<IpNetwork>> {
         let mut ips = Vec::new();
         let subnet4 = IpNetwork::V4(self.config.subnet);
-        let ip4 = state
-            .ipam
-            .allocate(subnet4, &plan.id, req.ip.map(IpAddr::V4))?;
+        let ip4 = match (req.ip, req.ip_range) {
+            (None, Some(r)) => state.ipam.allocate_in_range(
+                subnet4,
+                &plan.id,
+                IpAddr::V4(r.first),
+                IpAddr::V4(r.last),
+            )?,
+            (ip, _) => state.ipam.allocate(subnet4, &plan.id, ip.map(IpAddr::V4))?,
+        };
         ips.push(IpNetwork::new(ip4, subnet4.prefix()).expect("subnet prefix"));
         if let Some(s6) = self.config.subnet6 {
             let s6 = IpNetwork::V6(s6);

@@ -32,6 +32,14 @@ pub const ALIAS_PREFIX: &str = "weft:";
 /// `=reap` makes the reaper sleep before deleting what detaches handed it.
 pub const PAUSE_ENV: &str = "WEFT_DEBUG_PAUSE_ATTACH";
 
+/// An inclusive range of IPv4 addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ipv4Range {
+    pub first: Ipv4Addr,
+    pub last: Ipv4Addr,
+}
+
 /// What a caller asks for. Only `netns` is required.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -49,6 +57,10 @@ pub struct AttachRequest {
     pub ifname: Option<String>,
     #[serde(default)]
     pub ip: Option<Ipv4Addr>,
+    /// Take the IPv4 address from this part of the subnet (when `ip` is not
+    /// given): CNI's `rangeStart`/`rangeEnd` and `ipRanges`.
+    #[serde(default)]
+    pub ip_range: Option<Ipv4Range>,
     #[serde(default)]
     pub ip6: Option<Ipv6Addr>,
     /// `aa:bb:cc:dd:ee:ff`, or `U:<seed>` for a MAC derived from a seed.

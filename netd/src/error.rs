@@ -68,8 +68,11 @@ impl Error {
             Error::Ipam(e) => match e {
                 IpamError::OutsideSubnet { .. }
                 | IpamError::NotAssignable { .. }
-                | IpamError::BadSubnet { .. } => ErrorKind::BadRequest,
-                IpamError::Taken { .. } | IpamError::Full { .. } => ErrorKind::Conflict,
+                | IpamError::BadSubnet { .. }
+                | IpamError::BadRange { .. } => ErrorKind::BadRequest,
+                IpamError::Taken { .. } | IpamError::Full { .. } | IpamError::RangeFull { .. } => {
+                    ErrorKind::Conflict
+                }
             },
             Error::Kernel { source, .. }
                 if matches!(**source, plumb::Error::NamespaceNotFound(_)) =>

@@ -32,6 +32,20 @@ pub enum IpamError {
     )]
     Full { subnet: IpNetwork, in_use: u128 },
 
+    #[error("no free address in range {first}-{last} of subnet {subnet}; detach a container or widen the range")]
+    RangeFull {
+        first: IpAddr,
+        last: IpAddr,
+        subnet: IpNetwork,
+    },
+
+    #[error("range {first}-{last} is not inside subnet {subnet} (or ends before it starts)")]
+    BadRange {
+        first: IpAddr,
+        last: IpAddr,
+        subnet: IpNetwork,
+    },
+
     #[error("subnet {subnet}: {why}")]
     BadSubnet {
         subnet: IpNetwork,
@@ -124,6 +138,48 @@ pub fn gateway(subnet: IpNetwork) -> IpAddr {
 impl Reservations {
     /// Reserves an address in `subnet` for `owner`: `requested` when given
     /// (checked), otherwise the next free one.
+    /// Reserves the first free address of `first..=last` (inside `subnet`;
+    /// the gateway and, for IPv4, network and broadcast are skipped): what
+    /// CNI's `rangeStart`/`rangeEnd` and `ipRanges` ask for.
+    pub fn allocate_in_range(
+        &mut self,
+        subnet: IpNetwork,
+        owner: &str,
+        first: IpAddr,
+        last: IpAddr,
+    ) -> Result<IpAddr, IpamError> {
+        let range = range(subnet)?;
+        let bad = || IpamError::BadRange {
+            first,
+            last,
+            subnet,
+        };
+        if first.is_ipv6() != range.v6 || last.is_ipv6() != range.v6 {
+            return Err(bad());
+        }
+        let (lo, hi) = (to_int(first), to_int(last));
+        if lo > hi || lo < to_int(subnet.network()) || hi > range.last + u128::from(!range.v6) {
+            return Err(bad());
+        }
+        let (lo, hi) = (lo.max(range.first), hi.min(range.last));
+        let pool = self.pools.entry(subnet.to_string()).or_default();
+        // As in `allocate`: bounded by the reservations, not the range's size.
+        let attempts = (hi.saturating_sub(lo) + 1).min(pool.reserved.len() as u128 + 2);
+        for candidate in (lo..=hi).take(attempts as usize) {
+            let addr = from_int(candidate, range.v6);
+            if candidate == range.gateway || pool.reserved.contains_key(&addr) {
+                continue;
+            }
+            pool.reserved.insert(addr, owner.to_string());
+            return Ok(addr);
+        }
+        Err(IpamError::RangeFull {
+            first,
+            last,
+            subnet,
+        })
+    }
+
     pub fn allocate(
         &mut self,
         subnet: IpNetwork,
@@ -347,6 +403,46 @@ mod tests {
         assert!(matches!(
             r.allocate(small, "c", None),
             Err(IpamError::Full { in_use: 3, .. })
+        ));
+    }
+
+    #[test]
+    fn a_range_hands_out_its_first_free_address_then_is_full() {
+        let subnet: IpNetwork = "10.77.0.0/24".parse().unwrap();
+        let mut r = Reservations::default();
+        let (first, last) = ("10.77.0.10".parse().unwrap(), "10.77.0.11".parse().unwrap());
+        assert_eq!(
+            r.allocate_in_range(subnet, "a", first, last).unwrap(),
+            first
+        );
+        assert_eq!(r.allocate_in_range(subnet, "b", first, last).unwrap(), last);
+        assert!(matches!(
+            r.allocate_in_range(subnet, "c", first, last),
+            Err(IpamError::RangeFull { .. })
+        ));
+        r.release_owner("a");
+        assert_eq!(
+            r.allocate_in_range(subnet, "c", first, last).unwrap(),
+            first
+        );
+        // The gateway is skipped, a range outside the subnet refused.
+        let from_gw = r
+            .allocate_in_range(
+                subnet,
+                "d",
+                "10.77.0.1".parse().unwrap(),
+                "10.77.0.3".parse().unwrap(),
+            )
+            .unwrap();
+        assert_eq!(from_gw.to_string(), "10.77.0.2");
+        assert!(matches!(
+            r.allocate_in_range(
+                subnet,
+                "e",
+                "10.78.0.1".parse().unwrap(),
+                "10.78.0.9".parse().unwrap()
+            ),
+            Err(IpamError::BadRange { .. })
         ));
     }
 }

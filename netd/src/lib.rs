@@ -25,7 +25,7 @@ pub mod reconcile;
 pub mod state;
 
 pub use config::{Config, ConfigArgs, FirewallKind};
-pub use endpoint::{AssignedAddresses, AttachRequest, AttachResult, DetachReport};
+pub use endpoint::{AssignedAddresses, AttachRequest, AttachResult, DetachReport, Ipv4Range};
 pub use error::{Error, Result};
 pub use gc::GcReport;
 pub use network::{Action, Network};

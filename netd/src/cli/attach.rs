@@ -1,9 +1,9 @@
-//! `netd attach <netns> [--id] [--name] [--ifname] [--ip] [--ip6] [--mac] [--mtu]`
+//! `netd attach <netns> [--id] [--name] [--ifname] [--ip|--ip-range] [--ip6] [--mac] [--mtu]`
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::{print_json, ClientArgs};
-use crate::endpoint::{AttachRequest, AttachResult};
+use crate::endpoint::{AttachRequest, AttachResult, Ipv4Range};
 use crate::error::Result;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -22,6 +22,10 @@ pub struct AttachArgs {
     /// A fixed IPv4 address inside the subnet.
     #[arg(long)]
     pub ip: Option<Ipv4Addr>,
+    /// Take the IPv4 address from FIRST-LAST (inside the subnet) instead of
+    /// anywhere in it, e.g. 10.66.0.100-10.66.0.199.
+    #[arg(long, value_parser = parse_range, conflicts_with = "ip")]
+    pub ip_range: Option<Ipv4Range>,
     /// A fixed IPv6 address inside subnet6.
     #[arg(long)]
     pub ip6: Option<Ipv6Addr>,
@@ -45,6 +49,7 @@ pub async fn run(args: AttachArgs) -> Result<()> {
         name: args.name,
         ifname: Some(args.ifname),
         ip: args.ip,
+        ip_range: args.ip_range,
         ip6: args.ip6,
         mac: args.mac,
         mtu: args.mtu,
@@ -77,4 +82,19 @@ pub async fn run(args: AttachArgs) -> Result<()> {
         println!("published {port}");
     }
     Ok(())
+}
+
+fn parse_range(s: &str) -> std::result::Result<Ipv4Range, String> {
+    let (first, last) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?} is not FIRST-LAST (two IPv4 addresses)"))?;
+    let parse = |a: &str| {
+        a.trim()
+            .parse::<Ipv4Addr>()
+            .map_err(|_| format!("{a:?} in {s:?} is not an IPv4 address"))
+    };
+    Ok(Ipv4Range {
+        first: parse(first)?,
+        last: parse(last)?,
+    })
 }
