@@ -156,6 +156,30 @@ async fn reattaching_right_after_a_detach_waits_for_the_old_link() {
     assert_eq!(netd.endpoints().unwrap().len(), 2);
 }
 
+/// Two interfaces of one container on the same network share one default
+/// route (on the first); detaching the first moves it to the second.
+#[tokio::test]
+async fn the_default_route_moves_to_a_second_interface_when_the_first_goes() {
+    root_or_skip!();
+    let world = World::new().await.unwrap();
+    let host = world.host("a").await.unwrap();
+    let dir = TestDir::new(&world).unwrap();
+    let netd = Netd::start(&world, &host, &dir.0, &default_args("10.66.8.0/24")).unwrap();
+    let c1 = host.container("c1").unwrap();
+    netd.attach(&c1.netns_name, "c1a", &[]).unwrap();
+    netd.attach(&c1.netns_name, "c1b", &["--ifname", "eth1"])
+        .unwrap();
+    let routes = ip_json(&c1.netns, &["route", "show", "default"]).unwrap();
+    assert_eq!(routes.as_array().unwrap().len(), 1, "{routes}");
+    assert_eq!(routes[0]["dev"], "eth0");
+
+    netd.json(&["detach", "c1a", "--wait"]).unwrap();
+    let routes = ip_json(&c1.netns, &["route", "show", "default"]).unwrap();
+    assert_eq!(routes[0]["dev"], "eth1", "{routes}");
+    assert_eq!(routes[0]["gateway"], "10.66.8.1");
+    assert!(ping(&c1.netns, "10.66.8.1".parse().unwrap()).unwrap());
+}
+
 #[tokio::test]
 async fn dual_stack_containers_get_both_families() {
     root_or_skip!();

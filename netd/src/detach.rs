@@ -31,7 +31,61 @@ impl Network {
         step("link deleted");
         let released = self.forget(std::slice::from_ref(ep))?;
         step("forgotten");
+        self.restore_shared_routes(std::slice::from_ref(ep)).await;
         Ok(released)
+    }
+
+    /// A container with a second interface on this network has its default
+    /// route only on the first (one default route per gateway): when the
+    /// interface holding it goes, the route is added again on the one that
+    /// stays. Best effort: a namespace that is gone needs nothing.
+    pub(crate) async fn restore_shared_routes(&self, gone: &[Endpoint]) {
+        let Ok(state) = self.store.read() else {
+            return;
+        };
+        for ep in gone {
+            let staying: Vec<Endpoint> = state
+                .endpoints
+                .values()
+                .filter(|o| o.netns_inode == ep.netns_inode && o.id != ep.id)
+                .filter(|o| o.phase == crate::state::Phase::Attached)
+                .map(|o| (**o).clone())
+                .collect();
+            let Some(first) = staying.first() else {
+                continue;
+            };
+            let Ok(netns) = plumb::Netns::path(&first.netns) else {
+                continue;
+            };
+            if netns.inode() != ep.netns_inode {
+                continue;
+            }
+            let Ok(cnl) = Netlink::open(&netns).await else {
+                continue;
+            };
+            for other in &staying {
+                for gw in &other.gateways {
+                    let route = plumb::Route {
+                        gateway: Some(*gw),
+                        dev: Some(other.ifname.clone()),
+                        ipv6: gw.is_ipv6(),
+                        ..Default::default()
+                    };
+                    match cnl.add_route(&route).await {
+                        Ok(()) => tracing::info!(
+                            container = %other.name,
+                            "default route via {gw} moved to {} ({} detached)",
+                            other.ifname,
+                            ep.ifname
+                        ),
+                        Err(e) if e.is_already_exists() => {}
+                        Err(e) => {
+                            tracing::warn!(container = %other.name, "restore the default route via {gw}: {e}")
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// A failure here is not fatal: reconciliation syncs the firewall with

@@ -144,6 +144,7 @@ async fn reap(network: &Arc<Network>, nl: &Netlink, batch: Vec<Endpoint>) {
         network.metrics.error("detach");
         tracing::error!("forget detached containers: {e}; reconciliation retries");
     }
+    network.restore_shared_routes(&gone).await;
     if let Some(reaper) = network.reaper.get() {
         reaper.done(&ids);
     }
