@@ -179,15 +179,33 @@ impl IpamDelegate {
     /// prefixed with the plugin's name.
     fn exec_once(&self, command: env::Command) -> Result<Vec<u8>, CniError> {
         let doing = format!("IPAM plugin {} {}", self.plugin, command.as_str());
-        let mut child = Command::new(&self.binary)
-            .env_clear()
-            .envs(self.vars.iter().map(|(k, v)| (k, v)))
-            .env("CNI_COMMAND", command.as_str())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| CniError::io(format!("{doing}: cannot start it"), e.to_string()))?;
+        let spawn = || {
+            Command::new(&self.binary)
+                .env_clear()
+                .envs(self.vars.iter().map(|(k, v)| (k, v)))
+                .env("CNI_COMMAND", command.as_str())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+        };
+        // ETXTBSY: the binary is still open for writing somewhere (being
+        // installed or upgraded, or held by a process forked meanwhile);
+        // that passes within moments, so try a few times before failing.
+        let mut attempt = 0;
+        let mut child = loop {
+            match spawn() {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && attempt < 5 => {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10 << attempt));
+                }
+                other => {
+                    break other.map_err(|e| {
+                        CniError::io(format!("{doing}: cannot start it"), e.to_string())
+                    })?
+                }
+            }
+        };
         let mut stdin = child.stdin.take().expect("stdin is piped");
         // A plugin that exits without reading stdin closes the pipe: not our error.
         let _ = stdin.write_all(&self.config);
