@@ -336,6 +336,22 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
             &c2.netns_name,
             "--name",
             "c2",
+            "--ip-range",
+            "10.66.9.1-10.66.9.5",
+        ])
+        .unwrap();
+    assert!(
+        err.contains("range 10.66.9.1-10.66.9.5 is not inside subnet 10.66.2.0/29"),
+        "{err}"
+    );
+    unchanged("a range outside the subnet");
+
+    let err = netd
+        .fails(&[
+            "attach",
+            &c2.netns_name,
+            "--name",
+            "c2",
             "--ip",
             "10.66.2.3",
         ])
