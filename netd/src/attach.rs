@@ -29,6 +29,31 @@ async fn has_default_via(nl: &Netlink, gw: IpAddr) -> Result<bool> {
         .any(|r| r.destination.is_none() && r.gateway == Some(gw)))
 }
 
+/// The default routes via `ep`'s gateways on its interface, in its
+/// namespace (`cnl`). A second interface of the container on this network
+/// finds the route via the same gateway there already (on the first): fine.
+pub(crate) async fn add_default_routes(cnl: &Netlink, ep: &Endpoint) -> Result<()> {
+    for gw in &ep.gateways {
+        let route = Route {
+            gateway: Some(*gw),
+            dev: Some(ep.ifname.clone()),
+            ipv6: gw.is_ipv6(),
+            ..Default::default()
+        };
+        match cnl.add_route(&route).await {
+            Ok(()) => {}
+            Err(e) if e.is_already_exists() && has_default_via(cnl, *gw).await? => {}
+            Err(e) => {
+                return Err(Error::kernel(
+                    format!("attach container {}: add default route via {gw}", ep.name),
+                    e,
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Addresses given by the caller: at least one, no `ip`/`ip6` beside them,
 /// at most one gateway per family.
 fn validate_assigned(name: &str, req: &AttachRequest, assigned: &AssignedAddresses) -> Result<()> {
@@ -394,26 +419,7 @@ impl Network {
                 .ctx(|| ctx("add address"))?;
         }
         pause_if_asked("addressed").await;
-        for gw in &ep.gateways {
-            let route = Route {
-                gateway: Some(*gw),
-                dev: Some(ep.ifname.clone()),
-                ipv6: gw.is_ipv6(),
-                ..Default::default()
-            };
-            match cnl.add_route(&route).await {
-                Ok(()) => {}
-                // A second interface of the container on this network: the
-                // default route via this gateway is there already (on the first).
-                Err(e) if e.is_already_exists() && has_default_via(&cnl, *gw).await? => {}
-                Err(e) => {
-                    return Err(Error::kernel(
-                        ctx(&format!("add default route via {gw}")),
-                        e,
-                    ))
-                }
-            }
-        }
+        add_default_routes(&cnl, ep).await?;
         let link = cnl
             .require_link(&ep.ifname)
             .await

@@ -40,17 +40,19 @@ impl Network {
     /// interface holding it goes, the route is added again on the one that
     /// stays. Best effort: a namespace that is gone needs nothing.
     pub(crate) async fn restore_shared_routes(&self, gone: &[Endpoint]) {
-        let Ok(state) = self.store.read() else {
-            return;
-        };
         for ep in gone {
-            let staying: Vec<Endpoint> = state
-                .endpoints
-                .values()
-                .filter(|o| o.netns_inode == ep.netns_inode && o.id != ep.id)
-                .filter(|o| o.phase == crate::state::Phase::Attached)
-                .map(|o| (**o).clone())
-                .collect();
+            // Looked at in place: a detach must not copy the whole state.
+            let staying: Vec<Endpoint> = match self.store.read_with(|s| {
+                s.endpoints
+                    .values()
+                    .filter(|o| o.netns_inode == ep.netns_inode && o.id != ep.id)
+                    .filter(|o| o.phase == Phase::Attached)
+                    .map(|o| (**o).clone())
+                    .collect()
+            }) {
+                Ok(staying) => staying,
+                Err(_) => return,
+            };
             let Some(first) = staying.first() else {
                 continue;
             };
@@ -64,25 +66,8 @@ impl Network {
                 continue;
             };
             for other in &staying {
-                for gw in &other.gateways {
-                    let route = plumb::Route {
-                        gateway: Some(*gw),
-                        dev: Some(other.ifname.clone()),
-                        ipv6: gw.is_ipv6(),
-                        ..Default::default()
-                    };
-                    match cnl.add_route(&route).await {
-                        Ok(()) => tracing::info!(
-                            container = %other.name,
-                            "default route via {gw} moved to {} ({} detached)",
-                            other.ifname,
-                            ep.ifname
-                        ),
-                        Err(e) if e.is_already_exists() => {}
-                        Err(e) => {
-                            tracing::warn!(container = %other.name, "restore the default route via {gw}: {e}")
-                        }
-                    }
+                if let Err(e) = crate::attach::add_default_routes(&cnl, other).await {
+                    tracing::warn!(container = %other.name, "restore its default route: {e}");
                 }
             }
         }
