@@ -113,17 +113,11 @@ impl Backend for Daemon {
 
     fn add(&self, request: &AttachRequest) -> Result<CniResult, CniError> {
         let conf = request.network;
-        let wants_range = !conf.runtime_config.ip_ranges.is_empty()
-            || conf.ipam.as_ref().is_some_and(|i| {
-                i.delegate().is_none()
-                    && (i.settings.contains_key("rangeStart")
-                        || i.settings.contains_key("rangeEnd"))
-            });
         self.runtime.block_on(async {
             let id = wiring::endpoint_id(&conf.name, request.container_id, request.ifname);
             // A range is checked against the daemon's subnet, then netd
             // reserves its first free address.
-            let range = if wants_range {
+            let range = if range::asked(conf) {
                 range::wanted(conf, self.daemon_subnet().await?)?
             } else {
                 None

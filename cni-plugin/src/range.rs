@@ -38,12 +38,26 @@ fn setting(conf: &NetConf, key: &str) -> Result<Option<IpAddr>, CniError> {
         })
 }
 
+/// Whether the config or the runtime asks the built-in IPAM for a range.
+pub fn asked(conf: &NetConf) -> bool {
+    conf.ipam_delegate().is_none()
+        && (conf
+            .runtime_config
+            .ip_ranges
+            .iter()
+            .flatten()
+            .any(|r| r.subnet.is_ipv4())
+            || conf.ipam.as_ref().is_some_and(|i| {
+                i.settings.contains_key("rangeStart") || i.settings.contains_key("rangeEnd")
+            }))
+}
+
 /// The range this ADD must pick from, if the config or the runtime asks for one.
 pub fn wanted(
     conf: &NetConf,
     subnet: ipnetwork::Ipv4Network,
 ) -> Result<Option<AddressRange>, CniError> {
-    if conf.ipam_delegate().is_some() {
+    if !asked(conf) {
         return Ok(None);
     }
     let base = u32::from(subnet.network());
