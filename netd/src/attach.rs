@@ -359,10 +359,10 @@ impl Network {
         let nl = self.netlink().await?;
         let ctx = |step: &str| format!("attach container {}: {step}", ep.name);
         let host_opts = LinkOptions {
-            // Up only once IPv6 is off on it (below).
+            // Up only once IPv6 is off on it (below); its alias goes with that
+            // change instead of a request of its own.
             up: false,
             mtu: ep.mtu,
-            alias: Some(format!("{ALIAS_PREFIX}{}", ep.id)),
             ..Default::default()
         };
         let peer_opts = LinkOptions {
@@ -396,17 +396,24 @@ impl Network {
             .require_link(&self.config.bridge)
             .await
             .ctx(|| ctx(&format!("find bridge {}", self.config.bridge)))?;
+        // Looked up once for the two changes below: each look-up of a veth
+        // costs more the more container namespaces there are.
+        let host_end = nl
+            .require_link(&ep.host_ifname)
+            .await
+            .ctx(|| ctx(&format!("find {}", ep.host_ifname)))?;
         let plug = LinkChange {
             controller: Some(Some(bridge.index)),
             up: Some(true),
+            alias: Some(format!("{ALIAS_PREFIX}{}", ep.id)),
             ..Default::default()
         };
-        nl.set_link(&ep.host_ifname, &plug)
+        nl.set_link_at(&host_end, &plug)
             .await
             .ctx(|| ctx(&format!("plug {} into bridge", ep.host_ifname)))?;
         // A container reaching its own published port through the host
         // address comes back in by the port it went out by.
-        nl.set_hairpin(&ep.host_ifname, true)
+        nl.set_hairpin_at(&host_end, true)
             .await
             .ctx(|| ctx("turn on hairpin mode"))?;
         pause_if_asked("veth").await;

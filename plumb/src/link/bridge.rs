@@ -6,7 +6,7 @@ use netlink_packet_route::link::{
 use netlink_packet_route::RouteNetlinkMessage;
 use rtnetlink::{LinkBridge, LinkBridgePort};
 
-use super::LinkOptions;
+use super::{Link, LinkOptions};
 use crate::error::Result;
 use crate::handle::Netlink;
 
@@ -64,6 +64,12 @@ impl Netlink {
     /// address needs (`ip link set PORT type bridge_slave hairpin on`).
     pub async fn set_hairpin(&self, port: &str, on: bool) -> Result<()> {
         let link = self.require_link(port).await?;
+        self.set_hairpin_at(&link, on).await
+    }
+
+    /// `set_hairpin` for a port already looked up.
+    pub async fn set_hairpin_at(&self, link: &Link, on: bool) -> Result<()> {
+        let port = &link.name;
         let msg = LinkBridgePort::new(link.index).hairpin(on).build();
         // Port settings change through RTM_NEWLINK on the existing link.
         self.request_ack(RouteNetlinkMessage::NewLink(msg), 0, || {

@@ -252,6 +252,15 @@ impl Netlink {
     /// Applies `change` to the link called `name`.
     pub async fn set_link(&self, name: &str, change: &LinkChange) -> Result<()> {
         let link = self.require_link(name).await?;
+        self.set_link_at(&link, change).await
+    }
+
+    /// Applies `change` to `link` as read before, by its index: no second
+    /// look-up. (Reading a veth whose peer is in another namespace makes the
+    /// kernel search every namespace id this one knows, so with a container
+    /// namespace per link every look-up costs more the more containers there are.)
+    pub async fn set_link_at(&self, link: &Link, change: &LinkChange) -> Result<()> {
+        let name = &link.name;
         if let Some(new_name) = &change.rename {
             validate_ifname(new_name)?;
         }
