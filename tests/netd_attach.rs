@@ -31,10 +31,17 @@ async fn two_containers_reach_each_other_and_the_gateway_and_detach_leaves_nothi
         "1"
     );
 
+    let bridge_mac =
+        || ip_json(&host.netns, &["link", "show", "weft0"]).unwrap()[0]["address"].clone();
+    let gateway_mac = bridge_mac();
+
     let r1 = netd
         .attach(&c1.netns_name, "c1", &["--mac", "02:aa:00:00:00:01"])
         .unwrap();
     let r2 = netd.attach(&c2.netns_name, "c2", &[]).unwrap();
+    // The bridge keeps its own MAC: the gateway's MAC does not change under
+    // the containers' ARP caches as ports come and go.
+    assert_eq!(bridge_mac(), gateway_mac);
     assert_eq!(r1["ips"][0]["address"], "10.66.0.2/24");
     assert_eq!(r2["ips"][0]["address"], "10.66.0.3/24");
     assert_eq!(r1["ips"][0]["gateway"], "10.66.0.1");

@@ -140,6 +140,18 @@ impl Network {
         self.gateway_networks().iter().map(|n| n.ip()).collect()
     }
 
+    /// The bridge's own MAC, chosen once and the same at every start. A
+    /// bridge without one takes the lowest MAC of its ports: the gateway's
+    /// MAC would change under the containers' ARP caches as containers come
+    /// and go, and the kernel would look through every port at each attach to
+    /// find the lowest.
+    fn bridge_mac(&self) -> plumb::MacAddr {
+        plumb::MacAddr::from_seed(&format!(
+            "weft bridge {} {}",
+            self.config.bridge, self.config.subnet
+        ))
+    }
+
     /// Makes sure the bridge exists and is up with the gateway addresses, and
     /// that forwarding is on. Idempotent; safe against a concurrent caller.
     pub async fn ensure_host(&self) -> Result<Vec<Action>> {
@@ -153,6 +165,7 @@ impl Network {
                 let opts = LinkOptions {
                     up: true,
                     mtu: self.config.mtu,
+                    mac: Some(self.bridge_mac()),
                     ..Default::default()
                 };
                 match nl.add_bridge(bridge, &opts).await {
