@@ -72,3 +72,76 @@ async fn fifty_parallel_attaches_get_fifty_distinct_reachable_addresses() {
         "links or addresses left after detaching all 50"
     );
 }
+
+/// netd's periodic look at the host runs beside attaches and detaches. What
+/// it sees mid-way (a link listed before an attach finished, a detach whose
+/// veth is going) must not pass for damage: a full reconciliation holds
+/// every attach up, and under a stream of them the torn view alone had netd
+/// reconciling at every tick.
+#[tokio::test]
+async fn a_stream_of_attaches_and_detaches_is_not_taken_for_damage() {
+    root_or_skip!();
+    let world = World::new().await.unwrap();
+    let host = world.host("a").await.unwrap();
+    let dir = TestDir::new(&world).unwrap();
+    // A check every second, and enough containers that a look takes a while.
+    let netd = Netd::start(&world, &host, &dir.0, &default_args("10.66.9.0/24")).unwrap();
+    let standing: Vec<_> = (0..30)
+        .map(|i| host.container(&format!("s{i}")).unwrap())
+        .collect();
+    for c in &standing {
+        netd.attach(&c.netns_name, &c.name, &[]).unwrap();
+    }
+    let churners: Vec<_> = (0..4)
+        .map(|i| host.container(&format!("w{i}")).unwrap())
+        .collect();
+    let netd_ref = &netd;
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    let rounds: usize = std::thread::scope(|scope| {
+        let handles: Vec<_> = churners
+            .iter()
+            .map(|c| {
+                scope.spawn(move || {
+                    let mut rounds = 0;
+                    // Bounded in time and in count.
+                    while std::time::Instant::now() < until && rounds < 200 {
+                        netd_ref.attach(&c.netns_name, &c.name, &[]).unwrap();
+                        netd_ref.json(&["detach", &c.name]).unwrap();
+                        rounds += 1;
+                    }
+                    rounds
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    assert!(rounds >= 8, "only {rounds} attach/detach rounds in 5 s");
+    let log = netd.log_text();
+    let reconciled: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("periodic check"))
+        .collect();
+    assert!(
+        reconciled.is_empty(),
+        "{rounds} attach/detach rounds were taken for damage:\n{}",
+        reconciled.join("\n")
+    );
+    // The check still sees real damage.
+    let victim = netd.endpoints().unwrap()[0]["host_ifname"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    world::run_in(
+        &host.netns,
+        "ip",
+        &["link", "set", &victim, "nomaster"],
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || netd
+            .log_text()
+            .contains("periodic check: endpoint link missing or detached")),
+        "unplugging {victim} went unnoticed"
+    );
+}

@@ -143,6 +143,14 @@ impl Network {
         self.reaper.get().is_some_and(|r| r.is_pending(id))
     }
 
+    /// The containers the reaper has yet to finish, as one consistent set.
+    pub(crate) fn reaping_now(&self) -> std::collections::BTreeSet<String> {
+        self.reaper
+            .get()
+            .map(|r| r.pending_now())
+            .unwrap_or_default()
+    }
+
     /// An attach that collided with a pending detach waits for the reaper.
     pub(crate) fn reaper_busy(&self) -> bool {
         self.reaper.get().is_some_and(|r| r.any_pending())

@@ -71,6 +71,11 @@ impl Reaper {
         self.pending.borrow().contains(id)
     }
 
+    /// What is pending now, as one consistent set.
+    pub(crate) fn pending_now(&self) -> BTreeSet<String> {
+        self.pending.borrow().clone()
+    }
+
     pub(crate) fn any_pending(&self) -> bool {
         !self.pending.borrow().is_empty()
     }

@@ -11,7 +11,7 @@
 //!
 //! Endpoints in flight in a live process (this one included) are left alone.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 use plumb::{Netlink, Netns};
 use serde::{Deserialize, Serialize};
@@ -371,7 +371,21 @@ impl Network {
 
     /// A cheap look at the host side only (one link dump, one address dump,
     /// one firewall check): why a full reconciliation is needed, if it is.
+    ///
+    /// The look runs beside attaches and detaches, so what it sees can be
+    /// torn (the links listed before an attach finished, the state read after
+    /// it). Anything amiss is looked at again with those held off before it
+    /// counts: under a stream of attaches the torn view alone had netd
+    /// reconciling everything every two seconds, holding every attach up.
     pub async fn needs_reconcile(&self) -> Result<Option<&'static str>> {
+        if self.quick_check().await?.is_none() {
+            return Ok(None);
+        }
+        let _op = self.ops.write().await;
+        self.quick_check().await
+    }
+
+    async fn quick_check(&self) -> Result<Option<&'static str>> {
         let nl = self.netlink().await?;
         let links = nl.links().await.ctx(|| "quick check: list host links")?;
         let Some(bridge) = links.iter().find(|l| l.name == self.config.bridge) else {
@@ -397,31 +411,41 @@ impl Network {
         if let Some(reason) = self.overlay_needs_reconcile().await? {
             return Ok(Some(reason));
         }
-        let state = self.store.read()?;
-        for ep in state.endpoints.values() {
-            match ep.phase {
-                Phase::Attached => {
-                    let ok = links.iter().any(|l| {
-                        l.name == ep.host_ifname && l.up && l.controller == Some(bridge.index)
-                    });
-                    if !ok {
-                        return Ok(Some("endpoint link missing or detached"));
+        let plugged: HashSet<&str> = links
+            .iter()
+            .filter(|l| l.up && l.controller == Some(bridge.index))
+            .map(|l| l.name.as_str())
+            .collect();
+        // Taken before the state is read: the reaper forgets an endpoint
+        // before it stops being pending, so an endpoint still `detaching` in
+        // the state read below was pending in this set if it is being reaped.
+        let reaping = self.reaping_now();
+        self.store
+            .read_with(|state| {
+                for ep in state.endpoints.values() {
+                    match ep.phase {
+                        Phase::Attached => {
+                            if !plugged.contains(ep.host_ifname.as_str()) {
+                                return Some("endpoint link missing or detached");
+                            }
+                        }
+                        Phase::Attaching { owner } => {
+                            if !owner.is_alive() {
+                                return Some("an attach was interrupted");
+                            }
+                        }
+                        Phase::Detaching { owner } => {
+                            let dropped =
+                                owner == OwnerProcess::current() && !reaping.contains(&ep.id);
+                            if !owner.is_alive() || dropped {
+                                return Some("a detach was interrupted");
+                            }
+                        }
                     }
                 }
-                Phase::Attaching { owner } => {
-                    if !owner.is_alive() {
-                        return Ok(Some("an attach was interrupted"));
-                    }
-                }
-                Phase::Detaching { owner } => {
-                    let dropped = owner == OwnerProcess::current() && !self.is_reaping(&ep.id);
-                    if !owner.is_alive() || dropped {
-                        return Ok(Some("a detach was interrupted"));
-                    }
-                }
-            }
-        }
-        Ok(None)
+                None
+            })
+            .map_err(Into::into)
     }
 }
 
