@@ -88,7 +88,10 @@ async fn bench_overlay() {
     let setups: [&str; 5] = ["raw veth", "weft", "wireguard-go", "boringtun-cli", "VXLAN"];
     // WEFT_BENCH_TUNNELS="weft,raw veth" narrows a run (profiling one tunnel).
     let only = std::env::var("WEFT_BENCH_TUNNELS").ok();
-    let chosen = |name: &str| only.as_deref().is_none_or(|o| o.split(',').any(|n| n == name));
+    let chosen = |name: &str| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|n| n == name))
+    };
     for name in setups.into_iter().filter(|n| chosen(n)) {
         let tunnel = match name {
             "raw veth" => Some(Tunnel {
