@@ -15,6 +15,14 @@
 //! Container namespaces are made up front and not timed. Every mode attaches
 //! one untimed warm-up container first (bridges, NAT chains, nft tables), then
 //! attaches containers 1..N one after the other, then detaches them in order.
+//!
+//! The growth of a sequential run (its last 10% against its first 10%)
+//! compares moments seconds apart, and on a shared machine whatever else runs
+//! in those seconds moves it by ±30%. So for netd's modes container #1 and
+//! container #N (the largest N) are also measured in pairs at the same
+//! moments: one host empty, one holding N−1 containers, a probe attached to
+//! each in turn (`--pairs`).
+//!
 //! Run it through `scripts/bench-attach` (release build, root).
 
 use std::collections::BTreeMap;
@@ -28,10 +36,12 @@ use serde_json::{json, Value};
 use world::{Container, Host, World};
 
 const USAGE: &str = "\
-usage: bench-attach [--sizes 1,100,1000] [--reference-cap 100] [--modes netd-lib,netd-api,cni,netavark] [--json FILE]
+usage: bench-attach [--sizes 1,100,1000] [--reference-cap 100] [--modes netd-lib,netd-api,cni,netavark] [--pairs 40] [--json FILE]
   --sizes          numbers of containers, one run each
   --reference-cap  the largest N the reference tools run (they are slow)
   --modes          which implementations to measure
+  --pairs          container #1 and #N (largest N) attached at the same moments, this
+                   many times per netd mode (0: skip)
   --json FILE      also write every per-container timing as JSON
 WEFT_BENCH_NETD_LOG=FILE appends the daemon's debug log (attach step timings) to FILE.";
 
@@ -39,6 +49,8 @@ const CNI_PATH: &str = "/usr/lib/cni";
 const NETAVARK: &str = "/usr/lib/podman/netavark";
 const FIRST_HOST_PORT: u16 = 20000;
 const NETD_LOG_ENV: &str = "WEFT_BENCH_NETD_LOG";
+/// Pause after each detach of the paired measurement.
+const AFTER_DETACH: Duration = Duration::from_millis(40);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Mode {
@@ -87,6 +99,7 @@ struct Options {
     sizes: Vec<usize>,
     reference_cap: usize,
     modes: Vec<Mode>,
+    pairs: usize,
     json: Option<PathBuf>,
 }
 
@@ -95,6 +108,7 @@ fn parse_args() -> Result<Options> {
         sizes: vec![1, 100, 1000],
         reference_cap: 100,
         modes: vec![Mode::NetdLib, Mode::NetdApi, Mode::Cni, Mode::Netavark],
+        pairs: 40,
         json: None,
     };
     let mut args = std::env::args().skip(1);
@@ -118,6 +132,7 @@ fn parse_args() -> Result<Options> {
                     .map(Mode::parse)
                     .collect::<Result<_>>()?
             }
+            "--pairs" => opts.pairs = value()?.parse().context("--pairs: a number")?,
             "--json" => opts.json = Some(value()?.into()),
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -150,6 +165,10 @@ trait Driver {
     /// Waits until every detach has fully taken effect.
     async fn settle(&mut self) -> Result<()> {
         Ok(())
+    }
+    /// A detach that returns once nothing of the container is left.
+    async fn detach_fully(&mut self, i: usize, c: &Container) -> Result<()> {
+        self.detach(i, c).await
     }
 }
 
@@ -267,6 +286,17 @@ impl Driver for NetdApi {
         let report: netd::DetachReport = self
             .client
             .delete(&format!("/v1/containers/{}", container_id(i)))
+            .await?;
+        if !report.found {
+            bail!("netd did not know container {i}");
+        }
+        Ok(())
+    }
+
+    async fn detach_fully(&mut self, i: usize, _c: &Container) -> Result<()> {
+        let report: netd::DetachReport = self
+            .client
+            .delete(&format!("/v1/containers/{}?wait=1", container_id(i)))
             .await?;
         if !report.found {
             bail!("netd did not know container {i}");
@@ -573,6 +603,118 @@ async fn run_mode(
     Ok(run)
 }
 
+// ---- container #1 and container #N at the same moments -----------------------------
+
+/// netd's two modes behind one type, for the paired measurement.
+enum Netd {
+    Lib(Box<NetdLib>),
+    Api(NetdApi),
+}
+
+impl Netd {
+    async fn new(mode: Mode, host: &Host, dir: &Path) -> Result<Netd> {
+        std::fs::create_dir_all(dir)?;
+        Ok(match mode {
+            Mode::NetdLib => Netd::Lib(Box::new(NetdLib::new(host, dir).await?)),
+            Mode::NetdApi => Netd::Api(NetdApi::new(host, dir).await?),
+            other => bail!("{} has no paired measurement", other.name()),
+        })
+    }
+
+    async fn attach(&mut self, i: usize, c: &Container) -> Result<()> {
+        match self {
+            Netd::Lib(d) => d.attach(i, c).await,
+            Netd::Api(d) => d.attach(i, c).await,
+        }
+    }
+
+    async fn detach_fully(&mut self, i: usize, c: &Container) -> Result<()> {
+        match self {
+            Netd::Lib(d) => d.detach_fully(i, c).await,
+            Netd::Api(d) => d.detach_fully(i, c).await,
+        }
+    }
+}
+
+/// Attach times of container #1 (an empty host) and container #N (a host
+/// already holding N−1), taken in pairs at the same moments.
+struct Paired {
+    mode: Mode,
+    n: usize,
+    first: Vec<Duration>,
+    nth: Vec<Duration>,
+}
+
+/// Two hosts of one mode, one empty and one holding N−1 containers; one
+/// probe container is attached to each in turn (which goes first
+/// alternates) and fully detached before the next. Whatever else the
+/// machine does at that moment falls on both sides of a pair, which the
+/// first and last 10% of a sequential run, seconds apart, cannot promise.
+async fn paired(
+    world: &World,
+    mode: Mode,
+    n: usize,
+    pairs: usize,
+    containers: &[Container],
+    dir: &Path,
+) -> Result<Paired> {
+    let started = Instant::now();
+    let (warmup, rest) = containers.split_first().context("no containers")?;
+    let (filler, probe) = (&rest[..n - 1], &rest[n - 1]);
+    let empty_host = world.host(&format!("{}e", mode.host_name())).await?;
+    let full_host = world.host(&format!("{}f", mode.host_name())).await?;
+    let mut empty = Netd::new(
+        mode,
+        &empty_host,
+        &dir.join(format!("{}-empty", mode.name())),
+    )
+    .await?;
+    let mut full = Netd::new(mode, &full_host, &dir.join(format!("{}-full", mode.name()))).await?;
+    for side in [&mut empty, &mut full] {
+        side.attach(0, warmup).await.context("warm-up attach")?;
+        side.detach_fully(0, warmup)
+            .await
+            .context("warm-up detach")?;
+    }
+    for (k, c) in filler.iter().enumerate() {
+        full.attach(k + 1, c).await?;
+    }
+    let mut result = Paired {
+        mode,
+        n,
+        first: Vec::with_capacity(pairs),
+        nth: Vec::with_capacity(pairs),
+    };
+    for round in 0..pairs {
+        let mut order = [
+            (&mut empty, &mut result.first),
+            (&mut full, &mut result.nth),
+        ];
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for (side, times) in order {
+            let t = Instant::now();
+            side.attach(n, probe).await?;
+            times.push(t.elapsed());
+            side.detach_fully(n, probe).await?;
+            // The kernel finishes a removed port's clean-up in the
+            // background (more of it on the full host): let it end, so that
+            // neither side pays for the other's detach.
+            tokio::time::sleep(AFTER_DETACH).await;
+        }
+    }
+    for (k, c) in filler.iter().enumerate() {
+        full.detach_fully(k + 1, c).await?;
+    }
+    eprintln!(
+        "bench-attach: {:<9} #1 and #{n} in {pairs} pairs, done in {:.1} s",
+        mode.name(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(result)
+}
+
 // ---- statistics -----------------------------------------------------------------
 
 fn ms(d: Duration) -> f64 {
@@ -594,6 +736,26 @@ fn median(samples: &[Duration]) -> f64 {
 fn ends(samples: &[Duration]) -> (f64, f64) {
     let k = samples.len().div_ceil(10).max(1);
     (median(&samples[..k]), median(&samples[samples.len() - k..]))
+}
+
+fn report_pairs(pairs: &[Paired]) {
+    if pairs.is_empty() {
+        return;
+    }
+    println!();
+    println!("container #1 and #N attached at the same moments (goal: #N ≤ 1.2× #1):");
+    for p in pairs {
+        let (first, nth) = (median(&p.first), median(&p.nth));
+        println!(
+            "  {:<9} #1 {:.2} ms, #{} {:.2} ms (medians of {} pairs): {:.2}×",
+            p.mode.name(),
+            first,
+            p.n,
+            nth,
+            p.first.len(),
+            nth / first
+        );
+    }
 }
 
 fn report(opts: &Options, runs: &[Run]) {
@@ -697,7 +859,7 @@ fn report(opts: &Options, runs: &[Run]) {
     }
 }
 
-fn write_json(path: &Path, runs: &[Run]) -> Result<()> {
+fn write_json(path: &Path, runs: &[Run], pairs: &[Paired]) -> Result<()> {
     let runs: Vec<Value> = runs
         .iter()
         .map(|r| {
@@ -710,7 +872,21 @@ fn write_json(path: &Path, runs: &[Run]) -> Result<()> {
             })
         })
         .collect();
-    std::fs::write(path, serde_json::to_vec_pretty(&json!({ "runs": runs }))?)?;
+    let pairs: Vec<Value> = pairs
+        .iter()
+        .map(|p| {
+            json!({
+                "mode": p.mode.name(),
+                "n": p.n,
+                "first_ms": p.first.iter().copied().map(ms).collect::<Vec<_>>(),
+                "nth_ms": p.nth.iter().copied().map(ms).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    std::fs::write(
+        path,
+        serde_json::to_vec_pretty(&json!({ "runs": runs, "pairs": pairs }))?,
+    )?;
     Ok(())
 }
 
@@ -759,9 +935,20 @@ async fn bench(opts: Options) -> Result<()> {
             );
         }
     }
+    let mut pairs = Vec::new();
+    if opts.pairs > 0 && largest >= 2 {
+        for &mode in opts.modes.iter().filter(|m| !m.is_reference()) {
+            pairs.push(
+                paired(&world, mode, largest, opts.pairs, &containers, &dir.0)
+                    .await
+                    .with_context(|| format!("{} paired with N={largest}", mode.name()))?,
+            );
+        }
+    }
     report(&opts, &runs);
+    report_pairs(&pairs);
     if let Some(path) = &opts.json {
-        write_json(path, &runs)?;
+        write_json(path, &runs, &pairs)?;
     }
     Ok(())
 }
