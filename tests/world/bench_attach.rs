@@ -273,6 +273,21 @@ impl NetdApi {
     }
 }
 
+impl NetdApi {
+    /// DELETE /v1/containers/<id> with `query` (`?wait=1`: answer once the
+    /// veth pair is gone, not once the container is cut off).
+    async fn delete(&mut self, i: usize, query: &str) -> Result<()> {
+        let report: netd::DetachReport = self
+            .client
+            .delete(&format!("/v1/containers/{}{query}", container_id(i)))
+            .await?;
+        if !report.found {
+            bail!("netd did not know container {i}");
+        }
+        Ok(())
+    }
+}
+
 impl Driver for NetdApi {
     async fn attach(&mut self, i: usize, c: &Container) -> Result<()> {
         let _: netd::AttachResult = self
@@ -283,25 +298,11 @@ impl Driver for NetdApi {
     }
 
     async fn detach(&mut self, i: usize, _c: &Container) -> Result<()> {
-        let report: netd::DetachReport = self
-            .client
-            .delete(&format!("/v1/containers/{}", container_id(i)))
-            .await?;
-        if !report.found {
-            bail!("netd did not know container {i}");
-        }
-        Ok(())
+        self.delete(i, "").await
     }
 
     async fn detach_fully(&mut self, i: usize, _c: &Container) -> Result<()> {
-        let report: netd::DetachReport = self
-            .client
-            .delete(&format!("/v1/containers/{}?wait=1", container_id(i)))
-            .await?;
-        if !report.found {
-            bail!("netd did not know container {i}");
-        }
-        Ok(())
+        self.delete(i, "?wait=1").await
     }
 
     /// The daemon forgets an endpoint once its veth pair is deleted.
