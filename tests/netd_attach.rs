@@ -57,6 +57,10 @@ async fn two_containers_reach_each_other_and_the_gateway_and_detach_leaves_nothi
     // the container ends are veths in the containers with address and route.
     let ports = ip_json(&host.netns, &["link", "show", "master", "weft0"]).unwrap();
     assert_eq!(ports.as_array().unwrap().len(), 2);
+    // One MAC for every host end: the bridge keeps one permanent forwarding
+    // entry for them, not one per container.
+    assert_eq!(ports[0]["address"], ports[1]["address"]);
+    assert_ne!(ports[0]["address"], gateway_mac);
     let eth0 = ip_json(&c1.netns, &["-d", "link", "show", "eth0"]).unwrap();
     assert_eq!(eth0[0]["linkinfo"]["info_kind"], "veth");
     assert_eq!(eth0[0]["address"], "02:aa:00:00:00:01");

@@ -363,6 +363,7 @@ impl Network {
             // change instead of a request of its own.
             up: false,
             mtu: ep.mtu,
+            mac: Some(self.port_mac()),
             ..Default::default()
         };
         let peer_opts = LinkOptions {

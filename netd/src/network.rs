@@ -152,6 +152,19 @@ impl Network {
         ))
     }
 
+    /// The MAC of every container's host-side veth end. Nothing is ever sent
+    /// to or from these ports' own addresses (they carry no IP; containers
+    /// address the gateway, the bridge), but the bridge keeps a permanent
+    /// forwarding entry for each distinct one and, whenever a port is added,
+    /// visits every permanent entry: one shared MAC keeps that to one entry,
+    /// where per-port MACs made each attach cost more with every container.
+    pub(crate) fn port_mac(&self) -> plumb::MacAddr {
+        plumb::MacAddr::from_seed(&format!(
+            "weft ports {} {}",
+            self.config.bridge, self.config.subnet
+        ))
+    }
+
     /// Makes sure the bridge exists and is up with the gateway addresses, and
     /// that forwarding is on. Idempotent; safe against a concurrent caller.
     pub async fn ensure_host(&self) -> Result<Vec<Action>> {
