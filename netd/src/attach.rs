@@ -109,10 +109,13 @@ impl Network {
     /// gateways. On failure nothing is left behind.
     pub async fn attach(&self, req: AttachRequest) -> Result<AttachResult> {
         let _op = self.ops.read().await;
+        // Looked at before the attempt too: the reaper may finish between
+        // the collision and the look after it, and that attach must not fail.
+        let reaper_was_busy = self.reaper_busy();
         let result = match self.attach_inner(req.clone()).await {
             // The id, name, interface or host link may still belong to a
             // detach the reaper is finishing: once it has, the way is clear.
-            Err(Error::Conflict(_)) if self.reaper_busy() => {
+            Err(Error::Conflict(_)) if reaper_was_busy || self.reaper_busy() => {
                 self.reaped().await;
                 self.attach_inner(req).await
             }
