@@ -441,6 +441,64 @@ async fn a_failed_attach_leaks_nothing() {
     assert!(ping(&c2.netns, "10.66.16.1".parse().unwrap()).unwrap());
 }
 
+/// A Linux bridge takes 1023 ports (Docker's "exchange full"): an attach to
+/// a full bridge says so and what to do, and leaves nothing behind.
+#[tokio::test]
+async fn a_full_bridge_is_named_and_the_attach_leaves_nothing() {
+    root_or_skip!();
+    let world = World::new().await.unwrap();
+    let host = world.host("a").await.unwrap();
+    let dir = TestDir::new(&world).unwrap();
+    let netd = Netd::start(&world, &host, &dir.0, &default_args("10.66.17.0/24")).unwrap();
+    // Somebody else's links fill the bridge: 1023 veth ends in one batch.
+    let batch = dir.0.join("fill.batch");
+    let lines: String = (0..plumb::BRIDGE_MAX_PORTS)
+        .map(|i| format!("link add wf{i} type veth peer name wg{i}\nlink set wf{i} master weft0\n"))
+        .collect();
+    std::fs::write(&batch, lines).unwrap();
+    let out = world::run_in(
+        &host.netns,
+        "ip",
+        &["-batch", batch.to_str().unwrap()],
+        Duration::from_secs(120),
+    )
+    .unwrap();
+    assert!(out.success, "{}", out.stderr);
+    let c1 = host.container("c1").unwrap();
+    let err = netd
+        .fails(&["attach", &c1.netns_name, "--name", "c1", "-p", "8080:80"])
+        .unwrap();
+    assert!(
+        err.contains("bridge weft0 is full: a Linux bridge takes at most 1023 containers"),
+        "{err}"
+    );
+    assert!(
+        links_with_prefix(&host.netns, "wv").is_empty(),
+        "host link leaked"
+    );
+    assert!(
+        links_with_prefix(&c1.netns, "eth0").is_empty(),
+        "eth0 leaked"
+    );
+    assert!(netd.endpoints().unwrap().is_empty());
+    assert_eq!(netd.json(&["status"]).unwrap()["ipam"][0]["in_use"], 1);
+    // One port freed: the same attach goes through.
+    let out = world::run_in(
+        &host.netns,
+        "ip",
+        &["link", "del", "wf7"],
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert!(out.success, "{}", out.stderr);
+    let c1_ip = result_ip(
+        &netd
+            .attach(&c1.netns_name, "c1", &["-p", "8080:80"])
+            .unwrap(),
+    );
+    assert!(ping(&host.netns, c1_ip).unwrap());
+}
+
 /// Whether `dev` in `netns` holds an IPv6 link-local address.
 fn link_local6(netns: &plumb::Netns, dev: &str) -> bool {
     let shown = ip_json(netns, &["-6", "addr", "show", "dev", dev]).unwrap();

@@ -412,9 +412,22 @@ impl Network {
             alias: Some(format!("{ALIAS_PREFIX}{}", ep.id)),
             ..Default::default()
         };
-        nl.set_link_at(&host_end, &plug)
-            .await
-            .ctx(|| ctx(&format!("plug {} into bridge", ep.host_ifname)))?;
+        match nl.set_link_at(&host_end, &plug).await {
+            Ok(()) => {}
+            Err(plumb::Error::BridgeFull(_)) => {
+                return Err(Error::Conflict(ctx(&format!(
+                    "bridge {} is full: a Linux bridge takes at most {} containers; attach more to another netd network (its own --bridge and --subnet)",
+                    self.config.bridge,
+                    plumb::BRIDGE_MAX_PORTS
+                ))))
+            }
+            Err(e) => {
+                return Err(Error::kernel(
+                    ctx(&format!("plug {} into bridge", ep.host_ifname)),
+                    e,
+                ))
+            }
+        }
         // A container reaching its own published port through the host
         // address comes back in by the port it went out by.
         nl.set_hairpin_at(&host_end, true)

@@ -40,6 +40,13 @@ pub enum Error {
     )]
     Unsupported(Target),
 
+    /// EXFULL from plugging a link into a bridge: Docker's "exchange full".
+    #[error(
+        "{} {} in namespace {}: the bridge has no free port (a Linux bridge takes at most {BRIDGE_MAX_PORTS})",
+        .0.action, .0.object, .0.namespace
+    )]
+    BridgeFull(Target),
+
     #[error("{} {} in namespace {}: {message} (errno {errno})", .target.action, .target.object, .target.namespace)]
     Kernel {
         target: Target,
@@ -83,6 +90,9 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Ports a Linux bridge takes (port numbers are 10 bits, 0 is reserved).
+pub const BRIDGE_MAX_PORTS: u32 = 1023;
+
 impl Error {
     /// Turns a kernel errno (positive) into the variant a user can act on.
     pub fn from_errno(errno: i32, target: Target) -> Error {
@@ -94,6 +104,7 @@ impl Error {
             libc::EPERM | libc::EACCES => Error::PermissionDenied(target),
             libc::EBUSY => Error::Busy(target),
             libc::EOPNOTSUPP => Error::Unsupported(target),
+            libc::EXFULL => Error::BridgeFull(target),
             _ => Error::Kernel {
                 target,
                 errno,
@@ -153,6 +164,8 @@ mod tests {
         assert!(e.is_not_found());
         let e = Error::from_errno(libc::EBUSY, target());
         assert!(e.to_string().contains("busy"), "{e}");
+        let e = Error::from_errno(libc::EXFULL, target());
+        assert!(e.to_string().contains("no free port"), "{e}");
         let e = Error::from_errno(libc::ERANGE, target());
         assert!(e.to_string().contains("errno 34"), "{e}");
     }

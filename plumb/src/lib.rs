@@ -28,7 +28,7 @@ pub mod topology;
 pub mod wire;
 
 pub use addr::{parse_cidr, Address};
-pub use error::{Error, Result};
+pub use error::{Error, Result, BRIDGE_MAX_PORTS};
 pub use handle::Netlink;
 pub use link::{validate_ifname, Link, LinkChange, LinkOptions, MacvlanMode, VxlanSpec};
 pub use mac::MacAddr;
