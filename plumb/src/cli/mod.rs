@@ -151,6 +151,8 @@ pub fn main() -> i32 {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal, not in journald or a log file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse_from(with_default_command(std::env::args().collect()));
     let runtime = match tokio::runtime::Builder::new_current_thread()
