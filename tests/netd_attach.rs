@@ -167,6 +167,38 @@ async fn reattaching_right_after_a_detach_waits_for_the_old_link() {
     assert_eq!(netd.endpoints().unwrap().len(), 2);
 }
 
+/// The narrowest case of the above: the attach collides while the reaper
+/// still holds the container, and the reaper is done by the time the attach
+/// looks at it (made certain with pauses: the reaper sleeps 1 s before
+/// deleting, the attach 2 s after the collision). netd had
+/// answered "already attached" here, right after a successful detach.
+#[tokio::test]
+async fn an_attach_colliding_with_a_detach_that_just_finished_goes_through() {
+    root_or_skip!();
+    let world = World::new().await.unwrap();
+    let host = world.host("a").await.unwrap();
+    let dir = TestDir::new(&world).unwrap();
+    let netd = Netd::start_with_env(
+        &world,
+        &host,
+        &dir.0,
+        &default_args("10.66.18.0/24"),
+        &[("WEFT_DEBUG_PAUSE_ATTACH", "reap:1,collided:2")],
+    )
+    .unwrap();
+    let c1 = host.container("c1").unwrap();
+    netd.attach(&c1.netns_name, "c1", &[]).unwrap();
+    netd.json(&["detach", "c1"]).unwrap();
+    let r = netd.attach(&c1.netns_name, "c1", &[]).unwrap();
+    assert!(ping(&host.netns, result_ip(&r)).unwrap());
+    let log = netd.log_text();
+    assert!(
+        log.contains("step=\"collided\""),
+        "the attach did not collide, so this tested nothing:\n{log}"
+    );
+    assert_eq!(links_with_prefix(&host.netns, "wv").len(), 1);
+}
+
 /// Two interfaces of one container on the same network share one default
 /// route (on the first); detaching the first moves it to the second.
 #[tokio::test]

@@ -97,9 +97,19 @@ struct AttachPlan {
 }
 
 pub(crate) async fn pause_if_asked(step: &str) {
-    if std::env::var(PAUSE_ENV).is_ok_and(|s| s == step) {
-        tracing::warn!(step, "{PAUSE_ENV} is set: pausing for 30 s");
-        tokio::time::sleep(Duration::from_secs(30)).await;
+    let Ok(asked) = std::env::var(PAUSE_ENV) else {
+        return;
+    };
+    let secs = asked
+        .split(',')
+        .find_map(|entry| match entry.split_once(':') {
+            Some((s, secs)) if s == step => Some(secs.parse().unwrap_or(30)),
+            None if entry == step => Some(30),
+            _ => None,
+        });
+    if let Some(secs) = secs {
+        tracing::warn!(step, "{PAUSE_ENV} is set: pausing for {secs} s");
+        tokio::time::sleep(Duration::from_secs(secs)).await;
     }
 }
 
@@ -115,9 +125,14 @@ impl Network {
         let result = match self.attach_inner(req.clone()).await {
             // The id, name, interface or host link may still belong to a
             // detach the reaper is finishing: once it has, the way is clear.
-            Err(Error::Conflict(_)) if reaper_was_busy || self.reaper_busy() => {
-                self.reaped().await;
-                self.attach_inner(req).await
+            Err(Error::Conflict(e)) => {
+                pause_if_asked("collided").await;
+                if reaper_was_busy || self.reaper_busy() {
+                    self.reaped().await;
+                    self.attach_inner(req).await
+                } else {
+                    Err(Error::Conflict(e))
+                }
             }
             other => other,
         };

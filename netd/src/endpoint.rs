@@ -29,7 +29,10 @@ pub const HOST_IFNAME_PREFIX: &str = "wv";
 pub const ALIAS_PREFIX: &str = "weft:";
 /// Test hook: `WEFT_DEBUG_PAUSE_ATTACH=reserved|veth|addressed` makes an
 /// attach sleep 30 s after that step, so tests can kill netd mid-attach;
-/// `=reap` makes the reaper sleep before deleting what detaches handed it.
+/// `=reap` makes the reaper sleep before deleting what detaches handed it;
+/// `=collided` makes an attach that collided with a container sleep before
+/// it looks whether the reaper holds that container. Several steps go
+/// comma-separated, each with its own seconds if given: `reap:1,collided:2`.
 pub const PAUSE_ENV: &str = "WEFT_DEBUG_PAUSE_ATTACH";
 
 /// An inclusive range of IPv4 addresses.
