@@ -393,6 +393,11 @@ async fn configure_guest(guest: &Netlink, spec: &WireSpec) -> Result<()> {
     }
     let link = guest.require_link(&spec.guest_if).await?;
     if let Some(mac) = link.mac {
+        // An announcement sent before the link is running is dropped by the
+        // kernel. One that still is not (no carrier) is sent all the same.
+        guest
+            .wait_running(&spec.guest_if, std::time::Duration::from_secs(1))
+            .await?;
         for (network, _) in &spec.addresses {
             if let IpAddr::V4(ip) = network.ip() {
                 crate::arp::announce(guest.netns(), link.index, mac, ip)?;

@@ -209,6 +209,32 @@ impl Netlink {
             .ok_or_else(|| Error::NotFound(self.target("find", format!("link {name}"))))
     }
 
+    /// Waits until link `name` is operationally up (carrier, and the kernel
+    /// has set up its queues: frames sent before that are dropped), for at
+    /// most `within`. False when it did not come up in time.
+    pub async fn wait_running(&self, name: &str, within: std::time::Duration) -> Result<bool> {
+        validate_ifname(name)?;
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let mut msg = LinkMessage::default();
+            msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+            let answer = self
+                .request_one(RouteNetlinkMessage::GetLink(msg), || {
+                    self.target("find", format!("link {name}"))
+                })
+                .await?;
+            if let RouteNetlinkMessage::NewLink(msg) = answer {
+                if msg.header.flags.contains(LinkFlags::Running) {
+                    return Ok(true);
+                }
+            }
+            if std::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
     pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
         Ok(self.links().await?.into_iter().find(|l| l.index == index))
     }
