@@ -183,6 +183,11 @@ impl Netlink {
     /// interrupted (and retried) whenever links come and go meanwhile, which
     /// under many concurrent changes can go on for longer than the retries.
     pub async fn link(&self, name: &str) -> Result<Option<Link>> {
+        Ok(self.link_message(name).await?.map(Link::from_message))
+    }
+
+    /// The kernel's message about link `name`, as it came.
+    async fn link_message(&self, name: &str) -> Result<Option<LinkMessage>> {
         validate_ifname(name)?;
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::IfName(name.to_string()));
@@ -192,7 +197,7 @@ impl Netlink {
             })
             .await;
         match answer {
-            Ok(RouteNetlinkMessage::NewLink(msg)) => Ok(Some(Link::from_message(msg))),
+            Ok(RouteNetlinkMessage::NewLink(msg)) => Ok(Some(msg)),
             Ok(other) => Err(Error::Other(format!(
                 "find link {name} in namespace {}: unexpected answer {other:?}",
                 self.netns().label()
@@ -213,20 +218,14 @@ impl Netlink {
     /// has set up its queues: frames sent before that are dropped), for at
     /// most `within`. False when it did not come up in time.
     pub async fn wait_running(&self, name: &str, within: std::time::Duration) -> Result<bool> {
-        validate_ifname(name)?;
         let deadline = std::time::Instant::now() + within;
         loop {
-            let mut msg = LinkMessage::default();
-            msg.attributes.push(LinkAttribute::IfName(name.to_string()));
-            let answer = self
-                .request_one(RouteNetlinkMessage::GetLink(msg), || {
-                    self.target("find", format!("link {name}"))
-                })
-                .await?;
-            if let RouteNetlinkMessage::NewLink(msg) = answer {
-                if msg.header.flags.contains(LinkFlags::Running) {
-                    return Ok(true);
-                }
+            let msg = self
+                .link_message(name)
+                .await?
+                .ok_or_else(|| Error::NotFound(self.target("find", format!("link {name}"))))?;
+            if msg.header.flags.contains(LinkFlags::Running) {
+                return Ok(true);
             }
             if std::time::Instant::now() >= deadline {
                 return Ok(false);
