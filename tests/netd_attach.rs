@@ -453,24 +453,28 @@ async fn a_failed_attach_leaks_nothing() {
         .fails(&["attach", &c1.netns_name, "--name", "c1", "-p", "8080:80"])
         .unwrap();
     assert!(err.contains("attach container c1: add address"), "{err}");
-    assert!(
-        links_with_prefix(&host.netns, "wv").is_empty(),
-        "host link leaked"
-    );
-    assert!(
-        links_with_prefix(&c1.netns, "eth0").is_empty(),
-        "eth0 leaked"
-    );
-    assert!(netd.endpoints().unwrap().is_empty());
-    let status = netd.json(&["status"]).unwrap();
-    assert_eq!(status["ipam"][0]["in_use"], 1, "IPv4 address leaked");
-    assert_eq!(status["ipam"][1]["in_use"], 1, "IPv6 address leaked");
+    assert_attach_left_nothing(&netd, &host.netns, &c1.netns);
     // Its port was never published, so another container may take it.
     plumb::sysctl::write(&c1.netns, "net.ipv6.conf.default.disable_ipv6", "0").unwrap();
     let c2 = host.container("c2").unwrap();
     netd.attach(&c2.netns_name, "c2", &["-p", "8080:80"])
         .unwrap();
     assert!(ping(&c2.netns, "10.66.16.1".parse().unwrap()).unwrap());
+}
+
+/// After a failed attach of the only container: no host link, no eth0 in
+/// the container, no record, and only the gateways' addresses reserved.
+fn assert_attach_left_nothing(netd: &Netd, host: &plumb::Netns, container: &plumb::Netns) {
+    assert!(links_with_prefix(host, "wv").is_empty(), "host link leaked");
+    assert!(
+        links_with_prefix(container, "eth0").is_empty(),
+        "eth0 leaked"
+    );
+    assert!(netd.endpoints().unwrap().is_empty());
+    let status = netd.json(&["status"]).unwrap();
+    for usage in status["ipam"].as_array().unwrap() {
+        assert_eq!(usage["in_use"], 1, "an address leaked: {usage}");
+    }
 }
 
 /// A Linux bridge takes 1023 ports (Docker's "exchange full"): an attach to
@@ -504,16 +508,7 @@ async fn a_full_bridge_is_named_and_the_attach_leaves_nothing() {
         err.contains("bridge weft0 is full: a Linux bridge takes at most 1023 containers"),
         "{err}"
     );
-    assert!(
-        links_with_prefix(&host.netns, "wv").is_empty(),
-        "host link leaked"
-    );
-    assert!(
-        links_with_prefix(&c1.netns, "eth0").is_empty(),
-        "eth0 leaked"
-    );
-    assert!(netd.endpoints().unwrap().is_empty());
-    assert_eq!(netd.json(&["status"]).unwrap()["ipam"][0]["in_use"], 1);
+    assert_attach_left_nothing(&netd, &host.netns, &c1.netns);
     // One port freed: the same attach goes through.
     let out = world::run_in(
         &host.netns,
