@@ -304,3 +304,57 @@ async fn the_iptables_backend_publishes_too() {
     netd.json(&["detach", "c1"]).unwrap();
     assert!(tcp_via(&c1.netns, sa("0.0.0.0:80"), &b.netns, sa("198.18.0.1:8080")).is_err());
 }
+
+/// This machine's kernel has no SCTP, so the SCTP part of the first test is
+/// skipped here; scripts/vm-test runs this one in a VM with Debian's kernel.
+#[tokio::test]
+#[ignore = "needs SCTP: run by scripts/vm-test"]
+async fn vm_sctp_ports_are_published_like_tcp() {
+    root_or_skip!();
+    assert!(sctp_available(), "the VM's kernel should have SCTP");
+    let world = World::new().await.unwrap();
+    let a = world.host("a").await.unwrap();
+    let b = world.host("b").await.unwrap();
+    let dir = TestDir::new(&world).unwrap();
+    let netd = Netd::start(&world, &a, &dir.0, &default_args("10.66.12.0/24")).unwrap();
+    let c1 = a.container("c1").unwrap();
+    let c2 = a.container("c2").unwrap();
+    netd.attach(
+        &c1.netns_name,
+        "c1",
+        &["-p", "7000:7000/sctp", "-p", "7100-7101:7200-7201/sctp"],
+    )
+    .unwrap();
+    netd.attach(&c2.netns_name, "c2", &[]).unwrap();
+    let served = sa("0.0.0.0:7000");
+
+    // From another host, from the host's localhost, from a neighbour and
+    // from the container itself (hairpin), and the last port of a range.
+    sctp_via(&c1.netns, served, &b.netns, sa("198.18.0.1:7000")).unwrap();
+    sctp_via(&c1.netns, served, &a.netns, sa("127.0.0.1:7000")).unwrap();
+    sctp_via(&c1.netns, served, &c2.netns, sa("198.18.0.1:7000")).unwrap();
+    sctp_via(&c1.netns, served, &c1.netns, sa("198.18.0.1:7000")).unwrap();
+    sctp_via(
+        &c1.netns,
+        sa("0.0.0.0:7201"),
+        &b.netns,
+        sa("198.18.0.1:7101"),
+    )
+    .unwrap();
+
+    // TCP on the same number is a different port.
+    netd.json(&["publish", "c2", "-p", "7000:7000/tcp"])
+        .unwrap();
+    tcp_via(&c2.netns, served, &b.netns, sa("198.18.0.1:7000")).unwrap();
+    sctp_via(&c1.netns, served, &b.netns, sa("198.18.0.1:7000")).unwrap();
+
+    // nft names the protocol only where /etc/protocols exists (not in the VM).
+    let sctp_7000 = |table: &str| table.contains("sctp . 7000") || table.contains("132 . 7000");
+    let table = weft_table(&a.netns);
+    assert!(sctp_7000(&table), "{table}");
+    netd.json(&["unpublish", "c1", "-p", "7000:7000/sctp"])
+        .unwrap();
+    assert!(sctp_via(&c1.netns, served, &b.netns, sa("198.18.0.1:7000")).is_err());
+    let table = weft_table(&a.netns);
+    assert!(!sctp_7000(&table), "{table}");
+}
