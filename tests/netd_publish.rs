@@ -358,3 +358,90 @@ async fn vm_sctp_ports_are_published_like_tcp() {
     let table = weft_table(&a.netns);
     assert!(!sctp_7000(&table), "{table}");
 }
+
+/// IPv6 has no `route_localnet`: netd itself answers on `[::1]` for ports
+/// published on all addresses and relays to the container (IPv4-only and
+/// dual-stack), until they are withdrawn; a restarted netd answers again.
+#[tokio::test]
+async fn ipv6_localhost_reaches_published_ports_through_the_daemon() {
+    root_or_skip!();
+    let world = World::new().await.unwrap();
+    let a = world.host("a").await.unwrap();
+    let b = world.host("b").await.unwrap();
+    let dir_a = TestDir::new(&world).unwrap();
+    let dir_b = dir_a.0.join("b");
+    std::fs::create_dir_all(&dir_b).unwrap();
+    let mut args = default_args("10.66.13.0/24");
+    args.extend(["--metrics-addr".into(), "127.0.0.1:9589".into()]);
+    let netd = Netd::start(&world, &a, &dir_a.0, &args).unwrap();
+    let c1 = a.container("c1").unwrap();
+    netd.attach(
+        &c1.netns_name,
+        "c1",
+        &[
+            "-p",
+            "8080:80",
+            "-p",
+            "5353:53/udp",
+            "-p",
+            "8000-8001:9000-9001",
+            "-p",
+            "127.0.0.1:8090:80",
+        ],
+    )
+    .unwrap();
+    // A host program already holds [::1]:8070: the port is published anyway.
+    let holder = a
+        .netns
+        .run(|| std::net::TcpListener::bind("[::1]:8070"))
+        .unwrap()
+        .unwrap();
+    netd.json(&["publish", "c1", "-p", "8070:80"]).unwrap();
+
+    let served = sa("0.0.0.0:80");
+    let peer = tcp_via(&c1.netns, served, &a.netns, sa("[::1]:8080")).unwrap();
+    assert_eq!(
+        peer.ip().to_string(),
+        "10.66.13.1",
+        "relayed from the gateway"
+    );
+    udp_via(&c1.netns, sa("0.0.0.0:53"), &a.netns, sa("[::1]:5353")).unwrap();
+    tcp_via(&c1.netns, sa("0.0.0.0:9001"), &a.netns, sa("[::1]:8001")).unwrap();
+    // Published on 127.0.0.1 only, and held by someone else: not relayed.
+    assert!(tcp_via(&c1.netns, served, &a.netns, sa("[::1]:8090")).is_err());
+    tcp_via(&c1.netns, served, &a.netns, sa("127.0.0.1:8070")).unwrap();
+    drop(holder);
+    assert!(
+        netd.log_text().contains("cannot relay [::1]:8070/tcp"),
+        "{}",
+        netd.log_text()
+    );
+    let metrics = scrape(&a.netns, sa("127.0.0.1:9589"));
+    assert!(
+        metrics.contains("weft_netd_ipv6_localhost_relays 4\n"),
+        "{metrics}"
+    );
+
+    // Withdrawn: refused. A restarted netd relays what is published, and
+    // now gets the port the host program let go of.
+    netd.json(&["unpublish", "c1", "-p", "8000-8001:9000-9001"])
+        .unwrap();
+    assert!(tcp_via(&c1.netns, sa("0.0.0.0:9001"), &a.netns, sa("[::1]:8001")).is_err());
+    netd.terminate().unwrap();
+    let netd = Netd::start(&world, &a, &dir_a.0, &args).unwrap();
+    tcp_via(&c1.netns, served, &a.netns, sa("[::1]:8080")).unwrap();
+    tcp_via(&c1.netns, served, &a.netns, sa("[::1]:8070")).unwrap();
+    netd.json(&["detach", "c1"]).unwrap();
+    assert!(tcp_via(&c1.netns, served, &a.netns, sa("[::1]:8080")).is_err());
+
+    // A dual-stack container is reached over IPv6.
+    let mut args6 = default_args("10.66.14.0/24");
+    args6.extend(["--subnet6".into(), "fd66:14::/64".into()]);
+    let netd_b = Netd::start(&world, &b, &dir_b, &args6).unwrap();
+    let c2 = b.container("c2").unwrap();
+    netd_b
+        .attach(&c2.netns_name, "c2", &["-p", "8080:80"])
+        .unwrap();
+    let peer = tcp_via(&c2.netns, sa("[::]:80"), &b.netns, sa("[::1]:8080")).unwrap();
+    assert_eq!(peer.ip().to_string(), "fd66:14::1", "relayed over IPv6");
+}

@@ -200,6 +200,7 @@ impl Network {
             }
         };
         step("recorded");
+        self.relay_ports(&attached.ports);
         self.metrics.attached();
         tracing::info!(id = %attached.id, name = %attached.name, ips = ?attached.ips, "attached");
         Ok(AttachResult::from(&attached))

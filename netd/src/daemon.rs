@@ -28,10 +28,13 @@ pub async fn run_from(args: ConfigArgs) -> Result<()> {
 }
 
 async fn run_with(config: Config, peers: PeerSource) -> Result<()> {
+    raise_open_file_limit();
     let mut network = Network::open(config.clone()).await?;
     network.start_overlay(peers).await?;
     let network = Arc::new(network);
     network.reap_in_background()?;
+    // Sockets on [::1] for the published ports: opened by the reconciliation below.
+    network.relay_ipv6_localhost();
     let report = network.reconcile().await?;
     tracing::info!(
         actions = report.actions.len(),
@@ -98,6 +101,29 @@ async fn run_with(config: Config, peers: PeerSource) -> Result<()> {
     }
     let _ = std::fs::remove_file(&config.socket);
     Ok(())
+}
+
+/// Each port relayed from `[::1]` and each connection relayed holds
+/// descriptors: the soft limit of 1024 a shell hands down would run out
+/// long before the hard one.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0
+        && limit.rlim_cur < limit.rlim_max
+    {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: setrlimit reads one rlimit from the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            tracing::warn!(
+                "raise the open-file limit: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
 }
 
 /// Every `reconcile_interval`, a quick look at the host; a full

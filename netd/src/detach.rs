@@ -79,6 +79,7 @@ impl Network {
         if ep.ports.is_empty() {
             return;
         }
+        self.stop_relaying(&ep.ports);
         let ports = ep.ports.clone();
         if let Err(e) =
             crate::publish::firewall_call(&self.firewall, move |fw| fw.remove_ports(&ports)).await

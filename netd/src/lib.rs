@@ -16,6 +16,7 @@ pub mod endpoint;
 pub mod error;
 pub mod gc;
 pub mod ipam;
+mod localhost_proxy;
 pub mod metrics;
 pub mod network;
 pub mod overlay;

@@ -14,6 +14,7 @@ pub struct Metrics {
     attaches: AtomicU64,
     detaches: AtomicU64,
     reconcile_runs: AtomicU64,
+    localhost_relays: AtomicU64,
     reconcile_actions: Mutex<BTreeMap<String, u64>>,
     errors: Mutex<BTreeMap<&'static str, u64>>,
 }
@@ -33,6 +34,11 @@ impl Metrics {
         for action in actions {
             *counts.entry(action.kind.clone()).or_default() += 1;
         }
+    }
+
+    /// How many published ports the daemon relays from `[::1]` now.
+    pub(crate) fn set_localhost_relays(&self, count: usize) {
+        self.localhost_relays.store(count as u64, Ordering::Relaxed);
     }
 
     /// Counts a failed operation: "attach", "detach", "publish", "reconcile", …
@@ -63,6 +69,12 @@ impl Metrics {
             "weft_netd_published_ports",
             "Published port mappings.",
             &[("", crate::publish::published_count(state) as u64)],
+        );
+        gauge(
+            &mut out,
+            "weft_netd_ipv6_localhost_relays",
+            "Published host ports netd relays from [::1] (IPv6 has no route_localnet).",
+            &[("", self.localhost_relays.load(Ordering::Relaxed))],
         );
         let _ = writeln!(
             out,

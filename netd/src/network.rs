@@ -63,6 +63,9 @@ pub struct Network {
     /// Deletes detached containers' links in the background (the daemon's
     /// choice, see [`Network::reap_in_background`]).
     pub(crate) reaper: std::sync::OnceLock<crate::reaper::Reaper>,
+    /// Relays `[::1]` to published ports (the daemon's choice, see
+    /// [`Network::relay_ipv6_localhost`]).
+    pub(crate) localhost_proxy: std::sync::OnceLock<crate::localhost_proxy::LocalhostProxy>,
 }
 
 impl Network {
@@ -92,6 +95,7 @@ impl Network {
             host_netlink: tokio::sync::OnceCell::new(),
             host_ready: std::sync::atomic::AtomicBool::new(false),
             reaper: std::sync::OnceLock::new(),
+            localhost_proxy: std::sync::OnceLock::new(),
         })
     }
 

@@ -167,6 +167,7 @@ impl Network {
             ));
         }
         tracing::info!(container = key, ports = ?ports.iter().map(|p| p.to_string()).collect::<Vec<_>>(), "published");
+        self.relay_ports(&ports);
         Ok(ports)
     }
 
@@ -195,6 +196,7 @@ impl Network {
                 self.metrics.error("publish");
                 Error::kernel(format!("unpublish ports of container {key}"), e)
             })?;
+        self.stop_relaying(&ports);
         Ok(ports)
     }
 

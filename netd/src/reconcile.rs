@@ -60,6 +60,7 @@ impl Network {
             (Ok(true), Ok(())) => {}
         }
         let state = self.store.read()?;
+        self.sync_relays(&state);
         for ep in state.endpoints.values() {
             match self.reconcile_endpoint(ep).await {
                 Ok(Some(action)) => report.actions.push(action),

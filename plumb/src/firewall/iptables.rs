@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! nat PREROUTING        -m addrtype --dst-type LOCAL -j WEFT-DNAT
-//! nat OUTPUT            -m addrtype --dst-type LOCAL -j WEFT-DNAT
+//! nat OUTPUT            -m addrtype --dst-type LOCAL -j WEFT-DNAT (IPv6: ! -d ::1/128)
 //! nat POSTROUTING       -j WEFT-POSTROUTING
 //! WEFT-DNAT             one DNAT rule per published host port
 //! WEFT-POSTROUTING      masquerade DNATed flows from 127.0.0.0/8 and hairpinned
@@ -138,6 +138,8 @@ struct Rule {
     chain: &'static str,
     source: Option<IpNetwork>,
     destination: Option<IpNetwork>,
+    /// `! -d`: every destination but this.
+    destination_except: Option<IpNetwork>,
     out_interface: Option<String>,
     protocol: Option<(Protocol, u16)>,
     local_destination: bool,
@@ -159,6 +161,7 @@ impl Rule {
             chain,
             source: None,
             destination: None,
+            destination_except: None,
             out_interface: None,
             protocol: None,
             local_destination: false,
@@ -186,6 +189,9 @@ impl fmt::Display for Rule {
         }
         if let Some(d) = self.destination {
             write!(f, " -d {d}")?;
+        }
+        if let Some(d) = self.destination_except {
+            write!(f, " ! -d {d}")?;
         }
         if let Some(o) = &self.out_interface {
             write!(f, " -o {o}")?;
@@ -225,16 +231,36 @@ fn host_network(ip: IpAddr) -> IpNetwork {
 /// `-A PREROUTING -m addrtype --dst-type LOCAL -j WEFT-DNAT`,
 /// `-A OUTPUT -m addrtype --dst-type LOCAL -j WEFT-DNAT` and
 /// `-A POSTROUTING -j WEFT-POSTROUTING`: the ways in from the built-in chains.
-fn entry_jumps() -> [Rule; 3] {
-    let local = |chain| Rule {
-        local_destination: true,
-        ..Rule::new(chain, Target::Jump(DNAT_CHAIN))
-    };
+/// ip6tables' OUTPUT jump skips ::1: a packet from ::1 cannot leave the host
+/// once DNATed (IPv6 has no `route_localnet`), so it is left to a local
+/// listener (netd's `[::1]` relay).
+fn entry_jumps(family: Family) -> [Rule; 3] {
+    let mut output = local_jump("OUTPUT");
+    if family.is_v6() {
+        output.destination_except = Some("::1/128".parse().expect("valid"));
+    }
     [
-        local("PREROUTING"),
-        local("OUTPUT"),
+        local_jump("PREROUTING"),
+        output,
         Rule::new("POSTROUTING", Target::Jump(POSTROUTING_CHAIN)),
     ]
+}
+
+fn local_jump(chain: &'static str) -> Rule {
+    Rule {
+        local_destination: true,
+        ..Rule::new(chain, Target::Jump(DNAT_CHAIN))
+    }
+}
+
+/// Entry jumps earlier versions made that the current ones replace: the
+/// ip6tables OUTPUT jump that also took ::1.
+fn replaced_entry_jumps(family: Family) -> Vec<Rule> {
+    if family.is_v6() {
+        vec![local_jump("OUTPUT")]
+    } else {
+        Vec::new()
+    }
 }
 
 /// `-A WEFT-DNAT [-d 198.18.0.1/32] -p tcp -m tcp --dport 8080 -j DNAT --to-destination 10.9.0.3:80`
@@ -382,9 +408,14 @@ fn network_restore(
             restore.append(&dnat(&forward));
         }
     }
-    for jump in entry_jumps() {
+    for jump in entry_jumps(family) {
         if !present.has(&jump) {
             restore.insert(&jump);
+        }
+    }
+    for stale in replaced_entry_jumps(family) {
+        if present.has(&stale) {
+            restore.delete(&stale);
         }
     }
     restore
@@ -561,7 +592,8 @@ impl Firewall for Iptables {
         for family in FAMILIES {
             let present = self.save(family)?;
             if !CHAINS.iter().all(|c| present.chains.contains(*c))
-                || !entry_jumps().iter().all(|j| present.has(j))
+                || !entry_jumps(family).iter().all(|j| present.has(j))
+                || replaced_entry_jumps(family).iter().any(|j| present.has(j))
             {
                 return Ok(false);
             }
@@ -583,7 +615,10 @@ impl Firewall for Iptables {
         for family in FAMILIES {
             let result = self.save(family).and_then(|present| {
                 let mut restore = Restore::default();
-                for jump in entry_jumps() {
+                for jump in entry_jumps(family)
+                    .into_iter()
+                    .chain(replaced_entry_jumps(family))
+                {
                     if present.has(&jump) {
                         restore.delete(&jump);
                     }
@@ -635,12 +670,16 @@ mod tests {
     #[test]
     fn rules_render_as_iptables_save_prints_them() {
         assert_eq!(
-            lines(&entry_jumps()),
+            lines(&entry_jumps(Family::V4)),
             [
                 "-A PREROUTING -m addrtype --dst-type LOCAL -j WEFT-DNAT",
                 "-A OUTPUT -m addrtype --dst-type LOCAL -j WEFT-DNAT",
                 "-A POSTROUTING -j WEFT-POSTROUTING",
             ]
+        );
+        assert_eq!(
+            lines(&entry_jumps(Family::V6))[1],
+            "-A OUTPUT ! -d ::1/128 -m addrtype --dst-type LOCAL -j WEFT-DNAT"
         );
         assert_eq!(
             lines(&postrouting_rules(&net(), Family::V4)),
@@ -729,6 +768,28 @@ mod tests {
         assert!(!text.contains("-I "), "{text}");
         let text = network_restore(&net(), Family::V4, &present, Some(&[])).render();
         assert!(text.contains(":WEFT-DNAT - [0:0]"), "{text}");
+    }
+
+    #[test]
+    fn the_ipv6_output_jump_of_earlier_versions_is_replaced() {
+        // That jump also DNATed ::1, which then could not leave the host.
+        let present = NatTable::parse(
+            "*nat\n:WEFT-DNAT - [0:0]\n\
+             -A PREROUTING -m addrtype --dst-type LOCAL -j WEFT-DNAT\n\
+             -A OUTPUT -m addrtype --dst-type LOCAL -j WEFT-DNAT\n\
+             -A POSTROUTING -j WEFT-POSTROUTING\nCOMMIT\n",
+        );
+        let text = network_restore(&net(), Family::V6, &present, None).render();
+        assert!(
+            text.contains("-I OUTPUT ! -d ::1/128 -m addrtype --dst-type LOCAL -j WEFT-DNAT\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("-D OUTPUT -m addrtype --dst-type LOCAL -j WEFT-DNAT\n"),
+            "{text}"
+        );
+        let text = network_restore(&net(), Family::V4, &present, None).render();
+        assert!(!text.contains("OUTPUT"), "IPv4 keeps its jump: {text}");
     }
 
     #[test]

@@ -23,8 +23,10 @@
 //!   (enabled in every namespace by default) the DNAT happens at the bridge,
 //!   which then has to send the frame back out of the port it came in by.
 //!   Neighbours on the same bridge need no hairpin mode.
-//! - Published ports cannot be reached through `[::1]`: IPv6 has no
-//!   `route_localnet`, so a DNATed packet from ::1 cannot leave the host.
+//! - Reaching published ports through `[::1]`: IPv6 has no `route_localnet`,
+//!   so a DNATed packet from ::1 could not leave the host. Both backends
+//!   leave traffic to ::1 alone, for a listener on the host to relay (netd
+//!   does; see netd's `localhost_proxy`).
 //!
 //! ```no_run
 //! # fn demo() -> plumb::Result<()> {

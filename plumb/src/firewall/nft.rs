@@ -7,7 +7,8 @@
 //!   map ports6 / anyports6 likewise with ipv6_addr
 //!   set subnets4, cluster4, subnets6, cluster6 { type ipvN_addr; flags interval }
 //!   chain prerouting  { type nat hook prerouting priority dstnat;  fib daddr type local jump published }
-//!   chain output      { type nat hook output priority -100;        fib daddr type local jump published }
+//!   chain output      { type nat hook output priority -100;        ip6 daddr ::1 return;
+//!                                                                  fib daddr type local jump published }
 //!   chain published   { dnat via ports4, then anyports4, then ports6, then anyports6 }
 //!   chain postrouting { type nat hook postrouting priority srcnat; localhost, hairpin, outbound masquerade }
 //! }
@@ -239,6 +240,22 @@ fn jump_to_published(chain: Chain) -> Rule {
     }
 }
 
+/// `ip6 daddr ::1 return` in output, before the jump: a packet from ::1
+/// cannot leave the host once DNATed (IPv6 has no `route_localnet`), so it
+/// is left alone for a local listener (netd's `[::1]` relay).
+fn ipv6_localhost_left_alone() -> Rule {
+    Rule {
+        chain: Chain::Output,
+        matches: vec![address(
+            Family::V6,
+            false,
+            false,
+            AddressValue::Network("::1/128".parse().expect("valid")),
+        )],
+        verdict: Verdict::Return,
+    }
+}
+
 /// `dnat ip to meta l4proto . ip daddr . th dport map @ports4` (host address given), or
 /// `dnat ip to meta l4proto . th dport map @anyports4` (every local address);
 /// `ip6` and the `…6` maps likewise.
@@ -302,6 +319,7 @@ fn masquerade_outbound(family: Family) -> Rule {
 fn rules(net: &NetworkRules) -> Vec<Rule> {
     let mut rules = vec![
         jump_to_published(Chain::Prerouting),
+        ipv6_localhost_left_alone(),
         jump_to_published(Chain::Output),
     ];
     rules.extend(PORT_MAPS.into_iter().map(dnat_published));
@@ -507,6 +525,7 @@ mod tests {
             text,
             [
                 "add rule inet weft prerouting fib daddr type local jump published",
+                "add rule inet weft output ip6 daddr ::1/128 return",
                 "add rule inet weft output fib daddr type local jump published",
                 "add rule inet weft published dnat ip to meta l4proto . ip daddr . th dport map @ports4",
                 "add rule inet weft published dnat ip to meta l4proto . th dport map @anyports4",

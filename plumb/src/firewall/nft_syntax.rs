@@ -223,6 +223,8 @@ impl fmt::Display for Match {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Verdict {
     Jump(Chain),
+    /// Leave the chain: no NAT from this table.
+    Return,
     Masquerade,
     /// `dnat ip to meta l4proto [. ip daddr] . th dport map @MAP`
     DnatMap(SetDecl),
@@ -232,6 +234,7 @@ impl fmt::Display for Verdict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Verdict::Jump(chain) => write!(f, "jump {}", chain.name()),
+            Verdict::Return => f.write_str("return"),
             Verdict::Masquerade => f.write_str("masquerade"),
             Verdict::DnatMap(map) => {
                 let SetKind::Ports { family, by_host_ip } = map.kind else {
