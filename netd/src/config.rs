@@ -84,6 +84,7 @@ pub struct FileConfig {
     pub mtu: Option<u32>,
     pub reconcile_interval_secs: Option<u64>,
     pub multicast_snooping: Option<bool>,
+    pub ipv6_localhost_relay: Option<bool>,
     pub overlay: Option<OverlayFile>,
 }
 
@@ -128,6 +129,11 @@ pub struct ConfigArgs {
     /// thousandth container as at the first).
     #[arg(long, env = "WEFT_MULTICAST_SNOOPING")]
     pub multicast_snooping: Option<bool>,
+    /// The daemon answers published TCP/UDP ports on [::1] and relays them to
+    /// the containers (true/false; default true): IPv6 has no route_localnet,
+    /// so the kernel path cannot serve ::1.
+    #[arg(long, env = "WEFT_IPV6_LOCALHOST_RELAY")]
+    pub ipv6_localhost_relay: Option<bool>,
     #[command(flatten)]
     pub overlay: OverlayArgs,
 }
@@ -147,6 +153,8 @@ pub struct Config {
     pub reconcile_interval: Duration,
     /// IGMP/MLD snooping on the bridge.
     pub multicast_snooping: bool,
+    /// The daemon relays `[::1]` to published ports.
+    pub ipv6_localhost_relay: bool,
     /// The WireGuard overlay to other hosts (`[overlay]`); off by default.
     pub overlay: OverlayConfig,
     /// Masquerade traffic from the subnets to the outside (on unless a
@@ -168,6 +176,7 @@ impl Default for Config {
             mtu: None,
             reconcile_interval: Duration::from_secs(DEFAULT_RECONCILE_SECS),
             multicast_snooping: false,
+            ipv6_localhost_relay: true,
             overlay: OverlayConfig::default(),
             masquerade: true,
         }
@@ -227,6 +236,10 @@ impl Config {
                 .multicast_snooping
                 .or(file.multicast_snooping)
                 .unwrap_or(d.multicast_snooping),
+            ipv6_localhost_relay: args
+                .ipv6_localhost_relay
+                .or(file.ipv6_localhost_relay)
+                .unwrap_or(d.ipv6_localhost_relay),
             overlay: OverlayConfig::merge(file.overlay, &args.overlay),
             masquerade: true,
         };
@@ -376,6 +389,21 @@ mod tests {
         assert_eq!(c.mtu, Some(1400));
         assert_eq!(c.gateway4().to_string(), "10.5.0.1");
         assert_eq!(c.socket, PathBuf::from(DEFAULT_SOCKET));
+    }
+
+    #[test]
+    fn the_ipv6_localhost_relay_is_on_unless_turned_off() {
+        let c = Config::merge(FileConfig::default(), &ConfigArgs::default()).unwrap();
+        assert!(c.ipv6_localhost_relay);
+        let file = parse("ipv6_localhost_relay = false\n").unwrap();
+        let c = Config::merge(file, &ConfigArgs::default()).unwrap();
+        assert!(!c.ipv6_localhost_relay);
+        let file = parse("ipv6_localhost_relay = false\n").unwrap();
+        let args = ConfigArgs {
+            ipv6_localhost_relay: Some(true),
+            ..Default::default()
+        };
+        assert!(Config::merge(file, &args).unwrap().ipv6_localhost_relay);
     }
 
     #[test]

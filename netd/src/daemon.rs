@@ -33,8 +33,10 @@ async fn run_with(config: Config, peers: PeerSource) -> Result<()> {
     network.start_overlay(peers).await?;
     let network = Arc::new(network);
     network.reap_in_background()?;
-    // Sockets on [::1] for the published ports: opened by the reconciliation below.
-    network.relay_ipv6_localhost();
+    if config.ipv6_localhost_relay {
+        // Sockets on [::1] for the published ports: opened by the reconciliation below.
+        network.relay_ipv6_localhost();
+    }
     let report = network.reconcile().await?;
     tracing::info!(
         actions = report.actions.len(),
