@@ -2,7 +2,8 @@
 //! netd with the WireGuard overlay from a static peer list, two containers
 //! per host attached through netd, and traffic shown flowing between
 //! containers on different hosts (with the address the server saw), a
-//! published port reached from another host, and each host's `netd peers`.
+//! published port reached from another host, a container and the host's own
+//! 127.0.0.1 and [::1], and each host's `netd peers`.
 //! Nothing touches this machine's own network; everything is removed on exit.
 
 use std::net::{IpAddr, SocketAddr};
@@ -242,35 +243,45 @@ async fn run(world: &World, dir: &Dir) -> Result<()> {
         failures.push(format!("the fabric carried {}", other.join(", ")));
     }
 
-    println!("\n4. a published port reached from another host");
+    println!("\n4. a published port reached from another host, a container and host a itself");
     let web = &attached[0];
-    let target = SocketAddr::new(netds[0].host.ip_addr(), PUBLISHED);
     let listen = SocketAddr::new(web.ip, 80);
+    let a_host = &netds[0].host;
     let c_host = &netds[2].host;
-    match tcp_via(&web.container.netns, listen, &c_host.netns, target) {
-        Ok(peer) => println!(
-            "   host c ({}) → {target} → {}:80   tcp ok, server saw {}",
-            c_host.ip,
-            web.label(),
-            peer.ip()
-        ),
-        Err(e) => {
-            println!("   host c → {target}: FAILED: {e:#}");
-            failures.push("published port from host c".into());
-        }
-    }
     let b_web = &attached[2];
-    match tcp_via(&web.container.netns, listen, &b_web.container.netns, target) {
-        Ok(peer) => println!(
-            "   {} ({}) → {target} → {}:80   tcp ok, server saw {} (host b: leaving the cluster range is masqueraded)",
-            b_web.label(),
-            b_web.ip,
-            web.label(),
-            peer.ip()
+    let fabric = SocketAddr::new(a_host.ip_addr(), PUBLISHED);
+    let clients = [
+        (format!("host c ({})", c_host.ip), &c_host.netns, fabric, ""),
+        (
+            format!("{} ({})", b_web.label(), b_web.ip),
+            &b_web.container.netns,
+            fabric,
+            " (host b: leaving the cluster range is masqueraded)",
         ),
-        Err(e) => {
-            println!("   {} → {target}: FAILED: {e:#}", b_web.label());
-            failures.push(format!("published port from {}", b_web.label()));
+        (
+            "host a".to_string(),
+            &a_host.netns,
+            SocketAddr::from(([127, 0, 0, 1], PUBLISHED)),
+            " (kernel DNAT, route_localnet)",
+        ),
+        (
+            "host a".to_string(),
+            &a_host.netns,
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, PUBLISHED)),
+            " (netd's [::1] relay)",
+        ),
+    ];
+    for (client, netns, target, why) in clients {
+        match tcp_via(&web.container.netns, listen, netns, target) {
+            Ok(peer) => println!(
+                "   {client} → {target} → {}:80   tcp ok, server saw {}{why}",
+                web.label(),
+                peer.ip()
+            ),
+            Err(e) => {
+                println!("   {client} → {target}: FAILED: {e:#}");
+                failures.push(format!("published port from {client} via {target}"));
+            }
         }
     }
 
