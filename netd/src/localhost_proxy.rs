@@ -84,13 +84,21 @@ impl LocalhostProxy {
         self.metrics.set_localhost_relays(relays.len());
     }
 
-    /// Stops relaying `ports` (withdrawn, or their container detached).
-    pub(crate) fn close(&self, ports: &[PublishedPort]) {
+    /// Stops relaying `withdrawn` (unpublished, or their container
+    /// detached). A port number that another container still publishes on
+    /// all addresses of the other family (`published`, the whole state) is
+    /// relayed to that one from now on.
+    pub(crate) fn close(&self, withdrawn: &[PublishedPort], published: &[PublishedPort]) {
         let mut relays = self.relays.lock().expect("relay table lock");
-        for (key, target) in relayed(ports) {
+        let mut freed = Vec::new();
+        for (key, target) in relayed(withdrawn) {
             if relays.get(&key).is_some_and(|r| r.target == target) {
                 relays.remove(&key);
+                freed.push(key);
             }
+        }
+        for (key, target) in successors(&freed, withdrawn, published) {
+            self.start(&mut relays, key, target);
         }
         self.metrics.set_localhost_relays(relays.len());
     }
@@ -169,6 +177,29 @@ fn relayed(ports: &[PublishedPort]) -> HashMap<Key, SocketAddr> {
         }
     }
     targets
+}
+
+/// Where the `[::1]` sockets of `freed` relay once `withdrawn` is gone: to
+/// a port of the same number that is still published (another container's,
+/// of the other family), if there is one.
+fn successors(
+    freed: &[Key],
+    withdrawn: &[PublishedPort],
+    published: &[PublishedPort],
+) -> Vec<(Key, SocketAddr)> {
+    if freed.is_empty() {
+        return Vec::new();
+    }
+    let remaining: Vec<PublishedPort> = published
+        .iter()
+        .filter(|p| !withdrawn.contains(p))
+        .copied()
+        .collect();
+    let wanted = relayed(&remaining);
+    freed
+        .iter()
+        .filter_map(|key| wanted.get(key).map(|&target| (*key, target)))
+        .collect()
 }
 
 /// Opens sockets in the host's namespace: directly when netd runs in it,
@@ -357,11 +388,18 @@ impl Network {
         }
     }
 
-    /// Withdrawn ports: no longer relayed.
+    /// Withdrawn ports: no longer relayed (their numbers handed to another
+    /// container's ports of the other family, if any).
     pub(crate) fn stop_relaying(&self, ports: &[PublishedPort]) {
-        if let Some(proxy) = self.localhost_proxy.get() {
-            proxy.close(ports);
-        }
+        let Some(proxy) = self.localhost_proxy.get() else {
+            return;
+        };
+        // Unreadable state: the next reconciliation hands the numbers over.
+        let published = self
+            .store
+            .read_with(crate::publish::all_ports)
+            .unwrap_or_default();
+        proxy.close(ports, &published);
     }
 
     /// Relays exactly the published ports of the state (reconciliation).
@@ -411,6 +449,22 @@ mod tests {
             port("8084:80/sctp", "10.66.0.2"),
         ]);
         assert!(relays.is_empty(), "{relays:?}");
+    }
+
+    #[test]
+    fn a_withdrawn_port_hands_its_number_to_one_still_published() {
+        // An IPv4-only container (addresses from the runtime's IPAM) and a
+        // dual-stack one on [::1] share the number 8081.
+        let v4 = port("8081:80", "10.66.0.3");
+        let v6 = port("[::1]:8081:80", "fd66::2");
+        let freed = [(Protocol::Tcp, 8081)];
+        assert_eq!(relayed(&[v4, v6])[&freed[0]], sa("[fd66::2]:80"));
+        let expected = vec![(freed[0], sa("10.66.0.3:80"))];
+        // Whether or not the state still holds the withdrawn port.
+        assert_eq!(successors(&freed, &[v6], &[v4, v6]), expected);
+        assert_eq!(successors(&freed, &[v6], &[v4]), expected);
+        assert!(successors(&freed, &[v4, v6], &[v4, v6]).is_empty());
+        assert!(successors(&[], &[v6], &[v4]).is_empty());
     }
 
     #[test]
