@@ -9,7 +9,8 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 use serde::Serialize;
 
-use super::plan::{Action, Place, Plan};
+use super::action::{Action, Place};
+use super::plan::Plan;
 use super::{Error, Interface, Result, Topology, NAMESPACE_MARK_PREFIX};
 use crate::link::{LinkChange, LinkOptions};
 use crate::netns::Netns;

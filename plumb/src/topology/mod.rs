@@ -2,10 +2,11 @@
 //! addresses and routes, written in a TOML file and applied idempotently
 //! (`plumb apply FILE`).
 //!
-//! The work is done in three steps, each its own file:
+//! The work is done in four steps, each its own file:
 //! - [`file`] reads and checks the TOML (every problem at once, with its line);
 //! - [`observe`] reads what the kernel holds now;
-//! - [`plan`] compares both and yields the [`Action`]s that close the gap;
+//! - [`plan`] compares both and yields the [`Action`]s (in [`action`]) that
+//!   close the gap;
 //! - [`apply`](mod@apply) runs them in order, stopping at the first failure.
 //!
 //! What apply makes is marked in the kernel, as the rest of plumb does: links
@@ -14,6 +15,7 @@
 //! reboot, needs no state file, and `--prune` removes only what this topology
 //! made.
 
+pub mod action;
 pub mod apply;
 pub mod file;
 pub mod observe;
@@ -29,10 +31,11 @@ use crate::route::Route;
 use crate::wire::Record;
 use crate::MacvlanMode;
 
+pub use action::{Action, Place, WireKind};
 pub use apply::{apply, Outcome};
 pub use file::{load, parse};
 pub use observe::{observe, Observed};
-pub use plan::{plan, Action, Plan};
+pub use plan::{plan, Plan};
 
 /// The record key saying which tool made an object, and its value for apply.
 pub const MADE_BY_KEY: &str = "by";
