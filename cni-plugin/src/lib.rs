@@ -1,7 +1,7 @@
 //! The weft CNI plugin: the CNI protocol (SPEC.md of containernetworking/cni,
 //! spec 1.1.0, answering 0.3.0 to 1.1.0) on top of netd.
 //!
-//! - [`env`]: the CNI_* variables; [`types`]: the network config on stdin;
+//! - [`env`](mod@env): the CNI_* variables; [`types`]: the network config on stdin;
 //! - [`version`]: versions and the result shape of each; [`result`]: the result;
 //! - [`error`]: the error result and its codes;
 //! - [`ipam_delegate`]: exec'ing an IPAM plugin from CNI_PATH;

@@ -157,7 +157,7 @@ pub fn netd_config(conf: &NetConf, delegated: Option<IpNetwork>) -> Result<netd:
     Ok(config)
 }
 
-/// `stateDir`, else /var/lib/weft for weft0, else /var/lib/weft/cni/<bridge>.
+/// `stateDir`, else /var/lib/weft for weft0, else `/var/lib/weft/cni/<bridge>`.
 pub fn state_dir(conf: &NetConf) -> PathBuf {
     match &conf.state_dir {
         Some(dir) => dir.clone(),

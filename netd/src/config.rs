@@ -129,7 +129,7 @@ pub struct ConfigArgs {
     /// thousandth container as at the first).
     #[arg(long, env = "WEFT_MULTICAST_SNOOPING")]
     pub multicast_snooping: Option<bool>,
-    /// The daemon answers published TCP/UDP ports on [::1] and relays them to
+    /// The daemon answers published TCP/UDP ports on `[::1]` and relays them to
     /// the containers (true/false; default true): IPv6 has no route_localnet,
     /// so the kernel path cannot serve ::1.
     #[arg(long, env = "WEFT_IPV6_LOCALHOST_RELAY")]

@@ -371,7 +371,7 @@ fn elapsed_ms(clock: Instant) -> u64 {
 
 impl Network {
     /// From now on published TCP and UDP ports are also reached through
-    /// `[::1]` (see [`crate::localhost_proxy`]). For a process that keeps
+    /// `[::1]` (see the `localhost_proxy` module). For a process that keeps
     /// running: the daemon. The next reconciliation opens the sockets of
     /// ports published before.
     pub fn relay_ipv6_localhost(&self) {

@@ -25,7 +25,7 @@ impl MacAddr {
     }
 
     /// The MAC pipework derives from `U:<seed>`: 02 followed by the first five
-    /// bytes of md5("<seed>\n"). Same seed, same MAC, with pipework too; the 02
+    /// bytes of `md5("<seed>\n")`. Same seed, same MAC, with pipework too; the 02
     /// prefix makes it a locally administered unicast address.
     pub fn from_seed(seed: &str) -> MacAddr {
         let digest = Md5::new()

@@ -3,9 +3,9 @@
 //! (`plumb apply FILE`).
 //!
 //! The work is done in four steps, each its own file:
-//! - [`file`] reads and checks the TOML (every problem at once, with its line);
-//! - [`observe`] reads what the kernel holds now;
-//! - [`plan`] compares both and yields the [`Action`]s (in [`action`]) that
+//! - [`file`](mod@file) reads and checks the TOML (every problem at once, with its line);
+//! - [`observe`](mod@observe) reads what the kernel holds now;
+//! - [`plan`](mod@plan) compares both and yields the [`Action`]s (in [`action`]) that
 //!   close the gap;
 //! - [`apply`](mod@apply) runs them in order, stopping at the first failure.
 //!
