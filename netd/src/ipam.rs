@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
@@ -58,8 +59,10 @@ pub enum IpamError {
 pub struct Pool {
     /// The last address handed out dynamically; the next search starts after it.
     pub last: Option<IpAddr>,
-    /// Address → the container id holding it.
-    pub reserved: BTreeMap<IpAddr, String>,
+    /// Address → the container id holding it. Shared, not copied, between
+    /// the store's two copies of the state, so that telling what a
+    /// transaction changed skips the untouched entries at a glance.
+    pub reserved: BTreeMap<IpAddr, Arc<str>>,
 }
 
 /// Reservations of every subnet, keyed by the subnet in CIDR form.
@@ -170,7 +173,7 @@ impl Reservations {
             if candidate == range.gateway || pool.reserved.contains_key(&addr) {
                 continue;
             }
-            pool.reserved.insert(addr, owner.to_string());
+            pool.reserved.insert(addr, Arc::from(owner));
             return Ok(addr);
         }
         Err(IpamError::RangeFull {
@@ -190,7 +193,7 @@ impl Reservations {
         let pool = self.pools.entry(subnet.to_string()).or_default();
         if let Some(addr) = requested {
             check_requested(subnet, range, pool, addr)?;
-            pool.reserved.insert(addr, owner.to_string());
+            pool.reserved.insert(addr, Arc::from(owner));
             return Ok(addr);
         }
         let span = range.last - range.first + 1;
@@ -213,7 +216,7 @@ impl Reservations {
             if candidate == range.gateway || pool.reserved.contains_key(&addr) {
                 continue;
             }
-            pool.reserved.insert(addr, owner.to_string());
+            pool.reserved.insert(addr, Arc::from(owner));
             pool.last = Some(addr);
             return Ok(addr);
         }
@@ -236,7 +239,7 @@ impl Reservations {
         let mut released = Vec::new();
         for pool in self.pools.values_mut() {
             pool.reserved.retain(|addr, o| {
-                let keep = o != owner;
+                let keep = o.as_ref() != owner;
                 if !keep {
                     released.push(*addr);
                 }
@@ -250,7 +253,7 @@ impl Reservations {
     pub fn owners(&self) -> std::collections::BTreeSet<String> {
         self.pools
             .values()
-            .flat_map(|p| p.reserved.values().cloned())
+            .flat_map(|p| p.reserved.values().map(|o| o.to_string()))
             .collect()
     }
 
@@ -259,7 +262,7 @@ impl Reservations {
         self.pools
             .values()
             .flat_map(|p| p.reserved.iter())
-            .filter(|(_, o)| o.as_str() == owner)
+            .filter(|(_, o)| o.as_ref() == owner)
             .map(|(a, _)| *a)
             .collect()
     }
@@ -305,7 +308,7 @@ fn check_requested(
     if let Some(owner) = pool.reserved.get(&addr) {
         return Err(IpamError::Taken {
             addr,
-            owner: owner.clone(),
+            owner: owner.to_string(),
         });
     }
     Ok(())

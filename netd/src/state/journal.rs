@@ -30,7 +30,7 @@ pub(super) struct PoolChange {
     pub last: Option<IpAddr>,
     /// Address → its holder now, or null when it was released.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub reserved: BTreeMap<IpAddr, Option<String>>,
+    pub reserved: BTreeMap<IpAddr, Option<Arc<str>>>,
 }
 
 impl Change {
@@ -111,14 +111,9 @@ pub(super) fn diff(before: &State, after: &State) -> Change {
             last: *last,
             reserved: BTreeMap::new(),
         };
-        diff_maps(
-            &old.reserved,
-            reserved,
-            |_, _| false,
-            |addr, owner| {
-                pc.reserved.insert(*addr, owner.cloned());
-            },
-        );
+        diff_maps(&old.reserved, reserved, Arc::ptr_eq, |addr, owner| {
+            pc.reserved.insert(*addr, owner.cloned());
+        });
         if !pc.reserved.is_empty() || old.last != *last {
             change.pools.insert(subnet.clone(), pc);
         }
@@ -256,6 +251,36 @@ mod tests {
         apply(&mut replayed, &records[0]);
         assert_eq!(replayed, after);
         assert!(diff(&after, &after).is_empty());
+    }
+
+    #[test]
+    fn copies_made_apart_are_compared_by_content() {
+        // The state read back from the files shares nothing with the one in
+        // memory: equal entries are still equal, a new holder still shows.
+        let subnet: ipnetwork::IpNetwork = "10.66.0.0/16".parse().unwrap();
+        let mut before = State::default();
+        let mut after = State::default();
+        for state in [&mut before, &mut after] {
+            for id in ["a", "b"] {
+                state.endpoints.insert(id.into(), endpoint(id).into());
+                state.ipam.allocate(subnet, id, None).unwrap();
+            }
+        }
+        assert!(diff(&before, &after).is_empty());
+        let b = after.ipam.held_by("b")[0];
+        after
+            .ipam
+            .pools
+            .get_mut(&subnet.to_string())
+            .unwrap()
+            .reserved
+            .insert(b, "c".into());
+        let change = diff(&before, &after);
+        assert_eq!(
+            change.pools[&subnet.to_string()].reserved,
+            [(b, Some("c".into()))].into()
+        );
+        assert!(change.endpoints.is_empty());
     }
 
     #[test]
