@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::handle::Netlink;
+use crate::Link;
 
 /// An address as the kernel holds it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -58,6 +59,12 @@ impl Netlink {
     /// once instead of after duplicate address detection (about 1–2 s).
     pub async fn add_address(&self, name: &str, network: IpNetwork, nodad: bool) -> Result<()> {
         let link = self.require_link(name).await?;
+        self.add_address_at(&link, network, nodad).await
+    }
+
+    /// [`Netlink::add_address`] on `link` as read before: no look-up.
+    pub async fn add_address_at(&self, link: &Link, network: IpNetwork, nodad: bool) -> Result<()> {
+        let name = &link.name;
         let msg = address_message(link.index, network, nodad);
         self.request_ack(
             RouteNetlinkMessage::NewAddress(msg),

@@ -203,7 +203,11 @@ fn route_address(ip: IpAddr) -> RouteAddress {
 }
 
 impl Netlink {
-    async fn route_message(&self, route: &Route) -> Result<RouteMessage> {
+    async fn route_message(
+        &self,
+        route: &Route,
+        dev: Option<&crate::Link>,
+    ) -> Result<RouteMessage> {
         route.validate()?;
         let mut msg = RouteMessage::default();
         let h = &mut msg.header;
@@ -236,7 +240,9 @@ impl Netlink {
             msg.attributes
                 .push(RouteAttribute::Gateway(route_address(gw)));
         }
-        if let Some(dev) = &route.dev {
+        if let Some(link) = dev {
+            msg.attributes.push(RouteAttribute::Oif(link.index));
+        } else if let Some(dev) = &route.dev {
             let link = self.require_link(dev).await?;
             msg.attributes.push(RouteAttribute::Oif(link.index));
         }
@@ -247,7 +253,18 @@ impl Netlink {
     }
 
     pub async fn add_route(&self, route: &Route) -> Result<()> {
-        let msg = self.route_message(route).await?;
+        let msg = self.route_message(route, None).await?;
+        self.add_route_message(route, msg).await
+    }
+
+    /// [`Netlink::add_route`] out of `dev` as read before (`route.dev` is
+    /// only named in errors): no look-up.
+    pub async fn add_route_at(&self, route: &Route, dev: &crate::Link) -> Result<()> {
+        let msg = self.route_message(route, Some(dev)).await?;
+        self.add_route_message(route, msg).await
+    }
+
+    async fn add_route_message(&self, route: &Route, msg: RouteMessage) -> Result<()> {
         self.request_ack(
             RouteNetlinkMessage::NewRoute(msg),
             NLM_F_CREATE | NLM_F_EXCL,
@@ -257,7 +274,7 @@ impl Netlink {
     }
 
     pub async fn replace_route(&self, route: &Route) -> Result<()> {
-        let msg = self.route_message(route).await?;
+        let msg = self.route_message(route, None).await?;
         self.request_ack(
             RouteNetlinkMessage::NewRoute(msg),
             NLM_F_CREATE | NLM_F_REPLACE,
@@ -267,7 +284,7 @@ impl Netlink {
     }
 
     pub async fn delete_route(&self, route: &Route) -> Result<()> {
-        let mut msg = self.route_message(route).await?;
+        let mut msg = self.route_message(route, None).await?;
         // Deleting matches on what is given; scope must not narrow the match.
         msg.header.scope = RouteScope::NoWhere;
         self.request_ack(RouteNetlinkMessage::DelRoute(msg), 0, || {

@@ -295,6 +295,16 @@ impl PublishedPort {
         self.container_ip.is_ipv6()
     }
 
+    /// True when both would claim one host port: same protocol and family,
+    /// overlapping host ports, and the same host address or either on all.
+    pub fn clashes_with(&self, other: &PublishedPort) -> bool {
+        self.protocol == other.protocol
+            && self.is_ipv6() == other.is_ipv6()
+            && self.host_ports.start <= other.host_ports.end
+            && other.host_ports.start <= self.host_ports.end
+            && (self.host_ip.is_none() || other.host_ip.is_none() || self.host_ip == other.host_ip)
+    }
+
     /// The port-by-port forwards this publication stands for.
     pub fn forwards(&self) -> impl Iterator<Item = PortForward> + '_ {
         (0..self.host_ports.len()).map(move |i| {

@@ -4,7 +4,7 @@ use netlink_packet_route::link::{
     InfoBridge, InfoData, InfoKind, LinkAttribute, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::RouteNetlinkMessage;
-use rtnetlink::{LinkBridge, LinkBridgePort};
+use rtnetlink::LinkBridge;
 
 use super::{Link, LinkOptions};
 use crate::error::Result;
@@ -69,19 +69,10 @@ impl Netlink {
 
     /// `set_hairpin` for a port already looked up.
     pub async fn set_hairpin_at(&self, link: &Link, on: bool) -> Result<()> {
-        let port = &link.name;
-        let msg = LinkBridgePort::new(link.index).hairpin(on).build();
-        // Port settings change through RTM_NEWLINK on the existing link.
-        self.request_ack(RouteNetlinkMessage::NewLink(msg), 0, || {
-            self.target(
-                if on {
-                    "turn hairpin on for"
-                } else {
-                    "turn hairpin off for"
-                },
-                format!("bridge port {port}"),
-            )
-        })
-        .await
+        let change = super::LinkChange {
+            hairpin: Some(on),
+            ..Default::default()
+        };
+        self.set_link_at(link, &change).await
     }
 }

@@ -119,7 +119,7 @@ impl Link {
 }
 
 /// Changes to an existing link; fields left `None` stay as they are.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct LinkChange {
     pub up: Option<bool>,
     pub mtu: Option<u32>,
@@ -133,6 +133,10 @@ pub struct LinkChange {
     pub ipv6_link_local: Option<bool>,
     /// The link's group (IFLA_GROUP; 0 is the default group).
     pub group: Option<u32>,
+    /// Hairpin mode of the bridge port the link already is (sent as the
+    /// port's settings in the same request, which the kernel applies
+    /// before the rest; not together with `controller`).
+    pub hairpin: Option<bool>,
 }
 
 /// Checks a name the kernel would otherwise reject with a bare EINVAL.
@@ -274,10 +278,15 @@ impl Netlink {
         }
     }
 
-    /// Applies `change` to the link called `name`.
+    /// Applies `change` to the link called `name`. The kernel finds the link
+    /// by its name: no look-up first (but for a rename).
     pub async fn set_link(&self, name: &str, change: &LinkChange) -> Result<()> {
-        let link = self.require_link(name).await?;
-        self.set_link_at(&link, change).await
+        if change.rename.is_some() {
+            let link = self.require_link(name).await?;
+            return self.set_link_at(&link, change).await;
+        }
+        validate_ifname(name)?;
+        self.change_link(0, name, change).await
     }
 
     /// Applies `change` to `link` as read before, by its index: no second
@@ -285,52 +294,45 @@ impl Netlink {
     /// kernel search every namespace id this one knows, so with a container
     /// namespace per link every look-up costs more the more containers there are.)
     pub async fn set_link_at(&self, link: &Link, change: &LinkChange) -> Result<()> {
-        let name = &link.name;
+        self.change_link(link.index, &link.name, change).await
+    }
+
+    /// The link with `index`, or when that is 0 the one called `name`.
+    async fn change_link(&self, index: u32, name: &str, change: &LinkChange) -> Result<()> {
         if let Some(new_name) = &change.rename {
             validate_ifname(new_name)?;
         }
-        let mut builder = LinkUnspec::new_with_index(link.index);
-        match change.up {
-            Some(true) => builder = builder.up(),
-            Some(false) => builder = builder.down(),
-            None => {}
-        }
-        if let Some(mtu) = change.mtu {
-            builder = builder.append_extra_attribute(LinkAttribute::Mtu(mtu));
-        }
-        if let Some(mac) = change.mac {
-            builder = builder.append_extra_attribute(LinkAttribute::Address(mac.octets().to_vec()));
-        }
-        if let Some(new_name) = &change.rename {
-            builder = builder.append_extra_attribute(LinkAttribute::IfName(new_name.clone()));
-        }
-        if let Some(controller) = change.controller {
-            builder =
-                builder.append_extra_attribute(LinkAttribute::Controller(controller.unwrap_or(0)));
-        }
-        if let Some(alias) = &change.alias {
-            builder = builder.append_extra_attribute(LinkAttribute::IfAlias(alias.clone()));
-        }
-        if let Some(group) = change.group {
-            builder = builder.append_extra_attribute(LinkAttribute::Group(group));
-        }
-        if let Some(link_local) = change.ipv6_link_local {
-            let mode = if link_local {
-                In6AddrGenMode::Eui64
-            } else {
-                In6AddrGenMode::None
-            };
-            builder = builder.append_extra_attribute(LinkAttribute::AfSpecUnspec(vec![
-                AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(mode)]),
-            ]));
+        if change.hairpin.is_some() && change.controller.is_some() {
+            return Err(Error::invalid(
+                "link change",
+                name,
+                "hairpin mode is a setting of the bridge port the link already is; plug it in first",
+            ));
         }
         let what = describe_change(change);
-        self.request_ack(
-            RouteNetlinkMessage::SetLink(builder.build()),
-            NLM_F_ACK,
-            || self.target(what, format!("link {name}")),
-        )
-        .await
+        let target = || self.target(what.clone(), format!("link {name}"));
+        // Port settings only travel in RTM_NEWLINK (on an existing link, a change).
+        let message = match change.hairpin {
+            Some(on) => RouteNetlinkMessage::NewLink(
+                link_change(
+                    addressed(
+                        rtnetlink::LinkBridgePort::new(index).hairpin(on),
+                        index,
+                        name,
+                    ),
+                    change,
+                )
+                .build(),
+            ),
+            None => RouteNetlinkMessage::SetLink(
+                link_change(
+                    addressed(LinkUnspec::new_with_index(index), index, name),
+                    change,
+                )
+                .build(),
+            ),
+        };
+        self.request_ack(message, NLM_F_ACK, target).await
     }
 
     pub async fn set_up(&self, name: &str) -> Result<()> {
@@ -413,6 +415,59 @@ impl Netlink {
     }
 }
 
+/// A message about the link with `index`, or when that is 0 (unknown) the
+/// one called `name`: the kernel looks names up in its hash.
+fn addressed<T>(builder: LinkMessageBuilder<T>, index: u32, name: &str) -> LinkMessageBuilder<T> {
+    if index == 0 {
+        builder.name(name)
+    } else {
+        builder
+    }
+}
+
+/// `change` as attributes of a link message (the port settings excepted).
+fn link_change<T>(
+    mut builder: LinkMessageBuilder<T>,
+    change: &LinkChange,
+) -> LinkMessageBuilder<T> {
+    match change.up {
+        Some(true) => builder = builder.up(),
+        Some(false) => builder = builder.down(),
+        None => {}
+    }
+    if let Some(mtu) = change.mtu {
+        builder = builder.append_extra_attribute(LinkAttribute::Mtu(mtu));
+    }
+    if let Some(mac) = change.mac {
+        builder = builder.append_extra_attribute(LinkAttribute::Address(mac.octets().to_vec()));
+    }
+    if let Some(new_name) = &change.rename {
+        builder = builder.append_extra_attribute(LinkAttribute::IfName(new_name.clone()));
+    }
+    if let Some(controller) = change.controller {
+        builder =
+            builder.append_extra_attribute(LinkAttribute::Controller(controller.unwrap_or(0)));
+    }
+    if let Some(alias) = &change.alias {
+        builder = builder.append_extra_attribute(LinkAttribute::IfAlias(alias.clone()));
+    }
+    if let Some(group) = change.group {
+        builder = builder.append_extra_attribute(LinkAttribute::Group(group));
+    }
+    if let Some(link_local) = change.ipv6_link_local {
+        let mode = if link_local {
+            In6AddrGenMode::Eui64
+        } else {
+            In6AddrGenMode::None
+        };
+        builder =
+            builder.append_extra_attribute(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
+                vec![AfSpecInet6::AddrGenMode(mode)],
+            )]));
+    }
+    builder
+}
+
 fn describe_change(change: &LinkChange) -> String {
     let mut parts = Vec::new();
     if let Some(up) = change.up {
@@ -438,6 +493,12 @@ fn describe_change(change: &LinkChange) -> String {
     }
     if let Some(group) = change.group {
         parts.push(format!("move to group {group}"));
+    }
+    if let Some(hairpin) = change.hairpin {
+        parts.push(format!(
+            "turn hairpin mode {} for",
+            if hairpin { "on" } else { "off" }
+        ));
     }
     if let Some(link_local) = change.ipv6_link_local {
         parts.push(format!(
@@ -467,6 +528,8 @@ pub struct LinkOptions {
     /// for links of IPv4-only networks, where every such packet is flooded
     /// to every port of the bridge.
     pub no_ipv6_link_local: bool,
+    /// Made a port of this bridge (by index) in the same request.
+    pub controller: Option<u32>,
 }
 
 impl LinkOptions {
@@ -479,6 +542,9 @@ impl LinkOptions {
         }
         if self.up {
             builder = builder.up();
+        }
+        if let Some(bridge) = self.controller {
+            builder = builder.append_extra_attribute(LinkAttribute::Controller(bridge));
         }
         // The alias is not applied at creation by the kernel: `create_link` sets it after.
         if let Some(netns) = &self.netns {

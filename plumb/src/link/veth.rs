@@ -4,7 +4,7 @@
 use netlink_packet_route::link::{InfoData, InfoVeth};
 use rtnetlink::{LinkUnspec, LinkVeth};
 
-use super::{validate_ifname, LinkOptions};
+use super::{validate_ifname, Link, LinkChange, LinkOptions};
 use crate::error::Result;
 use crate::handle::Netlink;
 
@@ -18,11 +18,34 @@ impl Netlink {
         peer_name: &str,
         peer_opts: &LinkOptions,
     ) -> Result<()> {
+        let peer_side = match &peer_opts.netns {
+            Some(ns) if !ns.is_same(self.netns()) => Netlink::open(ns).await?,
+            _ => self.clone(),
+        };
+        self.add_veth_beside(name, opts, &peer_side, peer_name, peer_opts)
+            .await
+            .map(drop)
+    }
+
+    /// Creates veth `name` here and its peer `peer_name` in the namespace of
+    /// `peer_side`, a connection the caller has open there already (and goes
+    /// on using: no second one is opened). `peer_opts.netns` is not looked
+    /// at. Returns the peer as the kernel made it (its index and MAC), read
+    /// before it was brought up. On failure nothing is left.
+    pub async fn add_veth_beside(
+        &self,
+        name: &str,
+        opts: &LinkOptions,
+        peer_side: &Netlink,
+        peer_name: &str,
+        peer_opts: &LinkOptions,
+    ) -> Result<Link> {
         validate_ifname(peer_name)?;
         // veth_open fails with ENOTCONN while the pair is being made, so the
         // peer is brought up afterwards.
         let peer_created = LinkOptions {
             up: false,
+            netns: Some(peer_side.netns().clone()),
             ..peer_opts.clone()
         };
         let peer = peer_created
@@ -34,13 +57,27 @@ impl Netlink {
         self.create_link("veth", name, opts, builder.build())
             .await?;
         // The kernel cannot open the peer during creation, nor set its alias.
-        if let Err(e) = self
-            .finish_created(peer_name, peer_opts, peer_opts.up)
-            .await
-        {
-            let _ = self.delete_link(name).await;
-            return Err(e);
+        let finished = async {
+            let link = peer_side.require_link(peer_name).await?;
+            let change = LinkChange {
+                alias: peer_opts.alias.clone(),
+                up: peer_opts.up.then_some(true),
+                // With `up`: applied before the link has a carrier, so no
+                // link-local address is ever made.
+                ipv6_link_local: peer_opts.no_ipv6_link_local.then_some(false),
+                ..Default::default()
+            };
+            if change != LinkChange::default() {
+                peer_side.set_link_at(&link, &change).await?;
+            }
+            Ok(link)
+        };
+        match finished.await {
+            Ok(link) => Ok(link),
+            Err(e) => {
+                let _ = self.delete_link(name).await;
+                Err(e)
+            }
         }
-        Ok(())
     }
 }
