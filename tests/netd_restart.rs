@@ -289,6 +289,11 @@ async fn the_periodic_check_repairs_links_and_forgets_dead_containers() {
     );
     assert!(ping(&c1.netns, result_ip(&r2)).unwrap());
     assert!(ping(&c1.netns, "10.66.6.1".parse().unwrap()).unwrap());
+    // A new container joins the rebuilt bridge, not the one netd saw first.
+    let c3 = host.container("c3").unwrap();
+    netd.attach(&c3.netns_name, "c3", &[]).unwrap();
+    assert!(ping(&c3.netns, ip1).unwrap(), "{}", netd.log_text());
+    netd.json(&["detach", "c3"]).unwrap();
 
     // c2's namespace disappears (the container died without a detach).
     plumb::Netns::delete(&c2.netns_name).unwrap();
@@ -302,6 +307,48 @@ async fn the_periodic_check_repairs_links_and_forgets_dead_containers() {
     assert_eq!(netd.json(&["status"]).unwrap()["ipam"][0]["in_use"], 2);
     let metrics_log = netd.log_text();
     assert!(metrics_log.contains("its namespace"), "{metrics_log}");
+}
+
+#[tokio::test]
+async fn an_attach_right_after_the_bridge_was_deleted_makes_it_again() {
+    root_or_skip!();
+    let world = World::new().await.unwrap();
+    let host = world.host("a").await.unwrap();
+    let dir = TestDir::new(&world).unwrap();
+    // No periodic check in this test's minutes: the attach itself must notice.
+    let args: Vec<String> = [
+        "--subnet",
+        "10.66.9.0/24",
+        "--reconcile-interval-secs",
+        "3600",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    let netd = Netd::start(&world, &host, &dir.0, &args).unwrap();
+    let c1 = host.container("c1").unwrap();
+    netd.attach(&c1.netns_name, "c1", &[]).unwrap();
+    let nl = plumb::Netlink::open(&host.netns).await.unwrap();
+    let before = nl.require_link("weft0").await.unwrap().index;
+    nl.delete_link("weft0").await.unwrap();
+
+    let c2 = host.container("c2").unwrap();
+    let r2 = netd
+        .attach(&c2.netns_name, "c2", &[])
+        .unwrap_or_else(|e| panic!("{e}\n{}", netd.log_text()));
+    let bridge = nl.require_link("weft0").await.unwrap();
+    assert_ne!(bridge.index, before, "the bridge was not made again");
+    let host_if2 = r2["interfaces"][0]["name"].as_str().unwrap();
+    let port = nl.require_link(host_if2).await.unwrap();
+    assert_eq!(port.controller, Some(bridge.index), "{port:?}");
+    assert!(ping(&c2.netns, "10.66.9.1".parse().unwrap()).unwrap());
+    // A reconcile plugs c1 back in.
+    netd.json(&["reconcile"]).unwrap();
+    assert!(
+        ping(&c1.netns, result_ip(&r2)).unwrap(),
+        "{}",
+        netd.log_text()
+    );
 }
 
 #[tokio::test]
@@ -363,8 +410,7 @@ async fn reconcile_removes_links_and_reservations_nobody_owns() {
         .unwrap()
         .update(|s| -> Result<(), netd::state::StoreError> {
             let pool = s.ipam.pools.get_mut("10.66.7.0/24").expect("the pool");
-            pool.reserved
-                .insert("10.66.7.77".parse().unwrap(), "ghost".into());
+            pool.reserve("10.66.7.77".parse().unwrap(), "ghost".into());
             Ok(())
         })
         .unwrap();

@@ -29,10 +29,15 @@ async fn has_default_via(nl: &Netlink, gw: IpAddr) -> Result<bool> {
         .any(|r| r.destination.is_none() && r.gateway == Some(gw)))
 }
 
-/// The default routes via `ep`'s gateways on its interface, in its
-/// namespace (`cnl`). A second interface of the container on this network
-/// finds the route via the same gateway there already (on the first): fine.
-pub(crate) async fn add_default_routes(cnl: &Netlink, ep: &Endpoint) -> Result<()> {
+/// The default routes via `ep`'s gateways on its interface (`dev`, when
+/// the caller has it at hand), in its namespace (`cnl`). A second interface
+/// of the container on this network finds the route via the same gateway
+/// there already (on the first): fine.
+pub(crate) async fn add_default_routes(
+    cnl: &Netlink,
+    ep: &Endpoint,
+    dev: Option<&plumb::Link>,
+) -> Result<()> {
     for gw in &ep.gateways {
         let route = Route {
             gateway: Some(*gw),
@@ -40,7 +45,11 @@ pub(crate) async fn add_default_routes(cnl: &Netlink, ep: &Endpoint) -> Result<(
             ipv6: gw.is_ipv6(),
             ..Default::default()
         };
-        match cnl.add_route(&route).await {
+        let added = match dev {
+            Some(dev) => cnl.add_route_at(&route, dev).await,
+            None => cnl.add_route(&route).await,
+        };
+        match added {
             Ok(()) => {}
             Err(e) if e.is_already_exists() && has_default_via(cnl, *gw).await? => {}
             Err(e) => {
@@ -90,6 +99,8 @@ struct AttachPlan {
     id: String,
     name: String,
     netns: Netns,
+    /// A connection into the container's namespace, opened once.
+    container: Netlink,
     ifname: String,
     mac: Option<MacAddr>,
     mtu: Option<u32>,
@@ -158,7 +169,7 @@ impl Network {
         let endpoint = self.reserve(&plan, &req)?;
         step("reserved");
         pause_if_asked("reserved").await;
-        let mac = match self.plumb(&endpoint, &plan.netns).await {
+        let mac = match self.plumb(&endpoint, &plan.container).await {
             Ok(mac) => mac,
             Err(e) => {
                 // Perhaps the bridge went away: the next attach looks again.
@@ -182,7 +193,7 @@ impl Network {
             }
         }
         let attached = self.store.update(|s| -> Result<Endpoint> {
-            let ep = s.endpoint_mut(&endpoint.id).ok_or_else(|| {
+            let mut ep = s.endpoint_mut(&endpoint.id).ok_or_else(|| {
                 Error::Conflict(format!(
                     "container {} was detached while it was being attached",
                     endpoint.name
@@ -305,6 +316,7 @@ impl Network {
             id,
             name,
             netns,
+            container: cnl,
             ifname,
             mac,
             mtu,
@@ -373,23 +385,33 @@ impl Network {
     }
 
     /// Creates the veth pair, plugs it into the bridge and configures the
-    /// container side. Returns the container interface's MAC.
-    pub(crate) async fn plumb(&self, ep: &Endpoint, netns: &Netns) -> Result<MacAddr> {
+    /// container side, through `cnl`, a connection into the container's
+    /// namespace. Returns the container interface's MAC.
+    ///
+    /// The host end goes up last. Only then has the pair a carrier, and the
+    /// kernel's work for a carrier coming up on a bridge port (enabling the
+    /// port: a walk over every port, and notifications naming the peer's
+    /// namespace, a walk over every container namespace) is done by its
+    /// link-state worker while netd records the attach, instead of holding
+    /// up the container's addresses and routes behind it. Until then the
+    /// container's link has no carrier, which addresses and routes do not
+    /// need; the worker runs within a fraction of a millisecond.
+    pub(crate) async fn plumb(&self, ep: &Endpoint, cnl: &Netlink) -> Result<MacAddr> {
         let nl = self.netlink().await?;
         let ctx = |step: &str| format!("attach container {}: {step}", ep.name);
+        let bridge = self.bridge_index(&nl).await?;
         let host_opts = LinkOptions {
-            // Up only once IPv6 is off on it (below); its alias goes with that
-            // change instead of a request of its own.
             up: false,
             mtu: ep.mtu,
             mac: Some(self.port_mac()),
+            // Plugged into the bridge in the same request.
+            controller: Some(bridge),
             ..Default::default()
         };
         let peer_opts = LinkOptions {
             up: true,
             mtu: ep.mtu,
             mac: ep.mac,
-            netns: Some(netns.clone()),
             // On an IPv4-only network the container's link-local address
             // served nothing, and its duplicate address detection, router
             // solicitations and multicast reports were flooded to every
@@ -398,73 +420,74 @@ impl Network {
             no_ipv6_link_local: !ep.ips.iter().any(|ip| ip.is_ipv6()),
             ..Default::default()
         };
-        nl.add_veth(&ep.host_ifname, &host_opts, &ep.ifname, &peer_opts)
-            .await
-            .ctx(|| ctx("create veth"))?;
+        let mut created = nl
+            .add_veth_beside(&ep.host_ifname, &host_opts, cnl, &ep.ifname, &peer_opts)
+            .await;
+        if matches!(&created, Err(e) if !matches!(e, plumb::Error::BridgeFull(_))) {
+            // The bridge may have been made anew since its index was noted
+            // (by someone else, before the periodic check saw it): look at
+            // the host again, and try once more if the bridge did change.
+            self.host_ready
+                .store(false, std::sync::atomic::Ordering::Release);
+            self.forget_bridge_index();
+            self.ensure_host_once().await?;
+            let fresh = self.bridge_index(&nl).await?;
+            if fresh != bridge {
+                let host_opts = LinkOptions {
+                    controller: Some(fresh),
+                    ..host_opts
+                };
+                created = nl
+                    .add_veth_beside(&ep.host_ifname, &host_opts, cnl, &ep.ifname, &peer_opts)
+                    .await;
+            }
+        }
+        let peer = match created {
+            Ok(peer) => peer,
+            Err(plumb::Error::BridgeFull(_)) => {
+                return Err(Error::Conflict(ctx(&format!(
+                    "bridge {} is full: a Linux bridge takes at most {} containers; attach more to another netd network (its own --bridge and --subnet)",
+                    self.config.bridge,
+                    plumb::BRIDGE_MAX_PORTS
+                ))));
+            }
+            Err(e) => return Err(Error::kernel(ctx("create veth"), e)),
+        };
         // A bridge port needs no IPv6 of its own (the bridge holds the
         // gateway). Without it the kernel keeps no link-local address and
         // route per port: their upkeep, a walk of the whole IPv6 routing table
         // at every link change, made each attach and detach cost more with
-        // every container attached.
+        // every container attached. Turned off while the link is down.
         let no_ipv6 = format!("net/ipv6/conf/{}/disable_ipv6", ep.host_ifname);
         // A kernel booted without IPv6 has nothing to turn off.
         if std::path::Path::new("/proc/sys/net/ipv6/conf").exists() {
             plumb::sysctl::write(&self.host, &no_ipv6, "1")
                 .ctx(|| ctx(&format!("turn off IPv6 on {}", ep.host_ifname)))?;
         }
-        let bridge = nl
-            .require_link(&self.config.bridge)
-            .await
-            .ctx(|| ctx(&format!("find bridge {}", self.config.bridge)))?;
-        // Looked up once for the two changes below: each look-up of a veth
-        // costs more the more container namespaces there are.
-        let host_end = nl
-            .require_link(&ep.host_ifname)
-            .await
-            .ctx(|| ctx(&format!("find {}", ep.host_ifname)))?;
-        let plug = LinkChange {
-            controller: Some(Some(bridge.index)),
-            up: Some(true),
-            alias: Some(format!("{ALIAS_PREFIX}{}", ep.id)),
-            ..Default::default()
-        };
-        match nl.set_link_at(&host_end, &plug).await {
-            Ok(()) => {}
-            Err(plumb::Error::BridgeFull(_)) => {
-                return Err(Error::Conflict(ctx(&format!(
-                    "bridge {} is full: a Linux bridge takes at most {} containers; attach more to another netd network (its own --bridge and --subnet)",
-                    self.config.bridge,
-                    plumb::BRIDGE_MAX_PORTS
-                ))))
-            }
-            Err(e) => {
-                return Err(Error::kernel(
-                    ctx(&format!("plug {} into bridge", ep.host_ifname)),
-                    e,
-                ))
-            }
-        }
-        // A container reaching its own published port through the host
-        // address comes back in by the port it went out by.
-        nl.set_hairpin_at(&host_end, true)
-            .await
-            .ctx(|| ctx("turn on hairpin mode"))?;
         pause_if_asked("veth").await;
-        let cnl = Netlink::open(netns)
-            .await
-            .ctx(|| ctx(&format!("open netlink in {}", netns.label())))?;
         for ip in &ep.ips {
-            cnl.add_address(&ep.ifname, *ip, true)
+            cnl.add_address_at(&peer, *ip, true)
                 .await
                 .ctx(|| ctx("add address"))?;
         }
         pause_if_asked("addressed").await;
-        add_default_routes(&cnl, ep).await?;
-        let link = cnl
-            .require_link(&ep.ifname)
-            .await
-            .ctx(|| ctx("read the interface back"))?;
-        link.mac
+        add_default_routes(cnl, ep, Some(&peer)).await?;
+        // Up, with its alias and hairpin mode (a container reaching its own
+        // published port through the host address comes back in by the port
+        // it went out by), in one request to the link by its name.
+        let host_end = LinkChange {
+            up: Some(true),
+            alias: Some(format!("{ALIAS_PREFIX}{}", ep.id)),
+            hairpin: Some(true),
+            ..Default::default()
+        };
+        nl.set_link(&ep.host_ifname, &host_end).await.ctx(|| {
+            ctx(&format!(
+                "bring {} up on bridge {}",
+                ep.host_ifname, self.config.bridge
+            ))
+        })?;
+        peer.mac
             .ok_or_else(|| Error::Invalid(ctx("the kernel reported no MAC for the interface")))
     }
 

@@ -44,9 +44,8 @@ impl Network {
             // Looked at in place: a detach must not copy the whole state.
             let staying: Vec<Endpoint> = match self.store.read_with(|s| {
                 s.endpoints
-                    .values()
-                    .filter(|o| o.netns_inode == ep.netns_inode && o.id != ep.id)
-                    .filter(|o| o.phase == Phase::Attached)
+                    .in_namespace(ep.netns_inode)
+                    .filter(|o| o.id != ep.id && o.phase == Phase::Attached)
                     .map(|o| (**o).clone())
                     .collect()
             }) {
@@ -66,7 +65,7 @@ impl Network {
                 continue;
             };
             for other in &staying {
-                if let Err(e) = crate::attach::add_default_routes(&cnl, other).await {
+                if let Err(e) = crate::attach::add_default_routes(&cnl, other, None).await {
                     tracing::warn!(container = %other.name, "restore its default route: {e}");
                 }
             }
@@ -175,7 +174,7 @@ impl Network {
             let Some(id) = s.find(key).map(|e| e.id.clone()) else {
                 return Ok(None);
             };
-            let ep = s.endpoint_mut(&id).expect("found above");
+            let mut ep = s.endpoint_mut(&id).expect("found above");
             if let Phase::Attaching { owner: o } = ep.phase {
                 if o.is_alive() {
                     return Err(Error::Conflict(format!(

@@ -221,8 +221,8 @@ impl Network {
             .store
             .read()?
             .endpoints
-            .into_values()
-            .map(std::sync::Arc::unwrap_or_clone)
+            .values()
+            .map(|ep| (**ep).clone())
             .collect())
     }
 
@@ -247,22 +247,18 @@ pub(crate) fn check_unique(
             ep.name, ep.host_ifname
         )));
     }
-    // One pass over the endpoints for both checks.
-    let inode = netns.inode();
-    for ep in state.endpoints.values() {
-        if ep.name == name {
-            return Err(Error::Conflict(format!(
-                "container name {name} is already taken by container {}; choose another --name",
-                ep.id
-            )));
-        }
-        if ep.netns_inode == inode && ep.ifname == ifname {
-            return Err(Error::Conflict(format!(
-                "namespace {} already has {ifname} attached by netd (container {}); choose another --ifname",
-                netns.label(),
-                ep.name
-            )));
-        }
+    if let Some(ep) = state.endpoints.named(name) {
+        return Err(Error::Conflict(format!(
+            "container name {name} is already taken by container {}; choose another --name",
+            ep.id
+        )));
+    }
+    if let Some(ep) = state.endpoints.on_interface(netns.inode(), ifname) {
+        return Err(Error::Conflict(format!(
+            "namespace {} already has {ifname} attached by netd (container {}); choose another --ifname",
+            netns.label(),
+            ep.name
+        )));
     }
     Ok(())
 }

@@ -48,10 +48,9 @@ impl Network {
             .store
             .update(|s| -> Result<Vec<crate::state::Endpoint>> {
                 let mut claimed = Vec::new();
-                for ep in s.endpoints.values_mut() {
-                    if !stale(&ep.id) {
-                        continue;
-                    }
+                let ids: Vec<String> = s.endpoints.keys().filter(|id| stale(id)).cloned().collect();
+                for id in ids {
+                    let mut ep = s.endpoint_mut(&id).expect("listed above");
                     match ep.phase {
                         Phase::Attaching { owner } | Phase::Detaching { owner }
                             if owner.is_alive() && owner != me =>
@@ -60,7 +59,6 @@ impl Network {
                         }
                         _ => {}
                     }
-                    let ep = std::sync::Arc::make_mut(ep);
                     ep.phase = Phase::Detaching { owner: me };
                     claimed.push(ep.clone());
                 }

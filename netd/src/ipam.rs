@@ -6,7 +6,7 @@
 //! round-robin from the last one handed out, like CNI's host-local, so a
 //! just-released address is not reused at once (stale ARP entries elsewhere).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
@@ -54,15 +54,134 @@ pub enum IpamError {
     },
 }
 
-/// Reservations of one subnet.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+/// Reservations of one subnet, with each holder's addresses at hand (a
+/// detach releases its own without looking at anyone else's) and the
+/// addresses a transaction touched (what its journal record holds).
+#[derive(Debug, Clone, Default)]
 pub struct Pool {
     /// The last address handed out dynamically; the next search starts after it.
     pub last: Option<IpAddr>,
     /// Address → the container id holding it. Shared, not copied, between
-    /// the store's two copies of the state, so that telling what a
-    /// transaction changed skips the untouched entries at a glance.
-    pub reserved: BTreeMap<IpAddr, Arc<str>>,
+    /// the store's two copies of the state.
+    reserved: BTreeMap<IpAddr, Arc<str>>,
+    holders: HashMap<Arc<str>, BTreeSet<IpAddr>>,
+    touched: BTreeSet<IpAddr>,
+}
+
+/// What state.json holds of a pool.
+#[derive(Serialize, Deserialize)]
+struct PoolFile<R> {
+    last: Option<IpAddr>,
+    reserved: R,
+}
+
+impl Serialize for Pool {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        PoolFile {
+            last: self.last,
+            reserved: &self.reserved,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Pool {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Pool, D::Error> {
+        let file = PoolFile::<BTreeMap<IpAddr, Arc<str>>>::deserialize(deserializer)?;
+        let mut pool = Pool {
+            last: file.last,
+            ..Pool::default()
+        };
+        for (addr, owner) in file.reserved {
+            pool.reserve(addr, owner);
+        }
+        pool.settle();
+        Ok(pool)
+    }
+}
+
+impl PartialEq for Pool {
+    fn eq(&self, other: &Pool) -> bool {
+        self.last == other.last && self.reserved == other.reserved
+    }
+}
+
+impl Eq for Pool {}
+
+impl Pool {
+    /// The container id holding `addr`.
+    pub fn holder(&self, addr: &IpAddr) -> Option<&Arc<str>> {
+        self.reserved.get(addr)
+    }
+
+    pub fn len(&self) -> usize {
+        self.reserved.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.reserved.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&IpAddr, &Arc<str>)> {
+        self.reserved.iter()
+    }
+
+    /// Gives `addr` to `owner` (taking it from whoever held it).
+    pub fn reserve(&mut self, addr: IpAddr, owner: Arc<str>) {
+        self.release(&addr);
+        self.touched.insert(addr);
+        self.holders.entry(owner.clone()).or_default().insert(addr);
+        self.reserved.insert(addr, owner);
+    }
+
+    /// Frees `addr`; returns who held it.
+    pub fn release(&mut self, addr: &IpAddr) -> Option<Arc<str>> {
+        let owner = self.reserved.remove(addr)?;
+        self.touched.insert(*addr);
+        if let Some(held) = self.holders.get_mut(&owner) {
+            held.remove(addr);
+            if held.is_empty() {
+                self.holders.remove(&owner);
+            }
+        }
+        Some(owner)
+    }
+
+    /// The addresses `owner` holds here.
+    pub fn held_by(&self, owner: &str) -> impl Iterator<Item = IpAddr> + '_ {
+        self.holders.get(owner).into_iter().flatten().copied()
+    }
+
+    /// The same owner as an address here already has, shared, or a new one.
+    fn owner(&self, owner: &str) -> Arc<str> {
+        self.holders
+            .get_key_value(owner)
+            .map(|(o, _)| o.clone())
+            .unwrap_or_else(|| Arc::from(owner))
+    }
+
+    /// The addresses touched since the last `settle`.
+    pub fn touched(&self) -> &BTreeSet<IpAddr> {
+        &self.touched
+    }
+
+    pub fn settle(&mut self) {
+        self.touched.clear();
+    }
+
+    /// Undoes what was touched since the last `settle`, from `persisted`.
+    fn revert_to(&mut self, persisted: &Pool) {
+        for addr in std::mem::take(&mut self.touched) {
+            match persisted.holder(&addr) {
+                Some(owner) => self.reserve(addr, owner.clone()),
+                None => {
+                    self.release(&addr);
+                }
+            }
+        }
+        self.last = persisted.last;
+        self.settle();
+    }
 }
 
 /// Reservations of every subnet, keyed by the subnet in CIDR form.
@@ -167,13 +286,13 @@ impl Reservations {
         let (lo, hi) = (lo.max(range.first), hi.min(range.last));
         let pool = self.pools.entry(subnet.to_string()).or_default();
         // As in `allocate`: bounded by the reservations, not the range's size.
-        let attempts = (hi.saturating_sub(lo) + 1).min(pool.reserved.len() as u128 + 2);
+        let attempts = (hi.saturating_sub(lo) + 1).min(pool.len() as u128 + 2);
         for candidate in (lo..=hi).take(attempts as usize) {
             let addr = from_int(candidate, range.v6);
-            if candidate == range.gateway || pool.reserved.contains_key(&addr) {
+            if candidate == range.gateway || pool.holder(&addr).is_some() {
                 continue;
             }
-            pool.reserved.insert(addr, Arc::from(owner));
+            pool.reserve(addr, pool.owner(owner));
             return Ok(addr);
         }
         Err(IpamError::RangeFull {
@@ -193,7 +312,7 @@ impl Reservations {
         let pool = self.pools.entry(subnet.to_string()).or_default();
         if let Some(addr) = requested {
             check_requested(subnet, range, pool, addr)?;
-            pool.reserved.insert(addr, Arc::from(owner));
+            pool.reserve(addr, pool.owner(owner));
             return Ok(addr);
         }
         let span = range.last - range.first + 1;
@@ -206,23 +325,23 @@ impl Reservations {
         // Among reserved+2 consecutive candidates at most reserved+1 are taken
         // (the gateway too), so the search is bounded by the reservations, not
         // by the size of the subnet (an IPv6 /64 has 2^64 candidates).
-        let attempts = span.min(pool.reserved.len() as u128 + 2);
+        let attempts = span.min(pool.len() as u128 + 2);
         for step in 0..attempts {
             let mut candidate = start + step;
             if candidate > range.last {
                 candidate = range.first + (candidate - range.last - 1) % span;
             }
             let addr = from_int(candidate, range.v6);
-            if candidate == range.gateway || pool.reserved.contains_key(&addr) {
+            if candidate == range.gateway || pool.holder(&addr).is_some() {
                 continue;
             }
-            pool.reserved.insert(addr, Arc::from(owner));
+            pool.reserve(addr, pool.owner(owner));
             pool.last = Some(addr);
             return Ok(addr);
         }
         Err(IpamError::Full {
             subnet,
-            in_use: pool.reserved.len() as u128 + 1,
+            in_use: pool.len() as u128 + 1,
         })
     }
 
@@ -238,40 +357,52 @@ impl Reservations {
     pub fn release_owner(&mut self, owner: &str) -> Vec<IpAddr> {
         let mut released = Vec::new();
         for pool in self.pools.values_mut() {
-            pool.reserved.retain(|addr, o| {
-                let keep = o.as_ref() != owner;
-                if !keep {
-                    released.push(*addr);
-                }
-                keep
-            });
+            let held: Vec<IpAddr> = pool.held_by(owner).collect();
+            for addr in held {
+                pool.release(&addr);
+                released.push(addr);
+            }
         }
         released
     }
 
     /// Every container id holding an address.
-    pub fn owners(&self) -> std::collections::BTreeSet<String> {
+    pub fn owners(&self) -> BTreeSet<String> {
         self.pools
             .values()
-            .flat_map(|p| p.reserved.values().map(|o| o.to_string()))
+            .flat_map(|p| p.holders.keys().map(|o| o.to_string()))
             .collect()
     }
 
     /// Addresses held by `owner`.
     pub fn held_by(&self, owner: &str) -> Vec<IpAddr> {
+        self.pools.values().flat_map(|p| p.held_by(owner)).collect()
+    }
+
+    /// Forgets which addresses were touched: the copy now matches the files.
+    pub fn settle(&mut self) {
+        self.pools.values_mut().for_each(Pool::settle);
+    }
+
+    /// Undoes what was touched since the last `settle`, from `persisted`.
+    pub fn revert_to(&mut self, persisted: &Reservations) {
         self.pools
-            .values()
-            .flat_map(|p| p.reserved.iter())
-            .filter(|(_, o)| o.as_ref() == owner)
-            .map(|(a, _)| *a)
-            .collect()
+            .retain(|subnet, _| persisted.pools.contains_key(subnet));
+        for (subnet, old) in &persisted.pools {
+            match self.pools.get_mut(subnet) {
+                Some(pool) => pool.revert_to(old),
+                None => {
+                    self.pools.insert(subnet.clone(), old.clone());
+                }
+            }
+        }
     }
 
     pub fn usage(&self, subnet: IpNetwork) -> Usage {
         let in_use = self
             .pools
             .get(&subnet.to_string())
-            .map(|p| p.reserved.len() as u128)
+            .map(|p| p.len() as u128)
             .unwrap_or(0)
             + 1;
         let capacity = range(subnet).map(|r| r.last - r.first + 1).unwrap_or(0);
@@ -305,7 +436,7 @@ fn check_requested(
     if let Some(why) = why {
         return Err(IpamError::NotAssignable { addr, subnet, why });
     }
-    if let Some(owner) = pool.reserved.get(&addr) {
+    if let Some(owner) = pool.holder(&addr) {
         return Err(IpamError::Taken {
             addr,
             owner: owner.to_string(),

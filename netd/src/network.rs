@@ -60,6 +60,9 @@ pub struct Network {
     /// Set once the host was found (or made) ready; an attach that fails
     /// clears it so the next one looks again.
     pub(crate) host_ready: std::sync::atomic::AtomicBool,
+    /// The bridge's index (0: not known), noted wherever the bridge is
+    /// looked at, so that an attach need not look it up.
+    bridge_index: std::sync::atomic::AtomicU32,
     /// Deletes detached containers' links in the background (the daemon's
     /// choice, see [`Network::reap_in_background`]).
     pub(crate) reaper: std::sync::OnceLock<crate::reaper::Reaper>,
@@ -94,6 +97,7 @@ impl Network {
             overlay: std::sync::OnceLock::new(),
             host_netlink: tokio::sync::OnceCell::new(),
             host_ready: std::sync::atomic::AtomicBool::new(false),
+            bridge_index: std::sync::atomic::AtomicU32::new(0),
             reaper: std::sync::OnceLock::new(),
             localhost_proxy: std::sync::OnceLock::new(),
         })
@@ -197,12 +201,15 @@ impl Network {
             }
         };
         if !link.is_kind("bridge") {
+            self.forget_bridge_index();
             return Err(Error::Conflict(format!(
                 "link {bridge} in {} exists but is a {}, not a bridge; choose another --bridge or remove it",
                 self.host.label(),
                 link.kind.as_deref().unwrap_or("plain device")
             )));
         }
+        self.bridge_index
+            .store(link.index, std::sync::atomic::Ordering::Release);
         if !link.up {
             nl.set_up(bridge).await.ctx(|| ctx("bring it up"))?;
             actions.push(Action::new("bridge_up", format!("brought {bridge} up")));
@@ -266,6 +273,27 @@ impl Network {
         Ok(actions)
     }
 
+    /// The bridge's index, as last seen (looked up when not known yet).
+    pub(crate) async fn bridge_index(&self, nl: &Netlink) -> Result<u32> {
+        use std::sync::atomic::Ordering;
+        let known = self.bridge_index.load(Ordering::Acquire);
+        if known != 0 {
+            return Ok(known);
+        }
+        let bridge = nl
+            .require_link(&self.config.bridge)
+            .await
+            .ctx(|| format!("find bridge {}", self.config.bridge))?;
+        self.bridge_index.store(bridge.index, Ordering::Release);
+        Ok(bridge.index)
+    }
+
+    /// Makes the next [`Network::bridge_index`] look the bridge up again.
+    pub(crate) fn forget_bridge_index(&self) {
+        self.bridge_index
+            .store(0, std::sync::atomic::Ordering::Release);
+    }
+
     /// `ensure_host` only when the bridge or a gateway address is missing:
     /// what an attach calls, so that the first attach without a daemon (a CNI
     /// plugin in standalone mode) sets the host up, and later ones cost nothing.
@@ -283,6 +311,7 @@ impl Network {
             .ctx(|| "list links".to_string())?
         {
             Some(bridge) if bridge.up => {
+                self.bridge_index.store(bridge.index, Ordering::Release);
                 let addrs = nl
                     .addresses(Some(bridge.index))
                     .await

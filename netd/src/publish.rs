@@ -62,30 +62,19 @@ pub fn bind_specs(
     Ok(ports)
 }
 
-/// True when both would claim one host port.
-fn clashes(a: &PublishedPort, b: &PublishedPort) -> bool {
-    a.protocol == b.protocol
-        && a.is_ipv6() == b.is_ipv6()
-        && a.host_ports.start <= b.host_ports.end
-        && b.host_ports.start <= a.host_ports.end
-        && (a.host_ip.is_none() || b.host_ip.is_none() || a.host_ip == b.host_ip)
-}
-
 /// Refuses ports that clash with each other or with any published port.
 pub fn check_conflicts(state: &State, container: &str, ports: &[PublishedPort]) -> Result<()> {
     for (i, port) in ports.iter().enumerate() {
-        if let Some(other) = ports[..i].iter().find(|o| clashes(o, port)) {
+        if let Some(other) = ports[..i].iter().find(|o| o.clashes_with(port)) {
             return Err(Error::Conflict(format!(
                 "container {container}: ports {other} and {port} claim the same host port"
             )));
         }
-        for ep in state.endpoints.values() {
-            if let Some(other) = ep.ports.iter().find(|o| clashes(o, port)) {
-                return Err(Error::Conflict(format!(
-                    "container {container}: host port {} ({}) is already published by container {} ({other}); choose another host port or unpublish it first",
-                    port.host_ports, port.protocol, ep.name
-                )));
-            }
+        if let Some((ep, other)) = state.endpoints.port_clash(port) {
+            return Err(Error::Conflict(format!(
+                "container {container}: host port {} ({}) is already published by container {} ({other}); choose another host port or unpublish it first",
+                port.host_ports, port.protocol, ep.name
+            )));
         }
     }
     Ok(())
@@ -156,7 +145,7 @@ impl Network {
         let apply = ports.clone();
         if let Err(e) = firewall_call(&self.firewall, move |fw| fw.add_ports(&apply)).await {
             self.store.update(|s| -> Result<()> {
-                if let Some(ep) = s.endpoint_mut(&id) {
+                if let Some(mut ep) = s.endpoint_mut(&id) {
                     ep.ports.retain(|p| !ports.contains(p));
                 }
                 Ok(())
@@ -179,7 +168,7 @@ impl Network {
             let ep = attached(s, key)?;
             let wanted = bind_specs(&ep.name, &parsed, &ep.ips)?;
             let id = ep.id.clone();
-            let ep = s.endpoint_mut(&id).expect("found above");
+            let mut ep = s.endpoint_mut(&id).expect("found above");
             let removed: Vec<PublishedPort> = ep
                 .ports
                 .iter()

@@ -143,7 +143,7 @@ impl Network {
                     // Attached again either way: a failed repair is retried
                     // by the next reconciliation.
                     self.store.update(|s| -> Result<()> {
-                        if let Some(e) = s.endpoint_mut(&ep.id) {
+                        if let Some(mut e) = s.endpoint_mut(&ep.id) {
                             e.phase = Phase::Attached;
                         }
                         Ok(())
@@ -202,7 +202,7 @@ impl Network {
     fn claim(&self, ep: &Endpoint, phase: impl FnOnce(OwnerProcess) -> Phase) -> Result<bool> {
         self.store.update(|s| -> Result<bool> {
             match s.endpoint_mut(&ep.id) {
-                Some(e) if e.phase == Phase::Attached => {
+                Some(mut e) if e.phase == Phase::Attached => {
                     e.phase = phase(OwnerProcess::current());
                     Ok(true)
                 }
@@ -312,7 +312,7 @@ impl Network {
                 let _ = cnl.delete_link(&ep.ifname).await;
             }
         }
-        self.plumb(ep, &netns).await?;
+        self.plumb(ep, &cnl).await?;
         Ok(())
     }
 

@@ -25,7 +25,6 @@
 //! the state is written as a new snapshot (temporary file, fsync, rename)
 //! and the journal removed.
 
-use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::IpAddr;
@@ -41,7 +40,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::ipam::Reservations;
 
+mod endpoints;
 mod journal;
+
+pub use endpoints::{EndpointMut, Endpoints};
 
 const STATE_FILE: &str = "state.json";
 const JOURNAL_FILE: &str = "state.log";
@@ -169,9 +171,8 @@ pub struct State {
     pub version: u32,
     /// Endpoints by container id.
     /// Shared between the store's copies: an unchanged endpoint is the same
-    /// allocation in both, so telling what a change touched costs a pointer
-    /// comparison per endpoint instead of a deep one.
-    pub endpoints: BTreeMap<String, Arc<Endpoint>>,
+    /// allocation in both.
+    pub endpoints: Endpoints,
     pub ipam: Reservations,
 }
 
@@ -179,7 +180,7 @@ impl Default for State {
     fn default() -> State {
         State {
             version: STATE_VERSION,
-            endpoints: BTreeMap::new(),
+            endpoints: Endpoints::default(),
             ipam: Reservations::default(),
         }
     }
@@ -188,16 +189,28 @@ impl Default for State {
 impl State {
     /// The endpoint `id`, to change: copied first if the store's other copy
     /// still shares it.
-    pub fn endpoint_mut(&mut self, id: &str) -> Option<&mut Endpoint> {
-        self.endpoints.get_mut(id).map(Arc::make_mut)
+    pub fn endpoint_mut(&mut self, id: &str) -> Option<EndpointMut<'_>> {
+        self.endpoints.get_mut(id)
     }
 
     /// The endpoint whose id or name is `key`.
     pub fn find(&self, key: &str) -> Option<&Endpoint> {
         self.endpoints
             .get(key)
-            .or_else(|| self.endpoints.values().find(|e| e.name == key))
+            .or_else(|| self.endpoints.named(key))
             .map(|e| &**e)
+    }
+
+    /// Forgets what the last transaction touched: this copy matches the files.
+    fn settle(&mut self) {
+        self.endpoints.settle();
+        self.ipam.settle();
+    }
+
+    /// Undoes what was touched since the last `settle`, from `persisted`.
+    fn revert_to(&mut self, persisted: &State) {
+        self.endpoints.revert_to(&persisted.endpoints);
+        self.ipam.revert_to(&persisted.ipam);
     }
 }
 
@@ -338,19 +351,22 @@ impl Store {
         let out = match change(&mut cache.working) {
             Ok(out) => out,
             Err(e) => {
-                cache.working = cache.persisted.clone();
+                cache.working.revert_to(&cache.persisted);
                 return Err(e);
             }
         };
         let record = journal::diff(&cache.persisted, &cache.working);
         if record.is_empty() {
+            cache.working.settle();
             return Ok(out);
         }
         if let Err(e) = self.append(cache, &record) {
-            cache.working = cache.persisted.clone();
+            cache.working.revert_to(&cache.persisted);
             return Err(e.into());
         }
+        cache.working.settle();
         journal::apply(&mut cache.persisted, &record);
+        cache.persisted.settle();
         let seen = cache.seen.expect("caught up above");
         if seen.journal_len > COMPACT_AFTER.max(seen.snapshot_len) {
             self.compact(cache)?;
@@ -415,6 +431,8 @@ impl Store {
             journal::apply(&mut cache.persisted, record);
             journal::apply(&mut cache.working, record);
         }
+        cache.persisted.settle();
+        cache.working.settle();
         let end = from + used as u64;
         if torn && exclusive {
             // What a writer killed mid-write left: never part of a transaction.
@@ -662,12 +680,11 @@ mod tests {
         }
         let state = Store::open(dir.path()).unwrap().read().unwrap();
         let pool = &state.ipam.pools[&subnet().to_string()];
-        assert_eq!(pool.reserved.len(), 100, "addresses were lost or shared");
+        assert_eq!(pool.len(), 100, "addresses were lost or shared");
         for w in 0..4 {
             let held = pool
-                .reserved
-                .values()
-                .filter(|o| o.starts_with(&format!("w{w}-")))
+                .iter()
+                .filter(|(_, o)| o.starts_with(&format!("w{w}-")))
                 .count();
             assert_eq!(held, 25);
         }
