@@ -10,7 +10,13 @@
 //! - `cni`: the reference CNI `bridge` (+ `host-local`) and `portmap` chain
 //!   from /usr/lib/cni, ADD with prevResult, DEL in reverse order;
 //! - `netavark`: `netavark setup`/`teardown` with Podman's JSON (static
-//!   addresses: netavark leaves IPAM to Podman).
+//!   addresses: netavark leaves IPAM to Podman);
+//! - `kernel`: the floor under netd. The link requests one netd attach makes
+//!   (a veth made a port of netd's bridge, its container end in the
+//!   container's namespace, IPv6 off on the host end, the container's
+//!   address and default route, the host end up with its alias and hairpin),
+//!   sent through plumb with nothing else: no IPAM, state, checks or
+//!   firewall. Its growth is what the kernel alone adds per container.
 //!
 //! Container namespaces are made up front and not timed. Every mode attaches
 //! one untimed warm-up container first (bridges, NAT chains, nft tables), then
@@ -36,12 +42,12 @@ use serde_json::{json, Value};
 use world::{Container, Host, World};
 
 const USAGE: &str = "\
-usage: bench-attach [--sizes 1,100,1000] [--reference-cap 100] [--modes netd-lib,netd-api,cni,netavark] [--pairs 40] [--json FILE]
+usage: bench-attach [--sizes 1,100,1000] [--reference-cap 100] [--modes netd-lib,netd-api,kernel,cni,netavark] [--pairs 40] [--json FILE]
   --sizes          numbers of containers, one run each
   --reference-cap  the largest N the reference tools run (they are slow)
   --modes          which implementations to measure
   --pairs          container #1 and #N (largest N) attached at the same moments, this
-                   many times per netd mode (0: skip)
+                   many times per netd mode and the kernel floor (0: skip)
   --json FILE      also write every per-container timing as JSON
 WEFT_BENCH_NETD_LOG=FILE appends the daemon's debug log (attach step timings) to FILE.";
 
@@ -56,6 +62,7 @@ const AFTER_DETACH: Duration = Duration::from_millis(40);
 enum Mode {
     NetdLib,
     NetdApi,
+    Kernel,
     Cni,
     Netavark,
 }
@@ -67,6 +74,7 @@ impl Mode {
             "netd-api" => Mode::NetdApi,
             "cni" => Mode::Cni,
             "netavark" => Mode::Netavark,
+            "kernel" => Mode::Kernel,
             other => bail!("unknown mode {other:?}\n{USAGE}"),
         })
     }
@@ -77,6 +85,7 @@ impl Mode {
             Mode::NetdApi => "netd-api",
             Mode::Cni => "cni",
             Mode::Netavark => "netavark",
+            Mode::Kernel => "kernel",
         }
     }
 
@@ -87,11 +96,17 @@ impl Mode {
             Mode::NetdApi => "api",
             Mode::Cni => "cni",
             Mode::Netavark => "nva",
+            Mode::Kernel => "krn",
         }
     }
 
     fn is_reference(self) -> bool {
         matches!(self, Mode::Cni | Mode::Netavark)
+    }
+
+    /// netd itself (not a reference, not the floor).
+    fn is_weft(self) -> bool {
+        matches!(self, Mode::NetdLib | Mode::NetdApi)
     }
 }
 
@@ -107,7 +122,13 @@ fn parse_args() -> Result<Options> {
     let mut opts = Options {
         sizes: vec![1, 100, 1000],
         reference_cap: 100,
-        modes: vec![Mode::NetdLib, Mode::NetdApi, Mode::Cni, Mode::Netavark],
+        modes: vec![
+            Mode::NetdLib,
+            Mode::NetdApi,
+            Mode::Kernel,
+            Mode::Cni,
+            Mode::Netavark,
+        ],
         pairs: 40,
         json: None,
     };
@@ -222,6 +243,97 @@ impl Driver for NetdLib {
         if !report.found {
             bail!("netd did not know container {i}");
         }
+        Ok(())
+    }
+}
+
+// ---- the kernel floor: netd's link requests alone ---------------------------
+
+/// The bridge comes from netd (same settings: its MAC, no multicast
+/// snooping, forward delay 0); each container's links are then made with
+/// exactly the requests `netd::Network::attach` sends, in its order.
+struct KernelFloor {
+    host: plumb::Netns,
+    nl: plumb::Netlink,
+    bridge: u32,
+    port_mac: plumb::MacAddr,
+    subnet: ipnetwork::Ipv4Network,
+}
+
+impl KernelFloor {
+    async fn new(host: &Host, dir: &Path) -> Result<KernelFloor> {
+        let config = netd::Config {
+            state_dir: dir.join("state"),
+            socket: dir.join("unused.sock"),
+            netns: Some(host.netns.path_buf().display().to_string()),
+            ..Default::default()
+        };
+        let subnet = config.subnet;
+        let bridge_name = config.bridge.clone();
+        netd::Network::open(config).await?.ensure_host().await?;
+        let nl = plumb::Netlink::open(&host.netns).await?;
+        let bridge = nl.require_link(&bridge_name).await?.index;
+        Ok(KernelFloor {
+            host: host.netns.clone(),
+            nl,
+            bridge,
+            port_mac: plumb::MacAddr::from_seed("bench-attach kernel floor ports"),
+            subnet,
+        })
+    }
+
+    fn host_ifname(i: usize) -> String {
+        format!("wk{i:x}")
+    }
+}
+
+impl Driver for KernelFloor {
+    async fn attach(&mut self, i: usize, c: &Container) -> Result<()> {
+        use plumb::{LinkChange, LinkOptions, Route};
+        // netd opens this connection while it validates the request.
+        let cnl = plumb::Netlink::open(&c.netns).await?;
+        let host_if = Self::host_ifname(i);
+        let host_opts = LinkOptions {
+            mac: Some(self.port_mac),
+            controller: Some(self.bridge),
+            ..Default::default()
+        };
+        let peer_opts = LinkOptions {
+            up: true,
+            no_ipv6_link_local: true,
+            ..Default::default()
+        };
+        let peer = self
+            .nl
+            .add_veth_beside(&host_if, &host_opts, &cnl, "eth0", &peer_opts)
+            .await?;
+        plumb::sysctl::write(
+            &self.host,
+            &format!("net/ipv6/conf/{host_if}/disable_ipv6"),
+            "1",
+        )?;
+        let ip = self.subnet.nth(i as u32 + 2).context("subnet too small")?;
+        let address = ipnetwork::Ipv4Network::new(ip, self.subnet.prefix())?;
+        cnl.add_address_at(&peer, address.into(), true).await?;
+        let gateway = self.subnet.nth(1).context("subnet too small")?;
+        let route = Route {
+            gateway: Some(gateway.into()),
+            dev: Some("eth0".into()),
+            ..Default::default()
+        };
+        cnl.add_route_at(&route, &peer).await?;
+        let host_end = LinkChange {
+            up: Some(true),
+            alias: Some(format!("bench-attach kernel floor {i}")),
+            hairpin: Some(true),
+            ..Default::default()
+        };
+        self.nl.set_link(&host_if, &host_end).await?;
+        Ok(())
+    }
+
+    async fn detach(&mut self, i: usize, _c: &Container) -> Result<()> {
+        self.nl.delete_link(&Self::host_ifname(i)).await?;
         Ok(())
     }
 }
@@ -586,6 +698,10 @@ async fn run_mode(
             };
             measure(&mut d, mode, warmup, timed).await?
         }
+        Mode::Kernel => {
+            let mut d = KernelFloor::new(&host, &dir).await?;
+            measure(&mut d, mode, warmup, timed).await?
+        }
         Mode::Netavark => {
             let config_dir = dir.join("netavark");
             std::fs::create_dir_all(&config_dir)?;
@@ -606,10 +722,12 @@ async fn run_mode(
 
 // ---- container #1 and container #N at the same moments -----------------------------
 
-/// netd's two modes behind one type, for the paired measurement.
+/// netd's two modes and the kernel floor behind one type, for the paired
+/// measurement.
 enum Netd {
     Lib(Box<NetdLib>),
     Api(NetdApi),
+    Kernel(KernelFloor),
 }
 
 impl Netd {
@@ -618,6 +736,7 @@ impl Netd {
         Ok(match mode {
             Mode::NetdLib => Netd::Lib(Box::new(NetdLib::new(host, dir).await?)),
             Mode::NetdApi => Netd::Api(NetdApi::new(host, dir).await?),
+            Mode::Kernel => Netd::Kernel(KernelFloor::new(host, dir).await?),
             other => bail!("{} has no paired measurement", other.name()),
         })
     }
@@ -626,6 +745,7 @@ impl Netd {
         match self {
             Netd::Lib(d) => d.attach(i, c).await,
             Netd::Api(d) => d.attach(i, c).await,
+            Netd::Kernel(d) => d.attach(i, c).await,
         }
     }
 
@@ -633,6 +753,7 @@ impl Netd {
         match self {
             Netd::Lib(d) => d.detach_fully(i, c).await,
             Netd::Api(d) => d.detach_fully(i, c).await,
+            Netd::Kernel(d) => d.detach_fully(i, c).await,
         }
     }
 
@@ -640,6 +761,7 @@ impl Netd {
         match self {
             Netd::Lib(d) => d.detach(i, c).await,
             Netd::Api(d) => d.detach(i, c).await,
+            Netd::Kernel(d) => d.detach(i, c).await,
         }
     }
 
@@ -647,6 +769,7 @@ impl Netd {
         match self {
             Netd::Lib(d) => d.settle().await,
             Netd::Api(d) => d.settle().await,
+            Netd::Kernel(d) => d.settle().await,
         }
     }
 }
@@ -761,16 +884,34 @@ fn report_pairs(pairs: &[Paired]) {
     }
     println!();
     println!("container #1 and #N attached at the same moments (goal: #N ≤ 1.2× #1):");
+    let growth = |p: &Paired| median(&p.nth) - median(&p.first);
     for p in pairs {
         let (first, nth) = (median(&p.first), median(&p.nth));
         println!(
-            "  {:<9} #1 {:.2} ms, #{} {:.2} ms (medians of {} pairs): {:.2}×",
+            "  {:<9} #1 {:.2} ms, #{} {:.2} ms (medians of {} pairs): {:.2}×, {:+.2} ms",
             p.mode.name(),
             first,
             p.n,
             nth,
             p.first.len(),
-            nth / first
+            nth / first,
+            growth(p)
+        );
+    }
+    let Some(floor) = pairs.iter().find(|p| p.mode == Mode::Kernel) else {
+        return;
+    };
+    // What the kernel adds is added to netd's attach whatever netd does:
+    // within 1.2× only an attach that costs five times that at #1.
+    for p in pairs.iter().filter(|p| p.mode.is_weft()) {
+        println!(
+            "  {:<9} of its {:+.2} ms at #{}, the kernel floor's {:+.2} ms; with that alone, 1.2× needs #1 ≥ {:.2} ms (it is {:.2})",
+            p.mode.name(),
+            growth(p),
+            p.n,
+            growth(floor),
+            5.0 * growth(floor),
+            median(&p.first)
         );
     }
 }
@@ -781,6 +922,9 @@ fn report(opts: &Options, runs: &[Run]) {
     println!(
         "detach = remove both. All N attached one after the other, then all detached. Times in ms."
     );
+    if runs.iter().any(|r| r.mode == Mode::Kernel) {
+        println!("kernel = the floor: only the link requests a netd attach sends (no IPAM, state, checks or port), through plumb.");
+    }
     println!(
         "References run up to N={} (bridge+portmap took 352 s at N=500 in baselines.md); larger N compare with their N={} run.",
         opts.reference_cap, opts.reference_cap
@@ -838,7 +982,7 @@ fn report(opts: &Options, runs: &[Run]) {
         "weft", "N", "reference", "at N", "attach", "detach", "both"
     );
     println!("{}", "-".repeat(66));
-    for weft in runs.iter().filter(|r| !r.mode.is_reference()) {
+    for weft in runs.iter().filter(|r| r.mode.is_weft()) {
         for reference in [Mode::Cni, Mode::Netavark] {
             let at = weft.n.min(opts.reference_cap);
             let Some(r) = runs.iter().find(|r| r.mode == reference && r.n == at) else {
