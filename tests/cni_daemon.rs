@@ -48,17 +48,14 @@ async fn auto_mode_uses_the_daemon_for_add_check_gc_and_del() {
     let b = world.host("b").await.unwrap();
     let dir = TestDir::new(&world).unwrap();
     // No periodic repair during the test: CHECK must see a flushed ruleset.
-    let args: Vec<String> = [
+    let args = [
         "--subnet",
         "10.84.0.0/24",
         "--bridge",
         "weftdm0",
         "--reconcile-interval-secs",
         "3600",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ];
     let netd = Netd::start(&world, &a, &dir.0, &args).unwrap();
     let plugin = world::workspace_bin("weft");
     let own_state = dir.0.join("plugin-state");
@@ -200,10 +197,7 @@ async fn daemon_mode_without_a_daemon_and_with_another_bridge() {
         50,
         "nobody.sock",
     );
-    let args: Vec<String> = ["--subnet", "10.85.0.0/24", "--bridge", "weftdm1"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let args = ["--subnet", "10.85.0.0/24", "--bridge", "weftdm1"];
     let netd = Netd::start(&world, &a, &dir.0, &args).unwrap();
     let mut other = config.clone();
     other["socket"] = json!(netd.socket);

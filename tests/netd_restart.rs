@@ -316,15 +316,12 @@ async fn an_attach_right_after_the_bridge_was_deleted_makes_it_again() {
     let host = world.host("a").await.unwrap();
     let dir = TestDir::new(&world).unwrap();
     // No periodic check in this test's minutes: the attach itself must notice.
-    let args: Vec<String> = [
+    let args = [
         "--subnet",
         "10.66.9.0/24",
         "--reconcile-interval-secs",
         "3600",
-    ]
-    .iter()
-    .map(|a| a.to_string())
-    .collect();
+    ];
     let netd = Netd::start(&world, &host, &dir.0, &args).unwrap();
     let c1 = host.container("c1").unwrap();
     netd.attach(&c1.netns_name, "c1", &[]).unwrap();

@@ -224,27 +224,9 @@ fn attached<'a>(state: &'a State, key: &str) -> Result<&'a Endpoint> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::Phase;
 
     fn endpoint(name: &str, ports: &[&str]) -> Endpoint {
-        let ip: IpAddr = "10.66.0.2".parse().unwrap();
-        Endpoint {
-            id: name.into(),
-            name: name.into(),
-            netns: "/run/netns/x".into(),
-            netns_inode: 1,
-            ifname: "eth0".into(),
-            host_ifname: "wv0".into(),
-            mac: None,
-            mtu: None,
-            ips: vec!["10.66.0.2/24".parse().unwrap()],
-            gateways: vec![],
-            ports: ports
-                .iter()
-                .map(|p| PublishedPort::parse(p, ip).unwrap())
-                .collect(),
-            phase: Phase::Attached,
-        }
+        Endpoint::for_tests(name, name, 1, ports)
     }
 
     fn bound(specs: &[&str], ips: &[&str]) -> Result<Vec<PublishedPort>> {

@@ -165,6 +165,33 @@ pub struct Endpoint {
     pub phase: Phase,
 }
 
+#[cfg(test)]
+impl Endpoint {
+    /// An attached endpoint for unit tests: container `id` called `name`, in
+    /// the namespace with `inode`, at 10.66.0.2/16 with `ports` published
+    /// (`[hostip:]hostport:ctrport[/proto]`).
+    pub(crate) fn for_tests(id: &str, name: &str, inode: u64, ports: &[&str]) -> Endpoint {
+        let ip = "10.66.0.2".parse().unwrap();
+        Endpoint {
+            id: id.into(),
+            name: name.into(),
+            netns: format!("/run/netns/{id}").into(),
+            netns_inode: inode,
+            ifname: "eth0".into(),
+            host_ifname: format!("wv{id}"),
+            mac: None,
+            mtu: None,
+            ips: vec!["10.66.0.2/16".parse().unwrap()],
+            gateways: vec![],
+            ports: ports
+                .iter()
+                .map(|spec| PublishedPort::parse(spec, ip).unwrap())
+                .collect(),
+            phase: Phase::Attached,
+        }
+    }
+}
+
 /// Everything in state.json.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct State {

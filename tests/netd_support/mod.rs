@@ -61,7 +61,7 @@ pub fn default_args(subnet: &str) -> Vec<String> {
 impl Netd {
     /// Starts netd in `host` with `args` (besides --state-dir and --socket)
     /// and waits until its API answers.
-    pub fn start(world: &World, host: &Host, dir: &Path, args: &[String]) -> Result<Netd> {
+    pub fn start(world: &World, host: &Host, dir: &Path, args: &[impl AsRef<str>]) -> Result<Netd> {
         Self::start_with_env(world, host, dir, args, &[])
     }
 
@@ -69,7 +69,7 @@ impl Netd {
         world: &World,
         host: &Host,
         dir: &Path,
-        args: &[String],
+        args: &[impl AsRef<str>],
         env: &[(&str, &str)],
     ) -> Result<Netd> {
         Self::start_in(world, &host.netns, dir, args, env)
@@ -81,7 +81,7 @@ impl Netd {
         world: &World,
         netns: &plumb::Netns,
         dir: &Path,
-        args: &[String],
+        args: &[impl AsRef<str>],
         env: &[(&str, &str)],
     ) -> Result<Netd> {
         let mut netd = Netd {
@@ -91,7 +91,7 @@ impl Netd {
             log: dir.join("netd.log"),
             world: world.clone(),
             netns: netns.clone(),
-            args: args.to_vec(),
+            args: args.iter().map(|a| a.as_ref().to_string()).collect(),
             env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -208,16 +208,21 @@ struct NetdLib {
     network: netd::Network,
 }
 
+/// netd's defaults, in `host`, with its state under `dir` (no daemon: the
+/// socket is never made).
+fn library_config(host: &Host, dir: &Path) -> netd::Config {
+    netd::Config {
+        state_dir: dir.join("state"),
+        socket: dir.join("unused.sock"),
+        netns: Some(host.netns.path_buf().display().to_string()),
+        ..Default::default()
+    }
+}
+
 impl NetdLib {
     async fn new(host: &Host, dir: &Path) -> Result<NetdLib> {
-        let config = netd::Config {
-            state_dir: dir.join("state"),
-            socket: dir.join("unused.sock"),
-            netns: Some(host.netns.path_buf().display().to_string()),
-            ..Default::default()
-        };
         Ok(NetdLib {
-            network: netd::Network::open(config).await?,
+            network: netd::Network::open(library_config(host, dir)).await?,
         })
     }
 }
@@ -262,12 +267,7 @@ struct KernelFloor {
 
 impl KernelFloor {
     async fn new(host: &Host, dir: &Path) -> Result<KernelFloor> {
-        let config = netd::Config {
-            state_dir: dir.join("state"),
-            socket: dir.join("unused.sock"),
-            netns: Some(host.netns.path_buf().display().to_string()),
-            ..Default::default()
-        };
+        let config = library_config(host, dir);
         let subnet = config.subnet;
         let bridge_name = config.bridge.clone();
         netd::Network::open(config).await?.ensure_host().await?;

@@ -249,27 +249,9 @@ impl Drop for EndpointMut<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::Phase;
 
     fn endpoint(id: &str, inode: u64, ports: &[&str]) -> Arc<Endpoint> {
-        let ip = "10.66.0.2".parse().unwrap();
-        Arc::new(Endpoint {
-            id: id.into(),
-            name: format!("name-{id}"),
-            netns: format!("/run/netns/{id}").into(),
-            netns_inode: inode,
-            ifname: "eth0".into(),
-            host_ifname: format!("wv{id}"),
-            mac: None,
-            mtu: None,
-            ips: vec!["10.66.0.2/16".parse().unwrap()],
-            gateways: vec![],
-            ports: ports
-                .iter()
-                .map(|spec| PublishedPort::parse(spec, ip).unwrap())
-                .collect(),
-            phase: Phase::Attached,
-        })
+        Arc::new(Endpoint::for_tests(id, &format!("name-{id}"), inode, ports))
     }
 
     fn port(spec: &str) -> PublishedPort {
