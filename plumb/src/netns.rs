@@ -236,8 +236,11 @@ impl Netns {
     {
         // Already here (a daemon's own namespace): no thread to start and
         // enter, which costs about a tenth of a millisecond.
+        // A panic in `f` becomes the same error either way.
+        let panicked = || Error::Other(format!("a thread in namespace {} panicked", self.label()));
         if self.is_current_thread() {
-            return Ok(f());
+            return std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+                .map_err(|_| panicked());
         }
         std::thread::scope(|scope| {
             scope
@@ -251,9 +254,7 @@ impl Netns {
                     Ok(f())
                 })
                 .join()
-                .map_err(|_| {
-                    Error::Other(format!("a thread in namespace {} panicked", self.label()))
-                })?
+                .map_err(|_| panicked())?
         })
     }
 }
@@ -346,5 +347,14 @@ mod tests {
         let a = Netns::current().unwrap();
         let b = Netns::resolve(&std::process::id().to_string()).unwrap();
         assert!(a.is_same(&b));
+    }
+
+    #[test]
+    fn run_in_the_threads_own_namespace_runs_inline_and_catches_panics() {
+        let here = Netns::current().unwrap();
+        let caller = std::thread::current().id();
+        assert_eq!(here.run(|| std::thread::current().id()).unwrap(), caller);
+        let err = here.run(|| -> u32 { panic!("on purpose") }).unwrap_err();
+        assert!(err.to_string().contains("panicked"), "{err}");
     }
 }
