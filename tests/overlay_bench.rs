@@ -59,12 +59,29 @@ impl Test {
     }
 }
 
-/// What one run measured: Gbit/s received, and cores the tunnel processes used.
+/// What one run measured: Gbit/s received, cores the tunnel processes used,
+/// and cores the two iperf3 ends used (their own figure: client + server).
 #[derive(Clone, Copy, Debug, Default)]
 struct Figure {
     gbits: f64,
     cores: Option<f64>,
+    ends: f64,
 }
+
+/// What no tunnel on boringtun gets below on this machine, from the
+/// `session_speed` example run at the start: crypto cores per Gbit/s (seal
+/// on one side, open on the other) and the rate one core copies 64 KiB blocks.
+#[derive(Clone, Copy, Debug)]
+struct Floor {
+    crypto_cores_per_gbit: f64,
+    copy_gbits: f64,
+}
+
+/// Userspace tunnels copy every byte across the user/kernel boundary this
+/// many times: TUN read, UDP send, UDP receive, TUN write.
+const COPIES: f64 = 4.0;
+/// The issue's goal: this many times each userspace reference.
+const GOAL: f64 = 10.0;
 
 struct Tunnel {
     name: &'static str,
@@ -84,6 +101,7 @@ async fn bench_overlay() {
     let keys = std::env::temp_dir().join(format!("{}-keys", world.prefix()));
     std::fs::create_dir_all(&keys).unwrap();
 
+    let floor = floor();
     let mut results: Vec<(&'static str, Vec<Figure>)> = Vec::new();
     let setups: [&str; 5] = ["raw veth", "weft", "wireguard-go", "boringtun-cli", "VXLAN"];
     // WEFT_BENCH_TUNNELS="weft,raw veth" narrows a run (profiling one tunnel).
@@ -135,6 +153,9 @@ async fn bench_overlay() {
     let _ = std::fs::remove_dir_all(&keys);
     // On a line of its own: the test harness has just printed "test … ".
     println!("\n{}", report(&results));
+    if let Some(floor) = floor {
+        println!("{}", floor_report(&results, floor));
+    }
     if let Some((_, weft)) = results.iter().find(|(n, _)| *n == "weft") {
         assert!(weft.iter().all(|f| f.gbits > 0.0), "weft carried nothing");
     }
@@ -244,10 +265,104 @@ fn iperf(world: &World, a: &Host, b: &Host, tunnel: &Tunnel, test: Test) -> Figu
         }
         _ => None,
     };
+    let cpu = &end["cpu_utilization_percent"];
+    let ends = (cpu["host_total"].as_f64().unwrap_or(0.0)
+        + cpu["remote_total"].as_f64().unwrap_or(0.0))
+        / 100.0;
     Figure {
         gbits: bits / 1e9,
         cores,
+        ends,
     }
+}
+
+/// Runs `examples/session_speed` (built by scripts/bench-overlay); `None`,
+/// said so, if it is missing or fails, and the report goes without a floor.
+fn floor() -> Option<Floor> {
+    let exe = profile_dir().join("examples/session_speed");
+    let out = Command::new(&exe)
+        .args(["--json", "--seconds", "1"])
+        .output()
+        .map_err(|e| eprintln!("{}: {e}; no floor in the report", exe.display()))
+        .ok()?;
+    if !out.status.success() {
+        eprintln!(
+            "session_speed failed: {}; no floor in the report",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let floor = Floor {
+        crypto_cores_per_gbit: v["cores_per_gbit"].as_f64()?,
+        copy_gbits: v["copy_gbits"].as_f64()?,
+    };
+    eprintln!(
+        "  floor: encrypt {} Gbit/s, decrypt {} Gbit/s per core (1420-byte packets); \
+         64 KiB copies {} Gbit/s",
+        v["seal_gbits"], v["open_gbits"], v["copy_gbits"]
+    );
+    Some(floor)
+}
+
+/// What the goal (10× the faster userspace reference in each test) would
+/// cost in cores that no implementation avoids: the crypto, four copies of
+/// every byte, and the two iperf3 ends at what they cost per Gbit/s in
+/// weft's own run. Everything else (system calls, the kernel's TUN, UDP,
+/// TCP, veth and bridge work, wake-ups) comes on top.
+fn floor_report(results: &[(&'static str, Vec<Figure>)], floor: Floor) -> String {
+    let mut out = String::new();
+    let figures = |name: &str| results.iter().find(|(n, _)| *n == name).map(|(_, f)| f);
+    let (Some(weft), refs) = (
+        figures("weft"),
+        [figures("wireguard-go"), figures("boringtun-cli")],
+    ) else {
+        return out;
+    };
+    let machine = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let _ = writeln!(
+        out,
+        "| floor at {GOAL}× the faster reference | TCP 1 stream | TCP 4 streams | UDP |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|");
+    let mut rows: [Vec<String>; 6] = Default::default();
+    for (i, w) in weft.iter().enumerate() {
+        let reference = refs
+            .iter()
+            .flatten()
+            .filter_map(|f| f.get(i))
+            .map(|f| f.gbits)
+            .fold(0.0, f64::max);
+        if reference <= 0.0 || w.gbits <= 0.0 {
+            rows.iter_mut().for_each(|r| r.push("-".to_string()));
+            continue;
+        }
+        let goal = GOAL * reference;
+        let crypto = goal * floor.crypto_cores_per_gbit;
+        let copies = goal * COPIES / floor.copy_gbits;
+        let ends = goal * w.ends / w.gbits;
+        let weft_cores = w.cores.map_or(0.0, |c| goal * c / w.gbits);
+        rows[0].push(format!("{goal:.2} Gbit/s"));
+        rows[1].push(format!("{crypto:.2}"));
+        rows[2].push(format!("{copies:.2}"));
+        rows[3].push(format!("{ends:.2}"));
+        rows[4].push(format!("{:.2} of {machine}", crypto + copies + ends));
+        rows[5].push(format!("{:.2}", weft_cores + ends));
+    }
+    for (label, row) in [
+        "goal",
+        "crypto, cores",
+        "4 copies of every byte, cores",
+        "iperf3 ends (at weft's cost per Gbit/s), cores",
+        "floor: the three together, cores",
+        "weft at its measured cost per Gbit/s, cores",
+    ]
+    .iter()
+    .zip(&rows)
+    {
+        let _ = writeln!(out, "| {label} | {} |", row.join(" | "));
+    }
+    out
 }
 
 /// utime + stime of all the processes (every thread), in clock ticks.
