@@ -355,7 +355,7 @@ fn floor_report(results: &[(&'static str, Vec<Figure>)], floor: Floor) -> String
         "4 copies of every byte, cores",
         "iperf3 ends (at weft's cost per Gbit/s), cores",
         "floor: the three together, cores",
-        "weft at its measured cost per Gbit/s, cores",
+        "weft and the iperf3 ends at their measured cost per Gbit/s, cores",
     ]
     .iter()
     .zip(&rows)
