@@ -18,6 +18,7 @@ pub mod gc;
 pub mod ipam;
 mod localhost_proxy;
 pub mod metrics;
+pub mod names;
 pub mod network;
 pub mod overlay;
 pub mod publish;
