@@ -14,9 +14,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use netd::names::{
-    ContainerNames, DnsServer, DnsServerConfig, NameSource, NameTable, RateLimit,
-};
+use netd::names::{ContainerNames, DnsServer, DnsServerConfig, NameSource, NameTable, RateLimit};
 use plumb::{LinkOptions, Netlink, Netns};
 use world::{root_or_skip, run_in, Host, World};
 
@@ -160,7 +158,10 @@ async fn upstream_namespace(world: &World, host: &Host) -> Netns {
 fn config(resolv_conf: &std::path::Path) -> DnsServerConfig {
     let mut config = DnsServerConfig::new(
         vec![GATEWAY.parse().unwrap(), GATEWAY6.parse().unwrap()],
-        vec!["10.66.0.0/24".parse().unwrap(), "fd66::/64".parse().unwrap()],
+        vec![
+            "10.66.0.0/24".parse().unwrap(),
+            "fd66::/64".parse().unwrap(),
+        ],
     );
     config.resolv_conf = resolv_conf.to_path_buf();
     config
@@ -190,7 +191,11 @@ async fn containers_resolve_neighbours_ptr_and_outside_names_and_a_silent_upstre
     let dir = tempfile::tempdir().unwrap();
     let resolv_conf = dir.path().join("resolv.conf");
     // The gateway itself first: skipped, or every query would loop.
-    std::fs::write(&resolv_conf, format!("nameserver {GATEWAY}\nnameserver 172.31.0.2\n")).unwrap();
+    std::fs::write(
+        &resolv_conf,
+        format!("nameserver {GATEWAY}\nnameserver 172.31.0.2\n"),
+    )
+    .unwrap();
     let table = Arc::new(NameTable::new());
     table.insert(names("id1", "web", &["www"], 2)).unwrap();
     table.insert(names("id2", "db", &[], 3)).unwrap();
@@ -201,7 +206,11 @@ async fn containers_resolve_neighbours_ptr_and_outside_names_and_a_silent_upstre
     // A neighbour's name and alias, bare and under the search domain, any case.
     for name in ["web", "www", "WEB.weft.internal", "www.weft.internal."] {
         let d = dig(&c[2], GATEWAY, &[name, "A"]).await;
-        assert_eq!((d.status.as_str(), d.answers.clone()), ("NOERROR", vec!["10.66.0.2".to_string()]), "{name}: {d:?}");
+        assert_eq!(
+            (d.status.as_str(), d.answers.clone()),
+            ("NOERROR", vec!["10.66.0.2".to_string()]),
+            "{name}: {d:?}"
+        );
     }
     let d = dig(&c[0], GATEWAY, &["db.weft.internal", "A"]).await;
     assert_eq!(d.answers, ["10.66.0.3"], "{d:?}");
@@ -212,7 +221,11 @@ async fn containers_resolve_neighbours_ptr_and_outside_names_and_a_silent_upstre
     assert_eq!(d.answers, ["10.66.0.3"], "{d:?}");
     // A known name without that type: NODATA.
     let d = dig(&c[2], GATEWAY, &["web", "MX"]).await;
-    assert_eq!((d.status.as_str(), d.answers.len()), ("NOERROR", 0), "{d:?}");
+    assert_eq!(
+        (d.status.as_str(), d.answers.len()),
+        ("NOERROR", 0),
+        "{d:?}"
+    );
     // Unknown inside the search domain: NXDOMAIN.
     let d = dig(&c[2], GATEWAY, &["nobody.weft.internal", "A"]).await;
     assert_eq!(d.status, "NXDOMAIN", "{d:?}");
@@ -230,7 +243,11 @@ async fn containers_resolve_neighbours_ptr_and_outside_names_and_a_silent_upstre
     let d = dig(&c[1], GATEWAY, &["WWW.outside.example", "A"]).await;
     assert_eq!(d.answers, ["198.51.100.7"], "{d:?}");
     let counters = server.counters();
-    assert_eq!((counters.forwarded, counters.cache_hits), (2, 1), "{counters:?}");
+    assert_eq!(
+        (counters.forwarded, counters.cache_hits),
+        (2, 1),
+        "{counters:?}"
+    );
 
     // A detached container's name is gone at once.
     table.remove("id2").unwrap();
@@ -329,7 +346,7 @@ fn hostile(rng: &mut SplitMix) -> Vec<u8> {
         }
         3 => {
             let label = "x".repeat(63);
-            let name = vec![label.as_str(); 5].join(".");
+            let name = [label.as_str(); 5].join(".");
             query_bytes(id, &name, 1)
         }
         4 => query_bytes(id, "web", rng.next() as u16),
@@ -350,7 +367,11 @@ fn hostile(rng: &mut SplitMix) -> Vec<u8> {
 /// the server read them (a full receive buffer): they reach no counter.
 fn udp_in_errors(netns: &Netns) -> u64 {
     let out = run_in(netns, "cat", &["/proc/net/snmp"], Duration::from_secs(5)).unwrap();
-    let udp: Vec<&str> = out.stdout.lines().filter(|l| l.starts_with("Udp:")).collect();
+    let udp: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("Udp:"))
+        .collect();
     let names: Vec<&str> = udp[0].split_whitespace().collect();
     let values: Vec<&str> = udp[1].split_whitespace().collect();
     let at = names.iter().position(|n| *n == "InErrors").unwrap();

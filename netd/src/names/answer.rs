@@ -52,10 +52,7 @@ impl Zone {
         if trimmed.is_empty() || trimmed.len() > 62 {
             return Err(invalid("must be 1 to 62 bytes"));
         }
-        let domain: Vec<String> = trimmed
-            .split('.')
-            .map(|l| l.to_ascii_lowercase())
-            .collect();
+        let domain: Vec<String> = trimmed.split('.').map(|l| l.to_ascii_lowercase()).collect();
         let label_ok = |l: &String| {
             !l.is_empty()
                 && l.len() <= 63
@@ -70,8 +67,8 @@ impl Zone {
         if domain.last().is_some_and(|l| l == "arpa") {
             return Err(invalid("a domain under .arpa would hide reverse lookups"));
         }
-        let domain_name =
-            Name::from_ascii(format!("{}.", domain.join("."))).map_err(|e| invalid(&e.to_string()))?;
+        let domain_name = Name::from_ascii(format!("{}.", domain.join(".")))
+            .map_err(|e| invalid(&e.to_string()))?;
         Ok(Zone {
             domain,
             domain_name,

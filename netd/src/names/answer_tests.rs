@@ -4,7 +4,10 @@ use crate::names::table::{ContainerNames, NameSource};
 fn zone() -> Zone {
     Zone::new(
         "weft.internal",
-        vec!["10.66.0.0/24".parse().unwrap(), "fd66::/64".parse().unwrap()],
+        vec![
+            "10.66.0.0/24".parse().unwrap(),
+            "fd66::/64".parse().unwrap(),
+        ],
     )
     .unwrap()
 }
@@ -51,8 +54,14 @@ fn data(answer: LocalAnswer) -> Vec<String> {
 #[test]
 fn names_and_aliases_answer_bare_and_under_the_search_domain_in_any_case() {
     assert_eq!(data(ask("web.", RecordType::A)), ["10.66.0.2"]);
-    assert_eq!(data(ask("WeB.Weft.Internal.", RecordType::A)), ["10.66.0.2"]);
-    assert_eq!(data(ask("www.weft.internal.", RecordType::AAAA)), ["fd66::2"]);
+    assert_eq!(
+        data(ask("WeB.Weft.Internal.", RecordType::A)),
+        ["10.66.0.2"]
+    );
+    assert_eq!(
+        data(ask("www.weft.internal.", RecordType::AAAA)),
+        ["fd66::2"]
+    );
     assert_eq!(data(ask("api.v2.", RecordType::A)), ["10.66.0.2"]);
     assert_eq!(data(ask("db.weft.internal.", RecordType::A)), ["10.66.0.3"]);
     // The owner name is the name as asked (clients may randomise its case).
@@ -67,11 +76,23 @@ fn names_and_aliases_answer_bare_and_under_the_search_domain_in_any_case() {
 fn a_known_name_without_that_type_is_nodata_and_unknown_is_nxdomain() {
     assert_eq!(data(ask("db.", RecordType::AAAA)), Vec::<String>::new());
     assert_eq!(data(ask("web.", RecordType::MX)), Vec::<String>::new());
-    assert_eq!(ask("nobody.weft.internal.", RecordType::A), LocalAnswer::NxDomain);
-    assert_eq!(ask("a.b.c.weft.internal.", RecordType::A), LocalAnswer::NxDomain);
+    assert_eq!(
+        ask("nobody.weft.internal.", RecordType::A),
+        LocalAnswer::NxDomain
+    );
+    assert_eq!(
+        ask("a.b.c.weft.internal.", RecordType::A),
+        LocalAnswer::NxDomain
+    );
     // The apex and an empty non-terminal ("v2" under "api.v2") exist.
-    assert_eq!(data(ask("weft.internal.", RecordType::A)), Vec::<String>::new());
-    assert_eq!(data(ask("v2.weft.internal.", RecordType::A)), Vec::<String>::new());
+    assert_eq!(
+        data(ask("weft.internal.", RecordType::A)),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        data(ask("v2.weft.internal.", RecordType::A)),
+        Vec::<String>::new()
+    );
     // Bare names not ours and names outside the domain are forwarded.
     assert_eq!(ask("nobody.", RecordType::A), LocalAnswer::NotOurs);
     assert_eq!(ask("example.org.", RecordType::A), LocalAnswer::NotOurs);
@@ -86,10 +107,22 @@ fn ptr_answers_the_qualified_name_inside_the_subnets_and_forwards_the_rest() {
     let v6 = Name::from("fd66::2".parse::<IpAddr>().unwrap()).to_ascii();
     assert!(v6.ends_with("6.6.d.f.ip6.arpa."), "{v6}");
     assert_eq!(data(ask(&v6, RecordType::PTR)), ["web.weft.internal."]);
-    assert_eq!(ask("9.0.66.10.IN-ADDR.ARPA.", RecordType::PTR), LocalAnswer::NxDomain);
-    assert_eq!(ask("8.8.8.8.in-addr.arpa.", RecordType::PTR), LocalAnswer::NotOurs);
-    assert_eq!(ask("66.10.in-addr.arpa.", RecordType::PTR), LocalAnswer::NotOurs);
-    assert_eq!(data(ask("2.0.66.10.in-addr.arpa.", RecordType::A)), Vec::<String>::new());
+    assert_eq!(
+        ask("9.0.66.10.IN-ADDR.ARPA.", RecordType::PTR),
+        LocalAnswer::NxDomain
+    );
+    assert_eq!(
+        ask("8.8.8.8.in-addr.arpa.", RecordType::PTR),
+        LocalAnswer::NotOurs
+    );
+    assert_eq!(
+        ask("66.10.in-addr.arpa.", RecordType::PTR),
+        LocalAnswer::NotOurs
+    );
+    assert_eq!(
+        data(ask("2.0.66.10.in-addr.arpa.", RecordType::A)),
+        Vec::<String>::new()
+    );
 }
 
 #[test]
@@ -98,7 +131,10 @@ fn a_bad_search_domain_is_refused() {
         assert!(Zone::new(bad, vec![]).is_err(), "{bad:?}");
     }
     assert_eq!(
-        Zone::new("Cluster.Local.", vec![]).unwrap().domain().to_ascii(),
+        Zone::new("Cluster.Local.", vec![])
+            .unwrap()
+            .domain()
+            .to_ascii(),
         "cluster.local."
     );
 }

@@ -44,7 +44,11 @@ fn nxdomain(soa_ttl: Option<(u32, u32)>) -> UpstreamAnswer {
 fn an_answer_is_kept_for_its_smallest_ttl_and_handed_out_aged() {
     let mut cache = AnswerCache::new(16);
     let t0 = Instant::now();
-    cache.insert(&query("www.example."), &a_answer("www.example.", &[30, 10]), t0);
+    cache.insert(
+        &query("www.example."),
+        &a_answer("www.example.", &[30, 10]),
+        t0,
+    );
     // Any case of the name finds it.
     let hit = cache
         .get(&query("WWW.Example."), t0 + Duration::from_secs(4))
@@ -53,7 +57,9 @@ fn an_answer_is_kept_for_its_smallest_ttl_and_handed_out_aged() {
         hit.answers.iter().map(|r| r.ttl).collect::<Vec<_>>(),
         [26, 6]
     );
-    assert!(cache.get(&query("www.example."), t0 + Duration::from_secs(10)).is_none());
+    assert!(cache
+        .get(&query("www.example."), t0 + Duration::from_secs(10))
+        .is_none());
     assert_eq!(cache.len(), 0, "an expired entry is removed when met");
 }
 
@@ -63,8 +69,12 @@ fn negative_answers_are_kept_for_the_soa_minimum_and_only_with_an_soa() {
     let t0 = Instant::now();
     cache.insert(&query("a.example."), &nxdomain(Some((300, 20))), t0);
     cache.insert(&query("b.example."), &nxdomain(None), t0);
-    assert!(cache.get(&query("a.example."), t0 + Duration::from_secs(19)).is_some());
-    assert!(cache.get(&query("a.example."), t0 + Duration::from_secs(20)).is_none());
+    assert!(cache
+        .get(&query("a.example."), t0 + Duration::from_secs(19))
+        .is_some());
+    assert!(cache
+        .get(&query("a.example."), t0 + Duration::from_secs(20))
+        .is_none());
     assert!(cache.get(&query("b.example."), t0).is_none());
     // TTL 0 and SERVFAIL are never cached.
     cache.insert(&query("c.example."), &a_answer("c.example.", &[0]), t0);

@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use plumb::Netns;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -33,7 +33,7 @@ pub(crate) struct Forwarder {
 pub(crate) enum ForwardError {
     #[error("no upstream resolver configured")]
     NoUpstreams,
-    #[error("no upstream answered within {0:?}")]
+    #[error("no upstream answered within {0:?}, or all failed")]
     Timeout(Duration),
 }
 
@@ -69,13 +69,23 @@ impl Forwarder {
             let left = self.deadline.saturating_sub(start.elapsed());
             let share = left / (servers.len() - i) as u32;
             match tokio::time::timeout(share, self.ask(*server, query)).await {
+                // An upstream that fails or refuses the question: the next
+                // one may do better, as glibc's resolver also tries.
+                Ok(Ok(message)) if upstream_failed(message.metadata.response_code) => {
+                    tracing::debug!(
+                        "DNS forwarding: upstream {server}: {}",
+                        message.metadata.response_code
+                    );
+                }
                 Ok(Ok(message)) => {
                     let answer = UpstreamAnswer::from_message(message);
                     self.cache().insert(query, &answer, Instant::now());
                     return Ok(answer);
                 }
                 Ok(Err(e)) => tracing::debug!("DNS forwarding: upstream {server}: {e}"),
-                Err(_) => tracing::debug!("DNS forwarding: upstream {server}: no answer in {share:?}"),
+                Err(_) => {
+                    tracing::debug!("DNS forwarding: upstream {server}: no answer in {share:?}")
+                }
             }
         }
         Err(ForwardError::Timeout(self.deadline))
@@ -121,11 +131,12 @@ impl Forwarder {
         id: u16,
         query: &Query,
     ) -> std::io::Result<Message> {
-        let socket = self.in_netns(move || match server {
-            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
-            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
-        })
-        .await?;
+        let socket = self
+            .in_netns(move || match server {
+                SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+                SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+            })
+            .await?;
         let mut stream = socket.connect(server).await?;
         let len = u16::try_from(request.len()).map_err(std::io::Error::other)?;
         let mut framed = len.to_be_bytes().to_vec();
@@ -135,7 +146,9 @@ impl Forwarder {
         let mut buf = vec![0u8; usize::from(len)];
         stream.read_exact(&mut buf).await?;
         matching_reply(&buf, id, query).ok_or_else(|| {
-            std::io::Error::other(format!("upstream {server} answered another question over TCP"))
+            std::io::Error::other(format!(
+                "upstream {server} answered another question over TCP"
+            ))
         })
     }
 
@@ -170,6 +183,16 @@ impl Forwarder {
     }
 }
 
+fn upstream_failed(code: ResponseCode) -> bool {
+    matches!(
+        code,
+        ResponseCode::ServFail
+            | ResponseCode::Refused
+            | ResponseCode::NotImp
+            | ResponseCode::FormErr
+    )
+}
+
 /// The reply to question `query` with `id`, or None.
 fn matching_reply(bytes: &[u8], id: u16, query: &Query) -> Option<Message> {
     let reply = Message::from_vec(bytes).ok()?;
@@ -177,6 +200,8 @@ fn matching_reply(bytes: &[u8], id: u16, query: &Query) -> Option<Message> {
         && reply.queries[0].name() == query.name()
         && reply.queries[0].query_type() == query.query_type()
         && reply.queries[0].query_class() == query.query_class();
-    (reply.metadata.id == id && reply.metadata.message_type == MessageType::Response && same_question)
+    (reply.metadata.id == id
+        && reply.metadata.message_type == MessageType::Response
+        && same_question)
         .then_some(reply)
 }

@@ -199,7 +199,9 @@ fn reply_bytes(
     reply.insert_additionals(answer.additionals.clone());
     let limit = match (&request.edns, transport) {
         (_, Transport::Tcp) => usize::from(u16::MAX),
-        (Some(edns), Transport::Udp) => usize::from(edns.max_payload().clamp(512, SERVER_UDP_PAYLOAD)),
+        (Some(edns), Transport::Udp) => {
+            usize::from(edns.max_payload().clamp(512, SERVER_UDP_PAYLOAD))
+        }
         (None, Transport::Udp) => 512,
     };
     if request.edns.is_some() {

@@ -62,12 +62,21 @@ fn bad_queries_get_the_fitting_error_or_are_dropped_and_all_are_counted() {
     assert_eq!(answer.answers[0].data.to_string(), "10.66.0.2");
 
     // Too short for a header; a response; from outside the subnets.
-    assert!(matches!(r.receive(&good[..5], client, Transport::Udp), Verdict::Drop));
+    assert!(matches!(
+        r.receive(&good[..5], client, Transport::Udp),
+        Verdict::Drop
+    ));
     let mut response = good.clone();
     response[2] |= 0x80;
-    assert!(matches!(r.receive(&response, client, Transport::Udp), Verdict::Drop));
+    assert!(matches!(
+        r.receive(&response, client, Transport::Udp),
+        Verdict::Drop
+    ));
     let outside = "192.0.2.1".parse().unwrap();
-    assert!(matches!(r.receive(&good, outside, Transport::Udp), Verdict::Drop));
+    assert!(matches!(
+        r.receive(&good, outside, Transport::Udp),
+        Verdict::Drop
+    ));
     // The question cut off: FORMERR with the client's ID.
     let cut = reply(r.receive(&good[..good.len() - 3], client, Transport::Udp));
     assert_eq!(cut.metadata.response_code, ResponseCode::FormErr);
@@ -104,7 +113,11 @@ fn bad_queries_get_the_fitting_error_or_are_dropped_and_all_are_counted() {
     let c = r.counters.snapshot();
     assert_eq!((c.answered, c.formerr, c.notimp, c.refused), (2, 2, 1, 2));
     assert_eq!(
-        (c.dropped_short, c.dropped_response, c.dropped_outside_subnets),
+        (
+            c.dropped_short,
+            c.dropped_response,
+            c.dropped_outside_subnets
+        ),
         (1, 1, 1)
     );
     assert_eq!(c.total(), 10);
@@ -122,7 +135,10 @@ async fn outside_names_are_forwarded_within_bounds_and_fail_as_servfail() {
         panic!("an outside name is forwarded")
     };
     // One forwarding slot: a second forwarded query meanwhile is dropped.
-    assert!(matches!(r.receive(&outside, client, Transport::Udp), Verdict::Drop));
+    assert!(matches!(
+        r.receive(&outside, client, Transport::Udp),
+        Verdict::Drop
+    ));
     // No resolv.conf: SERVFAIL.
     let failed = Message::from_vec(&r.forward(first).await).unwrap();
     assert_eq!(failed.metadata.response_code, ResponseCode::ServFail);
@@ -134,13 +150,24 @@ async fn outside_names_are_forwarded_within_bounds_and_fail_as_servfail() {
         panic!("forwarded again")
     };
     drop(third);
-    assert!(matches!(r.receive(&outside, client, Transport::Udp), Verdict::Drop));
+    assert!(matches!(
+        r.receive(&outside, client, Transport::Udp),
+        Verdict::Drop
+    ));
     let other = "10.66.0.4".parse().unwrap();
     let good = query_bytes("web.", RecordType::A);
-    assert!(matches!(r.receive(&good, other, Transport::Udp), Verdict::Reply(_)));
+    assert!(matches!(
+        r.receive(&good, other, Transport::Udp),
+        Verdict::Reply(_)
+    ));
     let c = r.counters.snapshot();
     assert_eq!(
-        (c.servfail, c.dropped_overloaded, c.dropped_rate_limited, c.answered),
+        (
+            c.servfail,
+            c.dropped_overloaded,
+            c.dropped_rate_limited,
+            c.answered
+        ),
         (1, 1, 1, 1)
     );
 }

@@ -134,8 +134,10 @@ mod tests {
         .unwrap();
         let upstreams = Upstreams::new(path.clone(), vec!["10.66.0.1".parse().unwrap()]);
         let t0 = Instant::now();
-        let expected: Vec<SocketAddr> =
-            vec!["192.0.2.53:53".parse().unwrap(), "[2001:db8::53]:53".parse().unwrap()];
+        let expected: Vec<SocketAddr> = vec![
+            "192.0.2.53:53".parse().unwrap(),
+            "[2001:db8::53]:53".parse().unwrap(),
+        ];
         assert_eq!(upstreams.current(t0), expected);
 
         // A rewrite is seen once the recheck interval has passed.

@@ -119,7 +119,8 @@ impl DnsServer {
         });
         let mut tasks = Vec::new();
         for socket in udp {
-            let socket = UdpSocket::from_std(socket).map_err(|e| listen_error("UDP", netns, &addresses[0], e))?;
+            let socket = UdpSocket::from_std(socket)
+                .map_err(|e| listen_error("UDP", netns, &addresses[0], e))?;
             tasks.push(tokio::spawn(serve_udp(Arc::new(socket), responder.clone())));
         }
         let limits = tcp::TcpLimits {
@@ -129,7 +130,11 @@ impl DnsServer {
         for listener in tcp {
             let listener = tokio::net::TcpListener::from_std(listener)
                 .map_err(|e| listen_error("TCP", netns, &addresses[0], e))?;
-            tasks.push(tokio::spawn(tcp::serve(listener, responder.clone(), limits)));
+            tasks.push(tokio::spawn(tcp::serve(
+                listener,
+                responder.clone(),
+                limits,
+            )));
         }
         tracing::info!("DNS server on {addresses:?} in namespace {}", netns.label());
         Ok(DnsServer {
@@ -170,20 +175,27 @@ type Sockets = (Vec<std::net::UdpSocket>, Vec<std::net::TcpListener>);
 fn open_sockets(netns: &Netns, addresses: &[SocketAddr]) -> Result<Sockets, NamesError> {
     let addresses = addresses.to_vec();
     let opened = netns
-        .run(move || -> Result<Sockets, (&'static str, SocketAddr, std::io::Error)> {
-            let mut udp = Vec::new();
-            let mut tcp = Vec::new();
-            for address in addresses {
-                let socket = std::net::UdpSocket::bind(address).map_err(|e| ("UDP", address, e))?;
-                socket.set_nonblocking(true).map_err(|e| ("UDP", address, e))?;
-                udp.push(socket);
-                let listener =
-                    std::net::TcpListener::bind(address).map_err(|e| ("TCP", address, e))?;
-                listener.set_nonblocking(true).map_err(|e| ("TCP", address, e))?;
-                tcp.push(listener);
-            }
-            Ok((udp, tcp))
-        })
+        .run(
+            move || -> Result<Sockets, (&'static str, SocketAddr, std::io::Error)> {
+                let mut udp = Vec::new();
+                let mut tcp = Vec::new();
+                for address in addresses {
+                    let socket =
+                        std::net::UdpSocket::bind(address).map_err(|e| ("UDP", address, e))?;
+                    socket
+                        .set_nonblocking(true)
+                        .map_err(|e| ("UDP", address, e))?;
+                    udp.push(socket);
+                    let listener =
+                        std::net::TcpListener::bind(address).map_err(|e| ("TCP", address, e))?;
+                    listener
+                        .set_nonblocking(true)
+                        .map_err(|e| ("TCP", address, e))?;
+                    tcp.push(listener);
+                }
+                Ok((udp, tcp))
+            },
+        )
         .map_err(|e| NamesError::Namespace {
             namespace: netns.label().to_string(),
             source: Box::new(e),

@@ -330,7 +330,9 @@ pub fn normalized_name(container: &str, name: &str) -> Result<String, NamesError
     }
     for label in lower.split('.') {
         if label.is_empty() {
-            return Err(invalid("has an empty label (two dots in a row, or a leading dot)"));
+            return Err(invalid(
+                "has an empty label (two dots in a row, or a leading dot)",
+            ));
         }
         if label.len() > 63 {
             return Err(invalid("has a label longer than 63 bytes"));

@@ -35,35 +35,43 @@ fn names_and_aliases_resolve_in_any_case() {
     assert!(!table.has_names_under("web"));
     let rows = table.list();
     let names: Vec<(&str, bool)> = rows.iter().map(|r| (r.name.as_str(), r.alias)).collect();
-    assert_eq!(
-        names,
-        [("front.end", true), ("web", false), ("www", true)]
-    );
+    assert_eq!(names, [("front.end", true), ("web", false), ("www", true)]);
 }
 
 #[test]
 fn a_name_held_by_another_container_is_refused_naming_both() {
     let table = NameTable::new();
-    table.insert(record("c1", "web", &["db"], "10.66.0.2")).unwrap();
+    table
+        .insert(record("c1", "web", &["db"], "10.66.0.2"))
+        .unwrap();
     let err = table
         .insert(record("c2", "api", &["DB"], "10.66.0.3"))
         .unwrap_err();
     let text = err.to_string();
-    assert!(text.contains("\"db\"") && text.contains("c1") && text.contains("c2"), "{text}");
+    assert!(
+        text.contains("\"db\"") && text.contains("c1") && text.contains("c2"),
+        "{text}"
+    );
     // Nothing of the refused record was registered.
     assert_eq!(table.addresses_of("api"), None);
     assert_eq!(table.name_of("10.66.0.3".parse().unwrap()), None);
     assert_eq!(table.len(), 1);
     // The same address twice is refused too.
-    let err = table.insert(record("c3", "other", &[], "10.66.0.2")).unwrap_err();
+    let err = table
+        .insert(record("c3", "other", &[], "10.66.0.2"))
+        .unwrap_err();
     assert!(matches!(err, NamesError::AddressTaken { .. }), "{err}");
 }
 
 #[test]
 fn registering_again_replaces_the_containers_own_names() {
     let table = NameTable::new();
-    table.insert(record("c1", "web", &["www"], "10.66.0.2")).unwrap();
-    table.insert(record("c1", "web", &["site"], "10.66.0.4")).unwrap();
+    table
+        .insert(record("c1", "web", &["www"], "10.66.0.2"))
+        .unwrap();
+    table
+        .insert(record("c1", "web", &["site"], "10.66.0.4"))
+        .unwrap();
     assert_eq!(table.addresses_of("www"), None);
     assert!(table.addresses_of("site").is_some());
     assert_eq!(table.name_of("10.66.0.2".parse().unwrap()), None);
@@ -83,13 +91,19 @@ fn bad_names_are_refused_with_the_reason() {
         ("10.0.0.1", "IP address"),
         ("x.in-addr.arpa", ".arpa"),
     ] {
-        let err = table.insert(record("c1", name, &[], "10.66.0.2")).unwrap_err();
+        let err = table
+            .insert(record("c1", name, &[], "10.66.0.2"))
+            .unwrap_err();
         assert!(err.to_string().contains(reason), "{name:?}: {err}");
     }
     let long_label = "a".repeat(64);
-    assert!(table.insert(record("c1", &long_label, &[], "10.66.0.2")).is_err());
+    assert!(table
+        .insert(record("c1", &long_label, &[], "10.66.0.2"))
+        .is_err());
     let long_name = ["abcdefghij"; 20].join(".");
-    assert!(table.insert(record("c1", &long_name, &[], "10.66.0.2")).is_err());
+    assert!(table
+        .insert(record("c1", &long_name, &[], "10.66.0.2"))
+        .is_err());
     let mut no_address = record("c1", "web", &[], "10.66.0.2");
     no_address.ipv4 = None;
     assert!(table.insert(no_address).is_err());
@@ -99,7 +113,9 @@ fn bad_names_are_refused_with_the_reason() {
 #[test]
 fn a_remote_hosts_records_are_replaced_in_one_call() {
     let table = NameTable::new();
-    table.insert(record("local1", "web", &[], "10.66.0.2")).unwrap();
+    table
+        .insert(record("local1", "web", &[], "10.66.0.2"))
+        .unwrap();
     let remote = |container: &str, name: &str, ip: &str| ContainerNames {
         host: "b".into(),
         source: NameSource::Cluster,
@@ -107,7 +123,10 @@ fn a_remote_hosts_records_are_replaced_in_one_call() {
     };
     let report = table.replace_host(
         "b",
-        vec![remote("r1", "db", "10.66.1.2"), remote("r2", "cache", "10.66.1.3")],
+        vec![
+            remote("r1", "db", "10.66.1.2"),
+            remote("r2", "cache", "10.66.1.3"),
+        ],
     );
     assert_eq!((report.inserted, report.removed), (2, 0));
     assert!(report.refused.is_empty());
@@ -115,7 +134,10 @@ fn a_remote_hosts_records_are_replaced_in_one_call() {
     // The next publication drops r2, keeps r1 and claims a name held locally.
     let report = table.replace_host(
         "b",
-        vec![remote("r1", "db", "10.66.1.2"), remote("r3", "web", "10.66.1.4")],
+        vec![
+            remote("r1", "db", "10.66.1.2"),
+            remote("r3", "web", "10.66.1.4"),
+        ],
     );
     assert_eq!((report.inserted, report.removed), (1, 1));
     assert_eq!(report.refused.len(), 1);
