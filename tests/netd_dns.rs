@@ -186,6 +186,12 @@ async fn containers_resolve_neighbours_ptr_and_outside_names_and_a_silent_upstre
         "--local-ttl=60",
         "--address=/outside.example/198.51.100.7",
     ]);
+    // And a TXT record too big for UDP: 8 strings of 250 bytes.
+    let long = "x".repeat(250);
+    dnsmasq.arg(format!(
+        "--txt-record=big.outside.example,{}",
+        [long.as_str(); 8].join(",")
+    ));
     world.spawn(&up, dnsmasq).unwrap();
 
     let dir = tempfile::tempdir().unwrap();
@@ -248,6 +254,21 @@ async fn containers_resolve_neighbours_ptr_and_outside_names_and_a_silent_upstre
         (2, 1),
         "{counters:?}"
     );
+    // Too big for UDP at both hops: the upstream's truncated UDP answer is
+    // asked again over TCP; the client's truncated one too (dig retries
+    // over TCP by itself) and gets it from the cache.
+    let d = dig(&c[2], GATEWAY, &["big.outside.example", "TXT"]).await;
+    assert_eq!(
+        (d.status.as_str(), d.answers.len()),
+        ("NOERROR", 1),
+        "{d:?}"
+    );
+    let counters = server.counters();
+    assert_eq!(
+        (counters.forwarded, counters.cache_hits),
+        (4, 2),
+        "{counters:?}"
+    );
 
     // A detached container's name is gone at once.
     table.remove("id2").unwrap();
@@ -278,9 +299,9 @@ async fn containers_resolve_neighbours_ptr_and_outside_names_and_a_silent_upstre
     assert_eq!(server.counters().servfail, 1);
     drop(silent);
 
-    // Every query counted once: 17 dig queries got here, one was dropped.
+    // Every query counted once: 19 dig queries got here, one was dropped.
     let counters = server.counters();
-    assert_eq!(counters.total(), 17, "{counters:?}");
+    assert_eq!(counters.total(), 19, "{counters:?}");
     assert_eq!(
         (counters.answered, counters.nxdomain, counters.dropped()),
         (10, 3, 1),
