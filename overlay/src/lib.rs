@@ -33,8 +33,8 @@ mod wait;
 
 pub use allowed_ips::{AllowedIps, AllowedIpsError};
 pub use device::{
-    Device, DeviceConfig, DeviceError, DeviceStats, DropCounts, DropReason, PeerConfig, PeerStats,
-    DEFAULT_NAME, DEFAULT_PORT,
+    ArrivalCounts, Device, DeviceConfig, DeviceError, DeviceStats, DropCounts, DropReason,
+    PeerConfig, PeerStats, DEFAULT_NAME, DEFAULT_PORT,
 };
 pub use keys::{KeyError, PresharedKey, PrivateKey, PublicKey};
 pub use packet::{IpHeader, PacketError, WireMessage};

@@ -11,10 +11,12 @@
 //! Peers can be added, changed and removed while traffic flows: the peer
 //! table sits behind a read-write lock that the data path takes once per batch.
 
+mod arrivals;
 mod peer;
 mod table;
 mod workers;
 
+pub use arrivals::ArrivalCounts;
 pub use peer::{DropCounts, DropReason, PeerConfig, PeerStats};
 
 use std::net::SocketAddr;
@@ -33,6 +35,7 @@ use crate::tun::{Tun, TunError};
 use crate::udp::{UdpError, UdpSocket};
 use crate::wait::Stop;
 
+use arrivals::ArrivalCounters;
 use peer::{DropCounters, Peer, PeerCounters, PeerState};
 use table::PeerTable;
 
@@ -156,6 +159,8 @@ pub struct DeviceStats {
     /// Drops not attributable to a peer (no route, unknown index or key,
     /// malformed, rate limited handshakes).
     pub drops: DropCounts,
+    /// What became of each datagram that arrived at the UDP socket.
+    pub arrivals: ArrivalCounts,
 }
 
 /// What the worker threads share.
@@ -169,6 +174,7 @@ pub(crate) struct Shared {
     pub peers: RwLock<PeerTable>,
     pub guard: HandshakeGuard,
     pub drops: DropCounters,
+    pub arrivals: ArrivalCounters,
     pub stop: Stop,
     pub batch: usize,
     /// The largest inner packet carried whole (the overlay MTU the device was
@@ -273,6 +279,7 @@ impl Device {
             udp,
             peers: RwLock::new(PeerTable::default()),
             drops: DropCounters::default(),
+            arrivals: ArrivalCounters::default(),
             stop: Stop::new().map_err(|source| DeviceError::Threads {
                 name: name.clone(),
                 netns: label.clone(),
@@ -492,6 +499,7 @@ impl Device {
             mtu: self.mtu,
             peers,
             drops: self.shared.drops.snapshot(),
+            arrivals: self.shared.arrivals.snapshot(),
         }
     }
 

@@ -71,10 +71,13 @@ pub enum DropReason {
     /// A packet larger than the overlay carries, answered with ICMP
     /// "fragmentation needed" / "packet too big".
     TooBig,
+    /// A zero-length datagram at the UDP socket: nothing to classify.
+    Empty,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 14] = [
+    /// Every reason, in the order of their counters (and of the enum).
+    pub const ALL: [DropReason; 15] = [
         DropReason::DisallowedSource,
         DropReason::Authentication,
         DropReason::Replay,
@@ -89,6 +92,7 @@ impl DropReason {
         DropReason::UnknownKey,
         DropReason::RateLimited,
         DropReason::TooBig,
+        DropReason::Empty,
     ];
 
     pub(crate) fn from_session(e: SessionError) -> DropReason {
