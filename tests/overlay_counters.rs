@@ -6,13 +6,12 @@
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use overlay::session::{HandshakeGuard, SessionOutput};
-use overlay::{
-    ArrivalCounts, Device, DeviceConfig, DropReason, NoiseSession, PeerConfig, PeerSession,
-    PrivateKey,
-};
+use overlay::{ArrivalCounts, Device, DropReason};
+use overlay_support::{device_on, peer_of, stranger_initiations};
 use plumb::Netlink;
-use world::{ping, root_or_skip, Host, World};
+use world::{ping, root_or_skip, World};
+
+mod overlay_support;
 
 const A_OVERLAY: &str = "10.99.0.1";
 const B_OVERLAY: &str = "10.99.0.2";
@@ -21,25 +20,6 @@ const B_DISALLOWED: &str = "10.77.0.2";
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
-}
-
-async fn device_on(host: &Host, cidr: &str) -> Device {
-    let key = PrivateKey::generate().unwrap();
-    let device = Device::create(&host.netns, DeviceConfig::new(key))
-        .await
-        .unwrap();
-    let nl = Netlink::open(&host.netns).await.unwrap();
-    nl.add_address(device.name(), cidr.parse().unwrap(), false)
-        .await
-        .unwrap();
-    device
-}
-
-fn peer_of(device: &Device, host: &Host, overlay_ip: &str) -> PeerConfig {
-    let mut p = PeerConfig::new(device.public_key());
-    p.endpoint = Some(SocketAddr::new(host.ip_addr(), device.listen_port()));
-    p.allowed_ips = vec![format!("{overlay_ip}/32").parse().unwrap()];
-    p
 }
 
 /// A WireGuard message of `kind` and `len` bytes, the rest filled with a
@@ -84,8 +64,10 @@ async fn every_arriving_datagram_is_delivered_or_dropped_under_one_reason() {
     let x = world.host("x").await.unwrap();
     let da = device_on(&a, &format!("{A_OVERLAY}/24")).await;
     let db = device_on(&b, &format!("{B_OVERLAY}/24")).await;
-    da.set_peer(peer_of(&db, &b, B_OVERLAY)).unwrap();
-    db.set_peer(peer_of(&da, &a, A_OVERLAY)).unwrap();
+    da.set_peer(peer_of(&db, &b, &format!("{B_OVERLAY}/32")))
+        .unwrap();
+    db.set_peer(peer_of(&da, &a, &format!("{A_OVERLAY}/32")))
+        .unwrap();
     Netlink::open(&b.netns)
         .await
         .unwrap()
@@ -141,24 +123,7 @@ async fn every_arriving_datagram_is_delivered_or_dropped_under_one_reason() {
     const UNKNOWN_INDEX: usize = 6;
     const BAD_MAC: usize = 3;
     const STRANGER_KEY: usize = 2;
-    let stranger = PrivateKey::generate().unwrap();
-    let guard = HandshakeGuard::new(&stranger, 10);
-    let mut session = NoiseSession::new(
-        &stranger,
-        da.public_key(),
-        None,
-        None,
-        1,
-        guard.session_limiter(),
-    )
-    .unwrap();
-    let mut out = [0u8; 256];
-    let initiations: Vec<Vec<u8>> = (0..STRANGER_KEY)
-        .map(|_| match session.initiate_handshake(&mut out, true) {
-            SessionOutput::ToNetwork(m) => m.to_vec(),
-            other => panic!("{other:?}"),
-        })
-        .collect();
+    let initiations = stranger_initiations(da.public_key(), STRANGER_KEY);
     let socket = x.netns.run(|| UdpSocket::bind((x.ip, 0))).unwrap().unwrap();
     let target = SocketAddr::new(a.ip_addr(), da.listen_port());
     let send = |m: &[u8]| assert_eq!(socket.send_to(m, target).unwrap(), m.len());
