@@ -8,16 +8,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use overlay::session::{HandshakeGuard, SessionOutput};
-use overlay::{
-    Device, DeviceConfig, DropReason, NoiseSession, PeerConfig, PeerSession, PrivateKey,
-    DEFAULT_PORT,
-};
+use overlay::{Device, DropReason, PeerConfig, PrivateKey, DEFAULT_PORT};
+use overlay_support::{device_on, peer_of, stranger_initiations};
 use plumb::Netlink;
 use world::{
     classify_frame, contains, ip_json, ping, root_or_skip, tcp_exchange, Capture, Frame, Host,
     World,
 };
+
+mod overlay_support;
 
 const A_OVERLAY: &str = "10.99.0.1";
 const B_OVERLAY: &str = "10.99.0.2";
@@ -33,32 +32,11 @@ struct Pair {
 
 impl Pair {
     fn peer_b(&self) -> PeerConfig {
-        peer(&self.db, &self.b, B_OVERLAY)
+        peer_of(&self.db, &self.b, &format!("{B_OVERLAY}/32"))
     }
     fn peer_a(&self) -> PeerConfig {
-        peer(&self.da, &self.a, A_OVERLAY)
+        peer_of(&self.da, &self.a, &format!("{A_OVERLAY}/32"))
     }
-}
-
-fn peer(device: &Device, host: &Host, overlay_ip: &str) -> PeerConfig {
-    let mut p = PeerConfig::new(device.public_key());
-    p.endpoint = Some(SocketAddr::new(host.ip_addr(), device.listen_port()));
-    p.allowed_ips = vec![format!("{overlay_ip}/32").parse().unwrap()];
-    p
-}
-
-async fn device_on(host: &Host, cidr: &str) -> Device {
-    let device = Device::create(
-        &host.netns,
-        DeviceConfig::new(PrivateKey::generate().unwrap()),
-    )
-    .await
-    .unwrap();
-    let nl = Netlink::open(&host.netns).await.unwrap();
-    nl.add_address(device.name(), cidr.parse().unwrap(), false)
-        .await
-        .unwrap();
-    device
 }
 
 async fn pair() -> Pair {
@@ -275,24 +253,7 @@ async fn a_handshake_flood_from_a_stranger_does_not_stop_the_session() {
     // Valid initiations (right mac1) from a key a has never heard of.
     const DISTINCT: usize = 50;
     const FLOOD: usize = 2000;
-    let stranger = PrivateKey::generate().unwrap();
-    let guard = HandshakeGuard::new(&stranger, 10);
-    let mut session = NoiseSession::new(
-        &stranger,
-        p.da.public_key(),
-        None,
-        None,
-        1,
-        guard.session_limiter(),
-    )
-    .unwrap();
-    let mut out = [0u8; 256];
-    let initiations: Vec<Vec<u8>> = (0..DISTINCT)
-        .map(|_| match session.initiate_handshake(&mut out, true) {
-            SessionOutput::ToNetwork(m) => m.to_vec(),
-            other => panic!("{other:?}"),
-        })
-        .collect();
+    let initiations = stranger_initiations(p.da.public_key(), DISTINCT);
     let socket = x.netns.run(|| UdpSocket::bind((x.ip, 0))).unwrap().unwrap();
     let target = SocketAddr::new(p.a.ip_addr(), p.da.listen_port());
     let stop = Arc::new(AtomicBool::new(false));

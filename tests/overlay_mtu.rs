@@ -9,22 +9,19 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use overlay::{Device, DeviceConfig, DropReason, PeerConfig, PrivateKey};
+use overlay::{Device, DropReason, PeerConfig};
 use plumb::Netlink;
 use world::{ip_json, root_or_skip, run_in, tcp_bulk, Host, World};
 
+mod overlay_support;
+
+/// A device holding `v4` and `v6` on its TUN link.
 async fn device_on(host: &Host, v4: &str, v6: &str) -> Device {
-    let device = Device::create(
-        &host.netns,
-        DeviceConfig::new(PrivateKey::generate().unwrap()),
-    )
-    .await
-    .unwrap();
-    let nl = Netlink::open(&host.netns).await.unwrap();
-    nl.add_address(device.name(), v4.parse().unwrap(), false)
+    let device = overlay_support::device_on(host, v4).await;
+    Netlink::open(&host.netns)
         .await
-        .unwrap();
-    nl.add_address(device.name(), v6.parse().unwrap(), true)
+        .unwrap()
+        .add_address(device.name(), v6.parse().unwrap(), true)
         .await
         .unwrap();
     device

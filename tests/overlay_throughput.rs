@@ -9,30 +9,10 @@ use std::net::IpAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use overlay::{Device, DeviceConfig, PeerConfig, PrivateKey};
-use plumb::Netlink;
+use overlay_support::{device_on, peer_of};
 use world::{root_or_skip, run_in, Host, World};
 
-async fn device_on(host: &Host, cidr: &str) -> Device {
-    let device = Device::create(
-        &host.netns,
-        DeviceConfig::new(PrivateKey::generate().unwrap()),
-    )
-    .await
-    .unwrap();
-    let nl = Netlink::open(&host.netns).await.unwrap();
-    nl.add_address(device.name(), cidr.parse().unwrap(), false)
-        .await
-        .unwrap();
-    device
-}
-
-fn peer(device: &Device, host: &Host, allowed: &str) -> PeerConfig {
-    let mut p = PeerConfig::new(device.public_key());
-    p.endpoint = Some((host.ip_addr(), device.listen_port()).into());
-    p.allowed_ips = vec![allowed.parse().unwrap()];
-    p
-}
+mod overlay_support;
 
 /// Gbit/s received by an iperf3 server on `server_ip` inside `server`.
 fn iperf(world: &World, server: &Host, server_ip: IpAddr, client: &Host, streams: u32) -> f64 {
@@ -82,8 +62,8 @@ async fn iperf3_over_the_fabric_and_over_the_overlay() {
     let b = world.host("b").await.unwrap();
     let da = device_on(&a, "10.99.0.1/24").await;
     let db = device_on(&b, "10.99.0.2/24").await;
-    da.set_peer(peer(&db, &b, "10.99.0.2/32")).unwrap();
-    db.set_peer(peer(&da, &a, "10.99.0.1/32")).unwrap();
+    da.set_peer(peer_of(&db, &b, "10.99.0.2/32")).unwrap();
+    db.set_peer(peer_of(&da, &a, "10.99.0.1/32")).unwrap();
 
     eprintln!("raw fabric (veth + bridge, MTU 1500):");
     let raw = iperf(&world, &a, a.ip_addr(), &b, 1);

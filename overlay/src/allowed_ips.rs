@@ -13,10 +13,17 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::IpNetwork;
 
+/// Why a change to an [`AllowedIps`] table was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AllowedIpsError {
+    /// The prefix is already another peer's: a prefix routes to one peer only.
     #[error("allowed IPs {network} already route to peer {owner}; remove them there first")]
-    Conflict { network: IpNetwork, owner: String },
+    Conflict {
+        /// The prefix asked for.
+        network: IpNetwork,
+        /// The peer that has it: its public key in base64.
+        owner: String,
+    },
 }
 
 /// Longest-prefix-match table from IPv4 and IPv6 prefixes to values (peer ids).
@@ -36,6 +43,7 @@ impl<T: Copy + Eq> Default for AllowedIps<T> {
 }
 
 impl<T: Copy + Eq> AllowedIps<T> {
+    /// An empty table.
     pub fn new() -> Self {
         Self::default()
     }
@@ -57,6 +65,7 @@ impl<T: Copy + Eq> AllowedIps<T> {
         }
     }
 
+    /// Removes exactly `network` (not the prefixes inside it); returns its value, if it had one.
     pub fn remove(&mut self, network: IpNetwork) -> Option<T> {
         match network {
             IpNetwork::V4(n) => self.v4.remove(u32::from(n.ip()), n.prefix()),
@@ -79,11 +88,13 @@ impl<T: Copy + Eq> AllowedIps<T> {
         }
     }
 
+    /// [`lookup`](Self::lookup) for an IPv4 address.
     #[inline]
     pub fn lookup_v4(&self, addr: Ipv4Addr) -> Option<T> {
         self.v4.lookup(u32::from(addr))
     }
 
+    /// [`lookup`](Self::lookup) for an IPv6 address.
     #[inline]
     pub fn lookup_v6(&self, addr: Ipv6Addr) -> Option<T> {
         self.v6.lookup(u128::from(addr))
@@ -107,10 +118,12 @@ impl<T: Copy + Eq> AllowedIps<T> {
         out
     }
 
+    /// Prefixes in the table, IPv4 and IPv6 together.
     pub fn len(&self) -> usize {
         self.v4.len() + self.v6.len()
     }
 
+    /// True when the table holds no prefix.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

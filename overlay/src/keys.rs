@@ -18,28 +18,50 @@ use boringtun::x25519;
 /// Length of every WireGuard key in bytes.
 pub const KEY_LEN: usize = 32;
 
+/// Why a key could not be read, parsed, made or written.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
+    /// Not 32 bytes of standard base64. `what` names the key (private,
+    /// public, preshared), `why` the decoder's complaint.
     #[error("{what}: not a WireGuard key: {why} (expected 44 characters of base64, as `wg genkey` prints)")]
-    Malformed { what: &'static str, why: String },
+    Malformed {
+        /// Which key: "private key", "public key", "preshared key".
+        what: &'static str,
+        /// The decoder's complaint.
+        why: String,
+    },
 
+    /// A key file could not be read.
     #[error("read key file {}: {source}", path.display())]
     Read {
+        /// The key file.
         path: PathBuf,
+        /// The read error.
         #[source]
         source: std::io::Error,
     },
 
+    /// A secret key file that group or others may read (`mode` is its
+    /// permission bits): refused, as `wg` warns.
     #[error("key file {} is readable by others (mode {mode:o}); chmod 600 it", path.display())]
-    Exposed { path: PathBuf, mode: u32 },
+    Exposed {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits (shown in octal).
+        mode: u32,
+    },
 
+    /// A key file could not be written (atomically, mode 600).
     #[error("write key file {}: {source}", path.display())]
     Write {
+        /// The key file.
         path: PathBuf,
+        /// The write error.
         #[source]
         source: std::io::Error,
     },
 
+    /// The kernel's random source (getrandom) failed.
     #[error("get random bytes for a new key: {0}")]
     Random(#[source] std::io::Error),
 }
@@ -66,10 +88,13 @@ impl PrivateKey {
         Ok(PrivateKey::from_bytes(bytes))
     }
 
+    /// A private key from its 32 raw bytes.
     pub fn from_bytes(bytes: [u8; KEY_LEN]) -> PrivateKey {
         PrivateKey(x25519::StaticSecret::from(bytes))
     }
 
+    /// A private key from wg's base64 (44 characters), as `wg genkey` prints.
+    /// Errors with [`KeyError::Malformed`].
     pub fn from_base64(text: &str) -> Result<PrivateKey, KeyError> {
         decode("private key", text).map(PrivateKey::from_bytes)
     }
@@ -79,6 +104,8 @@ impl PrivateKey {
         STANDARD.encode(self.0.to_bytes())
     }
 
+    /// The public key peers configure for this private key (X25519 base point
+    /// multiplication).
     pub fn public_key(&self) -> PublicKey {
         PublicKey(*x25519::PublicKey::from(&self.0).as_bytes())
     }
@@ -120,18 +147,23 @@ impl fmt::Debug for PrivateKey {
 }
 
 impl PublicKey {
+    /// A public key from its 32 raw bytes.
     pub fn from_bytes(bytes: [u8; KEY_LEN]) -> PublicKey {
         PublicKey(bytes)
     }
 
+    /// A public key from wg's base64 (44 characters), as `wg pubkey` prints.
+    /// Errors with [`KeyError::Malformed`].
     pub fn from_base64(text: &str) -> Result<PublicKey, KeyError> {
         decode("public key", text).map(PublicKey)
     }
 
+    /// The key in wg's base64, as `wg show` prints it.
     pub fn to_base64(&self) -> String {
         STANDARD.encode(self.0)
     }
 
+    /// The 32 raw bytes.
     pub fn as_bytes(&self) -> &[u8; KEY_LEN] {
         &self.0
     }
@@ -174,14 +206,18 @@ impl<'de> serde::Deserialize<'de> for PublicKey {
 }
 
 impl PresharedKey {
+    /// A fresh key from the kernel's random source, as `wg genpsk` makes.
     pub fn generate() -> Result<PresharedKey, KeyError> {
         random_bytes().map(PresharedKey)
     }
 
+    /// A preshared key from its 32 raw bytes.
     pub fn from_bytes(bytes: [u8; KEY_LEN]) -> PresharedKey {
         PresharedKey(bytes)
     }
 
+    /// A preshared key from wg's base64 (44 characters), as `wg genpsk` prints.
+    /// Errors with [`KeyError::Malformed`].
     pub fn from_base64(text: &str) -> Result<PresharedKey, KeyError> {
         decode("preshared key", text).map(PresharedKey)
     }
@@ -195,6 +231,8 @@ impl PresharedKey {
         self.0
     }
 
+    /// Writes the key in wg's base64 to `path`, readable by its owner only
+    /// (mode 600), replacing the file atomically.
     pub fn write_file(&self, path: &Path) -> Result<(), KeyError> {
         write_secret_file(path, &self.to_base64())
     }

@@ -20,6 +20,8 @@
 //! `session` (the `PeerSession` trait on boringtun, the handshake guard),
 //! `tun`, `udp` (batched socket I/O), `device` (peers, threads, counters).
 
+#![warn(missing_docs)]
+
 pub mod allowed_ips;
 pub mod device;
 pub mod icmp;
@@ -33,8 +35,8 @@ mod wait;
 
 pub use allowed_ips::{AllowedIps, AllowedIpsError};
 pub use device::{
-    Device, DeviceConfig, DeviceError, DeviceStats, DropCounts, DropReason, PeerConfig, PeerStats,
-    DEFAULT_NAME, DEFAULT_PORT,
+    ArrivalCounts, Device, DeviceConfig, DeviceError, DeviceStats, DropCounts, DropReason,
+    PeerConfig, PeerStats, DEFAULT_NAME, DEFAULT_PORT,
 };
 pub use keys::{KeyError, PresharedKey, PrivateKey, PublicKey};
 pub use packet::{IpHeader, PacketError, WireMessage};
@@ -45,22 +47,31 @@ pub use udp::UdpError;
 /// Every overlay error; each layer's own error says what failed and where.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A key could not be read, parsed, made or written.
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// Allowed IPs overlap another peer's.
     #[error(transparent)]
     AllowedIps(#[from] AllowedIpsError),
+    /// A datagram or packet is not what it claims.
     #[error(transparent)]
     Packet(#[from] PacketError),
+    /// A Noise session refused a message or could not be made.
     #[error(transparent)]
     Session(#[from] SessionError),
+    /// The TUN device failed.
     #[error(transparent)]
     Tun(#[from] TunError),
+    /// The UDP socket failed.
     #[error(transparent)]
     Udp(#[from] UdpError),
+    /// Creating or changing a device failed.
     #[error(transparent)]
     Device(#[from] DeviceError),
+    /// Kernel plumbing (namespaces, links) failed.
     #[error(transparent)]
     Plumb(#[from] plumb::Error),
 }
 
+/// A result with the overlay's [`Error`] by default.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

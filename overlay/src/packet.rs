@@ -5,19 +5,36 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Sizes fixed by the WireGuard protocol.
 pub const HANDSHAKE_INITIATION_LEN: usize = 148;
+/// A handshake response is always 92 bytes.
 pub const HANDSHAKE_RESPONSE_LEN: usize = 92;
+/// A cookie reply is always 64 bytes.
 pub const COOKIE_REPLY_LEN: usize = 64;
 /// Header (16) plus AEAD tag (16): an empty data message (a keepalive) is 32 bytes.
 pub const DATA_OVERHEAD: usize = 32;
 
+/// Why bytes are not a WireGuard message or not an IP packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PacketError {
+    /// No bytes at all (a zero-length datagram or read).
     #[error("empty packet")]
     Empty,
+    /// A message type that does not exist, reserved bytes that are not zero,
+    /// or a length that is not the type's (`kind` is the first 32 bits, little
+    /// endian; a datagram under 4 bytes gives its first byte).
     #[error("WireGuard message type {kind} with {len} bytes is not a valid message")]
-    BadMessage { kind: u32, len: usize },
+    BadMessage {
+        /// The first 32 bits, little endian (the first byte under 4 bytes).
+        kind: u32,
+        /// The datagram's length in bytes.
+        len: usize,
+    },
+    /// Shorter than its IP header, or than the length the header claims.
     #[error("IP packet of {len} bytes is shorter than its header")]
-    Truncated { len: usize },
+    Truncated {
+        /// The bytes at hand.
+        len: usize,
+    },
+    /// The version nibble is neither 4 nor 6.
     #[error("IP version {0} is neither 4 nor 6")]
     UnknownIpVersion(u8),
 }
@@ -26,13 +43,29 @@ pub enum PacketError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WireMessage {
     /// Type 1: someone starts a handshake; only the static key inside says who.
-    HandshakeInitiation { sender: u32 },
+    HandshakeInitiation {
+        /// The initiator's session index, for its answer.
+        sender: u32,
+    },
     /// Type 2: the answer to our initiation, addressed to our index.
-    HandshakeResponse { sender: u32, receiver: u32 },
+    HandshakeResponse {
+        /// The responder's session index.
+        sender: u32,
+        /// Our session index the response answers.
+        receiver: u32,
+    },
     /// Type 3: we were asked to retry with a cookie (the responder is under load).
-    CookieReply { receiver: u32 },
+    CookieReply {
+        /// Our session index whose handshake the cookie is for.
+        receiver: u32,
+    },
     /// Type 4: transport data for the session with our index `receiver`.
-    Data { receiver: u32, counter: u64 },
+    Data {
+        /// Our session index the data is for.
+        receiver: u32,
+        /// The message counter (the nonce; replay protection).
+        counter: u64,
+    },
 }
 
 impl WireMessage {
@@ -95,13 +128,18 @@ impl WireMessage {
 /// The addresses of an IP packet, read from its header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IpHeader {
+    /// The packet's source address (what the allowed-IPs check reads).
     pub source: IpAddr,
+    /// The packet's destination address (what routing to a peer reads).
     pub destination: IpAddr,
     /// Length of the packet according to its header (≤ the bytes at hand).
     pub total_len: usize,
 }
 
 impl IpHeader {
+    /// Reads the version, the addresses and the length. Errors when the bytes
+    /// are shorter than the header or than the length it claims, or the version
+    /// is neither 4 nor 6; options and extension headers are not read.
     #[inline]
     pub fn parse(packet: &[u8]) -> Result<IpHeader, PacketError> {
         let Some(first) = packet.first() else {

@@ -25,24 +25,34 @@ pub const MAX_SLOT: u32 = (1 << 24) - 1;
 /// counted per packet on the hot path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SessionError {
+    /// Bad MAC or AEAD tag: wrong key, or tampered with.
     #[error("message failed authentication (bad MAC or AEAD tag)")]
     Authentication,
+    /// A data counter seen before or behind the replay window.
     #[error("replayed or too old message counter")]
     Replay,
+    /// A handshake initiation whose timestamp is not newer than the last.
     #[error("replayed or stale handshake timestamp")]
     StaleHandshake,
+    /// Data for a session that is not (or no longer) established.
     #[error("no session for this message (handshake not done, or expired)")]
     NoSession,
+    /// A handshake from a static key other than this peer's.
     #[error("handshake from a different static key than this peer's")]
     WrongKey,
+    /// Bytes boringtun cannot parse as the message they claim to be.
     #[error("malformed or unexpected message")]
     Malformed,
+    /// A handshake while under load without a valid cookie.
     #[error("under load: handshake needs a cookie")]
     UnderLoad,
+    /// No handshake has succeeded for too long: the session gave up.
     #[error("session expired: no successful handshake for too long")]
     Expired,
+    /// The output buffer cannot hold the result.
     #[error("output buffer too small")]
     BufferTooSmall,
+    /// A session slot beyond 24 bits (the low 8 of an index are boringtun's).
     #[error("session slot {0} does not fit in 24 bits")]
     SlotOutOfRange(u32),
 }
@@ -77,6 +87,7 @@ pub enum SessionOutput<'a> {
     ToNetwork(&'a [u8]),
     /// A decrypted IP packet for the TUN device (its inner source is not yet checked).
     ToTunnel(&'a [u8]),
+    /// The message was refused: dropped, and counted under this reason.
     Failed(SessionError),
 }
 
@@ -199,6 +210,7 @@ pub enum Admission<'a> {
     Admit,
     /// Under load and no valid cookie: send this cookie reply back instead.
     SendCookie(&'a [u8]),
+    /// Refused without an answer: a bad mac1, or not a handshake.
     Reject(SessionError),
 }
 

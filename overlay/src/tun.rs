@@ -13,27 +13,39 @@ use std::os::unix::fs::OpenOptionsExt;
 
 use crate::offload::VirtioNetHdr;
 
+/// Why the TUN device could not be opened or set up.
 #[derive(Debug, thiserror::Error)]
 pub enum TunError {
+    /// /dev/net/tun could not be opened.
     #[error("open /dev/net/tun: {0} (is the tun module loaded, and are we root?)")]
     Open(#[source] io::Error),
+    /// TUNSETIFF refused the device.
     #[error("create TUN device {name}: {source}")]
     Create {
+        /// The TUN link name asked for.
         name: String,
+        /// The ioctl's error.
         #[source]
         source: io::Error,
     },
+    /// A link name the kernel would refuse (empty, over 15 bytes, '/' or ':').
     #[error("TUN device name {0:?} must be 1 to 15 bytes without '/' or ':'")]
     BadName(String),
+    /// TUNSETOFFLOAD failed.
     #[error("enable offloads on TUN device {name}: {source}")]
     Offload {
+        /// The TUN link name.
         name: String,
+        /// The ioctl's error.
         #[source]
         source: io::Error,
     },
+    /// SIOCSIFTXQLEN failed.
     #[error("set the queue length of TUN device {name}: {source}")]
     QueueLen {
+        /// The TUN link name.
         name: String,
+        /// The ioctl's error.
         #[source]
         source: io::Error,
     },
@@ -127,6 +139,7 @@ impl Tun {
         self.offloads
     }
 
+    /// The TUN link's name, as the kernel made it.
     pub fn name(&self) -> &str {
         &self.name
     }

@@ -27,9 +27,8 @@ impl Stop {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `fd` was just returned by eventfd(2) and is owned by nobody else.
-        Ok(Stop {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Stop { fd })
     }
 
     /// Wakes every waiter, now and forever after (the counter is never read).

@@ -74,6 +74,8 @@ impl Netlink {
         .await
     }
 
+    /// Removes `network` from link `name`. Errors with [`Error::NotFound`]
+    /// when the link or the address is not there.
     pub async fn delete_address(&self, name: &str, network: IpNetwork) -> Result<()> {
         let link = self.require_link(name).await?;
         let msg = address_message(link.index, network, false);

@@ -69,12 +69,17 @@ pub fn acquire(guest: &Netns, ifname: &str, v6: bool) -> Result<()> {
 /// What udhcpc hands its script in the environment.
 #[derive(Debug, PartialEq)]
 pub struct Lease {
+    /// The interface the lease is for.
     pub interface: String,
+    /// The leased address with its prefix length.
     pub address: IpNetwork,
+    /// The default gateways the server offered, in its order.
     pub routers: Vec<Ipv4Addr>,
 }
 
 impl Lease {
+    /// Reads udhcpc's variables (`interface`, `ip`, `mask` or `subnet`,
+    /// `router`) through `get`. Errors when one it needs is missing or malformed.
     pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Lease> {
         let interface =
             get("interface").ok_or_else(|| Error::Other("udhcpc gave no interface".into()))?;

@@ -14,11 +14,15 @@ pub struct Target {
     pub namespace: String,
 }
 
+/// Everything plumb can fail with; each message names the object, the
+/// action and the namespace, and says how to fix it where it can.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// EEXIST: the object is already there.
     #[error("{} already exists in namespace {}", .0.object, .0.namespace)]
     AlreadyExists(Target),
 
+    /// ENODEV, ENOENT, ESRCH or EADDRNOTAVAIL: the object is not there.
     #[error("{}: {} does not exist in namespace {}", .0.action, .0.object, .0.namespace)]
     NotFound(Target),
 
@@ -26,18 +30,21 @@ pub enum Error {
         "{} {} in namespace {}: permission denied — plumb needs root (CAP_NET_ADMIN)",
         .0.action, .0.object, .0.namespace
     )]
+    /// EPERM or EACCES: plumb needs CAP_NET_ADMIN.
     PermissionDenied(Target),
 
     #[error(
         "{} {} in namespace {}: the device is busy (in use by another link, or it is a bridge port)",
         .0.action, .0.object, .0.namespace
     )]
+    /// EBUSY: the link is in use (a bridge port, another link's lower device).
     Busy(Target),
 
     #[error(
         "{} {} in namespace {}: not supported by this kernel (is the module for it loaded?)",
         .0.action, .0.object, .0.namespace
     )]
+    /// EOPNOTSUPP: the kernel lacks the feature or its module.
     Unsupported(Target),
 
     /// EXFULL from plugging a link into a bridge: Docker's "exchange full".
@@ -47,10 +54,14 @@ pub enum Error {
     )]
     BridgeFull(Target),
 
+    /// Any other errno, with the kernel's text for it.
     #[error("{} {} in namespace {}: {message} (errno {errno})", .target.action, .target.object, .target.namespace)]
     Kernel {
+        /// What was being done, to what, where.
         target: Target,
+        /// The errno (positive).
         errno: i32,
+        /// strerror's text for it.
         message: String,
     },
 
@@ -58,36 +69,51 @@ pub enum Error {
     /// `message` carries what it printed on stderr.
     #[error("{action} in namespace {namespace}: {tool} failed: {message}")]
     Firewall {
+        /// The tool's name: "nft", "iptables-restore", ….
         tool: &'static str,
+        /// What was being done ("publish 8080/tcp", …).
         action: String,
+        /// The namespace, as its label reads.
         namespace: String,
+        /// What the tool printed on stderr.
         message: String,
     },
 
+    /// No namespace by this name, path or PID.
     #[error("namespace {0} not found — is the container still running?")]
     NamespaceNotFound(String),
 
+    /// A namespace by this name already exists in /run/netns.
     #[error("namespace {0} already exists")]
     NamespaceExists(String),
 
+    /// Bad input, refused before anything was changed.
     #[error("invalid {what} {value:?}: {why}")]
     Invalid {
+        /// What kind of value ("interface name", "MAC", …).
         what: &'static str,
+        /// The value as given.
         value: String,
+        /// What is wrong with it, and what would be right.
         why: String,
     },
 
+    /// A system call outside netlink failed (opening a namespace, a sysctl, …).
     #[error("{context}: {source}")]
     Io {
+        /// What was being done, and to what.
         context: String,
+        /// The I/O error.
         #[source]
         source: io::Error,
     },
 
+    /// Anything else, with a message that says what and where.
     #[error("{0}")]
     Other(String),
 }
 
+/// A result with plumb's [`Error`] by default.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Ports a Linux bridge takes (port numbers are 10 bits, 0 is reserved).
@@ -113,6 +139,8 @@ impl Error {
         }
     }
 
+    /// An [`Error::Invalid`]: `what` kind of value, the `value` given, `why` it
+    /// is refused.
     pub fn invalid(what: &'static str, value: impl Into<String>, why: impl Into<String>) -> Error {
         Error::Invalid {
             what,
@@ -121,6 +149,7 @@ impl Error {
         }
     }
 
+    /// An [`Error::Io`] with `context` saying what was being done.
     pub fn io(context: impl Into<String>, source: io::Error) -> Error {
         Error::Io {
             context: context.into(),
@@ -133,6 +162,7 @@ impl Error {
         matches!(self, Error::NotFound(_) | Error::NamespaceNotFound(_))
     }
 
+    /// True when the object was already there (EEXIST): setup may treat that as done.
     pub fn is_already_exists(&self) -> bool {
         matches!(self, Error::AlreadyExists(_))
     }

@@ -56,6 +56,7 @@ impl Netlink {
         Self::open(&Netns::current()?).await
     }
 
+    /// The namespace this connection is bound to.
     pub fn netns(&self) -> &Netns {
         &self.netns
     }

@@ -1,7 +1,11 @@
 //! plumb: kernel network plumbing for containers, with no policy and no state
 //! of its own. Links, addresses, routes, namespaces and sysctls over netlink,
 //! and the pipework-style wiring (`wire`) and declarative topologies
-//! (`topology`) the `plumb` CLI offers.
+//! (`topology`, with the `topology` feature) the `plumb` CLI offers. The CLI
+//! itself is the `plumb` binary (src/bin/plumb/, the `cli` feature, on by
+//! default); a crate that only needs the library depends on plumb with
+//! `default-features = false` and compiles none of clap, toml or
+//! tracing-subscriber.
 //!
 //! Everything operates on a [`Netlink`] connection bound to one namespace:
 //!
@@ -12,6 +16,8 @@
 //! nl.add_bridge("br0", &plumb::LinkOptions { up: true, ..Default::default() }).await?;
 //! # Ok(()) }
 //! ```
+
+#![warn(missing_docs)]
 
 pub mod addr;
 pub mod arp;
@@ -24,6 +30,7 @@ pub mod mac;
 pub mod netns;
 pub mod route;
 pub mod sysctl;
+#[cfg(feature = "topology")]
 pub mod topology;
 pub mod wire;
 
@@ -34,4 +41,3 @@ pub use link::{validate_ifname, Link, LinkChange, LinkOptions, MacvlanMode, Vxla
 pub use mac::MacAddr;
 pub use netns::Netns;
 pub use route::Route;
-pub mod cli;

@@ -8,18 +8,23 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, Result};
 
+/// A 48-bit Ethernet (MAC) address. Displays and parses as
+/// `aa:bb:cc:dd:ee:ff`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct MacAddr([u8; 6]);
 
 impl MacAddr {
+    /// The address of these six bytes, in wire order.
     pub const fn new(octets: [u8; 6]) -> MacAddr {
         MacAddr(octets)
     }
 
+    /// The address of a 6-byte slice; None for any other length.
     pub fn from_bytes(bytes: &[u8]) -> Option<MacAddr> {
         <[u8; 6]>::try_from(bytes).ok().map(MacAddr)
     }
 
+    /// The six bytes, in wire order.
     pub fn octets(&self) -> [u8; 6] {
         self.0
     }
@@ -44,6 +49,8 @@ impl MacAddr {
         }
     }
 
+    /// True for a group address (the low bit of the first byte); such an
+    /// address cannot be a link's own.
     pub fn is_multicast(&self) -> bool {
         self.0[0] & 1 == 1
     }

@@ -198,6 +198,7 @@ impl Netns {
         self.label.get_or_init(|| self.find_name())
     }
 
+    /// The path the namespace was opened from (/run/netns/NAME, /proc/PID/ns/net, …).
     pub fn path_buf(&self) -> &Path {
         &self.path
     }
@@ -212,6 +213,7 @@ impl Netns {
         (self.dev(), self.inode())
     }
 
+    /// True when both handles are the same namespace (same inode).
     pub fn is_same(&self, other: &Netns) -> bool {
         self.inode() == other.inode()
     }

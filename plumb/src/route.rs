@@ -18,10 +18,13 @@ use crate::handle::Netlink;
 /// A route as users think of it. `destination: None` is the default route.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
 pub struct Route {
+    /// The destination prefix; None for the default route.
     pub destination: Option<IpNetwork>,
+    /// The next hop; None for a route straight out of `dev`.
     pub gateway: Option<IpAddr>,
     /// Output link name.
     pub dev: Option<String>,
+    /// The route's priority (lower wins); the kernel's default when None.
     pub metric: Option<u32>,
     /// Treat the gateway as directly reachable on `dev` even without a matching subnet.
     pub onlink: bool,
@@ -32,6 +35,7 @@ pub struct Route {
 }
 
 impl Route {
+    /// True for an IPv6 route: read from the destination or gateway, else from `ipv6`.
     pub fn is_ipv6(&self) -> bool {
         match (self.destination, self.gateway) {
             (Some(d), _) => d.is_ipv6(),
@@ -162,11 +166,16 @@ fn parse_destination(text: &str) -> std::result::Result<IpNetwork, String> {
     }
 }
 
+/// The verb of an `ip route` command line, as the plumb CLI takes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouteVerb {
+    /// `add`: fails when the route exists.
     Add,
+    /// `del`: fails when it does not.
     Delete,
+    /// `replace`: adds or overwrites.
     Replace,
+    /// `show`: lists routes.
     Show,
 }
 
@@ -252,6 +261,8 @@ impl Netlink {
         Ok(msg)
     }
 
+    /// Adds `route`; errors with [`Error::AlreadyExists`] when the same route
+    /// is there, [`Error::NotFound`] when its `dev` is missing.
     pub async fn add_route(&self, route: &Route) -> Result<()> {
         let msg = self.route_message(route, None).await?;
         self.add_route_message(route, msg).await
@@ -273,6 +284,7 @@ impl Netlink {
         .await
     }
 
+    /// Adds `route`, or replaces the one with its destination, table and metric.
     pub async fn replace_route(&self, route: &Route) -> Result<()> {
         let msg = self.route_message(route, None).await?;
         self.request_ack(
@@ -283,6 +295,7 @@ impl Netlink {
         .await
     }
 
+    /// Deletes `route`; errors with [`Error::NotFound`] when it is not there.
     pub async fn delete_route(&self, route: &Route) -> Result<()> {
         let mut msg = self.route_message(route, None).await?;
         // Deleting matches on what is given; scope must not narrow the match.

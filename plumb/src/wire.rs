@@ -34,6 +34,7 @@ pub const ALIAS_PREFIX: &str = "plumb:";
 pub struct WireSpec {
     /// The host link: a bridge (veth) or anything else (macvlan).
     pub host_if: String,
+    /// The guest's namespace.
     pub guest: Netns,
     /// The interface name inside the guest (pipework's default is eth1).
     pub guest_if: String,
@@ -41,8 +42,11 @@ pub struct WireSpec {
     pub host_side_name: Option<String>,
     /// Addresses with their gateways (the gateway becomes a default route).
     pub addresses: Vec<(IpNetwork, Option<IpAddr>)>,
+    /// The guest link's MAC; the kernel picks one when None.
     pub mac: Option<MacAddr>,
+    /// Put a macvlan on this VLAN of the host link (made on demand).
     pub vlan: Option<u32>,
+    /// The macvlan mode (bridge, private, vepa, passthru).
     pub macvlan_mode: MacvlanMode,
     /// MTU of the guest link; the host interface's when None.
     pub mtu: Option<u32>,
@@ -53,25 +57,33 @@ pub struct WireSpec {
 pub struct Wiring {
     /// The guest namespace as the user named it.
     pub guest: String,
+    /// The interface's name in the guest.
     pub guest_if: String,
     /// "veth" or "macvlan".
     pub kind: String,
+    /// The host link it hangs off.
     pub host_if: String,
     /// The host end of a veth.
     pub host_side: Option<String>,
+    /// The VLAN its macvlan is on, if any.
     pub vlan: Option<u16>,
+    /// The guest link's MAC.
     pub mac: Option<MacAddr>,
+    /// The guest link's MTU in bytes.
     pub mtu: u32,
+    /// The guest link's addresses with their prefix lengths.
     pub addresses: Vec<IpNetwork>,
 }
 
 /// The record kept in a link's alias: `plumb:key=value key=value`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Record {
+    /// The `key=value` pairs, in order.
     pub fields: Vec<(String, String)>,
 }
 
 impl Record {
+    /// A record of these pairs.
     pub fn new(fields: &[(&str, &str)]) -> Record {
         Record {
             fields: fields
@@ -81,6 +93,7 @@ impl Record {
         }
     }
 
+    /// Reads an alias; None when it is not plumb's (no `plumb:` prefix).
     pub fn parse(alias: &str) -> Option<Record> {
         let rest = alias.strip_prefix(ALIAS_PREFIX)?;
         let fields = rest
@@ -91,6 +104,7 @@ impl Record {
         Some(Record { fields })
     }
 
+    /// The value of `key`, if the record has it.
     pub fn get(&self, key: &str) -> Option<&str> {
         self.fields
             .iter()
@@ -98,6 +112,7 @@ impl Record {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The alias text: `plumb:` then the pairs, space-separated.
     pub fn render(&self) -> String {
         let body: Vec<String> = self
             .fields

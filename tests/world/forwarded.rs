@@ -202,8 +202,8 @@ pub fn sctp_via(
         .run(move || -> std::io::Result<TcpListener> {
             let fd = sctp_socket(listen.is_ipv6())?;
             let (addr, len) = raw_sockaddr(listen);
-            // SAFETY: fd is a valid socket; addr holds `len` initialised bytes.
             check(
+                // SAFETY: fd is a valid socket; addr holds `len` initialised bytes.
                 unsafe {
                     libc::bind(
                         std::os::fd::AsRawFd::as_raw_fd(&fd),
@@ -213,8 +213,8 @@ pub fn sctp_via(
                 },
                 "bind",
             )?;
-            // SAFETY: fd is a valid, bound socket.
             check(
+                // SAFETY: fd is a valid, bound socket.
                 unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&fd), 4) },
                 "listen",
             )?;
@@ -230,8 +230,8 @@ pub fn sctp_via(
             tv_sec: 3,
             tv_usec: 0,
         };
-        // SAFETY: fd is a valid socket; timeout is a timeval of the given size.
         check(
+            // SAFETY: fd is a valid socket; timeout is a timeval of the given size.
             unsafe {
                 libc::setsockopt(
                     std::os::fd::AsRawFd::as_raw_fd(&fd),
@@ -244,8 +244,8 @@ pub fn sctp_via(
             "set the connect timeout",
         )?;
         let (addr, len) = raw_sockaddr(target);
-        // SAFETY: fd is a valid socket; addr holds `len` initialised bytes.
         check(
+            // SAFETY: fd is a valid socket; addr holds `len` initialised bytes.
             unsafe {
                 libc::connect(
                     std::os::fd::AsRawFd::as_raw_fd(&fd),

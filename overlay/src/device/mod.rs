@@ -11,10 +11,12 @@
 //! Peers can be added, changed and removed while traffic flows: the peer
 //! table sits behind a read-write lock that the data path takes once per batch.
 
+mod arrivals;
 mod peer;
 mod table;
 mod workers;
 
+pub use arrivals::ArrivalCounts;
 pub use peer::{DropCounts, DropReason, PeerConfig, PeerStats};
 
 use std::net::SocketAddr;
@@ -33,6 +35,7 @@ use crate::tun::{Tun, TunError};
 use crate::udp::{UdpError, UdpSocket};
 use crate::wait::Stop;
 
+use arrivals::ArrivalCounters;
 use peer::{DropCounters, Peer, PeerCounters, PeerState};
 use table::PeerTable;
 
@@ -45,64 +48,111 @@ pub const OVERHEAD: u32 = 80;
 /// Underlay MTU assumed when the namespace has no link to measure.
 pub const FALLBACK_UNDERLAY_MTU: u32 = 1500;
 
+/// Why a device could not be created or changed; each names the device (its
+/// TUN link) and, where it matters, the namespace or the peer.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
+    /// The device's namespace could not be entered.
     #[error("enter namespace {netns} to create device {name}: {source}")]
     Netns {
+        /// The device's TUN link name.
         name: String,
+        /// The namespace, as its label reads (name or path).
         netns: String,
+        /// What plumb said.
         #[source]
         source: Box<plumb::Error>,
     },
+    /// The TUN link could not be made or set up.
     #[error("device {name} in namespace {netns}: {source}")]
     Tun {
+        /// The device's TUN link name.
         name: String,
+        /// The namespace, as its label reads.
         netns: String,
+        /// What failed on the TUN device.
         #[source]
         source: TunError,
     },
+    /// The UDP socket could not be made or bound.
     #[error("device {name} in namespace {netns}: {source}")]
     Udp {
+        /// The device's TUN link name.
         name: String,
+        /// The namespace, as its label reads.
         netns: String,
+        /// What failed on the socket.
         #[source]
         source: UdpError,
     },
+    /// A netlink change to the TUN link (MTU, up, queue length) failed.
     #[error("device {name} in namespace {netns}: {action}: {source}")]
     Link {
+        /// The device's TUN link name.
         name: String,
+        /// The namespace, as its label reads.
         netns: String,
+        /// What was being done, in a few words ("set the MTU", …).
         action: &'static str,
+        /// What plumb said.
         #[source]
         source: Box<plumb::Error>,
     },
+    /// The rx, tx or timer thread could not be started.
     #[error("device {name} in namespace {netns}: start its threads: {source}")]
     Threads {
+        /// The device's TUN link name.
         name: String,
+        /// The namespace, as its label reads.
         netns: String,
+        /// The spawn error.
         #[source]
         source: std::io::Error,
     },
+    /// A peer's allowed IPs overlap another peer's.
     #[error("device {name}: peer {peer}: {source}")]
     AllowedIps {
+        /// The device's TUN link name.
         name: String,
+        /// The peer being set.
         peer: PublicKey,
+        /// Which prefix, and whose it is.
         #[source]
         source: AllowedIpsError,
     },
+    /// A peer's Noise session could not be made (bad key material).
     #[error("device {name}: peer {peer}: {source}")]
     Session {
+        /// The device's TUN link name.
         name: String,
+        /// The peer being set.
         peer: PublicKey,
+        /// What boringtun refused.
         #[source]
         source: SessionError,
     },
+    /// A peer with the device's own public key: it would talk to itself.
     #[error("device {name}: peer {peer} is this device's own public key")]
-    OwnKey { name: String, peer: PublicKey },
+    OwnKey {
+        /// The device's TUN link name.
+        name: String,
+        /// The key given as a peer's.
+        peer: PublicKey,
+    },
+    /// No peer has this public key (removing or reading one).
     #[error("device {name}: no peer {peer}")]
-    UnknownPeer { name: String, peer: PublicKey },
+    UnknownPeer {
+        /// The device's TUN link name.
+        name: String,
+        /// The key asked for.
+        peer: PublicKey,
+    },
+    /// Every session slot (2^24) is taken.
     #[error("device {name}: all {} peer slots are in use", MAX_SLOT + 1)]
-    Full { name: String },
+    Full {
+        /// The device's TUN link name.
+        name: String,
+    },
 }
 
 /// How to build a device. `DeviceConfig::new(key)` gives weft's defaults.
@@ -110,6 +160,7 @@ pub enum DeviceError {
 pub struct DeviceConfig {
     /// TUN link name (≤ 15 bytes).
     pub name: String,
+    /// The device's static private key; its public key is what peers configure.
     pub private_key: PrivateKey,
     /// UDP port; 0 picks a free one (see `Device::listen_port`).
     pub listen_port: u16,
@@ -130,6 +181,9 @@ pub struct DeviceConfig {
 }
 
 impl DeviceConfig {
+    /// weft's defaults: link `weft-wg0`, port 51820, MTU from the underlay less
+    /// 80, 8 MiB socket buffers, batches of 32, 100 handshakes a second, a TUN
+    /// queue of 5000 packets.
     pub fn new(private_key: PrivateKey) -> DeviceConfig {
         DeviceConfig {
             name: DEFAULT_NAME.to_string(),
@@ -148,14 +202,21 @@ impl DeviceConfig {
 /// A device's counters for netd's status output.
 #[derive(Debug, Clone, Serialize)]
 pub struct DeviceStats {
+    /// The TUN link's name.
     pub name: String,
+    /// The device's public key, as peers configure it.
     pub public_key: PublicKey,
+    /// The UDP port it listens on (the one picked when 0 was asked).
     pub listen_port: u16,
+    /// The overlay MTU in bytes: the largest inner packet carried whole.
     pub mtu: u32,
+    /// Every peer's counters and status, sorted by public key.
     pub peers: Vec<PeerStats>,
     /// Drops not attributable to a peer (no route, unknown index or key,
     /// malformed, rate limited handshakes).
     pub drops: DropCounts,
+    /// What became of each datagram that arrived at the UDP socket.
+    pub arrivals: ArrivalCounts,
 }
 
 /// What the worker threads share.
@@ -169,6 +230,7 @@ pub(crate) struct Shared {
     pub peers: RwLock<PeerTable>,
     pub guard: HandshakeGuard,
     pub drops: DropCounters,
+    pub arrivals: ArrivalCounters,
     pub stop: Stop,
     pub batch: usize,
     /// The largest inner packet carried whole (the overlay MTU the device was
@@ -273,6 +335,7 @@ impl Device {
             udp,
             peers: RwLock::new(PeerTable::default()),
             drops: DropCounters::default(),
+            arrivals: ArrivalCounters::default(),
             stop: Stop::new().map_err(|source| DeviceError::Threads {
                 name: name.clone(),
                 netns: label.clone(),
@@ -331,14 +394,18 @@ impl Device {
         Ok(device)
     }
 
+    /// The TUN link's name.
     pub fn name(&self) -> &str {
         &self.shared.name
     }
 
+    /// The public key peers use for this device.
     pub fn public_key(&self) -> PublicKey {
         self.shared.public_key
     }
 
+    /// The UDP port the device listens on (the free one picked when the
+    /// configuration asked for 0).
     pub fn listen_port(&self) -> u16 {
         self.shared.udp.port()
     }
@@ -492,6 +559,7 @@ impl Device {
             mtu: self.mtu,
             peers,
             drops: self.shared.drops.snapshot(),
+            arrivals: self.shared.arrivals.snapshot(),
         }
     }
 

@@ -14,7 +14,9 @@ use crate::session::{PeerSession, SessionError};
 /// A peer as netd configures it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerConfig {
+    /// Its static public key: who it is.
     pub public_key: PublicKey,
+    /// A pre-shared key mixed into the handshake, if both sides set the same one.
     pub preshared_key: Option<PresharedKey>,
     /// Where to send; learned from authenticated traffic when None (and
     /// updated when the peer roams).
@@ -26,6 +28,8 @@ pub struct PeerConfig {
 }
 
 impl PeerConfig {
+    /// A peer with only its key: no endpoint (learned when it speaks), no
+    /// allowed IPs (nothing routed to it), no keepalive.
     pub fn new(public_key: PublicKey) -> PeerConfig {
         PeerConfig {
             public_key,
@@ -71,10 +75,13 @@ pub enum DropReason {
     /// A packet larger than the overlay carries, answered with ICMP
     /// "fragmentation needed" / "packet too big".
     TooBig,
+    /// A zero-length datagram at the UDP socket: nothing to classify.
+    Empty,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 14] = [
+    /// Every reason, in the order of their counters (and of the enum).
+    pub const ALL: [DropReason; 15] = [
         DropReason::DisallowedSource,
         DropReason::Authentication,
         DropReason::Replay,
@@ -89,6 +96,7 @@ impl DropReason {
         DropReason::UnknownKey,
         DropReason::RateLimited,
         DropReason::TooBig,
+        DropReason::Empty,
     ];
 
     pub(crate) fn from_session(e: SessionError) -> DropReason {
@@ -131,10 +139,12 @@ impl DropCounters {
 pub struct DropCounts([u64; DropReason::ALL.len()]);
 
 impl DropCounts {
+    /// The count for `reason`.
     pub fn get(&self, reason: DropReason) -> u64 {
         self.0[reason as usize]
     }
 
+    /// All drops, every reason together.
     pub fn total(&self) -> u64 {
         self.0.iter().sum()
     }
@@ -221,16 +231,24 @@ pub(crate) struct Peer {
 /// A peer's counters and status, for netd's status output.
 #[derive(Debug, Clone, Serialize)]
 pub struct PeerStats {
+    /// The peer's static public key.
     pub public_key: PublicKey,
+    /// Where its datagrams go now: configured, or learned from its traffic.
     pub endpoint: Option<SocketAddr>,
+    /// Inner prefixes routed to it and accepted from it.
     pub allowed_ips: Vec<IpNetwork>,
     /// When the current session's handshake completed; None before the first.
     #[serde(serialize_with = "unix_seconds")]
     pub last_handshake: Option<SystemTime>,
+    /// Bytes of inner packets from it delivered to the TUN device.
     pub rx_bytes: u64,
+    /// Inner packets from it delivered to the TUN device.
     pub rx_packets: u64,
+    /// Bytes of inner packets encrypted for it (keepalives and handshakes not counted).
     pub tx_bytes: u64,
+    /// Inner packets encrypted for it.
     pub tx_packets: u64,
+    /// Packets to or from it dropped, by reason.
     pub drops: DropCounts,
 }
 

@@ -20,12 +20,13 @@ use std::time::{Duration, Instant};
 use crate::icmp;
 use crate::offload::coalesce::PacketSink;
 use crate::offload::{largest_segment, segment, Coalescer, VirtioNetHdr, VNET_HDR_LEN};
-use crate::packet::{IpHeader, WireMessage, COOKIE_REPLY_LEN, DATA_OVERHEAD};
+use crate::packet::{IpHeader, PacketError, WireMessage, COOKIE_REPLY_LEN, DATA_OVERHEAD};
 use crate::session::{Admission, SessionError, SessionOutput};
 use crate::udp::{RecvBatch, SendBatch};
 use crate::wait::Wake;
 
-use super::peer::{DropReason, Peer};
+use super::arrivals::{Arrival, ArrivalTally};
+use super::peer::{DropCounters, DropReason, Peer};
 use super::table::PeerTable;
 use super::{send_one, Shared};
 
@@ -177,6 +178,8 @@ fn encapsulate(
 }
 
 /// recvmmsg → classify → peer → decapsulate → allowed-IPs check → TUN.
+/// Every datagram's outcome is tallied, and the tally added to the device's
+/// arrival counters once per batch.
 pub(super) fn rx_loop(shared: &Shared) {
     let mut batch = RecvBatch::new(shared.batch, MAX_DATAGRAM);
     let mut out = vec![0u8; MAX_DATAGRAM];
@@ -185,6 +188,7 @@ pub(super) fn rx_loop(shared: &Shared) {
     let offloads = shared.tun.offloads();
     let mut gro = Coalescer::new(if offloads.tso { GRO_FLOWS } else { 0 }, offloads.uso);
     let mut sink = TunSink { shared };
+    let mut tally = ArrivalTally::default();
     loop {
         match shared.stop.wait(shared.udp.as_raw_fd(), -1) {
             Ok(Wake::Stop) => return,
@@ -206,10 +210,19 @@ pub(super) fn rx_loop(shared: &Shared) {
             let table = shared.peers.read().expect("peer table lock poisoned");
             for i in 0..n {
                 let Some((message, from, size)) = batch.get(i) else {
+                    // A sender address that is not IPv4 or IPv6: cannot
+                    // happen on a UDP socket, but counted if it does.
+                    tally.count(dropped(&shared.drops, DropReason::Malformed));
                     continue;
                 };
+                if message.is_empty() {
+                    // `chunks` yields nothing for it: a zero-length datagram
+                    // is still one datagram.
+                    tally.count(dropped(&shared.drops, DropReason::Empty));
+                    continue;
+                }
                 for datagram in message.chunks(size) {
-                    receive_one(
+                    tally.count(receive_one(
                         shared,
                         &table,
                         datagram,
@@ -218,10 +231,11 @@ pub(super) fn rx_loop(shared: &Shared) {
                         &mut cookie,
                         &mut gro,
                         &mut sink,
-                    );
+                    ));
                 }
             }
             gro.flush(&mut sink);
+            tally.flush(&shared.arrivals);
         }
     }
 }
@@ -240,6 +254,14 @@ impl PacketSink for TunSink<'_> {
     }
 }
 
+/// Counts a drop on `counters` (the peer's or the device's) and says so.
+#[inline]
+fn dropped(counters: &DropCounters, reason: DropReason) -> Arrival {
+    counters.add(reason, 1);
+    Arrival::Dropped(reason)
+}
+
+/// Takes one datagram as far as it goes; says what became of it.
 #[inline]
 #[allow(clippy::too_many_arguments)]
 fn receive_one(
@@ -251,16 +273,16 @@ fn receive_one(
     cookie: &mut [u8; COOKIE_REPLY_LEN],
     gro: &mut Coalescer,
     sink: &mut TunSink,
-) {
+) -> Arrival {
     let message = match WireMessage::classify(datagram) {
         Ok(m) => m,
-        Err(_) => {
-            shared.drops.add(DropReason::Malformed, 1);
-            return;
-        }
+        Err(PacketError::Empty) => return dropped(&shared.drops, DropReason::Empty),
+        Err(_) => return dropped(&shared.drops, DropReason::Malformed),
     };
-    if message.is_handshake() && !admit(shared, datagram, from, cookie) {
-        return;
+    if message.is_handshake() {
+        if let Some(refused) = admit(shared, datagram, from, cookie) {
+            return refused;
+        }
     }
     let peer = match message {
         WireMessage::HandshakeInitiation { .. } => {
@@ -271,20 +293,14 @@ fn receive_one(
                 .and_then(|key| table.by_key.get(&key))
             {
                 Some(p) => p,
-                None => {
-                    shared.drops.add(DropReason::UnknownKey, 1);
-                    return;
-                }
+                None => return dropped(&shared.drops, DropReason::UnknownKey),
             }
         }
         WireMessage::HandshakeResponse { receiver, .. }
         | WireMessage::CookieReply { receiver }
         | WireMessage::Data { receiver, .. } => match table.by_index(receiver) {
             Some(p) => p,
-            None => {
-                shared.drops.add(DropReason::UnknownIndex, 1);
-                return;
-            }
+            None => return dropped(&shared.drops, DropReason::UnknownIndex),
         },
     };
     let mut state = peer.state.lock().expect("peer state lock poisoned");
@@ -293,7 +309,7 @@ fn receive_one(
             // Authenticated data: the peer is where it came from (roaming).
             state.endpoint = Some(from);
             drop(state);
-            deliver(table, peer, packet, gro, sink);
+            deliver(table, peer, packet, gro, sink)
         }
         SessionOutput::ToNetwork(reply) => {
             // Our handshake response, or the keepalive that confirms theirs.
@@ -307,77 +323,79 @@ fn receive_one(
                 peer.counters.sent_message(queued);
                 send_one(shared, queued, from, &peer.counters.drops);
             }
+            Arrival::Control
         }
         SessionOutput::Done => {
             if matches!(message, WireMessage::Data { .. }) {
                 // An authenticated keepalive.
                 state.endpoint = Some(from);
             }
+            Arrival::Control
         }
         SessionOutput::Failed(e) => {
             drop(state);
-            count_failure(shared, peer, &message, e);
+            count_failure(shared, peer, &message, e)
         }
     }
 }
 
 /// The handshake guard: mac1, then the per-second budget with cookies.
+/// None when the handshake may go on; otherwise the drop it became.
 fn admit(
     shared: &Shared,
     datagram: &[u8],
     from: SocketAddr,
     cookie: &mut [u8; COOKIE_REPLY_LEN],
-) -> bool {
+) -> Option<Arrival> {
     match shared.guard.admit(from.ip(), datagram, cookie) {
-        Admission::Admit => true,
+        Admission::Admit => None,
         Admission::SendCookie(reply) => {
-            shared.drops.add(DropReason::RateLimited, 1);
             send_one(shared, reply, from, &shared.drops);
-            false
+            Some(dropped(&shared.drops, DropReason::RateLimited))
         }
-        Admission::Reject(e) => {
-            shared.drops.add(
-                match e {
-                    SessionError::Authentication => DropReason::Authentication,
-                    _ => DropReason::Malformed,
-                },
-                1,
-            );
-            false
-        }
+        Admission::Reject(e) => Some(dropped(
+            &shared.drops,
+            match e {
+                SessionError::Authentication => DropReason::Authentication,
+                _ => DropReason::Malformed,
+            },
+        )),
     }
 }
 
-fn count_failure(shared: &Shared, peer: &Peer, message: &WireMessage, e: SessionError) {
+fn count_failure(shared: &Shared, peer: &Peer, message: &WireMessage, e: SessionError) -> Arrival {
     let reason = match (message, e) {
         (WireMessage::HandshakeInitiation { .. } | WireMessage::HandshakeResponse { .. }, _) => {
             DropReason::HandshakeRejected
         }
         (_, e) => DropReason::from_session(e),
     };
-    peer.counters.drops.add(reason, 1);
     tracing::trace!(device = %shared.name, slot = peer.slot, "rx: {reason:?}: {e}");
+    dropped(&peer.counters.drops, reason)
 }
 
 /// Passes a decrypted packet on towards the TUN device if its inner source is
 /// one of the sending peer's allowed IPs.
 #[inline]
-fn deliver(table: &PeerTable, peer: &Peer, packet: &[u8], gro: &mut Coalescer, sink: &mut TunSink) {
+fn deliver(
+    table: &PeerTable,
+    peer: &Peer,
+    packet: &[u8],
+    gro: &mut Coalescer,
+    sink: &mut TunSink,
+) -> Arrival {
     let header = match IpHeader::parse(packet) {
         Ok(h) => h,
-        Err(_) => {
-            peer.counters.drops.add(DropReason::Malformed, 1);
-            return;
-        }
+        Err(_) => return dropped(&peer.counters.drops, DropReason::Malformed),
     };
     if table.allowed.lookup(header.source) != Some(peer.slot) {
-        peer.counters.drops.add(DropReason::DisallowedSource, 1);
-        return;
+        return dropped(&peer.counters.drops, DropReason::DisallowedSource);
     }
     // Trailing bytes past the IP length (none from a sane peer) stay out.
     let packet = &packet[..header.total_len];
     peer.counters.received(packet.len());
     gro.push(packet, sink);
+    Arrival::Delivered
 }
 
 /// Session timers every 100 ms; the handshake budget every second.

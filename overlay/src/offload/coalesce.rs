@@ -31,6 +31,7 @@ const UDP_MAX_SEGMENTS: usize = 64;
 
 /// Where a writer puts packets: a virtio-net header and the packet after it.
 pub trait PacketSink {
+    /// Takes one packet with its header; the writer has no use for it after.
     fn write_packet(&mut self, hdr: &VirtioNetHdr, packet: &[u8]);
 }
 

@@ -17,11 +17,17 @@ pub use segment::{largest_segment, segment, SegmentError};
 /// `struct virtio_net_hdr` (10 bytes, native endian for a TUN device).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct VirtioNetHdr {
+    /// `VIRTIO_NET_HDR_F_*` bits, e.g. [`VIRTIO_NET_HDR_F_NEEDS_CSUM`].
     pub flags: u8,
+    /// `VIRTIO_NET_HDR_GSO_*`: how the packet is to be cut, or NONE.
     pub gso_type: u8,
+    /// Bytes of headers (IP and transport) before the payload.
     pub hdr_len: u16,
+    /// Payload bytes per segment when cut (the MSS for TCP).
     pub gso_size: u16,
+    /// Where the checksum's coverage starts, from the packet's first byte.
     pub csum_start: u16,
+    /// Where, from `csum_start`, the checksum is stored.
     pub csum_offset: u16,
 }
 
@@ -30,13 +36,19 @@ pub const VNET_HDR_LEN: usize = 10;
 /// `flags`: the checksum from `csum_start` on is still to be computed and
 /// stored at `csum_start + csum_offset`.
 pub const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
+/// `gso_type`: a single packet, nothing to cut.
 pub const VIRTIO_NET_HDR_GSO_NONE: u8 = 0;
+/// `gso_type`: a TCP over IPv4 super-segment.
 pub const VIRTIO_NET_HDR_GSO_TCPV4: u8 = 1;
+/// `gso_type`: a TCP over IPv6 super-segment.
 pub const VIRTIO_NET_HDR_GSO_TCPV6: u8 = 4;
+/// `gso_type`: a UDP super-packet (USO), cut into datagrams of `gso_size`.
 pub const VIRTIO_NET_HDR_GSO_UDP_L4: u8 = 5;
+/// `gso_type` bit: the TCP segments carry ECN's CWR as the first one does.
 pub const VIRTIO_NET_HDR_GSO_ECN: u8 = 0x80;
 
 impl VirtioNetHdr {
+    /// Reads a header as the TUN device hands it over (native endian).
     pub fn parse(b: &[u8; VNET_HDR_LEN]) -> VirtioNetHdr {
         let u16_at = |i: usize| u16::from_ne_bytes([b[i], b[i + 1]]);
         VirtioNetHdr {
@@ -49,6 +61,7 @@ impl VirtioNetHdr {
         }
     }
 
+    /// The header's bytes as the TUN device takes them (native endian).
     pub fn to_bytes(self) -> [u8; VNET_HDR_LEN] {
         let mut b = [0u8; VNET_HDR_LEN];
         b[0] = self.flags;
@@ -61,7 +74,9 @@ impl VirtioNetHdr {
     }
 }
 
+/// IP protocol number of TCP.
 pub const IPPROTO_TCP: u8 = 6;
+/// IP protocol number of UDP.
 pub const IPPROTO_UDP: u8 = 17;
 
 /// Adds `data` to a running one's-complement sum (unfolded).

@@ -10,14 +10,26 @@ use super::{
     VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_HDR_GSO_UDP_L4,
 };
 
+/// Why a super-segment from the TUN device could not be cut.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SegmentError {
+    /// A `gso_type` the device was not told it may send.
     #[error("GSO type {0} is not one we offered")]
     UnknownType(u8),
+    /// The header's lengths do not fit the packet of `len` bytes.
     #[error("GSO header does not fit a packet of {len} bytes")]
-    BadHeader { len: usize },
+    BadHeader {
+        /// The packet's length in bytes.
+        len: usize,
+    },
+    /// A segment (`needed` bytes) larger than the scratch buffer (`have` bytes).
     #[error("segment of {needed} bytes does not fit the {have}-byte scratch buffer")]
-    ScratchTooSmall { needed: usize, have: usize },
+    ScratchTooSmall {
+        /// Bytes one segment needs.
+        needed: usize,
+        /// Bytes the scratch buffer holds.
+        have: usize,
+    },
 }
 
 const TCP_FIN: u8 = 0x01;

@@ -104,10 +104,12 @@ impl RecvBatch {
         }
     }
 
+    /// Messages the last `recv` received.
     pub fn len(&self) -> usize {
         self.count
     }
 
+    /// True when the last `recv` received nothing.
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }
@@ -176,7 +178,9 @@ pub struct SendBatch {
 /// How a flush went, in datagrams.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Flushed {
+    /// Datagrams the kernel took.
     pub sent: usize,
+    /// Datagrams it refused (counted as send failures).
     pub failed: usize,
 }
 
@@ -204,6 +208,7 @@ impl SendBatch {
         self.messages.len() < self.capacity && self.pos + len <= self.data.len()
     }
 
+    /// True when nothing waits to be sent.
     pub fn is_empty(&self) -> bool {
         self.messages.is_empty()
     }

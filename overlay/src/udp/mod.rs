@@ -24,19 +24,27 @@ const CMSG_BUF: usize = 32;
 mod batch;
 pub use batch::{Flushed, RecvBatch, SendBatch};
 
+/// Why the device's UDP socket could not be made or set up.
 #[derive(Debug, thiserror::Error)]
 pub enum UdpError {
+    /// socket(2) failed.
     #[error("create the UDP socket: {0}")]
     Socket(#[source] io::Error),
+    /// The port could not be bound.
     #[error("bind UDP port {port}: {source} (is another WireGuard listening there?)")]
     Bind {
+        /// The port asked for.
         port: u16,
+        /// bind(2)'s error.
         #[source]
         source: io::Error,
     },
+    /// A socket option could not be set.
     #[error("set {option} on the UDP socket: {source}")]
     Option {
+        /// The option, e.g. `SO_RCVBUF` or `UDP_GRO`.
         option: &'static str,
+        /// setsockopt(2)'s error.
         #[source]
         source: io::Error,
     },

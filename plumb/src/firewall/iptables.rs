@@ -422,10 +422,12 @@ fn network_restore(
 }
 
 impl Iptables {
+    /// The iptables backend for namespace `netns`; nothing is run until a call.
     pub fn new(netns: Netns) -> Iptables {
         Iptables { netns }
     }
 
+    /// The namespace this backend changes.
     pub fn netns(&self) -> &Netns {
         &self.netns
     }

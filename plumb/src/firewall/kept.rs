@@ -13,6 +13,13 @@
 //! the value so that the namespace's identity cannot pass to a new namespace
 //! while it is kept; at most one deleted namespace per keeper outlives its
 //! name, until the next call elsewhere.
+//!
+//! The keepers are process-wide statics (`KEPT` in nft_netlink.rs and
+//! libnft.rs), one per way of talking to nf_tables, not fields of a handle:
+//! the firewall functions take a namespace, a process usually changes one
+//! namespace over and over, and [`settle`] has to know at exit whether the
+//! process made any transaction at all. Each sits behind a mutex, which also
+//! makes the transactions of a process take turns.
 
 use std::os::fd::{AsFd, OwnedFd};
 

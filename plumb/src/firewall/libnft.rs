@@ -29,9 +29,19 @@ struct Library {
     run_buffer: unsafe extern "C" fn(*mut c_void, *const c_char) -> c_int,
 }
 
+/// libnftables, loaded once per process (or found missing once): loading is a
+/// `dlopen` that stays valid for the life of the process, set once and then
+/// only read.
 static LIBRARY: OnceLock<Option<Library>> = OnceLock::new();
 
 /// The context kept from the last call; its lock makes calls take turns.
+///
+/// Process-wide on purpose, like the netlink socket's (see
+/// `nft_netlink::KEPT`): the callers pass a namespace, not a handle, and the
+/// point is that every change in the process reuses one context (a context
+/// holds a netfilter socket whose close costs a grace period). A context is
+/// not safe to use from two threads, and the lock is what serialises it;
+/// [`super::kept::settle`] reads it at exit.
 static KEPT: Mutex<Option<Kept<Ctx>>> = Mutex::new(None);
 
 /// A libnftables context.

@@ -163,8 +163,11 @@ pub trait Firewall: Send + Sync {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
+    /// nftables: table `inet weft`, changed over netfilter netlink, libnftables
+    /// or the `nft` binary.
     #[default]
     Nftables,
+    /// `iptables-restore` and `ip6tables-restore`, for hosts without nft.
     Iptables,
 }
 

@@ -57,10 +57,12 @@ pub struct Nftables {
 }
 
 impl Nftables {
+    /// The nftables backend for namespace `netns`; nothing is run until a call.
     pub fn new(netns: Netns) -> Nftables {
         Nftables { netns }
     }
 
+    /// The namespace this backend changes.
     pub fn netns(&self) -> &Netns {
         &self.netns
     }

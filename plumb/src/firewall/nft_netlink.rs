@@ -98,6 +98,13 @@ pub(crate) enum Change {
 }
 
 /// The socket kept from the last call (see the module comment).
+///
+/// Process-wide on purpose: the callers are plain functions given a
+/// namespace, not a handle, and a daemon calls them from many tasks; one
+/// socket per process is what saves the close's grace period on every
+/// change, and [`super::kept::settle`] must know at exit whether any
+/// transaction was made anywhere in the process. The mutex also makes
+/// transactions take turns, so two batches never interleave on one socket.
 static KEPT: Mutex<Option<Kept<OwnedFd>>> = Mutex::new(None);
 
 /// Applies `changes` to table `inet <table>` in `netns` as one transaction.
@@ -290,6 +297,8 @@ fn transact(
 /// left over from an earlier call is never taken for this one's.
 fn sequence_base() -> u32 {
     use std::sync::atomic::{AtomicU32, Ordering};
+    // Process-wide because the kept socket is: any call may reuse the socket
+    // of an earlier one, so the ranges must not repeat across calls.
     static NEXT: AtomicU32 = AtomicU32::new(1);
     NEXT.fetch_add(1 << 16, Ordering::Relaxed)
 }

@@ -13,8 +13,11 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
+    /// TCP (IP protocol 6).
     Tcp,
+    /// UDP (IP protocol 17).
     Udp,
+    /// SCTP (IP protocol 132).
     Sctp,
 }
 
@@ -50,11 +53,14 @@ impl FromStr for Protocol {
 /// An inclusive range of ports, `start..=end`; a single port has `start == end`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct PortRange {
+    /// The first port.
     pub start: u16,
+    /// The last port (equal to `start` for one port).
     pub end: u16,
 }
 
 impl PortRange {
+    /// The range of one port.
     pub fn single(port: u16) -> PortRange {
         PortRange {
             start: port,
@@ -118,10 +124,13 @@ impl fmt::Display for PortRange {
 /// `127.0.0.1:8000-8002:80-82/udp`, `[fd00::1]:5353:53/udp`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PortSpec {
+    /// The transport protocol; TCP when the spec names none.
     pub protocol: Protocol,
     /// `None`: every local address of the container address's family.
     pub host_ip: Option<IpAddr>,
+    /// The host ports traffic arrives at.
     pub host_ports: PortRange,
+    /// The container ports it goes to: as many as the host ports.
     pub container_ports: PortRange,
 }
 
@@ -236,21 +245,31 @@ impl fmt::Display for PortSpec {
 /// `container_ip:container_ports`, port by port (8000→80, 8001→81, …).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct PublishedPort {
+    /// The transport protocol.
     pub protocol: Protocol,
+    /// The host address traffic must arrive at; `None`: any of the family.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_ip: Option<IpAddr>,
+    /// The host ports traffic arrives at.
     pub host_ports: PortRange,
+    /// The container's address.
     pub container_ip: IpAddr,
+    /// The container ports it goes to, as many as the host ports.
     pub container_ports: PortRange,
 }
 
 /// One host port forwarded to one container port: what a range expands to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PortForward {
+    /// The transport protocol.
     pub protocol: Protocol,
+    /// The host address traffic must arrive at; `None`: any of the family.
     pub host_ip: Option<IpAddr>,
+    /// The host port.
     pub host_port: u16,
+    /// The container's address.
     pub container_ip: IpAddr,
+    /// The container port.
     pub container_port: u16,
 }
 
@@ -291,6 +310,7 @@ impl PublishedPort {
         Ok(())
     }
 
+    /// True when the container's address, and so the rule's family, is IPv6.
     pub fn is_ipv6(&self) -> bool {
         self.container_ip.is_ipv6()
     }

@@ -30,11 +30,15 @@ pub const MAX_IFNAME_LEN: usize = 15;
 /// A link as the kernel holds it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Link {
+    /// The kernel's interface index (ifindex), unique in its namespace.
     pub index: u32,
+    /// The interface name (at most 15 bytes).
     pub name: String,
     /// "bridge", "veth", "macvlan", "vlan", "vxlan", …; None for plain devices.
     pub kind: Option<String>,
+    /// The hardware address; None for links without one.
     pub mac: Option<MacAddr>,
+    /// The MTU in bytes.
     pub mtu: u32,
     /// Administratively up (IFF_UP).
     pub up: bool,
@@ -44,9 +48,13 @@ pub struct Link {
     pub parent: Option<u32>,
     /// True when `parent` lives in another namespace (a veth peer, a moved macvlan).
     pub parent_elsewhere: bool,
+    /// The link's alias (IFLA_IFALIAS); plumb keeps its record there.
     pub alias: Option<String>,
+    /// The VLAN id of a VLAN link.
     pub vlan_id: Option<u16>,
+    /// The mode of a macvlan link.
     pub macvlan_mode: Option<MacvlanMode>,
+    /// The VNI of a VXLAN link.
     pub vxlan_id: Option<u32>,
 }
 
@@ -113,6 +121,7 @@ impl Link {
         }
     }
 
+    /// True when the link's kind is `kind` ("bridge", "veth", …).
     pub fn is_kind(&self, kind: &str) -> bool {
         self.kind.as_deref() == Some(kind)
     }
@@ -121,12 +130,17 @@ impl Link {
 /// Changes to an existing link; fields left `None` stay as they are.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct LinkChange {
+    /// Some(true): bring it up; Some(false): take it down.
     pub up: Option<bool>,
+    /// A new MTU in bytes.
     pub mtu: Option<u32>,
+    /// A new hardware address.
     pub mac: Option<MacAddr>,
+    /// A new name (at most 15 bytes).
     pub rename: Option<String>,
     /// Some(Some(i)) attaches to bridge i, Some(None) detaches.
     pub controller: Option<Option<u32>>,
+    /// A new alias (IFLA_IFALIAS).
     pub alias: Option<String>,
     /// Some(false): no IPv6 link-local address on this link
     /// (IFLA_INET6_ADDR_GEN_MODE none); Some(true): the default (EUI-64).
@@ -238,6 +252,7 @@ impl Netlink {
         }
     }
 
+    /// The link with this index, or None when there is none.
     pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
         Ok(self.links().await?.into_iter().find(|l| l.index == index))
     }
@@ -335,6 +350,8 @@ impl Netlink {
         self.request_ack(message, NLM_F_ACK, target).await
     }
 
+    /// Brings link `name` up (IFF_UP). Errors with [`Error::NotFound`] when
+    /// there is no such link.
     pub async fn set_up(&self, name: &str) -> Result<()> {
         self.set_link(
             name,
@@ -516,8 +533,11 @@ fn describe_change(change: &LinkChange) -> String {
 /// What every created link may be given besides its kind's own settings.
 #[derive(Debug, Default, Clone)]
 pub struct LinkOptions {
+    /// The MTU in bytes; the kernel's default for the kind when None.
     pub mtu: Option<u32>,
+    /// The hardware address; the kernel picks a random one when None.
     pub mac: Option<MacAddr>,
+    /// Bring it up once made.
     pub up: bool,
     /// Free text kept by the kernel (IFLA_IFALIAS); plumb records what it made there.
     pub alias: Option<String>,

@@ -26,6 +26,8 @@ pub struct VxlanSpec {
 }
 
 impl Netlink {
+    /// Creates VXLAN link `name` as `spec` says. Errors when the name is taken
+    /// or the kernel lacks the vxlan module ([`Error::Unsupported`]).
     pub async fn add_vxlan(&self, name: &str, spec: &VxlanSpec, opts: &LinkOptions) -> Result<()> {
         if spec.vni >= 1 << 24 {
             return Err(Error::invalid(

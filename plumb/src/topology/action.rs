@@ -15,6 +15,7 @@ use crate::route::Route;
 pub struct Place {
     /// None for the host namespace.
     pub guest: Option<String>,
+    /// The link's name in that namespace.
     pub link: String,
 }
 
@@ -47,7 +48,9 @@ impl fmt::Display for Place {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WireKind {
+    /// A veth pair: the host link is a bridge.
     Veth,
+    /// A macvlan on the host link (any link that is not a bridge).
     Macvlan,
 }
 
@@ -66,63 +69,95 @@ impl fmt::Display for WireKind {
 pub enum Action {
     /// An interface this topology made that the file no longer names.
     RemoveInterface {
+        /// The guest it is in.
         guest: String,
+        /// The interface's name in the guest.
         interface: String,
     },
     /// A namespace this topology created that the file no longer names.
     RemoveNamespace {
+        /// The namespace's name in /run/netns.
         name: String,
     },
+    /// A static route this topology added that the file no longer names.
     RemoveRoute {
+        /// The guest it is in.
         guest: String,
+        /// The route.
         route: Route,
     },
+    /// An address on a link this topology made that the file no longer names.
     RemoveAddress {
+        /// The link.
         place: Place,
+        /// The address with its prefix length.
         address: IpNetwork,
     },
     /// A bridge this topology made, not in the file, with no ports left.
     RemoveBridge {
+        /// The bridge's name.
         name: String,
     },
+    /// A bridge the file names that does not exist.
     CreateBridge {
+        /// The bridge's name.
         name: String,
+        /// Its MTU; the kernel's default when None.
         mtu: Option<u32>,
     },
     /// Takes over a bridge `plumb` wiring made on demand, so that unwiring
     /// its last port no longer deletes it.
     MarkBridge {
+        /// The bridge's name.
         name: String,
     },
+    /// A bridge whose MTU differs from the file's.
     SetBridgeMtu {
+        /// The bridge's name.
         name: String,
+        /// The MTU the file asks for.
         mtu: u32,
     },
+    /// A link that is down.
     BringUp {
+        /// The link.
         place: Place,
     },
+    /// An address the file names that the link lacks.
     AddAddress {
+        /// The link.
         place: Place,
+        /// The address with its prefix length.
         address: IpNetwork,
     },
+    /// A guest namespace the file names that does not exist.
     CreateNamespace {
+        /// The namespace's name in /run/netns.
         name: String,
     },
     /// Wires an interface; `replaces` says why an existing one is re-wired.
     Wire {
+        /// The guest to wire.
         guest: String,
+        /// The interface as the file describes it.
         interface: Interface,
+        /// veth or macvlan, from the host link.
         wiring: WireKind,
+        /// Why an existing interface of that name is replaced; None for a new one.
         replaces: Option<String>,
     },
     /// Takes over an interface `plumb` wiring made that matches the file.
     MarkInterface {
+        /// The guest it is in.
         guest: String,
+        /// The interface's name in the guest.
         interface: String,
     },
     /// Adds a route, or replaces one of the same destination and metric.
     AddRoute {
+        /// The guest it goes in.
         guest: String,
+        /// The route.
         route: Route,
     },
 }

@@ -20,7 +20,9 @@ use crate::Netlink;
 /// What `plumb apply` did (or, in a dry run, would do).
 #[derive(Debug, Clone, Serialize)]
 pub struct Outcome {
+    /// The topology's name.
     pub topology: String,
+    /// True when nothing was changed (`--dry-run`).
     pub dry_run: bool,
     /// Every planned action, in order.
     pub actions: Vec<ActionReport>,
@@ -30,15 +32,20 @@ pub struct Outcome {
     pub error: Option<String>,
 }
 
+/// One action of a run: what it is, and whether it was carried out.
 #[derive(Debug, Clone, Serialize)]
 pub struct ActionReport {
+    /// The action in words, as the dry run prints it.
     pub description: String,
+    /// True once it was carried out.
     pub done: bool,
+    /// The action itself (its fields flattened into the JSON).
     #[serde(flatten)]
     pub action: Action,
 }
 
 impl Outcome {
+    /// The report of `plan` before any action ran: nothing done, no error.
     pub fn new(plan: &Plan, dry_run: bool) -> Outcome {
         Outcome {
             topology: plan.topology.clone(),

@@ -39,6 +39,7 @@ pub use plan::{plan, Plan};
 
 /// The record key saying which tool made an object, and its value for apply.
 pub const MADE_BY_KEY: &str = "by";
+/// The value of [`MADE_BY_KEY`] on what `plumb apply` made.
 pub const MADE_BY_APPLY: &str = "apply";
 /// The record key naming the topology that made an object.
 pub const TOPOLOGY_KEY: &str = "topology";
@@ -53,38 +54,54 @@ pub struct Topology {
     /// Scopes `--prune`: only objects marked with this name are removed. The
     /// file's `name` key, or its file name without `.toml`.
     pub name: String,
+    /// The bridges, in file order.
     pub bridges: Vec<Bridge>,
+    /// The guests, in file order.
     pub guests: Vec<Guest>,
 }
 
 /// A bridge in the namespace plumb runs in (the host).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Bridge {
+    /// The bridge's name.
     pub name: String,
+    /// Addresses the bridge itself holds (the guests' gateway, typically).
     pub addresses: Vec<IpNetwork>,
+    /// Its MTU; the kernel's default when None.
     pub mtu: Option<u32>,
 }
 
 /// A guest: a named namespace in /run/netns, created when missing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Guest {
+    /// The namespace's name in /run/netns.
     pub name: String,
+    /// Its interfaces, in file order.
     pub interfaces: Vec<Interface>,
+    /// Its static routes, besides the default routes its gateways make.
     pub routes: Vec<GuestRoute>,
 }
 
 /// One interface of a guest, wired as `plumb HOST GUEST …` would.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Interface {
+    /// The interface's name in the guest.
     pub name: String,
     /// A bridge (the guest gets a veth) or any other host link (a macvlan).
     pub host: String,
+    /// Its addresses with their prefix lengths.
     pub addresses: Vec<IpNetwork>,
+    /// The IPv4 default gateway over this interface.
     pub gateway: Option<Ipv4Addr>,
+    /// The IPv6 default gateway over this interface.
     pub gateway6: Option<Ipv6Addr>,
+    /// Its MAC; the kernel picks one when None.
     pub mac: Option<MacAddr>,
+    /// A VLAN of the host link to put a macvlan on.
     pub vlan: Option<u16>,
+    /// The macvlan mode; bridge when None.
     pub mode: Option<MacvlanMode>,
+    /// Its MTU; the host link's when None.
     pub mtu: Option<u32>,
 }
 
@@ -110,12 +127,16 @@ impl Interface {
 pub struct GuestRoute {
     /// The destination; a /0 is the default route of its family.
     pub to: IpNetwork,
+    /// The next hop.
     pub via: Option<IpAddr>,
+    /// The guest's interface it leaves by.
     pub dev: Option<String>,
+    /// Its priority (lower wins).
     pub metric: Option<u32>,
 }
 
 impl GuestRoute {
+    /// The route as plumb adds it (a /0 destination becomes the default route).
     pub fn to_route(&self) -> Route {
         Route {
             destination: (self.to.prefix() != 0).then_some(self.to),
@@ -153,10 +174,12 @@ impl Topology {
         out
     }
 
+    /// The guest of this name, if the file has one.
     pub fn guest(&self, name: &str) -> Option<&Guest> {
         self.guests.iter().find(|g| g.name == name)
     }
 
+    /// The bridge of this name, if the file has one.
     pub fn bridge(&self, name: &str) -> Option<&Bridge> {
         self.bridges.iter().find(|b| b.name == name)
     }
@@ -174,6 +197,7 @@ pub enum Maker {
 }
 
 impl Maker {
+    /// Who made a link with this alias.
     pub fn of_alias(alias: Option<&str>) -> Maker {
         let Some(record) = alias.and_then(Record::parse) else {
             return Maker::Other;
@@ -184,6 +208,7 @@ impl Maker {
         }
     }
 
+    /// True when made by `plumb apply` for the topology `name`.
     pub fn is_topology(&self, name: &str) -> bool {
         matches!(self, Maker::Topology(n) if n == name)
     }
@@ -192,9 +217,12 @@ impl Maker {
 /// Errors of reading, planning and applying a topology.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The file could not be read.
     #[error("read topology {path}: {source}")]
     Read {
+        /// The file's path.
         path: String,
+        /// The read error.
         #[source]
         source: std::io::Error,
     },
@@ -202,22 +230,37 @@ pub enum Error {
     /// The TOML itself is malformed or has an unknown key; toml's message
     /// names the line and the key.
     #[error("topology {path}: {message}")]
-    Syntax { path: String, message: String },
+    Syntax {
+        /// The file's path.
+        path: String,
+        /// toml's message, with the line and the key.
+        message: String,
+    },
 
     /// The file is well-formed but says impossible things.
     #[error("topology {path} has {} problem(s):\n  - {}", .problems.len(), .problems.join("\n  - "))]
-    Invalid { path: String, problems: Vec<String> },
+    Invalid {
+        /// The file's path.
+        path: String,
+        /// Every problem found, one sentence each, with its line.
+        problems: Vec<String>,
+    },
 
     /// The file conflicts with what the kernel holds; nothing was changed.
     #[error("topology {topology} cannot be applied, nothing was changed:\n  - {}", .problems.join("\n  - "))]
     Conflicts {
+        /// The topology's name.
         topology: String,
+        /// Each conflict, one sentence each.
         problems: Vec<String>,
     },
 
+    /// Reading the kernel's state failed; nothing was changed.
     #[error("observe the kernel for topology {topology}: {source}")]
     Observe {
+        /// The topology's name.
         topology: String,
+        /// What plumb said.
         #[source]
         source: Box<crate::Error>,
     },
@@ -225,14 +268,21 @@ pub enum Error {
     /// An action failed; the ones before it were applied, none after it.
     #[error("topology {topology}: action {number} of {total} failed ({action}); {done} applied before it")]
     Action {
+        /// The topology's name.
         topology: String,
+        /// The failed action's position, from 1.
         number: usize,
+        /// Actions in the plan.
         total: usize,
+        /// Actions carried out before it.
         done: usize,
+        /// The failed action in words.
         action: String,
+        /// What plumb said.
         #[source]
         source: Box<crate::Error>,
     },
 }
 
+/// A result with the topology [`Error`] by default.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

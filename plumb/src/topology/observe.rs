@@ -33,9 +33,11 @@ pub struct Observed {
 /// One namespace's links, addresses and main-table routes.
 #[derive(Debug, Clone, Default)]
 pub struct NamespaceState {
+    /// Its links.
     pub links: Vec<Link>,
     /// Addresses by link index, link-local ones left out.
     pub addresses: Vec<(u32, IpNetwork)>,
+    /// Its routes in the main table.
     pub routes: Vec<ObservedRoute>,
 }
 
@@ -43,15 +45,19 @@ pub struct NamespaceState {
 /// opposed to the kernel's own prefix routes or a DHCP client's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObservedRoute {
+    /// The route.
     pub route: Route,
+    /// True for protocol static (made by a tool such as plumb, not the kernel).
     pub is_static: bool,
 }
 
 impl NamespaceState {
+    /// The link of this name, if the namespace has one.
     pub fn link(&self, name: &str) -> Option<&Link> {
         self.links.iter().find(|l| l.name == name)
     }
 
+    /// The addresses on `link` (link-local ones left out).
     pub fn addresses_of(&self, link: &Link) -> Vec<IpNetwork> {
         self.addresses
             .iter()

@@ -23,11 +23,14 @@ use crate::wire::Record;
 /// The actions that make the kernel match a topology.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Plan {
+    /// The topology's name.
     pub topology: String,
+    /// The actions, in the order they must run (removals first).
     pub actions: Vec<Action>,
 }
 
 impl Plan {
+    /// True when the kernel already matches the file.
     pub fn is_empty(&self) -> bool {
         self.actions.is_empty()
     }

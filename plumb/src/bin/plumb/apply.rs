@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::topology::{self, Outcome};
-use crate::Netlink;
+use plumb::topology::{self, Outcome};
+use plumb::Netlink;
 
 #[derive(Args, Debug)]
 pub struct ApplyArgs {

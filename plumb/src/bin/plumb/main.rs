@@ -1,4 +1,7 @@
-//! The `plumb` command line: pipework's syntax, and more.
+//! The `plumb` command line: pipework's syntax, and more. The argument
+//! parser, the logging setup and the topology files live here, in the binary,
+//! so that crates using plumb as a library do not compile clap, toml or
+//! tracing-subscriber (the `cli` feature, on by default, brings them in).
 
 mod apply;
 mod args;
@@ -8,9 +11,9 @@ use std::io::Write;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::route::RouteVerb;
-use crate::wire::{self, WireSpec};
-use crate::{MacvlanMode, Netlink, Route};
+use plumb::route::RouteVerb;
+use plumb::wire::{self, WireSpec};
+use plumb::{MacvlanMode, Netlink, Route};
 
 const AFTER_HELP: &str = "\
 The first form is pipework's: `plumb br1 web1 10.0.5.2/24@10.0.5.1` puts container web1
@@ -135,12 +138,16 @@ fn with_default_command(args: Vec<String>) -> Vec<String> {
     args
 }
 
+fn main() {
+    std::process::exit(run_cli());
+}
+
 /// Runs the CLI; returns the process exit code.
-pub fn main() -> i32 {
-    if std::env::var_os(crate::dhcp::SCRIPT_ENV).is_some() {
+fn run_cli() -> i32 {
+    if std::env::var_os(plumb::dhcp::SCRIPT_ENV).is_some() {
         // Started by udhcpc as its event script, inside the guest.
         let event = std::env::args().nth(1).unwrap_or_default();
-        return match crate::dhcp::run_script(&event) {
+        return match plumb::dhcp::run_script(&event) {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("plumb (dhcp script): {e}");
@@ -200,7 +207,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             };
             let wiring = wire::wire(&host, &spec).await?;
             if parsed.dhcp {
-                if let Err(e) = crate::dhcp::acquire(&guest, &spec.guest_if, parsed.dhcp_v6) {
+                if let Err(e) = plumb::dhcp::acquire(&guest, &spec.guest_if, parsed.dhcp_v6) {
                     let _ = wire::unwire(&host, &guest, Some(&spec.guest_if)).await;
                     return Err(e.into());
                 }

@@ -2,8 +2,8 @@
 
 use std::process::Command;
 
-use crate::error::{Error, Result};
-use crate::netns::Netns;
+use plumb::error::{Error, Result};
+use plumb::netns::Netns;
 
 /// A namespace name, path or PID; failing that, a podman or docker container.
 pub fn resolve(spec: &str) -> Result<Netns> {

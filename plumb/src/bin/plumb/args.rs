@@ -4,10 +4,10 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
-use crate::addr::parse_cidr;
-use crate::error::{Error, Result};
-use crate::link::validate_vlan_id;
-use crate::mac::MacAddr;
+use plumb::addr::parse_cidr;
+use plumb::error::{Error, Result};
+use plumb::link::validate_vlan_id;
+use plumb::mac::MacAddr;
 
 #[derive(Debug, Default, PartialEq)]
 pub struct Positional {

@@ -1,0 +1,48 @@
+//! Overlay devices inside simulated hosts, for the overlay integration tests.
+
+#![allow(dead_code)] // each test file uses a different part of this module
+
+use overlay::session::{HandshakeGuard, SessionOutput};
+use overlay::{Device, DeviceConfig, NoiseSession, PeerConfig, PeerSession, PrivateKey, PublicKey};
+use plumb::Netlink;
+use world::Host;
+
+/// A device with weft's defaults in `host`, its TUN link holding `cidr`.
+pub async fn device_on(host: &Host, cidr: &str) -> Device {
+    let device = Device::create(
+        &host.netns,
+        DeviceConfig::new(PrivateKey::generate().unwrap()),
+    )
+    .await
+    .unwrap();
+    let nl = Netlink::open(&host.netns).await.unwrap();
+    nl.add_address(device.name(), cidr.parse().unwrap(), false)
+        .await
+        .unwrap();
+    device
+}
+
+/// `device` in `host` as its peers configure it: its key, its endpoint on
+/// the fabric, and `allowed` (a prefix) as its allowed IPs.
+pub fn peer_of(device: &Device, host: &Host, allowed: &str) -> PeerConfig {
+    let mut p = PeerConfig::new(device.public_key());
+    p.endpoint = Some((host.ip_addr(), device.listen_port()).into());
+    p.allowed_ips = vec![allowed.parse().unwrap()];
+    p
+}
+
+/// `count` distinct, valid handshake initiations (right mac1) to `to` from a
+/// fresh key that no device knows.
+pub fn stranger_initiations(to: PublicKey, count: usize) -> Vec<Vec<u8>> {
+    let stranger = PrivateKey::generate().unwrap();
+    let guard = HandshakeGuard::new(&stranger, 10);
+    let mut session =
+        NoiseSession::new(&stranger, to, None, None, 1, guard.session_limiter()).unwrap();
+    let mut out = [0u8; 256];
+    (0..count)
+        .map(|_| match session.initiate_handshake(&mut out, true) {
+            SessionOutput::ToNetwork(m) => m.to_vec(),
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
