@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use overlay::{Device, DeviceConfig, PeerConfig, PrivateKey};
 use plumb::Netlink;
-use world::{root_or_skip, run_in, Host, World};
+use world::{require_root, run_in, Host, World};
 
 async fn device_on(host: &Host, cidr: &str) -> Device {
     let device = Device::create(
@@ -76,7 +76,7 @@ fn iperf(world: &World, server: &Host, server_ip: IpAddr, client: &Host, streams
 #[tokio::test]
 #[ignore = "a measurement: run with --release -- --ignored --nocapture"]
 async fn iperf3_over_the_fabric_and_over_the_overlay() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let a = world.host("a").await.unwrap();
     let b = world.host("b").await.unwrap();
