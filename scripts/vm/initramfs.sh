@@ -58,6 +58,11 @@ find_tools() {
 	local t
 	for t in ip ping nft; do add_tool "$t" 1; done
 	for t in bridge tc ss wg; do add_tool "$t" 0; done
+	# netd's iptables backend (iptables-nft: rules in nf_tables, with
+	# extensions the xtables plugins below describe).
+	for t in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore; do
+		add_tool "$t" 1
+	done
 	for t in ${WEFT_VM_TOOLS:-}; do add_tool "$t" 1; done
 	busybox=$(command -v busybox) || die "busybox not found"
 	busybox_real=$(readlink -f "$busybox")
@@ -74,6 +79,7 @@ demand_modules="geneve ipip ip_gre ip6_gre sit ip6_tunnel nlmon br_netfilter
 	nft_log nft_numgen nft_hash nft_quota nft_connlimit nft_tproxy nft_socket
 	nft_dup_netdev nft_fwd_netdev nft_fib_netdev nft_queue nft_osf nft_synproxy
 	nft_compat nf_flow_table_inet nft_flow_offload nf_tables_bridge
+	xt_addrtype xt_conntrack xt_tcpudp xt_sctp xt_nat xt_MASQUERADE xt_comment xt_multiport
 	sch_netem sch_htb sch_tbf sch_fq_codel sch_ingress cls_bpf cls_u32
 	cls_flower cls_matchall act_mirred act_gact act_bpf"
 share_modules="virtio_pci 9pnet_virtio 9p"
@@ -150,6 +156,10 @@ build_base() { # $1: directory to fill; writes $1/base.cpio
 	for i in "${!tool_srcs[@]}"; do
 		put "${tool_srcs[$i]}" "${tool_dsts[$i]}"
 		put_libs "${tool_srcs[$i]}"
+	done
+	# iptables loads its extensions (libxt_*.so) with dlopen: ldd misses them.
+	for t in /usr/lib/*/xtables/*.so; do
+		if [[ -e $t ]]; then put "$t"; fi
 	done
 	# busybox for everything else. Its sh runs its own applets (e.g. its weak
 	# `ip`) before looking at PATH, so /bin/sh is the host's dash (Essential
