@@ -14,9 +14,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use netd_support::{default_args, eventually, Netd, TestDir};
-use world::{
-    require_root, run_in, sctp_available, sctp_part, sctp_via, tcp_via, udp_via, World,
-};
+use world::{require_root, run_in, sctp_available, sctp_part, sctp_via, tcp_via, udp_via, World};
 
 fn sa(text: &str) -> SocketAddr {
     text.parse().unwrap()
@@ -438,7 +436,14 @@ async fn the_nft_binary_and_text_fallbacks_publish_and_withdraw() {
     netd.attach(
         &c1.netns_name,
         "c1",
-        &["-p", "8080:80", "-p", "5353:53/udp", "-p", "9000-9001:90-91"],
+        &[
+            "-p",
+            "8080:80",
+            "-p",
+            "5353:53/udp",
+            "-p",
+            "9000-9001:90-91",
+        ],
     )
     .unwrap();
     tcp_via(&c1.netns, sa("0.0.0.0:80"), &b.netns, sa("198.18.0.1:8080")).unwrap();

@@ -15,9 +15,7 @@ use std::time::{Duration, Instant};
 
 use plumb::firewall::{BackendKind, NetworkRules, PublishedPort};
 use plumb::{LinkOptions, Netlink, Netns, Route};
-use world::{
-    require_root, run_in, sctp_part, sctp_via, tcp_via, udp_via, Container, Host, World,
-};
+use world::{require_root, run_in, sctp_part, sctp_via, tcp_via, udp_via, Container, Host, World};
 
 const BRIDGE: &str = "weft0";
 

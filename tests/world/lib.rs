@@ -370,7 +370,8 @@ impl Inner {
     /// Kills the processes this world started and removes its namespaces; on
     /// drop, and from the signal thread on SIGINT/SIGTERM. Idempotent.
     fn tear_down(&self) {
-        let children = std::mem::take(&mut *self.children.lock().unwrap_or_else(|e| e.into_inner()));
+        let children =
+            std::mem::take(&mut *self.children.lock().unwrap_or_else(|e| e.into_inner()));
         for mut child in children {
             // Only our own children, by PID, as the machine is shared.
             let _ = child.kill();
