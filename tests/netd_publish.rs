@@ -303,18 +303,30 @@ async fn the_iptables_backend_publishes_too() {
     assert!(tcp_via(&c1.netns, sa("0.0.0.0:80"), &b.netns, sa("198.18.0.1:8080")).is_err());
 }
 
-/// This machine's kernel has no SCTP, so the SCTP part of the first test is
-/// skipped here; scripts/vm-test runs this one in a VM with Debian's kernel.
-#[tokio::test]
-#[ignore = "needs SCTP: run by scripts/vm-test"]
-async fn vm_sctp_ports_are_published_like_tcp() {
-    require_root!();
+/// A world for the SCTP tests: netd on host a (`firewall_args` choose the
+/// backend) with c1 publishing SCTP 7000 and the range 7100-7101 → 7200-7201,
+/// and c2 beside it; every way in checked to reach c1.
+struct SctpPorts {
+    _world: World,
+    a: world::Host,
+    b: world::Host,
+    _dir: TestDir,
+    netd: Netd,
+    c1: world::Container,
+    c2: world::Container,
+}
+
+const SCTP_SERVED: &str = "0.0.0.0:7000";
+
+async fn sctp_ports_published(subnet: &str, firewall_args: &[&str]) -> SctpPorts {
     assert!(sctp_available(), "the VM's kernel should have SCTP");
     let world = World::new().await.unwrap();
     let a = world.host("a").await.unwrap();
     let b = world.host("b").await.unwrap();
     let dir = TestDir::new(&world).unwrap();
-    let netd = Netd::start(&world, &a, &dir.0, &default_args("10.66.12.0/24")).unwrap();
+    let mut args = default_args(subnet);
+    args.extend(firewall_args.iter().map(|a| a.to_string()));
+    let netd = Netd::start(&world, &a, &dir.0, &args).unwrap();
     let c1 = a.container("c1").unwrap();
     let c2 = a.container("c2").unwrap();
     netd.attach(
@@ -324,7 +336,7 @@ async fn vm_sctp_ports_are_published_like_tcp() {
     )
     .unwrap();
     netd.attach(&c2.netns_name, "c2", &[]).unwrap();
-    let served = sa("0.0.0.0:7000");
+    let served = sa(SCTP_SERVED);
 
     // From another host, from the host's localhost, from a neighbour and
     // from the container itself (hairpin), and the last port of a range.
@@ -339,6 +351,29 @@ async fn vm_sctp_ports_are_published_like_tcp() {
         sa("198.18.0.1:7101"),
     )
     .unwrap();
+    SctpPorts {
+        _world: world,
+        a,
+        b,
+        _dir: dir,
+        netd,
+        c1,
+        c2,
+    }
+}
+
+/// This machine's kernel has no SCTP, so the SCTP part of the first test is
+/// skipped here; scripts/vm-test runs this one in a VM with Debian's kernel.
+#[tokio::test]
+#[ignore = "needs SCTP: run by scripts/vm-test"]
+async fn vm_sctp_ports_are_published_like_tcp() {
+    require_root!();
+    let ports = sctp_ports_published("10.66.12.0/24", &[]).await;
+    // Bound by reference: the world and its files live as long as `ports`.
+    let SctpPorts {
+        a, b, netd, c1, c2, ..
+    } = &ports;
+    let served = sa(SCTP_SERVED);
 
     // TCP on the same number is a different port.
     netd.json(&["publish", "c2", "-p", "7000:7000/tcp"])
@@ -357,41 +392,15 @@ async fn vm_sctp_ports_are_published_like_tcp() {
     assert!(!sctp_7000(&table), "{table}");
 }
 
-/// The iptables backend's SCTP ports (WEFT-* chains, `-p sctp`): from
-/// another host, the host's localhost and a neighbour, a range's last port,
-/// withdrawn on unpublish. Needs SCTP: run by scripts/vm-test.
+/// The iptables backend's SCTP ports (WEFT-* chains, `-p sctp`), reached the
+/// same ways, and withdrawn on unpublish. Needs SCTP: run by scripts/vm-test.
 #[tokio::test]
 #[ignore = "needs SCTP: run by scripts/vm-test"]
 async fn vm_sctp_ports_are_published_by_the_iptables_backend() {
     require_root!();
-    assert!(sctp_available(), "the VM's kernel should have SCTP");
-    let world = World::new().await.unwrap();
-    let a = world.host("a").await.unwrap();
-    let b = world.host("b").await.unwrap();
-    let dir = TestDir::new(&world).unwrap();
-    let mut args = default_args("10.66.13.0/24");
-    args.extend(["--firewall".into(), "iptables".into()]);
-    let netd = Netd::start(&world, &a, &dir.0, &args).unwrap();
-    let c1 = a.container("c1").unwrap();
-    let c2 = a.container("c2").unwrap();
-    netd.attach(
-        &c1.netns_name,
-        "c1",
-        &["-p", "7000:7000/sctp", "-p", "7100-7101:7200-7201/sctp"],
-    )
-    .unwrap();
-    netd.attach(&c2.netns_name, "c2", &[]).unwrap();
-    let served = sa("0.0.0.0:7000");
-    sctp_via(&c1.netns, served, &b.netns, sa("198.18.0.1:7000")).unwrap();
-    sctp_via(&c1.netns, served, &a.netns, sa("127.0.0.1:7000")).unwrap();
-    sctp_via(&c1.netns, served, &c2.netns, sa("198.18.0.1:7000")).unwrap();
-    sctp_via(
-        &c1.netns,
-        sa("0.0.0.0:7201"),
-        &b.netns,
-        sa("198.18.0.1:7101"),
-    )
-    .unwrap();
+    let ports = sctp_ports_published("10.66.13.0/24", &["--firewall", "iptables"]).await;
+    // Bound by reference: the world and its files live as long as `ports`.
+    let SctpPorts { a, b, netd, c1, .. } = &ports;
     let nat = || {
         run_in(
             &a.netns,
@@ -409,7 +418,7 @@ async fn vm_sctp_ports_are_published_by_the_iptables_backend() {
     );
     netd.json(&["unpublish", "c1", "-p", "7000:7000/sctp"])
         .unwrap();
-    assert!(sctp_via(&c1.netns, served, &b.netns, sa("198.18.0.1:7000")).is_err());
+    assert!(sctp_via(&c1.netns, sa(SCTP_SERVED), &b.netns, sa("198.18.0.1:7000")).is_err());
     let rules = nat();
     assert!(!rules.contains("--dport 7000 "), "{rules}");
 }
