@@ -7,7 +7,7 @@ mod cni;
 
 use anyhow::{ensure, Context, Result};
 use serde_json::json;
-use world::{ip_json, root_or_skip, run_in, Host, World};
+use world::{ip_json, require_root, run_in, Host, World};
 
 use cni::{Call, Ctx, Scratch};
 
@@ -113,7 +113,7 @@ fn refused(ctx: &Ctx, c: &world::Container, call: &Call, code: u64, naming: &[&s
 
 #[tokio::test]
 async fn missing_environment_variables_are_code_4_naming_them() {
-    root_or_skip!();
+    require_root!();
     let subject = subject();
     let (ctx, c) = ctx(&subject).await.unwrap();
     let config = ctx.config("1.1.0");
@@ -134,7 +134,7 @@ async fn missing_environment_variables_are_code_4_naming_them() {
 
 #[tokio::test]
 async fn unsupported_version_malformed_json_and_unknown_fields() {
-    root_or_skip!();
+    require_root!();
     let subject = subject();
     let (ctx, c) = ctx(&subject).await.unwrap();
     for v in ["0.2.0", "1.2.0", "2.0.0"] {
@@ -159,7 +159,7 @@ async fn unsupported_version_malformed_json_and_unknown_fields() {
 
 #[tokio::test]
 async fn a_bridge_name_over_15_bytes_is_code_7() {
-    root_or_skip!();
+    require_root!();
     let subject = subject();
     let (ctx, c) = ctx(&subject).await.unwrap();
     let mut config = ctx.config("1.0.0");
@@ -172,7 +172,7 @@ async fn a_bridge_name_over_15_bytes_is_code_7() {
 /// around it) would shadow the host's own traffic.
 #[tokio::test]
 async fn a_subnet_overlapping_the_hosts_is_code_7_naming_both() {
-    root_or_skip!();
+    require_root!();
     let subject = subject();
     let (ctx, c) = ctx(&subject).await.unwrap();
     let host_addr = format!("{}/15", ctx.host.ip);
@@ -215,7 +215,7 @@ fn ensure_no_host_local_reservation(ctx: &Ctx) -> Result<()> {
 
 #[tokio::test]
 async fn a_netns_that_does_not_exist_is_code_4() {
-    root_or_skip!();
+    require_root!();
     let subject = subject();
     let (ctx, c) = ctx(&subject).await.unwrap();
     let missing = format!("/run/netns/{}-gone", ctx.world.prefix());

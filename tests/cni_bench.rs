@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
-use world::{root_or_skip, tcp_via, Container, Host, World};
+use world::{require_root, tcp_via, Container, Host, World};
 
 use cni::{Reply, Scratch};
 use runtime_support::{run_with_stdin, weft_dir, Podman, IMAGE};
@@ -385,7 +385,7 @@ async fn podman_runs(runs: usize) -> Result<Vec<(String, Duration)>> {
 #[tokio::test]
 #[ignore = "benchmark: scripts/bench-cni runs it"]
 async fn bench_cni() {
-    root_or_skip!();
+    require_root!();
     let n = count("BENCH_CNI_CONTAINERS", 50).clamp(1, 500);
     let runs = count("BENCH_CNI_PODMAN_RUNS", 10).clamp(1, 100);
     let plugin = weft_dir().join("weft");

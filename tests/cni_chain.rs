@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Value};
-use world::{ip_json, root_or_skip, run_in, tcp_via, Container, Host, World};
+use world::{ip_json, require_root, run_in, tcp_via, Container, Host, World};
 
 use cni::{exec_in, Call, Reply, Scratch};
 
@@ -177,7 +177,7 @@ fn portmap_rules(host: &Host) -> Result<String> {
 
 #[tokio::test]
 async fn weft_then_portmap_tuning_bandwidth_firewall() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let a = world.host("a").await.unwrap();
     let b = world.host("b").await.unwrap();
@@ -284,7 +284,7 @@ async fn weft_then_portmap_tuning_bandwidth_firewall() {
 
 #[tokio::test]
 async fn weft_with_host_local_ipam_and_portmap() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let a = world.host("a").await.unwrap();
     let b = world.host("b").await.unwrap();

@@ -8,7 +8,7 @@ mod cni;
 use std::time::Duration;
 
 use serde_json::json;
-use world::{root_or_skip, run_in, World};
+use world::{require_root, run_in, World};
 
 use cni::{Ctx, Scratch};
 
@@ -39,7 +39,7 @@ fn sh(ctx: &Ctx, netns: &plumb::Netns, program: &str, args: &[&str]) {
 
 #[tokio::test]
 async fn check_fails_when_the_firewall_rules_or_the_default_route_are_gone() {
-    root_or_skip!();
+    require_root!();
     for subject in [cni::weft_builtin(plugin()), cni::weft(plugin())] {
         let ctx = ctx(&subject).await;
         let mut config = ctx.config("1.0.0");

@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use serde_json::{json, Value};
-use world::{root_or_skip, tcp_via, NetdHost, World};
+use world::{require_root, tcp_via, NetdHost, World};
 
 use cni::{exec_in, Call};
 
@@ -53,7 +53,7 @@ fn add(netd: &NetdHost, c: &world::Container) -> (Value, IpAddr) {
 
 #[tokio::test]
 async fn containers_added_by_cni_on_two_hosts_reach_each_other_over_the_overlay() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let dir = Dir(std::env::temp_dir().join(format!("weft-cni-cluster-{}", world.prefix())));
     let mut netds = Vec::new();

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use cni::{run_suite, Outcome};
-use world::root_or_skip;
+use world::require_root;
 
 /// How the reference plugins (containernetworking-plugins 1.1.1, Debian 12)
 /// deviate from SPEC.md 1.1.0, check by check.
@@ -79,7 +79,7 @@ fn report(subject: &str, outcomes: &[Outcome], deviations: &[(&str, &str)]) -> V
 
 #[tokio::test]
 async fn reference_bridge_plugin_against_the_spec() {
-    root_or_skip!();
+    require_root!();
     let subject = cni::reference_bridge();
     assert!(
         subject.plugin.exists(),
@@ -107,14 +107,14 @@ fn weft_binary() -> PathBuf {
 /// weft (standalone mode, host-local IPAM) against every check.
 #[tokio::test]
 async fn weft_against_the_spec() {
-    root_or_skip!();
+    require_root!();
     weft_subject_passes(cni::weft(weft_plugin())).await;
 }
 
 /// weft with its built-in IPAM against every check.
 #[tokio::test]
 async fn weft_builtin_ipam_against_the_spec() {
-    root_or_skip!();
+    require_root!();
     weft_subject_passes(cni::weft_builtin(weft_plugin())).await;
 }
 

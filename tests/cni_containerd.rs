@@ -13,7 +13,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
 use serde_json::json;
-use world::{root_or_skip, World};
+use world::{require_root, World};
 
 use cni::Scratch;
 use runtime_support::{Containerd, Podman, IMAGE};
@@ -22,7 +22,7 @@ const LONG: Duration = Duration::from_secs(120);
 
 #[tokio::test]
 async fn ctr_run_cni_on_a_weft_network_reaches_another_host() {
-    root_or_skip!();
+    require_root!();
     assert!(
         std::path::Path::new("/usr/bin/containerd").exists(),
         "containerd missing: scripts/install-deps --test"

@@ -11,7 +11,7 @@ mod netd_support;
 use std::net::{IpAddr, SocketAddr};
 
 use serde_json::{json, Value};
-use world::{root_or_skip, tcp_exchange, tcp_via, World};
+use world::{require_root, tcp_exchange, tcp_via, World};
 
 use cni::{exec_in, Call, Reply};
 use netd_support::{Netd, TestDir};
@@ -42,7 +42,7 @@ fn daemon_endpoints(netd: &Netd) -> Vec<String> {
 
 #[tokio::test]
 async fn auto_mode_uses_the_daemon_for_add_check_gc_and_del() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let a = world.host("a").await.unwrap();
     let b = world.host("b").await.unwrap();
@@ -173,7 +173,7 @@ async fn auto_mode_uses_the_daemon_for_add_check_gc_and_del() {
 
 #[tokio::test]
 async fn daemon_mode_without_a_daemon_and_with_another_bridge() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let a = world.host("a").await.unwrap();
     let dir = TestDir::new(&world).unwrap();

@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use world::{root_or_skip, World};
+use world::{require_root, World};
 
 use cni::Scratch;
 use runtime_support::{tcp_echo, Podman, IMAGE};
@@ -39,7 +39,7 @@ fn state_endpoints(state: &std::path::Path) -> Vec<String> {
 
 #[tokio::test]
 async fn podman_containers_on_a_weft_network_reach_each_other_and_a_published_port() {
-    root_or_skip!();
+    require_root!();
     assert!(
         std::path::Path::new("/usr/bin/podman").exists(),
         "podman missing: scripts/install-deps --test"

@@ -8,7 +8,7 @@ mod cni;
 use std::net::SocketAddr;
 
 use serde_json::{json, Value};
-use world::{root_or_skip, tcp_via, World};
+use world::{require_root, tcp_via, World};
 
 use cni::{exec_in, Call, Scratch};
 
@@ -34,7 +34,7 @@ fn address(result: &Value) -> std::net::IpAddr {
 
 #[tokio::test]
 async fn two_networks_on_one_host_keep_each_others_rules_and_ports() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let a = world.host("a").await.unwrap();
     let b = world.host("b").await.unwrap();

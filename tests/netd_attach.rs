@@ -12,11 +12,11 @@ use std::time::Duration;
 use netd_support::{
     addresses, default_args, eventually, links_with_prefix, result_ip, Netd, TestDir,
 };
-use world::{ip_json, ping, ping6, root_or_skip, tcp_exchange, World};
+use world::{ip_json, ping, ping6, require_root, tcp_exchange, World};
 
 #[tokio::test]
 async fn two_containers_reach_each_other_and_the_gateway_and_detach_leaves_nothing() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let host = world.host("a").await.unwrap();
     let dir = TestDir::new(&world).unwrap();
@@ -132,7 +132,7 @@ async fn two_containers_reach_each_other_and_the_gateway_and_detach_leaves_nothi
 /// container again at once waits for that instead of colliding with it.
 #[tokio::test]
 async fn reattaching_right_after_a_detach_waits_for_the_old_link() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let host = world.host("a").await.unwrap();
     let dir = TestDir::new(&world).unwrap();
@@ -174,7 +174,7 @@ async fn reattaching_right_after_a_detach_waits_for_the_old_link() {
 /// answered "already attached" here, right after a successful detach.
 #[tokio::test]
 async fn an_attach_colliding_with_a_detach_that_just_finished_goes_through() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let host = world.host("a").await.unwrap();
     let dir = TestDir::new(&world).unwrap();
@@ -203,7 +203,7 @@ async fn an_attach_colliding_with_a_detach_that_just_finished_goes_through() {
 /// route (on the first); detaching the first moves it to the second.
 #[tokio::test]
 async fn the_default_route_moves_to_a_second_interface_when_the_first_goes() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let host = world.host("a").await.unwrap();
     let dir = TestDir::new(&world).unwrap();
@@ -225,7 +225,7 @@ async fn the_default_route_moves_to_a_second_interface_when_the_first_goes() {
 
 #[tokio::test]
 async fn dual_stack_containers_get_both_families() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let host = world.host("a").await.unwrap();
     let dir = TestDir::new(&world).unwrap();
@@ -288,7 +288,7 @@ async fn dual_stack_containers_get_both_families() {
 
 #[tokio::test]
 async fn bad_input_is_refused_clearly_and_changes_nothing() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let host = world.host("a").await.unwrap();
     let dir = TestDir::new(&world).unwrap();
@@ -440,7 +440,7 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
 /// rolled back: no link, no address, no record, no reservation.
 #[tokio::test]
 async fn a_failed_attach_leaks_nothing() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let host = world.host("a").await.unwrap();
     let dir = TestDir::new(&world).unwrap();
@@ -481,7 +481,7 @@ fn assert_attach_left_nothing(netd: &Netd, host: &plumb::Netns, container: &plum
 /// a full bridge says so and what to do, and leaves nothing behind.
 #[tokio::test]
 async fn a_full_bridge_is_named_and_the_attach_leaves_nothing() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let host = world.host("a").await.unwrap();
     let dir = TestDir::new(&world).unwrap();

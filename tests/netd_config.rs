@@ -9,11 +9,11 @@ mod netd_support;
 use std::time::Duration;
 
 use netd_support::{addresses, links_with_prefix, result_ip, Netd, TestDir};
-use world::{ip_json, ping, root_or_skip, run_in, World};
+use world::{ip_json, ping, require_root, run_in, World};
 
 #[tokio::test]
 async fn file_then_environment_then_flags() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let host = world.host("a").await.unwrap();
     let dir = TestDir::new(&world).unwrap();
@@ -51,7 +51,7 @@ async fn file_then_environment_then_flags() {
 
 #[tokio::test]
 async fn netns_flag_manages_another_namespace() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let host = world.host("a").await.unwrap();
     let (_, control) = world.namespace("ctl").unwrap();
@@ -79,7 +79,7 @@ async fn netns_flag_manages_another_namespace() {
 
 #[tokio::test]
 async fn a_client_without_a_daemon_says_what_to_do() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let host = world.host("a").await.unwrap();
     let dir = TestDir::new(&world).unwrap();

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use netd::names::{ContainerNames, DnsServer, DnsServerConfig, NameSource, NameTable, RateLimit};
 use plumb::{LinkOptions, Netlink, Netns};
-use world::{root_or_skip, run_in, Host, World};
+use world::{require_root, run_in, Host, World};
 
 const GATEWAY: &str = "10.66.0.1";
 const GATEWAY6: &str = "fd66::1";
@@ -169,7 +169,7 @@ fn config(resolv_conf: &std::path::Path) -> DnsServerConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containers_resolve_neighbours_ptr_and_outside_names_and_a_silent_upstream_is_servfail() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let (host, c) = network(&world).await;
     let up = upstream_namespace(&world, &host).await;
@@ -401,7 +401,7 @@ fn udp_in_errors(netns: &Netns) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_random_and_malformed_packets_and_a_flood_leave_it_answering() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let (host, c) = network(&world).await;
     let dir = tempfile::tempdir().unwrap();

@@ -11,13 +11,13 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use netd_support::{default_args, eventually, links_with_prefix, result_ip, Netd, TestDir};
-use world::{ping, root_or_skip, World};
+use world::{ping, require_root, World};
 
 const CONTAINERS: usize = 50;
 
 #[tokio::test]
 async fn fifty_parallel_attaches_get_fifty_distinct_reachable_addresses() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let host = world.host("a").await.unwrap();
     let dir = TestDir::new(&world).unwrap();
@@ -80,7 +80,7 @@ async fn fifty_parallel_attaches_get_fifty_distinct_reachable_addresses() {
 /// reconciling at every tick.
 #[tokio::test]
 async fn a_stream_of_attaches_and_detaches_is_not_taken_for_damage() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let host = world.host("a").await.unwrap();
     let dir = TestDir::new(&world).unwrap();

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use netd_support::{default_args, eventually, Netd, TestDir};
-use world::{root_or_skip, run_in, sctp_available, sctp_via, tcp_via, udp_via, World};
+use world::{require_root, run_in, sctp_available, sctp_part, sctp_via, tcp_via, udp_via, World};
 
 fn sa(text: &str) -> SocketAddr {
     text.parse().unwrap()
@@ -57,7 +57,7 @@ fn scrape(netns: &plumb::Netns, addr: SocketAddr) -> String {
 
 #[tokio::test]
 async fn published_ports_are_reached_from_outside_localhost_and_the_bridge() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let a = world.host("a").await.unwrap();
     let b = world.host("b").await.unwrap();
@@ -129,7 +129,7 @@ async fn published_ports_are_reached_from_outside_localhost_and_the_bridge() {
         sa("198.18.0.1:8080"),
     )
     .unwrap();
-    if sctp_available() {
+    if sctp_part("publishing an SCTP port") {
         netd.json(&["publish", "c2", "-p", "7000:7000/sctp"])
             .unwrap();
         sctp_via(
@@ -141,8 +141,6 @@ async fn published_ports_are_reached_from_outside_localhost_and_the_bridge() {
         .unwrap();
         netd.json(&["unpublish", "c2", "-p", "7000:7000/sctp"])
             .unwrap();
-    } else {
-        eprintln!("SKIPPED the SCTP part: this kernel has no SCTP");
     }
 
     // A host port is claimed once; the refusal changes nothing.
@@ -196,7 +194,7 @@ async fn published_ports_are_reached_from_outside_localhost_and_the_bridge() {
 
 #[tokio::test]
 async fn a_flushed_ruleset_comes_back_and_a_restart_duplicates_nothing() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let a = world.host("a").await.unwrap();
     let b = world.host("b").await.unwrap();
@@ -267,7 +265,7 @@ async fn a_flushed_ruleset_comes_back_and_a_restart_duplicates_nothing() {
 
 #[tokio::test]
 async fn the_iptables_backend_publishes_too() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let a = world.host("a").await.unwrap();
     let b = world.host("b").await.unwrap();
@@ -305,18 +303,30 @@ async fn the_iptables_backend_publishes_too() {
     assert!(tcp_via(&c1.netns, sa("0.0.0.0:80"), &b.netns, sa("198.18.0.1:8080")).is_err());
 }
 
-/// This machine's kernel has no SCTP, so the SCTP part of the first test is
-/// skipped here; scripts/vm-test runs this one in a VM with Debian's kernel.
-#[tokio::test]
-#[ignore = "needs SCTP: run by scripts/vm-test"]
-async fn vm_sctp_ports_are_published_like_tcp() {
-    root_or_skip!();
+/// A world for the SCTP tests: netd on host a (`firewall_args` choose the
+/// backend) with c1 publishing SCTP 7000 and the range 7100-7101 → 7200-7201,
+/// and c2 beside it; every way in checked to reach c1.
+struct SctpPorts {
+    _world: World,
+    a: world::Host,
+    b: world::Host,
+    _dir: TestDir,
+    netd: Netd,
+    c1: world::Container,
+    c2: world::Container,
+}
+
+const SCTP_SERVED: &str = "0.0.0.0:7000";
+
+async fn sctp_ports_published(subnet: &str, firewall_args: &[&str]) -> SctpPorts {
     assert!(sctp_available(), "the VM's kernel should have SCTP");
     let world = World::new().await.unwrap();
     let a = world.host("a").await.unwrap();
     let b = world.host("b").await.unwrap();
     let dir = TestDir::new(&world).unwrap();
-    let netd = Netd::start(&world, &a, &dir.0, &default_args("10.66.12.0/24")).unwrap();
+    let mut args = default_args(subnet);
+    args.extend(firewall_args.iter().map(|a| a.to_string()));
+    let netd = Netd::start(&world, &a, &dir.0, &args).unwrap();
     let c1 = a.container("c1").unwrap();
     let c2 = a.container("c2").unwrap();
     netd.attach(
@@ -326,7 +336,7 @@ async fn vm_sctp_ports_are_published_like_tcp() {
     )
     .unwrap();
     netd.attach(&c2.netns_name, "c2", &[]).unwrap();
-    let served = sa("0.0.0.0:7000");
+    let served = sa(SCTP_SERVED);
 
     // From another host, from the host's localhost, from a neighbour and
     // from the container itself (hairpin), and the last port of a range.
@@ -341,6 +351,29 @@ async fn vm_sctp_ports_are_published_like_tcp() {
         sa("198.18.0.1:7101"),
     )
     .unwrap();
+    SctpPorts {
+        _world: world,
+        a,
+        b,
+        _dir: dir,
+        netd,
+        c1,
+        c2,
+    }
+}
+
+/// This machine's kernel has no SCTP, so the SCTP part of the first test is
+/// skipped here; scripts/vm-test runs this one in a VM with Debian's kernel.
+#[tokio::test]
+#[ignore = "needs SCTP: run by scripts/vm-test"]
+async fn vm_sctp_ports_are_published_like_tcp() {
+    require_root!();
+    let ports = sctp_ports_published("10.66.12.0/24", &[]).await;
+    // Bound by reference: the world and its files live as long as `ports`.
+    let SctpPorts {
+        a, b, netd, c1, c2, ..
+    } = &ports;
+    let served = sa(SCTP_SERVED);
 
     // TCP on the same number is a different port.
     netd.json(&["publish", "c2", "-p", "7000:7000/tcp"])
@@ -359,12 +392,90 @@ async fn vm_sctp_ports_are_published_like_tcp() {
     assert!(!sctp_7000(&table), "{table}");
 }
 
+/// The iptables backend's SCTP ports (WEFT-* chains, `-p sctp`), reached the
+/// same ways, and withdrawn on unpublish. Needs SCTP: run by scripts/vm-test.
+#[tokio::test]
+#[ignore = "needs SCTP: run by scripts/vm-test"]
+async fn vm_sctp_ports_are_published_by_the_iptables_backend() {
+    require_root!();
+    let ports = sctp_ports_published("10.66.13.0/24", &["--firewall", "iptables"]).await;
+    // Bound by reference: the world and its files live as long as `ports`.
+    let SctpPorts { a, b, netd, c1, .. } = &ports;
+    let nat = || {
+        run_in(
+            &a.netns,
+            "iptables-save",
+            &["-t", "nat"],
+            Duration::from_secs(10),
+        )
+        .unwrap()
+        .stdout
+    };
+    let rules = nat();
+    assert!(
+        rules.contains("-p sctp") && rules.contains("--dport 7000"),
+        "{rules}"
+    );
+    netd.json(&["unpublish", "c1", "-p", "7000:7000/sctp"])
+        .unwrap();
+    assert!(sctp_via(&c1.netns, sa(SCTP_SERVED), &b.netns, sa("198.18.0.1:7000")).is_err());
+    let rules = nat();
+    assert!(!rules.contains("--dport 7000 "), "{rules}");
+}
+
+/// `WEFT_NFT_EXEC=1`: the nft binary instead of libnftables, and port map
+/// elements as nft text instead of nfnetlink messages. Both fallbacks publish
+/// (a port, a UDP port, a range) and withdraw like the default paths.
+#[tokio::test]
+async fn the_nft_binary_and_text_fallbacks_publish_and_withdraw() {
+    require_root!();
+    let world = World::new().await.unwrap();
+    let a = world.host("a").await.unwrap();
+    let b = world.host("b").await.unwrap();
+    let dir = TestDir::new(&world).unwrap();
+    let netd = Netd::start_with_env(
+        &world,
+        &a,
+        &dir.0,
+        &default_args("10.66.14.0/24"),
+        &[("WEFT_NFT_EXEC", "1"), ("RUST_LOG", "debug")],
+    )
+    .unwrap();
+    let c1 = a.container("c1").unwrap();
+    netd.attach(
+        &c1.netns_name,
+        "c1",
+        &[
+            "-p",
+            "8080:80",
+            "-p",
+            "5353:53/udp",
+            "-p",
+            "9000-9001:90-91",
+        ],
+    )
+    .unwrap();
+    tcp_via(&c1.netns, sa("0.0.0.0:80"), &b.netns, sa("198.18.0.1:8080")).unwrap();
+    udp_via(&c1.netns, sa("0.0.0.0:53"), &b.netns, sa("198.18.0.1:5353")).unwrap();
+    tcp_via(&c1.netns, sa("0.0.0.0:91"), &b.netns, sa("198.18.0.1:9001")).unwrap();
+    let table = weft_table(&a.netns);
+    assert!(table.contains(". 8080 :"), "{table}");
+    netd.json(&["unpublish", "c1", "-p", "8080:80"]).unwrap();
+    assert!(tcp_via(&c1.netns, sa("0.0.0.0:80"), &b.netns, sa("198.18.0.1:8080")).is_err());
+    let table = weft_table(&a.netns);
+    assert!(!table.contains(". 8080 :"), "{table}");
+    // The elements went as text (nft's `add element`), not over nfnetlink.
+    let log = netd.log_text();
+    assert!(log.contains("add element inet weft"), "{log}");
+    assert!(!log.contains("(nfnetlink)"), "{log}");
+}
+
 /// IPv6 has no `route_localnet`: netd itself answers on `[::1]` for ports
 /// published on all addresses and relays to the container (IPv4-only and
 /// dual-stack), until they are withdrawn; a restarted netd answers again.
 #[tokio::test]
 async fn ipv6_localhost_reaches_published_ports_through_the_daemon() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let a = world.host("a").await.unwrap();
     let b = world.host("b").await.unwrap();

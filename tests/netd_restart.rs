@@ -12,7 +12,7 @@ use std::time::Duration;
 use netd_support::{
     addresses, default_args, eventually, links_with_prefix, result_ip, Netd, TestDir,
 };
-use world::{ip_json, ping, root_or_skip, tcp_exchange, World};
+use world::{ip_json, ping, require_root, tcp_exchange, World};
 
 /// netd's nftables table, as `nft` lists it.
 fn nft_table(netns: &plumb::Netns) -> String {
@@ -31,7 +31,7 @@ fn nft_table(netns: &plumb::Netns) -> String {
 /// after it; the restarted netd rolls the attach back completely.
 #[tokio::test]
 async fn kill_9_during_an_attach_leaves_all_or_nothing() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let host = world.host("a").await.unwrap();
     let dir = TestDir::new(&world).unwrap();
@@ -127,7 +127,7 @@ async fn kill_9_during_an_attach_leaves_all_or_nothing() {
 /// in the background. Killed before that, netd finishes the detach on restart.
 #[tokio::test]
 async fn kill_9_before_a_detach_finished_in_the_background() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let host = world.host("a").await.unwrap();
     let dir = TestDir::new(&world).unwrap();
@@ -174,7 +174,7 @@ async fn kill_9_before_a_detach_finished_in_the_background() {
 
 #[tokio::test]
 async fn a_restarted_netd_adopts_twenty_containers_without_duplicates() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let host = world.host("a").await.unwrap();
     let dir = TestDir::new(&world).unwrap();
@@ -250,7 +250,7 @@ async fn a_restarted_netd_adopts_twenty_containers_without_duplicates() {
 
 #[tokio::test]
 async fn the_periodic_check_repairs_links_and_forgets_dead_containers() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let host = world.host("a").await.unwrap();
     let dir = TestDir::new(&world).unwrap();
@@ -311,7 +311,7 @@ async fn the_periodic_check_repairs_links_and_forgets_dead_containers() {
 
 #[tokio::test]
 async fn an_attach_right_after_the_bridge_was_deleted_makes_it_again() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let host = world.host("a").await.unwrap();
     let dir = TestDir::new(&world).unwrap();
@@ -350,7 +350,7 @@ async fn an_attach_right_after_the_bridge_was_deleted_makes_it_again() {
 
 #[tokio::test]
 async fn reconcile_removes_links_and_reservations_nobody_owns() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let host = world.host("a").await.unwrap();
     let dir = TestDir::new(&world).unwrap();

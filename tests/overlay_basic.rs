@@ -12,7 +12,7 @@ use overlay::{Device, DropReason, PeerConfig, PrivateKey, DEFAULT_PORT};
 use overlay_support::{device_on, peer_of, stranger_initiations};
 use plumb::Netlink;
 use world::{
-    classify_frame, contains, ip_json, ping, root_or_skip, tcp_exchange, Capture, Frame, Host,
+    classify_frame, contains, ip_json, ping, require_root, tcp_exchange, Capture, Frame, Host,
     World,
 };
 
@@ -63,7 +63,7 @@ fn ip(s: &str) -> IpAddr {
 
 #[tokio::test]
 async fn ping_and_tcp_cross_the_overlay_and_the_fabric_sees_only_wireguard() {
-    root_or_skip!();
+    require_root!();
     let p = pair().await;
     // MTU: the underlay's 1500 minus 80.
     let link = ip_json(&p.a.netns, &["link", "show", "weft-wg0"]).unwrap();
@@ -106,7 +106,7 @@ async fn ping_and_tcp_cross_the_overlay_and_the_fabric_sees_only_wireguard() {
 
 #[tokio::test]
 async fn ipv6_inside_and_outside_the_overlay() {
-    root_or_skip!();
+    require_root!();
     let p = pair().await;
     for (host, cidr) in [(&p.a, "fd99::1/64"), (&p.b, "fd99::2/64")] {
         let nl = Netlink::open(&host.netns).await.unwrap();
@@ -137,7 +137,7 @@ async fn ipv6_inside_and_outside_the_overlay() {
 
 #[tokio::test]
 async fn a_removed_peer_is_unreachable_and_can_come_back() {
-    root_or_skip!();
+    require_root!();
     let p = pair().await;
     assert!(ping(&p.a.netns, ip(B_OVERLAY)).unwrap());
 
@@ -164,7 +164,7 @@ async fn a_removed_peer_is_unreachable_and_can_come_back() {
 
 #[tokio::test]
 async fn a_disallowed_inner_source_is_dropped_and_counted() {
-    root_or_skip!();
+    require_root!();
     let p = pair().await;
     // b owns an address that a does not accept from it.
     let nl = Netlink::open(&p.b.netns).await.unwrap();
@@ -222,7 +222,7 @@ async fn a_disallowed_inner_source_is_dropped_and_counted() {
 
 #[tokio::test]
 async fn an_endpoint_is_learned_from_authenticated_traffic() {
-    root_or_skip!();
+    require_root!();
     let p = pair().await;
     let mut unknown = p.peer_b();
     unknown.endpoint = None;
@@ -245,7 +245,7 @@ async fn an_endpoint_is_learned_from_authenticated_traffic() {
 
 #[tokio::test]
 async fn a_handshake_flood_from_a_stranger_does_not_stop_the_session() {
-    root_or_skip!();
+    require_root!();
     let p = pair().await;
     let x = p.world.host("x").await.unwrap();
     assert!(ping(&p.b.netns, ip(A_OVERLAY)).unwrap());
@@ -316,7 +316,7 @@ async fn a_handshake_flood_from_a_stranger_does_not_stop_the_session() {
 
 #[tokio::test]
 async fn a_bulk_tcp_transfer_arrives_intact() {
-    root_or_skip!();
+    require_root!();
     let p = pair().await;
     const SIZE: usize = 50 << 20;
     let listener =
@@ -388,7 +388,7 @@ async fn a_bulk_tcp_transfer_arrives_intact() {
 
 #[tokio::test]
 async fn peer_changes_are_checked_before_they_apply() {
-    root_or_skip!();
+    require_root!();
     let p = pair().await;
     // Allowed IPs already routed to b cannot go to another peer too.
     let mut other = PeerConfig::new(PrivateKey::generate().unwrap().public_key());

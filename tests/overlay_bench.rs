@@ -23,7 +23,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use overlay::PrivateKey;
-use world::{ip_json, root_or_skip, run_in, Host, World};
+use world::{ip_json, require_root, run_in, Host, World};
 
 /// One iperf3 run: `-t` seconds (`WEFT_BENCH_SECONDS` for a longer look),
 /// bounded by `IPERF_TIMEOUT`.
@@ -94,7 +94,7 @@ struct Tunnel {
 #[tokio::test]
 #[ignore = "the benchmark: scripts/bench-overlay runs it (release build)"]
 async fn bench_overlay() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let a = world.host("a").await.unwrap();
     let b = world.host("b").await.unwrap();

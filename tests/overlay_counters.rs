@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use overlay::{ArrivalCounts, Device, DropReason};
 use overlay_support::{device_on, peer_of, stranger_initiations};
 use plumb::Netlink;
-use world::{ping, root_or_skip, World};
+use world::{ping, require_root, World};
 
 mod overlay_support;
 
@@ -57,7 +57,7 @@ fn settled(device: &Device, at_least: u64) -> ArrivalCounts {
 
 #[tokio::test]
 async fn every_arriving_datagram_is_delivered_or_dropped_under_one_reason() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let a = world.host("a").await.unwrap();
     let b = world.host("b").await.unwrap();

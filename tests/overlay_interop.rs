@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use overlay::{Device, DeviceConfig, PeerConfig, PrivateKey, PublicKey};
 use plumb::Netlink;
-use world::{ip_json, ping, root_or_skip, run_in, tcp_bulk, tcp_exchange, Host, World};
+use world::{ip_json, ping, require_root, run_in, tcp_bulk, tcp_exchange, Host, World};
 
 const A_IP: &str = "10.99.0.1";
 const B_IP: &str = "10.99.0.2";
@@ -211,7 +211,7 @@ impl Interop {
 
 #[tokio::test]
 async fn weft_and_wireguard_go_talk_both_ways_whoever_starts() {
-    root_or_skip!();
+    require_root!();
     let mut p = interop().await;
     // weft starts the handshake.
     p.traffic_both_ways("a");
@@ -244,7 +244,7 @@ async fn weft_and_wireguard_go_talk_both_ways_whoever_starts() {
 
 #[tokio::test]
 async fn traffic_follows_wireguard_go_to_a_new_port_and_address() {
-    root_or_skip!();
+    require_root!();
     let mut p = interop().await;
     assert!(ping(&p.a.netns, ip(B_IP)).unwrap());
     assert_eq!(
@@ -357,7 +357,7 @@ fn retransmits(stream: &TcpStream) -> u32 {
 
 #[tokio::test]
 async fn a_rekey_under_a_continuous_tcp_stream_loses_nothing() {
-    root_or_skip!();
+    require_root!();
     let p = interop().await;
     // weft starts the session, so weft is the one to rekey after 120 s of sending.
     assert!(ping(&p.a.netns, ip(B_IP)).unwrap());

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use overlay::{Device, DropReason, PeerConfig};
 use plumb::Netlink;
-use world::{ip_json, root_or_skip, run_in, tcp_bulk, Host, World};
+use world::{ip_json, require_root, run_in, tcp_bulk, Host, World};
 
 mod overlay_support;
 
@@ -44,7 +44,7 @@ fn route_mtu(host: &Host, to: &str) -> Option<u64> {
 
 #[tokio::test]
 async fn oversized_packets_get_icmp_too_big_and_tcp_adapts() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let a = world.host("a").await.unwrap();
     let b = world.host("b").await.unwrap();

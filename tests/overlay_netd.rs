@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use world::{
-    classify_frame, contains, ip_json, ping, root_or_skip, tcp_via, Capture, Container, Frame,
+    classify_frame, contains, ip_json, ping, require_root, tcp_via, Capture, Container, Frame,
     NetdHost, World,
 };
 
@@ -119,7 +119,7 @@ fn scrape(netns: &plumb::Netns, addr: SocketAddr) -> String {
 
 #[tokio::test]
 async fn two_hosts_containers_talk_with_real_addresses_over_wireguard_only() {
-    root_or_skip!();
+    require_root!();
     let metrics: SocketAddr = "127.0.0.1:9588".parse().unwrap();
     let cl = Cluster::new(2, &format!("metrics_addr = \"{metrics}\"")).await;
     let (a, b) = (&cl.netds[0], &cl.netds[1]);
@@ -268,7 +268,7 @@ async fn two_hosts_containers_talk_with_real_addresses_over_wireguard_only() {
 
 #[tokio::test]
 async fn three_hosts_and_a_peer_removed_from_one_host() {
-    root_or_skip!();
+    require_root!();
     let cl = Cluster::new(3, "").await;
     let (a, b, c) = (&cl.netds[0], &cl.netds[1], &cl.netds[2]);
     for from in 0..3 {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use overlay::{Device, DeviceConfig, PeerConfig, PrivateKey};
 use plumb::{Netlink, Netns};
-use world::{ip_json, root_or_skip, tcp_bulk, Host, World};
+use world::{ip_json, require_root, tcp_bulk, Host, World};
 
 async fn device_on(host: &Host, cidr: &str) -> Device {
     let device = Device::create(
@@ -49,7 +49,7 @@ fn average(before: (u64, u64), after: (u64, u64)) -> u64 {
 
 #[tokio::test]
 async fn bulk_tcp_crosses_as_super_packets_at_every_step() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let a = world.host("a").await.unwrap();
     let b = world.host("b").await.unwrap();
@@ -99,7 +99,7 @@ async fn bulk_tcp_crosses_as_super_packets_at_every_step() {
 /// takes them), which the kernel cuts again for the socket.
 #[tokio::test]
 async fn a_udp_burst_arrives_datagram_by_datagram() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let a = world.host("a").await.unwrap();
     let b = world.host("b").await.unwrap();
@@ -171,7 +171,7 @@ fn force_receive_buffer(socket: &std::net::UdpSocket, bytes: libc::c_int) {
 /// after its first window: every GSO message was dropped.)
 #[tokio::test]
 async fn an_underlay_smaller_than_configured_still_carries_bulk_tcp() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let a = world.host("a").await.unwrap();
     let b = world.host("b").await.unwrap();

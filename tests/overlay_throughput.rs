@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use overlay_support::{device_on, peer_of};
-use world::{root_or_skip, run_in, Host, World};
+use world::{require_root, run_in, Host, World};
 
 mod overlay_support;
 
@@ -56,7 +56,7 @@ fn iperf(world: &World, server: &Host, server_ip: IpAddr, client: &Host, streams
 #[tokio::test]
 #[ignore = "a measurement: run with --release -- --ignored --nocapture"]
 async fn iperf3_over_the_fabric_and_over_the_overlay() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let a = world.host("a").await.unwrap();
     let b = world.host("b").await.unwrap();

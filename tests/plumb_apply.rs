@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use plumb::{LinkOptions, Netlink, Netns};
-use world::{ip_json, ping, root_or_skip, tcp_exchange, CommandOutput, Host, World};
+use world::{ip_json, ping, require_root, tcp_exchange, CommandOutput, Host, World};
 
 /// Writes `text` to a file of this test's own, named after the world.
 fn topology_file(world: &World, tag: &str, text: &str) -> PathBuf {
@@ -172,7 +172,7 @@ fn adopt_guests(world: &World, names: &[&str]) {
 
 #[tokio::test]
 async fn apply_builds_a_working_topology_and_a_second_run_changes_nothing() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let _files = cleanup_files(&world);
     adopt_guests(&world, &["web1", "web2"]);
@@ -264,7 +264,7 @@ async fn apply_builds_a_working_topology_and_a_second_run_changes_nothing() {
 
 #[tokio::test]
 async fn dry_run_prints_the_plan_and_changes_nothing() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let _files = cleanup_files(&world);
     adopt_guests(&world, &["web1", "web2"]);
@@ -323,7 +323,7 @@ async fn dry_run_prints_the_plan_and_changes_nothing() {
 
 #[tokio::test]
 async fn prune_removes_exactly_what_the_file_no_longer_names() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let _files = cleanup_files(&world);
     adopt_guests(&world, &["web1", "web2"]);
@@ -504,7 +504,7 @@ metric = 10
 
 #[tokio::test]
 async fn a_failing_action_is_named_and_stops_the_run() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let _files = cleanup_files(&world);
     adopt_guests(&world, &["m1", "m2"]);
@@ -559,7 +559,7 @@ dev = "eth1"
 
 #[tokio::test]
 async fn bad_files_name_the_problem_and_create_nothing() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let _files = cleanup_files(&world);
     adopt_guests(&world, &["web1"]);
@@ -659,8 +659,8 @@ async fn bad_files_name_the_problem_and_create_nothing() {
 #[tokio::test]
 #[ignore = "needs the 8021q kernel module: run by scripts/vm-test"]
 async fn vm_topology_macvlan_on_vlan_is_applied_once() {
-    root_or_skip!();
-    world::kernel_feature_or_skip!("8021q");
+    require_root!();
+    world::require_kernel_module!("8021q");
     let world = World::new().await.unwrap();
     let _files = cleanup_files(&world);
     adopt_guests(&world, &["v1"]);

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use plumb::{LinkOptions, Netlink, Netns};
-use world::{ip_json, ping, root_or_skip, tcp_exchange, World};
+use world::{ip_json, ping, require_root, tcp_exchange, World};
 
 fn links(netns: &Netns) -> Vec<String> {
     ip_json(netns, &["link", "show"])
@@ -30,7 +30,7 @@ fn addresses(netns: &Netns, ifname: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn bridge_wiring_with_ipv6_several_addresses_and_gateway() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let host = world.host("a").await.unwrap();
     let c1 = host.container("c1").unwrap();
@@ -77,7 +77,7 @@ async fn bridge_wiring_with_ipv6_several_addresses_and_gateway() {
 
 #[tokio::test]
 async fn custom_and_seeded_macs() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let host = world.host("a").await.unwrap();
     let c1 = host.container("c1").unwrap();
@@ -94,7 +94,7 @@ async fn custom_and_seeded_macs() {
 
 #[tokio::test]
 async fn macvlan_in_each_mode() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let host = world.host("a").await.unwrap();
     // The host's fabric link eth0 is not a bridge: guests get macvlans on it.
@@ -149,7 +149,7 @@ async fn macvlan_in_each_mode() {
 #[tokio::test]
 #[ignore = "needs bridge VLAN filtering: run by scripts/vm-test"]
 async fn vm_bridge_vlan_ports_separate_guests() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let host = world.host("a").await.unwrap();
     let c1 = host.container("c1").unwrap();
@@ -177,7 +177,7 @@ async fn vm_bridge_vlan_ports_separate_guests() {
 
 #[tokio::test]
 async fn del_undoes_exactly_what_plumb_made() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let host = world.host("a").await.unwrap();
     let c1 = host.container("c1").unwrap();
@@ -228,7 +228,7 @@ async fn del_undoes_exactly_what_plumb_made() {
 
 #[tokio::test]
 async fn route_command_changes_guest_routes() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let host = world.host("a").await.unwrap();
     let c1 = host.container("c1").unwrap();
@@ -262,7 +262,7 @@ async fn route_command_changes_guest_routes() {
 
 #[tokio::test]
 async fn bad_input_gets_a_clear_error_and_creates_nothing() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let host = world.host("a").await.unwrap();
     let c1 = host.container("c1").unwrap();
@@ -330,8 +330,8 @@ async fn bad_input_gets_a_clear_error_and_creates_nothing() {
 #[tokio::test]
 #[ignore = "needs the 8021q kernel module: run by scripts/vm-test"]
 async fn vm_macvlan_on_vlan_carries_traffic_between_hosts() {
-    root_or_skip!();
-    world::kernel_feature_or_skip!("8021q");
+    require_root!();
+    world::require_kernel_module!("8021q");
     let world = World::new().await.unwrap();
     let a = world.host("a").await.unwrap();
     let b = world.host("b").await.unwrap();
@@ -361,7 +361,7 @@ async fn vm_macvlan_on_vlan_carries_traffic_between_hosts() {
 
 #[tokio::test]
 async fn dhcp_lease_lands_on_the_guest_interface() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let host = world.host("a").await.unwrap();
     let c1 = host.container("c1").unwrap();
@@ -405,7 +405,7 @@ async fn dhcp_lease_lands_on_the_guest_interface() {
 
 #[tokio::test]
 async fn ls_lists_what_plumb_wired_by_name_and_by_pid() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let host = world.host("a").await.unwrap();
     let c1 = host.container("c1").unwrap();
@@ -451,7 +451,7 @@ async fn ls_lists_what_plumb_wired_by_name_and_by_pid() {
 
 #[tokio::test]
 async fn gratuitous_arp_updates_neighbours() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let host = world.host("a").await.unwrap();
     let c1 = host.container("c1").unwrap();

@@ -15,9 +15,7 @@ use std::time::{Duration, Instant};
 
 use plumb::firewall::{BackendKind, NetworkRules, PublishedPort};
 use plumb::{LinkOptions, Netlink, Netns, Route};
-use world::{
-    root_or_skip, run_in, sctp_available, sctp_via, tcp_via, udp_via, Container, Host, World,
-};
+use world::{require_root, run_in, sctp_part, sctp_via, tcp_via, udp_via, Container, Host, World};
 
 const BRIDGE: &str = "weft0";
 
@@ -335,10 +333,9 @@ async fn published_ports_end_to_end(kind: BackendKind) {
     )
     .unwrap();
     assert_eq!(peer.ip(), IpAddr::V6(b.ip6));
-    if sctp_available() {
+    // Without SCTP sockets the SCTP rules were still checked in the kernel above.
+    if sctp_part(&format!("{kind} SCTP traffic")) {
         sctp_via(&c2.netns, sa("10.9.0.3:9999"), &b.netns, via_a(9999)).unwrap();
-    } else {
-        eprintln!("SKIPPED {kind} SCTP traffic: this kernel has no SCTP sockets (CONFIG_IP_SCTP); the SCTP rules were checked in the kernel above");
     }
 
     // The host itself, through 127.0.0.1: DNATed and masqueraded to the bridge address.
@@ -428,20 +425,20 @@ async fn published_ports_end_to_end(kind: BackendKind) {
 
 #[tokio::test]
 async fn nftables_publishes_ports_masquerades_and_recovers() {
-    root_or_skip!();
+    require_root!();
     published_ports_end_to_end(BackendKind::Nftables).await;
 }
 
 #[tokio::test]
 async fn iptables_publishes_ports_masquerades_and_recovers() {
-    root_or_skip!();
+    require_root!();
     published_ports_end_to_end(BackendKind::Iptables).await;
 }
 
 /// The nft table holds what weft renders, checked in nft's own JSON.
 #[tokio::test]
 async fn nftables_table_layout_in_the_kernel() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let a = world.host("a").await.unwrap();
     let fw = BackendKind::Nftables.open(a.netns.clone());
@@ -508,7 +505,7 @@ async fn nftables_table_layout_in_the_kernel() {
 /// in an empty table (both printed; the bound is loose for a shared machine).
 #[tokio::test]
 async fn nftables_one_change_among_thousands_of_ports() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let a = world.host("a").await.unwrap();
     let fw = BackendKind::Nftables.open(a.netns.clone());
@@ -550,7 +547,7 @@ async fn nftables_one_change_among_thousands_of_ports() {
 /// Bad input is refused before any tool runs, with the reason.
 #[tokio::test]
 async fn bad_input_gives_clear_errors() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let a = world.host("a").await.unwrap();
     for kind in [BackendKind::Nftables, BackendKind::Iptables] {

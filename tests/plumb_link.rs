@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use plumb::{LinkChange, LinkOptions, Netlink, Route, VxlanSpec};
-use world::{ip_json, ping, root_or_skip, tcp_exchange, World};
+use world::{ip_json, ping, require_root, tcp_exchange, World};
 
 fn up() -> LinkOptions {
     LinkOptions {
@@ -15,7 +15,7 @@ fn up() -> LinkOptions {
 
 #[tokio::test]
 async fn bridge_and_veth_pass_traffic_between_containers() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let host = world.host("a").await.unwrap();
     let c1 = host.container("c1").unwrap();
@@ -59,7 +59,7 @@ async fn bridge_and_veth_pass_traffic_between_containers() {
 
 #[tokio::test]
 async fn mac_mtu_rename_and_state_changes_reach_the_kernel() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let host = world.host("a").await.unwrap();
     let c1 = host.container("c1").unwrap();
@@ -114,7 +114,7 @@ async fn mac_mtu_rename_and_state_changes_reach_the_kernel() {
 
 #[tokio::test]
 async fn errors_name_the_object_and_namespace() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let host = world.host("a").await.unwrap();
     let nl = Netlink::open(&host.netns).await.unwrap();
@@ -137,7 +137,7 @@ async fn errors_name_the_object_and_namespace() {
 
 #[tokio::test]
 async fn several_addresses_ipv6_and_routes() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let host = world.host("a").await.unwrap();
     let c1 = host.container("c1").unwrap();
@@ -245,7 +245,7 @@ async fn several_addresses_ipv6_and_routes() {
 
 #[tokio::test]
 async fn vxlan_carries_traffic_between_hosts() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let a = world.host("a").await.unwrap();
     let b = world.host("b").await.unwrap();
@@ -279,7 +279,7 @@ async fn vxlan_carries_traffic_between_hosts() {
 
 #[tokio::test]
 async fn sysctls_are_per_namespace() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let a = world.host("a").await.unwrap();
     let b = world.host("b").await.unwrap();
@@ -309,7 +309,7 @@ async fn sysctls_are_per_namespace() {
 
 #[tokio::test]
 async fn namespaces_by_name_path_and_pid_are_one_namespace() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let a = world.host("a").await.unwrap();
     let c1 = a.container("c1").unwrap();
@@ -339,7 +339,7 @@ async fn namespaces_by_name_path_and_pid_are_one_namespace() {
 
 #[tokio::test]
 async fn hairpin_on_a_bridge_port() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let host = world.host("a").await.unwrap();
     let c1 = host.container("c1").unwrap();
@@ -371,7 +371,7 @@ async fn hairpin_on_a_bridge_port() {
 
 #[tokio::test]
 async fn one_connection_serves_concurrent_dumps() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let host = world.host("a").await.unwrap();
     let nl = Netlink::open(&host.netns).await.unwrap();

@@ -1,11 +1,11 @@
 //! The test world itself: hosts reach each other over the fabric, and nothing
 //! of a world outlives it.
 
-use world::{ping, root_or_skip, tcp_exchange, World};
+use world::{ping, require_root, tcp_exchange, World};
 
 #[tokio::test]
 async fn hosts_reach_each_other_over_the_fabric() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let a = world.host("a").await.unwrap();
     let b = world.host("b").await.unwrap();
@@ -18,7 +18,7 @@ async fn hosts_reach_each_other_over_the_fabric() {
 
 #[tokio::test]
 async fn a_dropped_world_leaves_no_namespace() {
-    root_or_skip!();
+    require_root!();
     let prefix = {
         let world = World::new().await.unwrap();
         let a = world.host("a").await.unwrap();
@@ -35,7 +35,7 @@ async fn a_dropped_world_leaves_no_namespace() {
 
 #[tokio::test]
 async fn a_panicking_test_still_cleans_up() {
-    root_or_skip!();
+    require_root!();
     let prefix = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     let seen = prefix.clone();
     let outcome = tokio::spawn(async move {
@@ -58,7 +58,7 @@ async fn a_panicking_test_still_cleans_up() {
 
 #[tokio::test]
 async fn leftovers_of_dead_runs_are_swept() {
-    root_or_skip!();
+    require_root!();
     // A PID that has certainly exited: a child we started and reaped.
     let mut child = std::process::Command::new("true").spawn().unwrap();
     let dead = child.id();
@@ -75,4 +75,76 @@ async fn leftovers_of_dead_runs_are_swept() {
         panic!("namespace {name} of a dead run was not swept");
     }
     assert!(names.contains(&ours));
+}
+
+/// Namespaces named with the world prefix of process `pid`.
+fn namespaces_of(pid: u32) -> Vec<String> {
+    let own = format!("{}{pid}x", world::PREFIX_ROOT);
+    plumb::Netns::list_named()
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.starts_with(&own))
+        .collect()
+}
+
+/// Starts weft-demo, sends it `signal` once its fabric and three hosts exist,
+/// and checks that it exits with `code` leaving none of its namespaces.
+fn interrupt_the_demo(signal: i32, code: i32) {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_weft-demo"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = demo.id();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while namespaces_of(pid).len() < 4 {
+        if let Some(status) = demo.try_wait().unwrap() {
+            panic!("weft-demo ended ({status}) before it built its hosts");
+        }
+        if Instant::now() > deadline {
+            let _ = demo.kill();
+            let _ = demo.wait();
+            world::sweep_dead_worlds();
+            panic!("weft-demo built no hosts in 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) takes no pointers; `pid` is our unreaped child.
+    assert_eq!(unsafe { libc::kill(pid as i32, signal) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = demo.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = demo.kill();
+            let _ = demo.wait();
+            world::sweep_dead_worlds();
+            panic!("weft-demo still running 30 s after signal {signal}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut demo.stderr.take().unwrap(), &mut stderr).unwrap();
+    let left = namespaces_of(pid);
+    if !left.is_empty() {
+        world::sweep_dead_worlds();
+    }
+    assert!(left.is_empty(), "left behind: {left:?}; stderr: {stderr}");
+    assert_eq!(status.code(), Some(code), "stderr: {stderr}");
+}
+
+#[test]
+fn ctrl_c_removes_the_demo_world() {
+    require_root!();
+    interrupt_the_demo(libc::SIGINT, 130);
+}
+
+#[test]
+fn sigterm_removes_the_demo_world() {
+    require_root!();
+    interrupt_the_demo(libc::SIGTERM, 143);
 }

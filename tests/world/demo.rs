@@ -4,14 +4,14 @@
 //! containers on different hosts (with the address the server saw), a
 //! published port reached from another host, a container and the host's own
 //! 127.0.0.1 and [::1], and each host's `netd peers`.
-//! Nothing touches this machine's own network; everything is removed on exit.
+//! Nothing touches this machine's own network; everything is removed on exit,
+//! also on Ctrl-C or SIGTERM (the world's signal thread tears it down).
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use serde_json::Value;
 use world::{classify_frame, ping, tcp_via, Capture, Container, Frame, NetdHost, World};
 
 const CLUSTER: &str = "10.66.0.0/16";
@@ -32,72 +32,55 @@ impl Attached {
     }
 }
 
-/// The demo's files (configs, keys, state, logs), removed on exit.
-struct Dir(PathBuf);
+const USAGE: &str = "\
+Usage: weft-demo [--help]   (scripts/demo builds it and runs it)
 
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+Builds a world of network namespaces (three simulated hosts, each running
+netd with the WireGuard overlay, two containers per host), shows traffic
+between containers on different hosts, a published port and each host's
+`netd peers`, then removes the world. As root; touches nothing of this
+machine's own network. Ctrl-C removes the world too. No options.
+";
 
 fn short_key(key: &str) -> String {
     format!("{}…", &key[..key.len().min(10)])
 }
 
-fn size(bytes: u64) -> String {
-    if bytes < 1024 {
-        format!("{bytes} B")
-    } else {
-        format!("{:.1} KiB", bytes as f64 / 1024.0)
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        print!("{USAGE}");
+        return Ok(());
     }
-}
-
-/// `a: 2 peers, 2 connected, rx 9.1 KiB, tx 9.3 KiB, handshake 1s ago, 0 drops`
-fn peers_summary(peers: &[Value]) -> String {
-    let sum = |key: &str| peers.iter().filter_map(|p| p[key].as_u64()).sum::<u64>();
-    let connected = peers
-        .iter()
-        .filter(|p| p["handshake_age_secs"].as_u64().is_some_and(|a| a < 180))
-        .count();
-    let newest = peers
-        .iter()
-        .filter_map(|p| p["handshake_age_secs"].as_u64())
-        .min()
-        .map(|a| format!("{a}s ago"))
-        .unwrap_or_else(|| "never".into());
-    let drops: u64 = peers
-        .iter()
-        .filter_map(|p| p["drops"].as_object())
-        .flat_map(|d| d.values().filter_map(|v| v.as_u64()))
-        .sum();
-    format!(
-        "{} peers, {connected} connected, rx {}, tx {}, last handshake {newest}, {drops} drops",
-        peers.len(),
-        size(sum("rx_bytes")),
-        size(sum("tx_bytes")),
-    )
-}
-
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<()> {
+    if let Some(arg) = args.first() {
+        eprint!("weft-demo: unknown argument {arg:?}\n\n{USAGE}");
+        std::process::exit(2);
+    }
     if !world::is_root() {
         bail!("the demo builds network namespaces and needs root");
     }
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(demo())
+}
+
+async fn demo() -> Result<()> {
     let started = Instant::now();
     let world = World::new().await?;
-    let dir = Dir(std::env::temp_dir().join(format!("weft-demo-{}", world.prefix())));
+    // The demo's files (configs, keys, state, logs) go with the world.
+    let dir = std::env::temp_dir().join(format!("weft-demo-{}", world.prefix()));
+    world.remove_on_teardown(&dir);
     let result = run(&world, &dir).await;
     println!(
         "\ndone in {:.1} s; tearing the world down (netd stopped, namespaces removed)",
         started.elapsed().as_secs_f64()
     );
     drop(world);
-    drop(dir);
     result
 }
 
-async fn run(world: &World, dir: &Dir) -> Result<()> {
+async fn run(world: &World, dir: &Path) -> Result<()> {
     println!(
         "weft demo — world {} (namespaces only; removed on exit)",
         world.prefix()
@@ -113,7 +96,7 @@ async fn run(world: &World, dir: &Dir) -> Result<()> {
     for (i, name) in HOSTS.iter().enumerate() {
         let host = world.host(name).await?;
         let subnet = format!("10.66.{}.0/24", i + 1);
-        let mut netd = NetdHost::prepare(&host, &dir.0.join(name), &subnet)?;
+        let mut netd = NetdHost::prepare(&host, &dir.join(name), &subnet)?;
         netd.log_filter("info");
         netds.push(netd);
     }
@@ -181,6 +164,7 @@ async fn run(world: &World, dir: &Dir) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     let mut failures = Vec::new();
     let mut checked = 0;
+    let mut rows = 0;
     let mut port = 7000;
     for from in &attached {
         for to in &attached {
@@ -205,6 +189,7 @@ async fn run(world: &World, dir: &Dir) -> Result<()> {
                 failures.push(format!("{} → {}", from.label(), to.label()));
             }
             if shown || !icmp || !real {
+                rows += 1;
                 println!(
                     "   {:<6} → {:<6} {:<10} ping {:<6} tcp {tcp_text:<6} {seen}",
                     from.label(),
@@ -216,7 +201,8 @@ async fn run(world: &World, dir: &Dir) -> Result<()> {
         }
     }
     println!(
-        "   all {checked} cross-host container pairs: {} (servers see the real container addresses: no NAT inside the cluster)",
+        "   all {checked} cross-host container pairs, the {rows} above and {} more summarised here: {} (servers see the real container addresses: no NAT inside the cluster)",
+        checked - rows,
         if failures.is_empty() { "ping ok, tcp ok".to_string() } else { format!("{} FAILED", failures.len()) }
     );
     let mut wireguard = 0;
@@ -285,10 +271,22 @@ async fn run(world: &World, dir: &Dir) -> Result<()> {
         }
     }
 
-    println!("\n5. netd peers, per host");
+    println!("\n5. netd peers, per host, as you would type it");
     for netd in &netds {
-        let peers = netd.peers()?;
-        println!("   {}: {}", netd.host.name, peers_summary(&peers));
+        let socket = netd.socket();
+        println!(
+            "\n   host {}$ netd peers --socket {}",
+            netd.host.name,
+            socket.display()
+        );
+        let out = netd.cli(&["peers"])?;
+        for line in out.stdout.lines() {
+            println!("   {line}");
+        }
+        if !out.success {
+            println!("   (netd peers failed: {})", out.stderr.trim());
+            failures.push(format!("netd peers on host {}", netd.host.name));
+        }
     }
 
     if !failures.is_empty() {

@@ -130,6 +130,21 @@ pub fn sctp_available() -> bool {
     sctp_socket(false).is_ok()
 }
 
+/// Whether to run a test's SCTP part (`what`). This machine's kernel may lack
+/// SCTP: the part is then skipped with a message (the whole of it runs in a
+/// `vm_` test under scripts/vm-test); in the test VM a missing SCTP fails.
+pub fn sctp_part(what: &str) -> bool {
+    if sctp_available() {
+        return true;
+    }
+    assert!(
+        !crate::in_vm(),
+        "{what}: the test VM's kernel has no SCTP sockets"
+    );
+    eprintln!("SKIPPED {what}: this kernel has no SCTP sockets (CONFIG_IP_SCTP); the vm_ tests cover it under scripts/vm-test");
+    false
+}
+
 fn sctp_socket(ipv6: bool) -> std::io::Result<OwnedFd> {
     let family = if ipv6 { libc::AF_INET6 } else { libc::AF_INET };
     // SAFETY: socket() takes plain integers and returns a new descriptor or -1.

@@ -17,19 +17,21 @@
 //!
 //! Names carry a per-run prefix `wt<pid>x<seq>`; dropping the world (also while
 //! unwinding from a panic) removes every namespace and kills every process it
-//! started, and `World::new` first sweeps worlds whose process has died.
+//! started, SIGINT and SIGTERM do the same before the process exits (130/143;
+//! see `signals`), and `World::new` first sweeps worlds whose process has died.
 
 mod bulk;
 mod capture;
 mod exec;
 mod forwarded;
 mod netd_host;
+mod signals;
 mod traffic;
 
 pub use bulk::tcp_bulk;
 pub use capture::{classify_frame, contains, Capture, Frame};
 pub use exec::{ip_json, run_in, workspace_bin, CommandOutput};
-pub use forwarded::{sctp_available, sctp_via, tcp_via, udp_via};
+pub use forwarded::{sctp_available, sctp_part, sctp_via, tcp_via, udp_via};
 pub use netd_host::{NetdHost, WIREGUARD_PORT};
 pub use traffic::{ping, ping6, tcp_exchange, udp_exchange};
 
@@ -49,37 +51,42 @@ pub const FABRIC_PREFIX_LEN: u8 = 15;
 
 static NEXT_WORLD: AtomicUsize = AtomicUsize::new(0);
 
-/// Skips a test (loudly) when not run as root; everything here needs CAP_NET_ADMIN.
+/// Fails a test that is run without root, naming what it needs: everything
+/// here needs CAP_NET_ADMIN. A test that cannot run must not report "ok".
 #[macro_export]
-macro_rules! root_or_skip {
+macro_rules! require_root {
     () => {
         if !$crate::is_root() {
-            eprintln!(
-                "SKIPPED {}: needs root (network namespaces); run `sudo scripts/test`",
+            panic!(
+                "{} needs root (network namespaces): run `sudo scripts/test` or `sudo cargo test`",
                 module_path!()
             );
-            return;
         }
     };
 }
 
-/// Skips a test (loudly) when a kernel module it needs is missing, except in
-/// the test VM (`WEFT_IN_VM=1`), where a missing module is a failure.
+/// Fails a test when a kernel module it needs is missing (not loaded or built
+/// in). Such tests are `#[ignore]`d `vm_` tests that scripts/vm-test runs in
+/// a VM whose kernel has the module; run on a kernel without it they fail.
 #[macro_export]
-macro_rules! kernel_feature_or_skip {
+macro_rules! require_kernel_module {
     ($module:expr) => {
         if !$crate::kernel_has($module) {
             if std::env::var_os("WEFT_IN_VM").is_some() {
                 panic!("kernel module {} is missing inside the test VM", $module);
             }
-            eprintln!(
-                "SKIPPED {}: this kernel lacks {}; scripts/vm-test runs it in a VM",
+            panic!(
+                "{} needs kernel module {}, which this kernel lacks: scripts/vm-test runs it in a VM",
                 module_path!(),
                 $module
             );
-            return;
         }
     };
+}
+
+/// True inside the test VM (scripts/vm-test sets WEFT_IN_VM=1).
+pub fn in_vm() -> bool {
+    std::env::var_os("WEFT_IN_VM").is_some()
 }
 
 pub fn is_root() -> bool {
@@ -97,6 +104,8 @@ struct Inner {
     namespaces: Mutex<Vec<String>>,
     children: Mutex<Vec<Child>>,
     hosts: Mutex<Vec<String>>,
+    /// Files and directories of the run (configs, keys, logs), removed last.
+    paths: Mutex<Vec<std::path::PathBuf>>,
 }
 
 /// A world of namespaces, torn down on drop.
@@ -151,7 +160,9 @@ impl World {
             namespaces: Mutex::new(Vec::new()),
             children: Mutex::new(Vec::new()),
             hosts: Mutex::new(Vec::new()),
+            paths: Mutex::new(Vec::new()),
         });
+        signals::watch(&inner);
         let fabric = inner.create_namespace(&format!("{prefix}-fab"))?;
         let world = World { inner, fabric };
         let nl = Netlink::open(&world.fabric).await?;
@@ -260,6 +271,16 @@ impl World {
         Ok(())
     }
 
+    /// Removes `path` (a file or a directory tree of this run) when the world
+    /// is torn down: on drop, or on SIGINT/SIGTERM.
+    pub fn remove_on_teardown(&self, path: impl Into<std::path::PathBuf>) {
+        self.inner
+            .paths
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(path.into());
+    }
+
     /// Starts `program` inside `netns`; the world kills it (by PID) on drop.
     pub fn spawn(&self, netns: &Netns, command: std::process::Command) -> Result<u32> {
         self.inner.spawn(netns, command)
@@ -345,21 +366,37 @@ impl Inner {
     }
 }
 
-impl Drop for Inner {
-    fn drop(&mut self) {
-        for child in self.children.get_mut().unwrap().iter_mut() {
+impl Inner {
+    /// Kills the processes this world started and removes its namespaces; on
+    /// drop, and from the signal thread on SIGINT/SIGTERM. Idempotent.
+    fn tear_down(&self) {
+        let children =
+            std::mem::take(&mut *self.children.lock().unwrap_or_else(|e| e.into_inner()));
+        for mut child in children {
             // Only our own children, by PID, as the machine is shared.
             let _ = child.kill();
             let _ = child.wait();
         }
+        let namespaces =
+            std::mem::take(&mut *self.namespaces.lock().unwrap_or_else(|e| e.into_inner()));
         // Containers before hosts before the fabric: reverse creation order.
-        for name in self.namespaces.get_mut().unwrap().iter().rev() {
+        for name in namespaces.iter().rev() {
             if let Err(e) = Netns::delete(name) {
                 if !e.is_not_found() {
                     eprintln!("test world: could not remove namespace {name}: {e}");
                 }
             }
         }
+        let paths = std::mem::take(&mut *self.paths.lock().unwrap_or_else(|e| e.into_inner()));
+        for path in paths {
+            let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.tear_down();
     }
 }
 
