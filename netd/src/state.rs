@@ -251,3 +251,5 @@ impl State {
 mod damage_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod full_disk_tests;

@@ -131,8 +131,20 @@ impl Store {
             .read(true)
             .write(true)
             .mode(0o600)
-            .open(&path)
-            .map_err(io("open lock file", &path))?;
+            .open(&path);
+        let file = match file {
+            // A read-only state directory can still be read: a shared lock
+            // needs no write access.
+            Err(e)
+                if arg == FlockArg::LockShared
+                    && e.raw_os_error() == Some(libc::EROFS)
+                    && path.exists() =>
+            {
+                File::open(&path)
+            }
+            other => other,
+        }
+        .map_err(io("open lock file", &path))?;
         Flock::lock(file, arg).map_err(|(_, errno)| StoreError::Io {
             action: "lock",
             path,
