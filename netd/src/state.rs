@@ -250,6 +250,6 @@ impl State {
 #[cfg(test)]
 mod damage_tests;
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod full_disk_tests;
+#[cfg(test)]
+mod tests;

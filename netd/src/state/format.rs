@@ -1,8 +1,8 @@
 //! How the state files are framed so that damage shows (format 2).
 //!
-//! - A journal record is one line, `<seq> <crc> <json>\n`: `seq` counts the
-//!   transactions since the state directory was made (1, 2, …, never
-//!   reused), `crc` is the CRC-32 (8 hex digits) of `<seq> <json>`.
+//! - A journal record is one line, `<seq> <crc> <json>\n` (see `journal.rs`):
+//!   `seq` counts the transactions since the state directory was made (1, 2,
+//!   …, never reused), `crc` is the CRC-32 (8 hex digits) of `<seq> <json>`.
 //! - The snapshot is `weft-state 2 <seq> <crc>\n<json>`: `seq` is the last
 //!   transaction it holds, `crc` the CRC-32 of `<seq> <json>`.
 //! - The head, in the lock file every transaction holds anyway, is
@@ -13,7 +13,6 @@
 //! snapshot; both are still read, and the next write folds them into a
 //! format-2 snapshot (see `Store::update`).
 
-use super::journal::Change;
 use super::State;
 
 /// The state files' format; 1 was bare JSON without checksums.
@@ -26,83 +25,17 @@ const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
 
 /// A checksum as written: exactly 8 lower-case hex digits. Upper case is
 /// refused, or a flipped bit 5 in a letter digit would go unseen.
-fn parse_crc(text: &str) -> Option<u32> {
+pub(super) fn parse_crc(text: &str) -> Option<u32> {
     let digits = text.len() == 8 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
     digits.then(|| u32::from_str_radix(text, 16).ok()).flatten()
 }
 
-fn crc(parts: &[&[u8]]) -> u32 {
+pub(super) fn crc(parts: &[&[u8]]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
     for part in parts {
         hasher.update(part);
     }
     hasher.finalize()
-}
-
-/// One journal line as read.
-#[derive(Debug)]
-pub(super) enum Record {
-    /// Format 1: no sequence number, no checksum.
-    Legacy(Change),
-    Checked(u64, Change),
-}
-
-impl Record {
-    pub fn change(&self) -> &Change {
-        match self {
-            Record::Legacy(change) | Record::Checked(_, change) => change,
-        }
-    }
-
-    pub fn seq(&self) -> Option<u64> {
-        match self {
-            Record::Legacy(_) => None,
-            Record::Checked(seq, _) => Some(*seq),
-        }
-    }
-}
-
-/// The journal line of transaction `seq`, newline included.
-pub(super) fn encode_record(seq: u64, change: &Change) -> Vec<u8> {
-    let json = serde_json::to_vec(change).expect("records serialize");
-    let seq_text = seq.to_string();
-    let sum = crc(&[seq_text.as_bytes(), b" ", &json]);
-    let mut line = format!("{seq_text} {sum:08x} ").into_bytes();
-    line.extend_from_slice(&json);
-    line.push(b'\n');
-    line
-}
-
-/// Parses one journal line (without its newline). Err says what is wrong.
-pub(super) fn decode_record(line: &[u8]) -> Result<Record, String> {
-    if line.first() == Some(&b'{') {
-        return serde_json::from_slice(line)
-            .map(Record::Legacy)
-            .map_err(|e| format!("a format-1 record does not parse ({e})"));
-    }
-    let mut fields = line.splitn(3, |&b| b == b' ');
-    let (Some(seq_text), Some(sum_text), Some(json)) =
-        (fields.next(), fields.next(), fields.next())
-    else {
-        return Err("a record is not `<seq> <crc> <json>`".into());
-    };
-    let seq: u64 = std::str::from_utf8(seq_text)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or("a record's sequence number is not a number")?;
-    let sum = std::str::from_utf8(sum_text)
-        .ok()
-        .and_then(parse_crc)
-        .ok_or_else(|| format!("record {seq}'s checksum is not 8 lower-case hex digits"))?;
-    let actual = crc(&[seq_text, b" ", json]);
-    if actual != sum {
-        return Err(format!(
-            "record {seq} fails its checksum (stored {sum:08x}, computed {actual:08x})"
-        ));
-    }
-    let change = serde_json::from_slice(json)
-        .map_err(|e| format!("record {seq} passes its checksum but does not parse ({e})"))?;
-    Ok(Record::Checked(seq, change))
 }
 
 /// The snapshot file holding `state` as of transaction `seq`.
@@ -231,19 +164,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn records_snapshots_and_heads_round_trip_and_a_flipped_bit_shows() {
-        let change = Change::default();
-        let line = encode_record(42, &change);
-        let body = &line[..line.len() - 1];
-        assert!(matches!(decode_record(body), Ok(Record::Checked(42, _))));
-        for i in 0..body.len() {
-            let mut bad = body.to_vec();
-            bad[i] ^= 0x04;
-            assert!(
-                decode_record(&bad).is_err(),
-                "a flip at byte {i} went unseen"
-            );
-        }
+    fn snapshots_and_heads_round_trip_and_a_flipped_bit_shows() {
         let snapshot = encode_snapshot(7, &State::default());
         assert_eq!(
             decode_snapshot(&snapshot).unwrap(),

@@ -77,7 +77,14 @@ fn full_disk_worker() {
         return;
     };
     let dir = Path::new(&dir);
-    mount(&["-t", "tmpfs", "-o", "size=128k", "weft-test", dir.to_str().unwrap()]);
+    mount(&[
+        "-t",
+        "tmpfs",
+        "-o",
+        "size=128k",
+        "weft-test",
+        dir.to_str().unwrap(),
+    ]);
     let state_dir = dir.join("state");
     let store = Store::open(&state_dir).unwrap();
     // Bring the journal's end close to a page boundary, so that the next
@@ -103,7 +110,11 @@ fn full_disk_worker() {
         err.to_string().contains("append to") && err.to_string().contains("No space left"),
         "{err}"
     );
-    assert_eq!(journal_len(&state_dir), len, "a part of the record was left");
+    assert_eq!(
+        journal_len(&state_dir),
+        len,
+        "a part of the record was left"
+    );
     assert_eq!(store.read().unwrap(), before, "memory and disk differ");
     assert_eq!(Store::open(&state_dir).unwrap().read().unwrap(), before);
 
@@ -117,7 +128,11 @@ fn full_disk_worker() {
     // The same files through a read-only bind mount: read, never written.
     let read_only = dir.join("ro");
     std::fs::create_dir(&read_only).unwrap();
-    mount(&["--bind", state_dir.to_str().unwrap(), read_only.to_str().unwrap()]);
+    mount(&[
+        "--bind",
+        state_dir.to_str().unwrap(),
+        read_only.to_str().unwrap(),
+    ]);
     mount(&["-o", "remount,bind,ro", read_only.to_str().unwrap()]);
     let ro = Store::open(&read_only).unwrap();
     assert_eq!(ro.read().unwrap(), fresh);

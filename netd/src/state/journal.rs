@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::format::{self, Record};
+use super::format::{crc, parse_crc};
 use super::{Endpoint, State};
 use crate::ipam::{Pool, Reservations};
 
@@ -121,6 +121,72 @@ pub(super) fn apply(state: &mut State, change: &Change) {
     }
 }
 
+/// One journal line as read.
+#[derive(Debug)]
+pub(super) enum Record {
+    /// Format 1: no sequence number, no checksum.
+    Legacy(Change),
+    Checked(u64, Change),
+}
+
+impl Record {
+    pub fn change(&self) -> &Change {
+        match self {
+            Record::Legacy(change) | Record::Checked(_, change) => change,
+        }
+    }
+
+    pub fn seq(&self) -> Option<u64> {
+        match self {
+            Record::Legacy(_) => None,
+            Record::Checked(seq, _) => Some(*seq),
+        }
+    }
+}
+
+/// The journal line of transaction `seq`, newline included.
+pub(super) fn encode_record(seq: u64, change: &Change) -> Vec<u8> {
+    let json = serde_json::to_vec(change).expect("records serialize");
+    let seq_text = seq.to_string();
+    let sum = crc(&[seq_text.as_bytes(), b" ", &json]);
+    let mut line = format!("{seq_text} {sum:08x} ").into_bytes();
+    line.extend_from_slice(&json);
+    line.push(b'\n');
+    line
+}
+
+/// Parses one journal line (without its newline). Err says what is wrong.
+pub(super) fn decode_record(line: &[u8]) -> Result<Record, String> {
+    if line.first() == Some(&b'{') {
+        return serde_json::from_slice(line)
+            .map(Record::Legacy)
+            .map_err(|e| format!("a format-1 record does not parse ({e})"));
+    }
+    let mut fields = line.splitn(3, |&b| b == b' ');
+    let (Some(seq_text), Some(sum_text), Some(json)) =
+        (fields.next(), fields.next(), fields.next())
+    else {
+        return Err("a record is not `<seq> <crc> <json>`".into());
+    };
+    let seq: u64 = std::str::from_utf8(seq_text)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or("a record's sequence number is not a number")?;
+    let sum = std::str::from_utf8(sum_text)
+        .ok()
+        .and_then(parse_crc)
+        .ok_or_else(|| format!("record {seq}'s checksum is not 8 lower-case hex digits"))?;
+    let actual = crc(&[seq_text, b" ", json]);
+    if actual != sum {
+        return Err(format!(
+            "record {seq} fails its checksum (stored {sum:08x}, computed {actual:08x})"
+        ));
+    }
+    let change = serde_json::from_slice(json)
+        .map_err(|e| format!("record {seq} passes its checksum but does not parse ({e})"))?;
+    Ok(Record::Checked(seq, change))
+}
+
 /// How far a journal's text could be read.
 #[derive(Debug)]
 pub(super) enum Tail {
@@ -153,7 +219,7 @@ pub(super) fn parse(text: &[u8], mut prev: Option<u64>) -> Tail {
             return Tail::Torn(records, used);
         };
         let last = used + end + 1 == text.len();
-        let record = match format::decode_record(&rest[..end]) {
+        let record = match decode_record(&rest[..end]) {
             Ok(record) => record,
             // The last line cut short, or zeros a power loss left.
             Err(_) if last => return Tail::Torn(records, used),
@@ -228,7 +294,7 @@ mod tests {
         assert_eq!(change.endpoints.len(), 3, "{change:?}");
         assert!(change.endpoints["a"].is_none());
         assert_eq!(change.pools[&subnet.to_string()].reserved.len(), 2);
-        let line = format::encode_record(1, &change);
+        let line = encode_record(1, &change);
         let Tail::Clean(records, used) = parse(&line, None) else {
             panic!("a whole line did not parse");
         };
@@ -271,14 +337,31 @@ mod tests {
     }
 
     #[test]
+    fn every_flipped_bit_of_a_record_shows() {
+        let line = encode_record(42, &Change::default());
+        let body = &line[..line.len() - 1];
+        assert!(matches!(decode_record(body), Ok(Record::Checked(42, _))));
+        for i in 0..body.len() {
+            for bit in 0..8 {
+                let mut bad = body.to_vec();
+                bad[i] ^= 1 << bit;
+                assert!(
+                    decode_record(&bad).is_err(),
+                    "a flip at byte {i} went unseen"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn a_torn_end_is_told_from_a_damaged_middle_and_a_hole() {
         let change = |id: &str| Change {
             endpoints: [(id.to_string(), None)].into(),
             pools: BTreeMap::new(),
         };
-        let one = format::encode_record(1, &change("a"));
-        let two = format::encode_record(2, &change("b"));
-        let three = format::encode_record(3, &change("c"));
+        let one = encode_record(1, &change("a"));
+        let two = encode_record(2, &change("b"));
+        let three = encode_record(3, &change("c"));
         let torn = [one.as_slice(), &two[..9]].concat();
         assert!(matches!(parse(&torn, None), Tail::Torn(r, n) if r.len() == 1 && n == one.len()));
         let zeros = [one.as_slice(), b"\0\0\0\n"].concat();

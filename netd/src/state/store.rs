@@ -406,7 +406,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let path = self.journal_path();
         let seq = cache.seq + 1;
-        let line = format::encode_record(seq, record);
+        let line = journal::encode_record(seq, record);
         let mut file = OpenOptions::new()
             .create(true)
             .append(true)
