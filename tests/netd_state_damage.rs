@@ -23,7 +23,7 @@ const GATEWAY: &str = "10.66.7.1";
 /// Runs `netd run` in `host` on `state_dir` the way the unit would, and
 /// returns its exit status and output; kills it (by PID) if it is still
 /// running after 20 s, which counts as having started.
-fn run_netd_once(host: &Host, dir: &Path) -> (Option<i32>, String) {
+fn run_netd_once(host: &Host, dir: &Path, subnet: &str) -> (Option<i32>, String) {
     let log = dir.join("once.log");
     let out = std::fs::File::create(&log).unwrap();
     let mut child = Command::new("ip")
@@ -34,7 +34,7 @@ fn run_netd_once(host: &Host, dir: &Path) -> (Option<i32>, String) {
         .arg(dir.join("state"))
         .arg("--socket")
         .arg(dir.join("run/once.sock"))
-        .args(default_args(SUBNET))
+        .args(default_args(subnet))
         .env_remove("WEFT_CONFIG")
         .env("RUST_LOG", "netd=debug,info")
         .stdin(Stdio::null())
@@ -59,8 +59,12 @@ fn run_netd_once(host: &Host, dir: &Path) -> (Option<i32>, String) {
 
 /// `netd recover ARGS --json` in the host, as an operator would run it.
 fn recover(netd: &Netd, extra: &[&str]) -> Value {
+    recover_in(netd, SUBNET, extra)
+}
+
+fn recover_in(netd: &Netd, subnet: &str, extra: &[&str]) -> Value {
     let state_dir = netd.state_dir.to_str().unwrap();
-    let mut args = vec!["recover", "--state-dir", state_dir, "--subnet", SUBNET];
+    let mut args = vec!["recover", "--state-dir", state_dir, "--subnet", subnet];
     args.extend_from_slice(extra);
     netd.json(&args).unwrap()
 }
@@ -100,6 +104,37 @@ async fn a_journal_cut_in_half_is_refused_and_recover_adopts_the_live_containers
     let links_before = links_with_prefix(&host.netns, "wv");
     assert_eq!(links_before.len(), 6);
     netd.terminate().unwrap();
+    // A link with netd's alias whose other end has no address: nothing to
+    // adopt it from.
+    let ghost = host.container("ghost").unwrap();
+    for args in [
+        vec![
+            "link",
+            "add",
+            "wvghost",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &ghost.netns_name,
+        ],
+        vec![
+            "link",
+            "set",
+            "wvghost",
+            "master",
+            "weft0",
+            "alias",
+            "weft:ghost",
+            "up",
+        ],
+    ] {
+        let out = world::run_in(&host.netns, "ip", &args, Duration::from_secs(10)).unwrap();
+        assert!(out.success, "ip {args:?}: {}", out.stderr);
+    }
+    let links_before = links_with_prefix(&host.netns, "wv");
 
     let journal = netd.state_dir.join("state.log");
     let len = std::fs::metadata(&journal).unwrap().len();
@@ -112,7 +147,7 @@ async fn a_journal_cut_in_half_is_refused_and_recover_adopts_the_live_containers
 
     // netd refuses, naming the file and the way out, with the status the
     // unit does not restart on; it touched no container.
-    let (status, log) = run_netd_once(&host, &dir.0);
+    let (status, log) = run_netd_once(&host, &dir.0, SUBNET);
     assert_eq!(
         status,
         Some(65),
@@ -139,7 +174,7 @@ async fn a_journal_cut_in_half_is_refused_and_recover_adopts_the_live_containers
         "{dry}"
     );
     assert!(dry["written"].is_null(), "{dry}");
-    let (status, _) = run_netd_once(&host, &dir.0);
+    let (status, _) = run_netd_once(&host, &dir.0, SUBNET);
     assert_eq!(status, Some(65), "a dry run repaired the state");
     let report = recover(&netd, &[]);
     assert_eq!(
@@ -147,8 +182,14 @@ async fn a_journal_cut_in_half_is_refused_and_recover_adopts_the_live_containers
         live.keys().cloned().collect::<Vec<_>>(),
         "{report}"
     );
+    let unmatched = report["unmatched_links"].as_array().unwrap();
+    assert_eq!(unmatched.len(), 1, "{report}");
+    assert_eq!(unmatched[0]["host_ifname"], "wvghost", "{report}");
     assert!(
-        report["unmatched_links"].as_array().unwrap().is_empty(),
+        unmatched[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no address"),
         "{report}"
     );
     assert!(
@@ -189,11 +230,17 @@ async fn a_journal_cut_in_half_is_refused_and_recover_adopts_the_live_containers
         reconciled["errors"].as_array().unwrap().is_empty(),
         "{reconciled}"
     );
-    assert!(
-        !reconciled.to_string().contains("stale_link_removed"),
+    // Only the link recovery could not adopt is removed as stale.
+    let live_links: Vec<String> = links_before
+        .iter()
+        .filter(|l| *l != "wvghost")
+        .cloned()
+        .collect();
+    assert_eq!(
+        links_with_prefix(&host.netns, "wv"),
+        live_links,
         "{reconciled}"
     );
-    assert_eq!(links_with_prefix(&host.netns, "wv"), links_before);
     for (ip, c) in live.values() {
         assert_eq!(
             addresses(&c.netns, "eth0"),
@@ -218,6 +265,11 @@ async fn a_journal_cut_in_half_is_refused_and_recover_adopts_the_live_containers
     let first = live.keys().next().unwrap().clone();
     netd.json(&["detach", &first, "--wait"]).unwrap();
     assert_eq!(links_with_prefix(&host.netns, "wv").len(), 6);
+    // A second recovery on whole files writes nothing.
+    netd.terminate().unwrap();
+    let again = recover(&netd, &[]);
+    assert!(again["problems"].as_array().unwrap().is_empty(), "{again}");
+    assert!(again["written"].is_null(), "{again}");
 }
 
 /// A damaged snapshot: refused the same way, and recovered from the kernel.
@@ -227,28 +279,43 @@ async fn a_damaged_snapshot_is_refused_and_recovered() {
     let world = World::new().await.unwrap();
     let host = world.host("a").await.unwrap();
     let dir = TestDir::new(&world).unwrap();
-    let mut netd = Netd::start(&world, &host, &dir.0, &default_args(SUBNET)).unwrap();
+    let subnet = "10.66.8.0/24";
+    let mut netd = Netd::start(&world, &host, &dir.0, &default_args(subnet)).unwrap();
     let c = host.container("s0").unwrap();
     let ip = result_ip(
         &netd
             .attach(&c.netns_name, &c.name, &["-p", "8080:80"])
             .unwrap(),
     );
+    // A second container whose link goes away while netd is down.
+    let gone = host.container("s1").unwrap();
+    let r = netd.attach(&gone.netns_name, &gone.name, &[]).unwrap();
+    let gone_link = r["interfaces"][0]["name"].as_str().unwrap().to_string();
     netd.terminate().unwrap();
-    // What a snapshot holds: the journal folded in, as compaction leaves it.
-    let store = netd::Store::open(&netd.state_dir).unwrap();
-    let state = store.read().unwrap();
-    assert_eq!(state.endpoints.len(), 1);
+    let out = world::run_in(
+        &host.netns,
+        "ip",
+        &["link", "del", &gone_link],
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert!(out.success, "{}", out.stderr);
     let snapshot = netd.state_dir.join("state.json");
     std::fs::write(&snapshot, b"weft-state 2 9 00000000\n{\"version\":1}").unwrap();
-    let (status, log) = run_netd_once(&host, &dir.0);
+    let (status, log) = run_netd_once(&host, &dir.0, subnet);
     assert_eq!(status, Some(65), "{log}");
     assert!(log.contains("state.json is damaged"), "{log}");
-    let report = recover(&netd, &[]);
+    assert!(log.contains("fails its checksum"), "{log}");
+    let report = recover_in(&netd, subnet, &[]);
     assert_eq!(ids(&report["adopted"]), ["s0"], "{report}");
+    // The journal was whole: the name and the published port come from it.
+    assert_eq!(report["adopted"][0]["matched_state"], true, "{report}");
+    assert_eq!(report["adopted"][0]["ports"], 1, "{report}");
+    assert_eq!(ids(&report["dropped"]), ["s1"], "{report}");
     netd.restart().unwrap();
     let endpoints = netd.endpoints().unwrap();
-    assert_eq!(endpoints.len(), 1);
+    assert_eq!(endpoints.len(), 1, "{endpoints:?}");
+    assert_eq!(endpoints[0]["ports"].as_array().unwrap().len(), 1);
     assert_eq!(addresses(&c.netns, "eth0"), [format!("{ip}/24")]);
-    assert!(ping(&c.netns, GATEWAY.parse().unwrap()).unwrap());
+    assert!(ping(&c.netns, "10.66.8.1".parse().unwrap()).unwrap());
 }

@@ -16,10 +16,9 @@
 //! configuration, the store) so that it runs without a `Network` (netd is
 //! stopped while it runs).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::IpAddr;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use ipnetwork::IpNetwork;
@@ -30,6 +29,10 @@ use crate::config::Config;
 use crate::endpoint::ALIAS_PREFIX;
 use crate::error::{KernelContext, Result};
 use crate::state::{Endpoint, Phase, Replaced, State, Store};
+
+mod peers;
+
+use peers::{Candidates, Peer};
 
 /// What recovery found and did.
 #[derive(Debug, Clone, Serialize)]
@@ -107,7 +110,7 @@ pub async fn recover(
         .iter()
         .filter_map(|l| Some((l, l.alias.as_deref()?.strip_prefix(ALIAS_PREFIX)?)))
         .collect();
-    let mut candidates = Candidates::new(host);
+    let mut candidates = Candidates::new(host, &nl);
     let mut fresh = State::default();
     let mut names = BTreeSet::new();
     for (link, id) in ours {
@@ -152,14 +155,6 @@ pub async fn recover(
         report.written = Some(store.replace(&fresh, salvage.seq)?);
     }
     Ok(report)
-}
-
-/// The container end of a host link, as found in its namespace.
-struct Peer {
-    netns: PathBuf,
-    netns_inode: u64,
-    link: Link,
-    ips: Vec<IpNetwork>,
 }
 
 /// Builds the endpoint of a live container and reserves its addresses.
@@ -244,134 +239,6 @@ fn adopt(
     Ok(adopted)
 }
 
-/// The namespaces a container end may be in, opened as they are needed:
-/// the one the state named first, then every named namespace, then every
-/// process's (each namespace once).
-struct Candidates {
-    host: (u64, u64),
-    /// (device, inode) → the namespace's path and its links, once listed.
-    seen: BTreeMap<(u64, u64), (PathBuf, Vec<Link>)>,
-    scanned: bool,
-}
-
-impl Candidates {
-    fn new(host: &Netns) -> Candidates {
-        Candidates {
-            host: host.identity(),
-            seen: BTreeMap::new(),
-            scanned: false,
-        }
-    }
-
-    /// Opens the namespace at `path` and lists its links, unless it was
-    /// already or it is the host's.
-    async fn visit(&mut self, path: &Path) {
-        let Ok(meta) = std::fs::metadata(path) else {
-            return;
-        };
-        let key = (meta.dev(), meta.ino());
-        if key == self.host || self.seen.contains_key(&key) {
-            return;
-        }
-        let Ok(netns) = Netns::path(path) else {
-            return;
-        };
-        let links = match Netlink::open(&netns).await {
-            Ok(nl) => nl.links().await.unwrap_or_default(),
-            Err(_) => Vec::new(),
-        };
-        self.seen.insert(key, (path.to_path_buf(), links));
-    }
-
-    /// The veth whose peer is `link` (each names the other's index).
-    fn find(&self, link: &Link) -> Vec<(u64, &Path, &Link)> {
-        let mut found = Vec::new();
-        for ((_, ino), (path, links)) in &self.seen {
-            for l in links {
-                if l.is_kind("veth")
-                    && l.parent_elsewhere
-                    && Some(l.index) == link.parent
-                    && l.parent == Some(link.index)
-                {
-                    found.push((*ino, path.as_path(), l));
-                }
-            }
-        }
-        found
-    }
-
-    async fn peer_of(&mut self, link: &Link, hint: Option<&Endpoint>) -> Result<Peer, String> {
-        if link.parent.is_none() {
-            return Err("the kernel does not say where its other end is".into());
-        }
-        if let Some(h) = hint {
-            self.visit(&h.netns).await;
-        }
-        // The namespace the state named, if it is still there and holds the end.
-        let mut found = self.find(link);
-        if found.is_empty() && !self.scanned {
-            self.scan().await;
-            found = self.find(link);
-        }
-        let (ino, path, peer) = match found[..] {
-            [one] => one,
-            [] => {
-                return Err(
-                    "its other end is in no namespace netd can see (not in /run/netns, nor any process's)".into(),
-                )
-            }
-            _ => {
-                return Err(format!(
-                    "{} namespaces hold a link that could be its other end: which one is not clear",
-                    found.len()
-                ))
-            }
-        };
-        let netns = Netns::path(path).map_err(|e| format!("open {}: {e}", path.display()))?;
-        let nl = Netlink::open(&netns)
-            .await
-            .map_err(|e| format!("open netlink in {}: {e}", path.display()))?;
-        let ips = nl
-            .addresses(Some(peer.index))
-            .await
-            .map_err(|e| format!("list the addresses in {}: {e}", path.display()))?
-            .into_iter()
-            .map(|a| a.network)
-            .filter(|n| !is_link_local(n.ip()))
-            .collect();
-        Ok(Peer {
-            netns: path.to_path_buf(),
-            netns_inode: ino,
-            link: peer.clone(),
-            ips,
-        })
-    }
-
-    /// Lists every named namespace, then every process's.
-    async fn scan(&mut self) {
-        self.scanned = true;
-        for name in Netns::list_named().unwrap_or_default() {
-            self.visit(&Path::new("/run/netns").join(name)).await;
-        }
-        let Ok(procs) = std::fs::read_dir("/proc") else {
-            return;
-        };
-        for entry in procs.flatten() {
-            let name = entry.file_name();
-            if name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
-                self.visit(&entry.path().join("ns/net")).await;
-            }
-        }
-    }
-}
-
-fn is_link_local(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_link_local(),
-        IpAddr::V6(v6) => v6.segments()[0] & 0xffc0 == 0xfe80,
-    }
-}
-
 impl RecoveryReport {
     /// The report in words, one line each.
     pub fn lines(&self, dry_run: bool) -> Vec<String> {
@@ -414,7 +281,7 @@ impl RecoveryReport {
         }
         for u in &self.unmatched_links {
             lines.push(format!(
-                "left alone: {} (container {}): {}",
+                "left alone: {} (container {}): {}; netd removes it as a stale link at its next reconciliation unless the container is attached again",
                 u.host_ifname, u.id, u.reason
             ));
         }

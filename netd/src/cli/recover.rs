@@ -2,7 +2,7 @@
 
 use super::print_json;
 use crate::config::{Config, ConfigArgs};
-use crate::error::{KernelContext, Result};
+use crate::error::{Error, KernelContext, Result};
 use crate::state::Store;
 
 #[derive(Debug, clap::Args)]
@@ -24,6 +24,14 @@ pub async fn run(args: RecoverArgs) -> Result<()> {
             .ctx(|| format!("open the namespace netd manages ({spec}, from --netns)"))?,
         None => plumb::Netns::current().ctx(|| "open netd's own network namespace")?,
     };
+    // A running netd would go on from its own copy of the state, and
+    // attaches meanwhile would race the new files.
+    if !args.dry_run && std::os::unix::net::UnixStream::connect(&config.socket).is_ok() {
+        return Err(Error::Invalid(format!(
+            "netd is running (it answers on {}): stop it first (systemctl stop weft-netd), then run netd recover",
+            config.socket.display()
+        )));
+    }
     let store = Store::open(&config.state_dir)?;
     let report = crate::recover::recover(&host, &config, &store, args.dry_run).await?;
     if args.json {
