@@ -29,20 +29,7 @@ fn subnet() -> IpNetwork {
 }
 
 fn endpoint(id: &str) -> Endpoint {
-    Endpoint {
-        id: id.into(),
-        name: format!("name-{id}"),
-        netns: format!("/run/netns/{id}").into(),
-        netns_inode: 1,
-        ifname: "eth0".into(),
-        host_ifname: crate::endpoint::host_ifname(id),
-        mac: None,
-        mtu: None,
-        ips: vec![],
-        gateways: vec![],
-        ports: vec![],
-        phase: Phase::Attached,
-    }
+    Endpoint::for_tests(id, &format!("name-{id}"), 1, &[])
 }
 
 /// Attaches t0..t5 and attaches then detaches d0..d4 (the probe's history):
