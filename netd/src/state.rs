@@ -48,6 +48,7 @@ mod endpoints;
 mod format;
 mod journal;
 mod salvage;
+mod snapshot;
 mod store;
 
 pub use endpoints::{EndpointMut, Endpoints};
