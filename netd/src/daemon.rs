@@ -30,6 +30,8 @@ pub async fn run_from(args: ConfigArgs) -> Result<()> {
 async fn run_with(config: Config, peers: PeerSource) -> Result<()> {
     raise_open_file_limit();
     let mut network = Network::open(config.clone()).await?;
+    // Damaged state files stop netd here, before it changes anything.
+    network.store().read()?;
     network.start_overlay(peers).await?;
     let network = Arc::new(network);
     network.reap_in_background()?;

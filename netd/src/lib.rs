@@ -24,6 +24,7 @@ pub mod overlay;
 pub mod publish;
 pub mod reaper;
 pub mod reconcile;
+pub mod recover;
 pub mod state;
 
 pub use config::{Config, ConfigArgs, FirewallKind};

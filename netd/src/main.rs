@@ -34,6 +34,13 @@ fn main() {
             }
             source = cause.source();
         }
-        std::process::exit(1);
+        // Damaged state: a restart would fail the same way (the unit does
+        // not restart on this status); `netd recover` is what helps.
+        let damaged = matches!(&e, netd::Error::Store(s) if s.is_damage());
+        std::process::exit(if damaged {
+            netd::state::EXIT_DAMAGED_STATE
+        } else {
+            1
+        });
     }
 }

@@ -9,6 +9,7 @@ mod peers;
 mod pubkey;
 mod publish;
 mod reconcile;
+mod recover;
 mod run;
 mod status;
 
@@ -57,6 +58,9 @@ pub enum Command {
     /// Print this host's overlay public key (generating the key pair when missing),
     /// for the other hosts' [[overlay.peer]] lists. Needs no running netd.
     Pubkey(ConfigArgs),
+    /// Rebuild damaged state files from the kernel: adopt the containers whose links are live,
+    /// drop the entries that have none. Run with netd stopped.
+    Recover(recover::RecoverArgs),
 }
 
 /// What every admin command takes.
@@ -94,6 +98,7 @@ impl Cli {
             Command::Reconcile(args) => reconcile::run(args).await,
             Command::Peers(args) => peers::run(args).await,
             Command::Pubkey(args) => pubkey::run(args),
+            Command::Recover(args) => recover::run(args).await,
         }
     }
 }

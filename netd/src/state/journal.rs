@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::format::{crc, parse_crc};
 use super::{Endpoint, State};
 use crate::ipam::{Pool, Reservations};
 
@@ -120,40 +121,134 @@ pub(super) fn apply(state: &mut State, change: &Change) {
     }
 }
 
+/// One journal line as read.
+#[derive(Debug)]
+pub(super) enum Record {
+    /// Format 1: no sequence number, no checksum.
+    Legacy(Change),
+    Checked(u64, Change),
+}
+
+impl Record {
+    pub fn change(&self) -> &Change {
+        match self {
+            Record::Legacy(change) | Record::Checked(_, change) => change,
+        }
+    }
+
+    pub fn seq(&self) -> Option<u64> {
+        match self {
+            Record::Legacy(_) => None,
+            Record::Checked(seq, _) => Some(*seq),
+        }
+    }
+}
+
+/// The journal line of transaction `seq`, newline included.
+pub(super) fn encode_record(seq: u64, change: &Change) -> Vec<u8> {
+    let json = serde_json::to_vec(change).expect("records serialize");
+    let seq_text = seq.to_string();
+    let sum = crc(&[seq_text.as_bytes(), b" ", &json]);
+    let mut line = format!("{seq_text} {sum:08x} ").into_bytes();
+    line.extend_from_slice(&json);
+    line.push(b'\n');
+    line
+}
+
+/// Parses one journal line (without its newline). Err says what is wrong.
+pub(super) fn decode_record(line: &[u8]) -> Result<Record, String> {
+    if line.first() == Some(&b'{') {
+        return serde_json::from_slice(line)
+            .map(Record::Legacy)
+            .map_err(|e| format!("a format-1 record does not parse ({e})"));
+    }
+    let mut fields = line.splitn(3, |&b| b == b' ');
+    let (Some(seq_text), Some(sum_text), Some(json)) =
+        (fields.next(), fields.next(), fields.next())
+    else {
+        return Err("a record is not `<seq> <crc> <json>`".into());
+    };
+    let seq: u64 = std::str::from_utf8(seq_text)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or("a record's sequence number is not a number")?;
+    let sum = std::str::from_utf8(sum_text)
+        .ok()
+        .and_then(parse_crc)
+        .ok_or_else(|| format!("record {seq}'s checksum is not 8 lower-case hex digits"))?;
+    let actual = crc(&[seq_text, b" ", json]);
+    if actual != sum {
+        return Err(format!(
+            "record {seq} fails its checksum (stored {sum:08x}, computed {actual:08x})"
+        ));
+    }
+    let change = serde_json::from_slice(json)
+        .map_err(|e| format!("record {seq} passes its checksum but does not parse ({e})"))?;
+    Ok(Record::Checked(seq, change))
+}
+
 /// How far a journal's text could be read.
+#[derive(Debug)]
 pub(super) enum Tail {
-    /// Every complete line parsed: the records and the bytes they span.
-    Clean(Vec<Change>, usize),
-    /// The records before a torn end (a writer killed mid-write, or a power
-    /// loss), and the bytes they span: the rest is to be cut off.
-    Torn(Vec<Change>, usize),
-    /// A line in the middle does not parse: not a torn write.
-    Corrupt {
+    /// Every line is whole and checks out: the records and the bytes they span.
+    Clean(Vec<Record>, usize),
+    /// The records before a last line that is cut short or does not check
+    /// out, and the bytes they span. Whether that line is a crashed writer's
+    /// uncommitted record or the remains of a cut through committed ones is
+    /// for the caller to tell, from the head (see `format::Head`).
+    Torn(Vec<Record>, usize),
+    /// A line before the last one is wrong, or the sequence has a hole: not
+    /// what any crash leaves. The records before it are kept for
+    /// `netd recover`, which takes them as hints only.
+    Damaged {
+        records: Vec<Record>,
         offset: usize,
-        source: serde_json::Error,
+        problem: String,
     },
 }
 
-/// Parses journal text from a line boundary.
-pub(super) fn parse(text: &[u8]) -> Tail {
+/// Parses journal text from a line boundary. `prev` is the sequence number
+/// of the record just before `text` in the same file, if one was read.
+pub(super) fn parse(text: &[u8], mut prev: Option<u64>) -> Tail {
     let mut records = Vec::new();
     let mut used = 0;
+    let mut legacy = false;
     while used < text.len() {
         let rest = &text[used..];
         let Some(end) = rest.iter().position(|&b| b == b'\n') else {
             return Tail::Torn(records, used);
         };
-        match serde_json::from_slice::<Change>(&rest[..end]) {
-            Ok(change) => records.push(change),
-            // The last line cut short (or filled with zeros by a power loss).
-            Err(_) if used + end + 1 == text.len() => return Tail::Torn(records, used),
-            Err(source) => {
-                return Tail::Corrupt {
+        let last = used + end + 1 == text.len();
+        let record = match decode_record(&rest[..end]) {
+            Ok(record) => record,
+            // The last line cut short, or zeros a power loss left.
+            Err(_) if last => return Tail::Torn(records, used),
+            Err(problem) => {
+                return Tail::Damaged {
+                    records,
                     offset: used,
-                    source,
+                    problem,
                 }
             }
+        };
+        let problem = match (record.seq(), prev) {
+            (None, _) if prev.is_some() => Some("a format-1 record follows a format-2 one".into()),
+            (Some(_), _) if legacy => Some("a format-2 record follows a format-1 one".into()),
+            (Some(seq), Some(before)) if seq != before + 1 => {
+                Some(format!("record {seq} follows record {before}"))
+            }
+            _ => None,
+        };
+        if let Some(problem) = problem {
+            return Tail::Damaged {
+                records,
+                offset: used,
+                problem,
+            };
         }
+        legacy |= record.seq().is_none();
+        prev = record.seq().or(prev);
+        records.push(record);
         used += end + 1;
     }
     Tail::Clean(records, used)
@@ -199,15 +294,15 @@ mod tests {
         assert_eq!(change.endpoints.len(), 3, "{change:?}");
         assert!(change.endpoints["a"].is_none());
         assert_eq!(change.pools[&subnet.to_string()].reserved.len(), 2);
-        let line = serde_json::to_vec(&change).unwrap();
-        let Tail::Clean(records, used) = parse(&[line.as_slice(), b"\n"].concat()) else {
+        let line = encode_record(1, &change);
+        let Tail::Clean(records, used) = parse(&line, None) else {
             panic!("a whole line did not parse");
         };
-        assert_eq!(used, line.len() + 1);
+        assert_eq!(used, line.len());
         let mut replayed = before.clone();
-        apply(&mut replayed, &records[0]);
+        apply(&mut replayed, records[0].change());
         assert_eq!(replayed, after);
-        apply(&mut replayed, &records[0]);
+        apply(&mut replayed, records[0].change());
         assert_eq!(replayed, after);
         assert!(diff(&after, &after).is_empty());
     }
@@ -242,22 +337,53 @@ mod tests {
     }
 
     #[test]
-    fn a_torn_end_is_told_from_a_corrupt_middle() {
-        let line = serde_json::to_string(&Change {
-            endpoints: [("a".to_string(), None)].into(),
+    fn every_flipped_bit_of_a_record_shows() {
+        let line = encode_record(42, &Change::default());
+        let body = &line[..line.len() - 1];
+        assert!(matches!(decode_record(body), Ok(Record::Checked(42, _))));
+        for i in 0..body.len() {
+            for bit in 0..8 {
+                let mut bad = body.to_vec();
+                bad[i] ^= 1 << bit;
+                assert!(
+                    decode_record(&bad).is_err(),
+                    "a flip at byte {i} went unseen"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_torn_end_is_told_from_a_damaged_middle_and_a_hole() {
+        let change = |id: &str| Change {
+            endpoints: [(id.to_string(), None)].into(),
             pools: BTreeMap::new(),
-        })
-        .unwrap();
-        let whole = format!("{line}\n");
+        };
+        let one = encode_record(1, &change("a"));
+        let two = encode_record(2, &change("b"));
+        let three = encode_record(3, &change("c"));
+        let torn = [one.as_slice(), &two[..9]].concat();
+        assert!(matches!(parse(&torn, None), Tail::Torn(r, n) if r.len() == 1 && n == one.len()));
+        let zeros = [one.as_slice(), b"\0\0\0\n"].concat();
+        assert!(matches!(parse(&zeros, None), Tail::Torn(r, n) if r.len() == 1 && n == one.len()));
+        let garbage = [one.as_slice(), b"garbage\n", &two].concat();
         assert!(
-            matches!(parse(format!("{whole}{}", &line[..9]).as_bytes()), Tail::Torn(r, n) if r.len() == 1 && n == whole.len())
+            matches!(parse(&garbage, None), Tail::Damaged { offset, .. } if offset == one.len())
         );
+        let hole = [one.as_slice(), &three].concat();
         assert!(
-            matches!(parse(format!("{whole}\0\0\0\n").as_bytes()), Tail::Torn(r, n) if r.len() == 1 && n == whole.len())
+            matches!(parse(&hole, None), Tail::Damaged { offset, ref problem, .. } if offset == one.len() && problem.contains("record 3 follows record 1"))
         );
+        assert!(matches!(parse(&two, Some(1)), Tail::Clean(r, _) if r.len() == 1));
         assert!(matches!(
-            parse(format!("{whole}garbage\n{whole}").as_bytes()),
-            Tail::Corrupt { offset, .. } if offset == whole.len()
+            parse(&three, Some(1)),
+            Tail::Damaged { offset: 0, .. }
+        ));
+        let legacy = [serde_json::to_vec(&change("a")).unwrap().as_slice(), b"\n"].concat();
+        assert!(matches!(parse(&legacy, None), Tail::Clean(r, _) if r[0].seq().is_none()));
+        assert!(matches!(
+            parse(&[one.as_slice(), &legacy].concat(), None),
+            Tail::Damaged { .. }
         ));
     }
 }

@@ -1,0 +1,45 @@
+//! `netd recover`
+
+use super::print_json;
+use crate::config::{Config, ConfigArgs};
+use crate::error::{Error, KernelContext, Result};
+use crate::state::Store;
+
+#[derive(Debug, clap::Args)]
+pub struct RecoverArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Show what would be adopted and dropped; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(args: RecoverArgs) -> Result<()> {
+    let config = Config::load(&args.config)?;
+    let host = match &config.netns {
+        Some(spec) => plumb::Netns::resolve(spec)
+            .ctx(|| format!("open the namespace netd manages ({spec}, from --netns)"))?,
+        None => plumb::Netns::current().ctx(|| "open netd's own network namespace")?,
+    };
+    // A running netd would go on from its own copy of the state, and
+    // attaches meanwhile would race the new files.
+    if !args.dry_run && std::os::unix::net::UnixStream::connect(&config.socket).is_ok() {
+        return Err(Error::Invalid(format!(
+            "netd is running (it answers on {}): stop it first (systemctl stop weft-netd), then run netd recover",
+            config.socket.display()
+        )));
+    }
+    let store = Store::open(&config.state_dir)?;
+    let report = crate::recover::recover(&host, &config, &store, args.dry_run).await?;
+    if args.json {
+        print_json(&report);
+    } else {
+        for line in report.lines(args.dry_run) {
+            println!("{line}");
+        }
+    }
+    Ok(())
+}
