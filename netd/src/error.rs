@@ -37,7 +37,7 @@ pub enum Error {
     Overlay {
         context: String,
         #[source]
-        source: ::overlay::DeviceError,
+        source: Box<::overlay::DeviceError>,
     },
 
     /// The request is malformed: a bad id, port, MTU, address or body.
@@ -129,7 +129,7 @@ impl Error {
     pub fn overlay(context: impl Into<String>, source: ::overlay::DeviceError) -> Error {
         Error::Overlay {
             context: context.into(),
-            source,
+            source: Box::new(source),
         }
     }
 

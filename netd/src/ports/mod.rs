@@ -3,13 +3,16 @@
 //! (`plumb::firewall`, nftables or iptables) forward them. Reconciliation
 //! re-applies the whole set when the ruleset was flushed.
 //!
-//! - `mod.rs`: [`Ports`], the part that owns the firewall handle: publish
-//!   and withdraw, the network's NAT rules, the sync a reconciliation runs;
+//! - `mod.rs`: [`Ports`], the part that owns the firewall handle: the
+//!   network's NAT rules, a container's ports added and withdrawn, the sync
+//!   a reconciliation runs;
+//! - `publish.rs`: publish and unpublish ports of an attached container;
 //! - `specs.rs`: the user's port specs, bound to a container and checked
 //!   for clashes;
 //! - `localhost_relay.rs`: the daemon's `[::1]` relay ([`LocalhostRelay`]).
 
 mod localhost_relay;
+mod publish;
 mod specs;
 
 use std::sync::Arc;
@@ -63,7 +66,7 @@ impl Ports {
     }
 
     /// Runs a blocking firewall call off the async workers.
-    async fn call<T: Send + 'static>(
+    pub(super) async fn call<T: Send + 'static>(
         &self,
         call: impl FnOnce(&dyn Firewall) -> plumb::Result<T> + Send + 'static,
     ) -> plumb::Result<T> {
@@ -108,102 +111,9 @@ impl Ports {
         }
     }
 
-    /// Publishes more ports of an attached container; `relay` also opens
-    /// their `[::1]` sockets (the daemon's).
-    pub async fn publish(
-        &self,
-        key: &str,
-        specs: &[String],
-        relay: Option<&LocalhostRelay>,
-    ) -> Result<Vec<PublishedPort>> {
-        let _op = self.host.shared_op().await;
-        let result = self.publish_locked(key, specs, relay).await;
-        if result.is_err() {
-            self.host.metrics().error("publish");
-        }
-        result
-    }
-
-    async fn publish_locked(
-        &self,
-        key: &str,
-        specs: &[String],
-        relay: Option<&LocalhostRelay>,
-    ) -> Result<Vec<PublishedPort>> {
-        let parsed = parse_specs(key, specs)?;
-        let store = self.host.store();
-        // Record first (conflicts checked under the lock), then apply; undo
-        // the record if the firewall refuses.
-        let (id, ports) = store.update(|s| -> Result<(String, Vec<PublishedPort>)> {
-            let ep = attached(s, key)?;
-            let ports = bind_specs(&ep.name, &parsed, &ep.ips)?;
-            check_conflicts(s, &ep.name, &ports)?;
-            let id = ep.id.clone();
-            s.endpoint_mut(&id)
-                .expect("found above")
-                .ports
-                .extend(ports.iter().copied());
-            Ok((id, ports))
-        })?;
-        if let Err(e) = self.add(&ports).await {
-            store.update(|s| -> Result<()> {
-                if let Some(mut ep) = s.endpoint_mut(&id) {
-                    ep.ports.retain(|p| !ports.contains(p));
-                }
-                Ok(())
-            })?;
-            return Err(Error::kernel(
-                format!("publish ports of container {key}"),
-                e,
-            ));
-        }
-        tracing::info!(container = key, ports = ?ports.iter().map(|p| p.to_string()).collect::<Vec<_>>(), "published");
-        if let Some(relay) = relay {
-            relay.open(&ports);
-        }
-        Ok(ports)
-    }
-
-    /// Withdraws published ports of a container; specs that are not published are skipped.
-    pub async fn unpublish(
-        &self,
-        key: &str,
-        specs: &[String],
-        relay: Option<&LocalhostRelay>,
-    ) -> Result<Vec<PublishedPort>> {
-        let _op = self.host.shared_op().await;
-        let parsed = parse_specs(key, specs)?;
-        let ports = self
-            .host
-            .store()
-            .update(|s| -> Result<Vec<PublishedPort>> {
-                let ep = attached(s, key)?;
-                let wanted = bind_specs(&ep.name, &parsed, &ep.ips)?;
-                let id = ep.id.clone();
-                let mut ep = s.endpoint_mut(&id).expect("found above");
-                let removed: Vec<PublishedPort> = ep
-                    .ports
-                    .iter()
-                    .copied()
-                    .filter(|p| wanted.contains(p))
-                    .collect();
-                ep.ports.retain(|p| !wanted.contains(p));
-                Ok(removed)
-            })?;
-        let apply = ports.clone();
-        self.call(move |fw| fw.remove_ports(&apply))
-            .await
-            .map_err(|e| {
-                self.host.metrics().error("publish");
-                Error::kernel(format!("unpublish ports of container {key}"), e)
-            })?;
-        self.stop_relaying(relay, &ports);
-        Ok(ports)
-    }
-
     /// Withdrawn ports: no longer relayed from `[::1]` (their numbers
     /// handed to another container's ports of the other family, if any).
-    fn stop_relaying(&self, relay: Option<&LocalhostRelay>, ports: &[PublishedPort]) {
+    pub(super) fn stop_relaying(&self, relay: Option<&LocalhostRelay>, ports: &[PublishedPort]) {
         let Some(relay) = relay else {
             return;
         };
