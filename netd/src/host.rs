@@ -166,7 +166,7 @@ impl Host {
     /// forwarding entry for each distinct one and, whenever a port is added,
     /// visits every permanent entry: one shared MAC keeps that to one entry,
     /// where per-port MACs made each attach cost more with every container.
-    pub fn port_mac(&self) -> plumb::MacAddr {
+    pub(crate) fn port_mac(&self) -> plumb::MacAddr {
         plumb::MacAddr::from_seed(&format!(
             "weft ports {} {}",
             self.config.bridge, self.config.subnet
@@ -265,7 +265,7 @@ impl Host {
 
     /// True when the bridge is up with every gateway address: the cheap look
     /// an attach makes before it relies on the host. Notes the bridge's index.
-    pub async fn bridge_looks_ready(&self) -> Result<bool> {
+    pub(crate) async fn bridge_looks_ready(&self) -> Result<bool> {
         let nl = self.netlink().await?;
         let ready = match nl
             .link(&self.config.bridge)
@@ -288,17 +288,17 @@ impl Host {
     }
 
     /// Whether the host was found (or made) ready since the last failure.
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
 
     /// Notes the host ready (true) or makes the next attach look again (false).
-    pub fn set_ready(&self, ready: bool) {
+    pub(crate) fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Release);
     }
 
     /// The bridge's index, as last seen (looked up when not known yet).
-    pub async fn bridge_index(&self, nl: &Netlink) -> Result<u32> {
+    pub(crate) async fn bridge_index(&self, nl: &Netlink) -> Result<u32> {
         let known = self.bridge_index.load(Ordering::Acquire);
         if known != 0 {
             return Ok(known);
@@ -312,7 +312,7 @@ impl Host {
     }
 
     /// Makes the next [`Host::bridge_index`] look the bridge up again.
-    pub fn forget_bridge_index(&self) {
+    pub(crate) fn forget_bridge_index(&self) {
         self.bridge_index.store(0, Ordering::Release);
     }
 }
