@@ -78,20 +78,25 @@ impl Client {
             .map_err(broken)?
             .to_bytes();
         if !status.is_success() {
-            let (message, kind) = match serde_json::from_slice::<ErrorBody>(&body) {
-                Ok(b) => (b.error, b.kind),
-                Err(_) => (String::from_utf8_lossy(&body).into_owned(), None),
-            };
-            return Err(Error::Remote {
-                kind: kind.unwrap_or_else(|| kind_of_status(status)),
-                message,
-            });
+            return Err(error_answer(status, &body));
         }
         serde_json::from_slice(&body).map_err(|e| {
             Error::Protocol(format!(
                 "netd answered {path} with something unreadable: {e}"
             ))
         })
+    }
+}
+
+/// An error answer as an [`Error`] of the kind its body names.
+fn error_answer(status: hyper::StatusCode, body: &[u8]) -> Error {
+    let (message, kind) = match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(b) => (b.error, b.kind),
+        Err(_) => (String::from_utf8_lossy(body).into_owned(), None),
+    };
+    Error::Remote {
+        kind: kind.unwrap_or_else(|| kind_of_status(status)),
+        message,
     }
 }
 
@@ -102,5 +107,30 @@ fn kind_of_status(status: hyper::StatusCode) -> ErrorKind {
         404 => ErrorKind::NotFound,
         409 => ErrorKind::Conflict,
         _ => ErrorKind::Internal,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_answers_keep_the_kind_their_body_names() {
+        let body = serde_json::to_vec(&ErrorBody::new(
+            ErrorKind::Busy,
+            "container c1 is being attached right now".into(),
+        ))
+        .unwrap();
+        let e = error_answer(hyper::StatusCode::CONFLICT, &body);
+        assert_eq!(e.kind(), ErrorKind::Busy);
+        assert_eq!(e.to_string(), "container c1 is being attached right now");
+        // An answer without a kind (an older netd, a proxy) goes by its status.
+        let e = error_answer(hyper::StatusCode::NOT_FOUND, br#"{"error": "gone"}"#);
+        assert_eq!(
+            (e.kind(), e.to_string()),
+            (ErrorKind::NotFound, "gone".into())
+        );
+        let e = error_answer(hyper::StatusCode::BAD_GATEWAY, b"upstream down");
+        assert_eq!(e.kind(), ErrorKind::Internal);
     }
 }
