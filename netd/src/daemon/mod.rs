@@ -66,11 +66,11 @@ impl Daemon {
     pub async fn open(config: Config, peers: PeerSource) -> Result<Daemon> {
         config.validate()?;
         let netns = host::open_namespace(&config)?;
-        let overlay = match config.overlay.enabled {
-            true => Some(
-                OverlayService::start(&netns, &config.overlay, &config.overlay_key_file()).await?,
-            ),
-            false => None,
+        let overlay = if config.overlay.enabled {
+            let key_file = config.overlay_key_file();
+            Some(OverlayService::start(&netns, &config.overlay, &key_file).await?)
+        } else {
+            None
         };
         let mtu = host::container_mtu(config.mtu, overlay.as_ref().map(|o| o.mtu()));
         if let Some(o) = &overlay {
