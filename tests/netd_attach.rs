@@ -397,6 +397,42 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
     assert!(err.contains("container name c1 is already taken"), "{err}");
     unchanged("a duplicate name");
 
+    // Through the API the same refusals keep their kinds, for callers to match on.
+    let client = netd::api::client::Client::new(&netd.socket);
+    let attach = |netns: &str, ip: &str| netd::AttachRequest {
+        netns: netns.into(),
+        name: Some("c2".into()),
+        ip: Some(ip.parse().unwrap()),
+        ..Default::default()
+    };
+    for (request, kind) in [
+        (
+            attach("no-such-namespace-x", "10.66.2.4"),
+            netd::ErrorKind::NotFound,
+        ),
+        (
+            attach(&c2.netns_name, "10.66.3.4"),
+            netd::ErrorKind::InvalidInput,
+        ),
+        (
+            attach(&c2.netns_name, "10.66.2.3"),
+            netd::ErrorKind::Conflict,
+        ),
+    ] {
+        let err = client
+            .post::<_, netd::AttachResult>("/v1/containers", &request)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), kind, "{err}");
+        assert!(err.is_remote(), "{err:?}");
+    }
+    let err = client
+        .get::<netd::AttachResult>("/v1/containers/nobody")
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), netd::ErrorKind::NotFound, "{err}");
+    unchanged("refusals through the API");
+
     // Fill the subnet: .2, .4, .5, .6 join .3; the sixth container finds it full.
     let mut others = Vec::new();
     for i in 0..4 {

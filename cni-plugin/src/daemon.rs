@@ -36,14 +36,17 @@ pub fn answers(socket: &Path) -> bool {
 }
 
 fn api_error(socket: &Path, e: netd::Error) -> CniError {
-    match e {
-        netd::Error::Api(msg) if msg.starts_with("cannot reach netd") => CniError::new(
+    match e.kind() {
+        netd::ErrorKind::Unreachable => CniError::new(
             ErrorCode::TryAgainLater,
-            msg,
+            e.to_string(),
             format!("mode daemon needs netd listening on {}", socket.display()),
         ),
-        netd::Error::Api(msg) => CniError::internal(format!("netd: {msg}"), ""),
-        other => crate::standalone::netd_error(other),
+        // What the daemon answered, or a conversation with it that broke off.
+        _ if e.is_remote() || matches!(e, netd::Error::Protocol(_)) => {
+            CniError::internal(format!("netd: {e}"), "")
+        }
+        _ => crate::standalone::netd_error(e),
     }
 }
 

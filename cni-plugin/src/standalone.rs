@@ -49,17 +49,14 @@ impl Standalone {
 /// netd's errors as CNI codes: bad requests are 7, state I/O is 5, a clash
 /// with something already there and kernel failures are 100+.
 pub fn netd_error(e: netd::Error) -> CniError {
-    use netd::ipam::IpamError;
-    let code = match &e {
-        netd::Error::Config(_) | netd::Error::Invalid(_) => ErrorCode::InvalidConfig,
-        netd::Error::Ipam(
-            IpamError::OutsideSubnet { .. }
-            | IpamError::NotAssignable { .. }
-            | IpamError::BadSubnet { .. },
-        ) => ErrorCode::InvalidConfig,
-        netd::Error::Store(_) => ErrorCode::Io,
-        netd::Error::Api(_) => ErrorCode::TryAgainLater,
-        _ => ErrorCode::Internal,
+    use netd::ErrorKind;
+    let code = match e.kind() {
+        ErrorKind::InvalidInput | ErrorKind::NotFound => ErrorCode::InvalidConfig,
+        ErrorKind::Storage => ErrorCode::Io,
+        ErrorKind::Unreachable => ErrorCode::TryAgainLater,
+        ErrorKind::Conflict | ErrorKind::Busy | ErrorKind::Kernel | ErrorKind::Internal => {
+            ErrorCode::Internal
+        }
     };
     CniError::new(code, e.to_string(), "")
 }
@@ -346,7 +343,9 @@ mod tests {
         }));
         assert_eq!(e.code.number(), 100);
         assert_eq!(
-            netd_error(netd::Error::Invalid("x".into())).code.number(),
+            netd_error(netd::Error::InvalidInput("x".into()))
+                .code
+                .number(),
             7
         );
     }

@@ -28,7 +28,7 @@ impl Metrics {
         self.detaches.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn reconciled(&self, actions: &[crate::network::Action]) {
+    pub fn reconciled(&self, actions: &[crate::action::Action]) {
         self.reconcile_runs.fetch_add(1, Ordering::Relaxed);
         let mut counts = self.reconcile_actions.lock().expect("metrics lock");
         for action in actions {
@@ -68,7 +68,7 @@ impl Metrics {
             &mut out,
             "weft_netd_published_ports",
             "Published port mappings.",
-            &[("", crate::publish::published_count(state) as u64)],
+            &[("", published_ports(state) as u64)],
         );
         gauge(
             &mut out,
@@ -147,6 +147,11 @@ impl Metrics {
     }
 }
 
+/// Published port mappings in the state, over all endpoints.
+fn published_ports(state: &State) -> usize {
+    state.endpoints.values().map(|e| e.ports.len()).sum()
+}
+
 fn gauge(out: &mut String, name: &str, help: &str, values: &[(&str, u64)]) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
     for (_, v) in values {
@@ -171,7 +176,7 @@ fn counter(out: &mut String, name: &str, help: &str, label: Option<&str>, values
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::network::Action;
+    use crate::action::Action;
 
     #[test]
     fn renders_the_exposition_format() {

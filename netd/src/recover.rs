@@ -26,7 +26,7 @@ use plumb::{Link, Netlink, Netns};
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::endpoint::ALIAS_PREFIX;
+use crate::endpoints::ALIAS_PREFIX;
 use crate::error::{KernelContext, Result};
 use crate::state::{Endpoint, Phase, Replaced, State, Store};
 

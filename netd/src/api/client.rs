@@ -11,7 +11,7 @@ use serde::Serialize;
 use tokio::net::UnixStream;
 
 use super::ErrorBody;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -44,14 +44,15 @@ impl Client {
         path: &str,
         body: Option<&B>,
     ) -> Result<T> {
-        let stream = UnixStream::connect(&self.socket).await.map_err(|e| {
-            Error::Api(format!(
-                "cannot reach netd at {}: {e} — is `netd run` running? (set --socket or WEFT_SOCKET)",
-                self.socket.display()
-            ))
-        })?;
+        let stream =
+            UnixStream::connect(&self.socket)
+                .await
+                .map_err(|source| Error::Unreachable {
+                    socket: self.socket.clone(),
+                    source,
+                })?;
         let broken = |e: hyper::Error| {
-            Error::Api(format!("talking to netd at {}: {e}", self.socket.display()))
+            Error::Protocol(format!("talking to netd at {}: {e}", self.socket.display()))
         };
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
@@ -77,15 +78,59 @@ impl Client {
             .map_err(broken)?
             .to_bytes();
         if !status.is_success() {
-            let message = serde_json::from_slice::<ErrorBody>(&body)
-                .map(|b| b.error)
-                .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
-            return Err(Error::Api(message));
+            return Err(error_answer(status, &body));
         }
         serde_json::from_slice(&body).map_err(|e| {
-            Error::Api(format!(
+            Error::Protocol(format!(
                 "netd answered {path} with something unreadable: {e}"
             ))
         })
+    }
+}
+
+/// An error answer as an [`Error`] of the kind its body names.
+fn error_answer(status: hyper::StatusCode, body: &[u8]) -> Error {
+    let (message, kind) = match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(b) => (b.error, b.kind),
+        Err(_) => (String::from_utf8_lossy(body).into_owned(), None),
+    };
+    Error::Remote {
+        kind: kind.unwrap_or_else(|| kind_of_status(status)),
+        message,
+    }
+}
+
+/// The kind an error answer without one stands for, by its status.
+fn kind_of_status(status: hyper::StatusCode) -> ErrorKind {
+    match status.as_u16() {
+        400 => ErrorKind::InvalidInput,
+        404 => ErrorKind::NotFound,
+        409 => ErrorKind::Conflict,
+        _ => ErrorKind::Internal,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_answers_keep_the_kind_their_body_names() {
+        let body = serde_json::to_vec(&ErrorBody::new(
+            ErrorKind::Busy,
+            "container c1 is being attached right now".into(),
+        ))
+        .unwrap();
+        let e = error_answer(hyper::StatusCode::CONFLICT, &body);
+        assert_eq!(e.kind(), ErrorKind::Busy);
+        assert_eq!(e.to_string(), "container c1 is being attached right now");
+        // An answer without a kind (an older netd, a proxy) goes by its status.
+        let e = error_answer(hyper::StatusCode::NOT_FOUND, br#"{"error": "gone"}"#);
+        assert_eq!(
+            (e.kind(), e.to_string()),
+            (ErrorKind::NotFound, "gone".into())
+        );
+        let e = error_answer(hyper::StatusCode::BAD_GATEWAY, b"upstream down");
+        assert_eq!(e.kind(), ErrorKind::Internal);
     }
 }

@@ -13,10 +13,13 @@
 //! | POST   /v1/reconcile              |                 | ReconcileReport   |
 //! | GET    /v1/peers                  |                 | [`PeerReport`]s   |
 //!
-//! Errors come back with a 4xx/5xx status and `{"error": "sentence"}`.
+//! Errors come back with a 4xx/5xx status and `{"error": "sentence",
+//! "kind": "not_found"}`; the kind is one of [`ErrorKind`]'s, and the client
+//! turns the answer back into an [`crate::Error`] of that kind.
+//!
+//! The server is the daemon's (`daemon/server.rs`).
 
 pub mod client;
-pub mod server;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -25,6 +28,7 @@ use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
 use crate::config::FirewallKind;
+use crate::error::ErrorKind;
 use crate::ipam::Usage;
 pub use crate::overlay::{OverlayStatus, PeerReport};
 
@@ -50,4 +54,16 @@ pub struct Status {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: String,
+    /// Absent from a netd older than the kinds: the client then takes the status's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<ErrorKind>,
+}
+
+impl ErrorBody {
+    pub fn new(kind: ErrorKind, error: String) -> ErrorBody {
+        ErrorBody {
+            error,
+            kind: Some(kind),
+        }
+    }
 }

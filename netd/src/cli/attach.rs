@@ -3,7 +3,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::{print_json, ClientArgs};
-use crate::endpoint::{AttachRequest, AttachResult, Ipv4Range};
+use crate::endpoints::{AttachRequest, AttachResult, Ipv4Range};
 use crate::error::Result;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -17,7 +17,7 @@ pub struct AttachArgs {
     #[arg(long)]
     pub name: Option<String>,
     /// Interface name inside the container.
-    #[arg(long, default_value = crate::endpoint::DEFAULT_IFNAME)]
+    #[arg(long, default_value = crate::endpoints::DEFAULT_IFNAME)]
     pub ifname: String,
     /// A fixed IPv4 address inside the subnet.
     #[arg(long)]

@@ -13,7 +13,7 @@ pub struct CheckArgs {
 
 pub async fn run(args: CheckArgs) -> Result<()> {
     if args.container.is_empty() || args.container.contains('/') {
-        return Err(Error::Invalid(format!(
+        return Err(Error::InvalidInput(format!(
             "check: {:?} is not a container id or name",
             args.container
         )));

@@ -1,7 +1,7 @@
 //! `netd detach <id|name>`
 
 use super::{print_json, ClientArgs};
-use crate::endpoint::DetachReport;
+use crate::endpoints::DetachReport;
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -20,7 +20,7 @@ pub struct DetachArgs {
 
 pub async fn run(args: DetachArgs) -> Result<()> {
     if args.container.is_empty() || args.container.contains('/') {
-        return Err(Error::Invalid(format!(
+        return Err(Error::InvalidInput(format!(
             "detach: {:?} is not a container id or name",
             args.container
         )));

@@ -5,7 +5,7 @@ use plumb::firewall::PublishedPort;
 
 use super::{print_json, ClientArgs};
 use crate::error::{Error, Result};
-use crate::publish::PortsRequest;
+use crate::ports::PortsRequest;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct PublishArgs {
@@ -20,7 +20,7 @@ pub struct PublishArgs {
 
 pub async fn run(args: PublishArgs, publish: bool) -> Result<()> {
     if args.container.is_empty() || args.container.contains('/') {
-        return Err(Error::Invalid(format!(
+        return Err(Error::InvalidInput(format!(
             "{:?} is not a container id or name",
             args.container
         )));

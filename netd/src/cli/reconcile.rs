@@ -1,8 +1,8 @@
 //! `netd reconcile`
 
 use super::{print_json, ClientArgs};
+use crate::endpoints::ReconcileReport;
 use crate::error::Result;
-use crate::reconcile::ReconcileReport;
 
 pub async fn run(args: ClientArgs) -> Result<()> {
     let report: ReconcileReport = args.client().post("/v1/reconcile", &()).await?;

@@ -5,35 +5,30 @@
 //! firewall leaves unmasqueraded.
 //!
 //! Every reconciliation (start, SIGHUP, `netd reconcile`, a periodic check
-//! that finds an overlay route missing) re-reads the peer list and changes
-//! only the peers that differ: the sessions of the others keep running.
+//! that finds an overlay route missing) hands the service the `[overlay]`
+//! section as the daemon last read it, and the service changes only the
+//! peers that differ: the sessions of the others keep running.
+//!
+//! The section itself is parsed and checked in `crate::config::overlay`;
+//! the daemon owns the service and lowers the containers' MTU to the
+//! device's ([`OverlayService::mtu`]) when it opens the network.
 
-pub mod config;
+mod key;
 mod report;
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 
-use ::overlay::{Device, DeviceConfig, PeerConfig, PrivateKey, PublicKey};
+use ::overlay::{Device, DeviceConfig, PeerConfig, PublicKey};
 use ipnetwork::IpNetwork;
 use plumb::{Netlink, Netns, Route};
 
-pub use config::{OverlayArgs, OverlayConfig, StaticPeer};
+pub use key::load_or_generate_key;
 pub use report::{OverlayStatus, PeerReport};
 
-use crate::config::{Config, ConfigArgs};
+use crate::action::Action;
+use crate::config::overlay::{read_preshared_key, OverlayConfig, StaticPeer};
 use crate::error::{Error, KernelContext, Result};
-use crate::network::{Action, Network};
-
-/// Where a reconciliation finds the peer list.
-#[derive(Debug, Clone)]
-pub enum PeerSource {
-    /// The list netd started with (a library user's `Config`).
-    Fixed(Vec<StaticPeer>),
-    /// The config file, environment and flags netd started from, read again.
-    Reread(Box<ConfigArgs>),
-}
 
 /// The running overlay of one netd.
 pub struct OverlayService {
@@ -44,7 +39,6 @@ pub struct OverlayService {
     /// The `[overlay]` keys netd started with, to warn when a re-read file
     /// changes one that only a restart applies.
     started_with: OverlayConfig,
-    source: PeerSource,
     /// The peers as applied to the device and the routes, by public key.
     applied: tokio::sync::Mutex<BTreeMap<PublicKey, StaticPeer>>,
 }
@@ -57,77 +51,34 @@ impl std::fmt::Debug for OverlayService {
     }
 }
 
-/// Reads the overlay's private key, or generates one (mode 0600, its
-/// directory 0700 when created) when the file does not exist yet.
-pub fn load_or_generate_key(path: &Path) -> Result<PrivateKey> {
-    let invalid = |e: ::overlay::KeyError| {
-        Error::Invalid(format!(
-            "overlay private key: {e} (set overlay.private_key_file, or remove the file to have netd generate a new key)"
-        ))
-    };
-    if path.exists() {
-        return PrivateKey::read_file(path).map_err(invalid);
-    }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| {
-                Error::Daemon(format!(
-                    "create the directory of the overlay key {}: {e}",
-                    path.display()
-                ))
-            })?;
-    }
-    let key = PrivateKey::generate().map_err(invalid)?;
-    key.write_file(path).map_err(invalid)?;
-    tracing::info!(
-        path = %path.display(),
-        public_key = %key.public_key(),
-        "generated the overlay's private key"
-    );
-    Ok(key)
-}
-
 impl OverlayService {
-    /// Creates the overlay device in the namespace `network` manages and
-    /// lowers the container MTU to the overlay's. The peers come with the
-    /// first reconciliation.
-    pub async fn start(network: &mut Network, source: PeerSource) -> Result<OverlayService> {
-        let config = network.config.clone();
-        let overlay = &config.overlay;
-        let key = load_or_generate_key(&config.overlay_key_file())?;
+    /// Creates the overlay device of `section` in `host` (the namespace
+    /// netd manages), with the private key in `key_file`. The peers come
+    /// with the first reconciliation.
+    pub async fn start(
+        host: &Netns,
+        section: &OverlayConfig,
+        key_file: &Path,
+    ) -> Result<OverlayService> {
+        let key = load_or_generate_key(key_file)?;
         let mut device_config = DeviceConfig::new(key);
-        device_config.name = overlay.interface.clone();
-        device_config.listen_port = overlay.listen_port;
-        device_config.mtu = overlay.mtu;
-        let device = Device::create(&network.host, device_config)
-            .await
-            .map_err(|e| {
-                Error::Daemon(format!(
-                    "start the overlay: {e} — is another WireGuard using port {} or link {}?",
-                    overlay.listen_port, overlay.interface
-                ))
-            })?;
-        // Inner packets must fit the overlay: containers get its MTU.
-        let mtu = device.mtu();
-        match config.mtu {
-            Some(m) if m <= mtu => {}
-            Some(m) => {
-                tracing::warn!(
-                    "mtu {m} is larger than the overlay's {mtu}; containers get {mtu} so their packets fit"
-                );
-                network.config.mtu = Some(mtu);
-            }
-            None => network.config.mtu = Some(mtu),
-        }
+        device_config.name = section.interface.clone();
+        device_config.listen_port = section.listen_port;
+        device_config.mtu = section.mtu;
+        let device = Device::create(host, device_config).await.map_err(|e| {
+            Error::overlay(
+                format!(
+                    "start the overlay (is another WireGuard using port {} or link {}?)",
+                    section.listen_port, section.interface
+                ),
+                e,
+            )
+        })?;
         Ok(OverlayService {
-            host: network.host.clone(),
-            interface: overlay.interface.clone(),
-            cluster_range: overlay.cluster_range,
-            started_with: overlay.clone(),
-            source,
+            host: host.clone(),
+            interface: section.interface.clone(),
+            cluster_range: section.cluster_range,
+            started_with: section.clone(),
             device,
             applied: tokio::sync::Mutex::new(BTreeMap::new()),
         })
@@ -137,26 +88,33 @@ impl OverlayService {
         self.device.public_key()
     }
 
-    /// Re-reads the peer list and applies what differs; ensures each peer's
-    /// route. Returns what it did and what failed (one sentence each).
-    pub async fn reconcile(&self) -> (Vec<Action>, Vec<String>) {
+    /// The device's MTU: inner packets must fit it, so containers get no more.
+    pub fn mtu(&self) -> u32 {
+        self.device.mtu()
+    }
+
+    pub fn interface(&self) -> &str {
+        &self.interface
+    }
+
+    pub fn cluster_range(&self) -> ipnetwork::Ipv4Network {
+        self.cluster_range
+    }
+
+    /// Applies the peers of `section` (the `[overlay]` section as the daemon
+    /// last read it; None: keep the current peers) where they differ, and
+    /// ensures each peer's route. Returns what it did and what failed (one
+    /// sentence each).
+    pub async fn reconcile(&self, section: Option<&OverlayConfig>) -> (Vec<Action>, Vec<String>) {
         let mut actions = Vec::new();
         let mut errors = Vec::new();
         let mut applied = self.applied.lock().await;
-        let wanted = match &self.source {
-            PeerSource::Fixed(peers) => peers.clone(),
-            PeerSource::Reread(args) => match Config::load(args) {
-                Ok(config) => {
-                    self.warn_about_restart_keys(&config.overlay);
-                    config.overlay.peers
-                }
-                Err(e) => {
-                    errors.push(format!(
-                        "overlay: re-read the peer list: {e}; keeping the current peers"
-                    ));
-                    applied.values().cloned().collect()
-                }
-            },
+        let wanted = match section {
+            Some(section) => {
+                self.warn_about_restart_keys(section);
+                section.peers.clone()
+            }
+            None => applied.values().cloned().collect(),
         };
         let nl = match Netlink::open(&self.host).await {
             Ok(nl) => nl,
@@ -251,14 +209,7 @@ impl OverlayService {
     }
 
     fn warn_about_restart_keys(&self, now: &OverlayConfig) {
-        let was = &self.started_with;
-        if now.enabled != was.enabled
-            || now.listen_port != was.listen_port
-            || now.interface != was.interface
-            || now.mtu != was.mtu
-            || now.cluster_range != was.cluster_range
-            || now.private_key_file != was.private_key_file
-        {
+        if now.differs_beyond_peers(&self.started_with) {
             tracing::warn!(
                 "overlay: [overlay] keys other than the peer list changed; they apply when netd restarts"
             );
@@ -276,14 +227,13 @@ impl OverlayService {
         config.allowed_ips = vec![IpNetwork::V4(peer.subnet)];
         config.persistent_keepalive = peer.persistent_keepalive;
         if let Some(path) = &peer.preshared_key_file {
-            config.preshared_key =
-                Some(config::read_preshared_key(path).map_err(|e| {
-                    Error::Invalid(format!("overlay: peer {}: {e}", peer.public_key))
-                })?);
+            config.preshared_key = Some(read_preshared_key(path).map_err(|e| {
+                Error::InvalidInput(format!("overlay: peer {}: {e}", peer.public_key))
+            })?);
         }
         self.device
             .set_peer(config)
-            .map_err(|e| Error::Invalid(format!("overlay: {e}")))?;
+            .map_err(|e| Error::overlay(format!("overlay: set peer {}", peer.public_key), e))?;
         if let Some(old) = before.filter(|old| old.subnet != peer.subnet) {
             self.unroute(nl, old.subnet).await?;
         }
@@ -293,7 +243,12 @@ impl OverlayService {
     async fn remove(&self, nl: &Netlink, peer: &StaticPeer) -> Result<()> {
         match self.device.remove_peer(&peer.public_key) {
             Ok(()) | Err(::overlay::DeviceError::UnknownPeer { .. }) => {}
-            Err(e) => return Err(Error::Invalid(format!("overlay: {e}"))),
+            Err(e) => {
+                return Err(Error::overlay(
+                    format!("overlay: remove peer {}", peer.public_key),
+                    e,
+                ))
+            }
         }
         self.unroute(nl, peer.subnet).await
     }
@@ -345,56 +300,5 @@ impl OverlayService {
                 _ => None,
             })
             .collect())
-    }
-}
-
-impl Network {
-    /// Starts the overlay when `[overlay]` enables it; the daemon calls this
-    /// before its first reconciliation, which adds the peers.
-    pub async fn start_overlay(&mut self, source: PeerSource) -> Result<()> {
-        if !self.config.overlay.enabled {
-            return Ok(());
-        }
-        let service = OverlayService::start(self, source).await?;
-        tracing::info!(
-            interface = %service.interface,
-            public_key = %service.public_key(),
-            cluster_range = %service.cluster_range,
-            container_mtu = ?self.config.mtu,
-            "overlay up"
-        );
-        self.overlay
-            .set(std::sync::Arc::new(service))
-            .map_err(|_| Error::Daemon("the overlay was started twice".into()))
-    }
-
-    pub fn overlay(&self) -> Option<&OverlayService> {
-        self.overlay.get().map(|o| o.as_ref())
-    }
-
-    /// Destinations the firewall never masquerades: the cluster range when
-    /// the overlay is on, so containers see each other's real addresses.
-    pub fn cluster_ranges(&self) -> Vec<IpNetwork> {
-        if self.config.overlay.enabled {
-            vec![IpNetwork::V4(self.config.overlay.cluster_range)]
-        } else {
-            Vec::new()
-        }
-    }
-
-    /// The overlay's part of a reconciliation.
-    pub(crate) async fn reconcile_overlay(&self) -> (Vec<Action>, Vec<String>) {
-        match self.overlay() {
-            Some(o) => o.reconcile().await,
-            None => (Vec::new(), Vec::new()),
-        }
-    }
-
-    /// The overlay's part of the quick check.
-    pub(crate) async fn overlay_needs_reconcile(&self) -> Result<Option<&'static str>> {
-        match self.overlay() {
-            Some(o) => o.needs_reconcile().await,
-            None => Ok(None),
-        }
     }
 }

@@ -175,7 +175,7 @@ fn attached(id: &str) -> Endpoint {
         netns: format!("/run/netns/{id}").into(),
         netns_inode: 1,
         ifname: "eth0".into(),
-        host_ifname: crate::endpoint::host_ifname(id),
+        host_ifname: crate::endpoints::host_ifname(id),
         mac: None,
         mtu: None,
         ips: vec![],

@@ -12,7 +12,9 @@ use std::time::Duration;
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde::{Deserialize, Serialize};
 
-use crate::overlay::config::{OverlayArgs, OverlayConfig, OverlayFile};
+pub mod overlay;
+
+pub use overlay::{OverlayArgs, OverlayConfig, OverlayFile, StaticPeer};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/weft/netd.toml";
 pub const DEFAULT_BRIDGE: &str = "weft0";
@@ -291,6 +293,11 @@ impl Config {
             .to_string()
             .parse()
             .expect("an IPv4 subnet has an IPv4 gateway")
+    }
+
+    /// Where the overlay's private key lives (see [`OverlayConfig::key_file`]).
+    pub fn overlay_key_file(&self) -> PathBuf {
+        self.overlay.key_file(&self.state_dir)
     }
 
     /// The subnets containers get addresses from, IPv4 first.

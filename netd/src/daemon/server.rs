@@ -14,11 +14,11 @@ use serde::Serialize;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 
-use super::{ErrorBody, Status};
-use crate::endpoint::AttachRequest;
+use super::Daemon;
+use crate::api::ErrorBody;
+use crate::endpoints::AttachRequest;
 use crate::error::{Error, ErrorKind, Result};
-use crate::network::Network;
-use crate::publish::PortsRequest;
+use crate::ports::PortsRequest;
 
 type Answer = Response<Full<Bytes>>;
 
@@ -26,7 +26,7 @@ type Answer = Response<Full<Bytes>>;
 /// socket file left by a dead netd is replaced, a live one is an error.
 pub fn bind(path: &Path) -> Result<UnixListener> {
     let io = |what: &str, e: std::io::Error| {
-        Error::Daemon(format!(
+        Error::Setup(format!(
             "{what} {}: {e} — check --socket / WEFT_SOCKET",
             path.display()
         ))
@@ -57,7 +57,7 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
 
 /// Serves the API until `shutdown` turns true.
 pub async fn serve(
-    network: Arc<Network>,
+    daemon: Arc<Daemon>,
     listener: UnixListener,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -65,11 +65,11 @@ pub async fn serve(
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
-                let network = network.clone();
+                let daemon = daemon.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
-                        let network = network.clone();
-                        async move { Ok::<_, Infallible>(handle(&network, req).await) }
+                        let daemon = daemon.clone();
+                        async move { Ok::<_, Infallible>(handle(&daemon, req).await) }
                     });
                     if let Err(e) = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -86,7 +86,7 @@ pub async fn serve(
 
 /// Serves `GET /metrics` on TCP until `shutdown` turns true.
 pub async fn serve_metrics(
-    network: Arc<Network>,
+    daemon: Arc<Daemon>,
     listener: TcpListener,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -94,20 +94,14 @@ pub async fn serve_metrics(
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
-                let network = network.clone();
+                let daemon = daemon.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let network = network.clone();
+                        let daemon = daemon.clone();
                         async move {
                             let answer = if req.uri().path() == "/metrics" {
-                                match network.store().read() {
-                                    Ok(state) => {
-                                        let mut body = network.metrics().render(&state, network.config());
-                                        if let Some(overlay) = network.overlay() {
-                                            overlay.render_metrics(&mut body);
-                                        }
-                                        text(StatusCode::OK, body)
-                                    }
+                                match daemon.render_metrics() {
+                                    Ok(body) => text(StatusCode::OK, body),
                                     Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
                                 }
                             } else {
@@ -144,19 +138,22 @@ fn json<T: Serialize>(status: StatusCode, body: &T) -> Answer {
         .expect("valid response")
 }
 
-fn error(e: &Error) -> Answer {
-    let status = match e.kind() {
-        ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+/// The status a kind of error answers with.
+fn status_of(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::InvalidInput => StatusCode::BAD_REQUEST,
         ErrorKind::NotFound => StatusCode::NOT_FOUND,
-        ErrorKind::Conflict => StatusCode::CONFLICT,
-        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    json(
-        status,
-        &ErrorBody {
-            error: e.to_string(),
-        },
-    )
+        ErrorKind::Conflict | ErrorKind::Busy => StatusCode::CONFLICT,
+        ErrorKind::Unreachable => StatusCode::BAD_GATEWAY,
+        ErrorKind::Kernel | ErrorKind::Storage | ErrorKind::Internal => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+    }
+}
+
+fn error(e: &Error) -> Answer {
+    let kind = e.kind();
+    json(status_of(kind), &ErrorBody::new(kind, e.to_string()))
 }
 
 fn answer<T: Serialize>(result: Result<T>) -> Answer {
@@ -166,7 +163,8 @@ fn answer<T: Serialize>(result: Result<T>) -> Answer {
     }
 }
 
-async fn handle(network: &Network, req: Request<Incoming>) -> Answer {
+async fn handle(daemon: &Daemon, req: Request<Incoming>) -> Answer {
+    let network = daemon.network();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     // `?wait=1` on DELETE: answer only once the veth pair is gone and the
@@ -177,25 +175,26 @@ async fn handle(network: &Network, req: Request<Incoming>) -> Answer {
         .is_some_and(|q| q.split('&').any(|kv| kv == "wait=1" || kv == "wait=true"));
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
-        Err(e) => return error(&Error::Invalid(format!("reading the request body: {e}"))),
+        Err(e) => {
+            return error(&Error::InvalidInput(format!(
+                "reading the request body: {e}"
+            )))
+        }
     };
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     tracing::debug!(%method, %path, "API request");
     match (&method, segments.as_slice()) {
-        (&Method::GET, ["v1", "status"]) => answer(status(network)),
+        (&Method::GET, ["v1", "status"]) => answer(daemon.status()),
         (&Method::GET, ["v1", "containers"]) => answer(network.list()),
         (&Method::POST, ["v1", "containers"]) => match parse::<AttachRequest>(&body) {
-            Ok(req) => answer(network.attach(req).await),
+            Ok(req) => answer(daemon.attach(req).await),
             Err(e) => error(&e),
         },
         (&Method::GET, ["v1", "containers", key]) => match network.get(key) {
             Ok(Some(result)) => json(StatusCode::OK, &result),
-            Ok(None) => json(
-                StatusCode::NOT_FOUND,
-                &ErrorBody {
-                    error: format!("container {key} is not attached"),
-                },
-            ),
+            Ok(None) => error(&Error::NotFound(format!(
+                "container {key} is not attached"
+            ))),
             Err(e) => error(&e),
         },
         (&Method::GET, ["v1", "containers", key, "check"]) => answer(
@@ -205,62 +204,34 @@ async fn handle(network: &Network, req: Request<Incoming>) -> Answer {
                 .map(|()| serde_json::json!({"ok": true})),
         ),
         (&Method::DELETE, ["v1", "containers", key]) => {
-            let report = network.detach(key).await;
+            let report = daemon.detach(key).await;
             if wait && report.is_ok() {
-                network.reaped().await;
+                daemon.reaped().await;
             }
             answer(report)
         }
         (&Method::POST, ["v1", "containers", key, "ports"]) => match parse::<PortsRequest>(&body) {
-            Ok(req) => answer(network.publish(key, &req.ports).await),
+            Ok(req) => answer(daemon.publish(key, &req.ports).await),
             Err(e) => error(&e),
         },
         (&Method::DELETE, ["v1", "containers", key, "ports"]) => match parse::<PortsRequest>(&body)
         {
-            Ok(req) => answer(network.unpublish(key, &req.ports).await),
+            Ok(req) => answer(daemon.unpublish(key, &req.ports).await),
             Err(e) => error(&e),
         },
-        (&Method::POST, ["v1", "reconcile"]) => answer(network.reconcile().await),
-        (&Method::GET, ["v1", "peers"]) => match network.overlay() {
-            Some(overlay) => json(StatusCode::OK, &overlay.peers()),
-            None => json(
-                StatusCode::NOT_FOUND,
-                &ErrorBody {
-                    error: "the overlay is off; enable it with [overlay] enabled = true in netd.toml (or --overlay true)".into(),
-                },
-            ),
+        (&Method::POST, ["v1", "reconcile"]) => answer(daemon.reconcile().await),
+        (&Method::GET, ["v1", "peers"]) => match daemon.peers() {
+            Some(peers) => json(StatusCode::OK, &peers),
+            None => error(&Error::NotFound(
+                "the overlay is off; enable it with [overlay] enabled = true in netd.toml (or --overlay true)".into(),
+            )),
         },
-        _ => json(
-            StatusCode::NOT_FOUND,
-            &ErrorBody {
-                error: format!("no such API call: {method} {path}"),
-            },
-        ),
+        _ => error(&Error::NotFound(format!(
+            "no such API call: {method} {path}"
+        ))),
     }
 }
 
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
-    serde_json::from_slice(body).map_err(|e| Error::Invalid(format!("bad request body: {e}")))
-}
-
-fn status(network: &Network) -> Result<Status> {
-    let state = network.store().read()?;
-    let config = network.config();
-    Ok(Status {
-        version: env!("CARGO_PKG_VERSION").to_string(),
-        pid: std::process::id(),
-        bridge: config.bridge.clone(),
-        subnets: config.subnets(),
-        gateways: network.gateways(),
-        containers: state.endpoints.len(),
-        ipam: config
-            .subnets()
-            .into_iter()
-            .map(|s| state.ipam.usage(s))
-            .collect(),
-        firewall: config.firewall,
-        state_dir: config.state_dir.clone(),
-        socket: config.socket.clone(),
-        overlay: network.overlay().map(|o| o.status()),
-    })
+    serde_json::from_slice(body).map_err(|e| Error::InvalidInput(format!("bad request body: {e}")))
 }

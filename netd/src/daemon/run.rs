@@ -8,15 +8,13 @@ use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
-use crate::api::server;
+use super::{server, Daemon, PeerSource};
 use crate::config::{Config, ConfigArgs};
 use crate::error::{Error, Result};
-use crate::network::Network;
-use crate::overlay::PeerSource;
 
 /// Runs with a fixed configuration: the overlay's peer list never changes.
 pub async fn run(config: Config) -> Result<()> {
-    let peers = PeerSource::Fixed(config.overlay.peers.clone());
+    let peers = PeerSource::Fixed(config.overlay.clone());
     run_with(config, peers).await
 }
 
@@ -29,17 +27,8 @@ pub async fn run_from(args: ConfigArgs) -> Result<()> {
 
 async fn run_with(config: Config, peers: PeerSource) -> Result<()> {
     raise_open_file_limit();
-    let mut network = Network::open(config.clone()).await?;
-    // Damaged state files stop netd here, before it changes anything.
-    network.store().read()?;
-    network.start_overlay(peers).await?;
-    let network = Arc::new(network);
-    network.reap_in_background()?;
-    if config.ipv6_localhost_relay {
-        // Sockets on [::1] for the published ports: opened by the reconciliation below.
-        network.relay_ipv6_localhost();
-    }
-    let report = network.reconcile().await?;
+    let daemon = Arc::new(Daemon::open(config.clone(), peers).await?);
+    let report = daemon.reconcile().await?;
     tracing::info!(
         actions = report.actions.len(),
         errors = report.errors.len(),
@@ -51,13 +40,13 @@ async fn run_with(config: Config, peers: PeerSource) -> Result<()> {
     let metrics = match config.metrics_addr {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-                Error::Daemon(format!(
+                Error::Setup(format!(
                     "metrics: listen on {addr}: {e} — check --metrics-addr"
                 ))
             })?;
             tracing::info!(%addr, "serving metrics");
             Some(tokio::spawn(server::serve_metrics(
-                network.clone(),
+                daemon.clone(),
                 listener,
                 stopped.clone(),
             )))
@@ -67,11 +56,11 @@ async fn run_with(config: Config, peers: PeerSource) -> Result<()> {
     // The socket appears last: once it answers, netd is ready.
     let listener = server::bind(&config.socket)?;
     tracing::info!(socket = %config.socket.display(), "serving the API");
-    let api = tokio::spawn(server::serve(network.clone(), listener, stopped.clone()));
-    let checker = tokio::spawn(check_periodically(network.clone(), stopped.clone()));
+    let api = tokio::spawn(server::serve(daemon.clone(), listener, stopped.clone()));
+    let checker = tokio::spawn(check_periodically(daemon.clone(), stopped.clone()));
 
     let sig = |kind: SignalKind, name: &str| {
-        signal(kind).map_err(|e| Error::Daemon(format!("install a {name} handler: {e}")))
+        signal(kind).map_err(|e| Error::Setup(format!("install a {name} handler: {e}")))
     };
     let mut term = sig(SignalKind::terminate(), "SIGTERM")?;
     let mut int = sig(SignalKind::interrupt(), "SIGINT")?;
@@ -82,7 +71,7 @@ async fn run_with(config: Config, peers: PeerSource) -> Result<()> {
             _ = int.recv() => break,
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reconciling");
-                if let Err(e) = network.reconcile().await {
+                if let Err(e) = daemon.reconcile().await {
                     tracing::error!("reconcile after SIGHUP: {e}");
                 }
             }
@@ -94,7 +83,7 @@ async fn run_with(config: Config, peers: PeerSource) -> Result<()> {
     let _ = checker.await;
     // Detaches already answered are finished; a stuck one is left `detaching`
     // for the next start's reconciliation.
-    if tokio::time::timeout(std::time::Duration::from_secs(10), network.reaped())
+    if tokio::time::timeout(std::time::Duration::from_secs(10), daemon.reaped())
         .await
         .is_err()
     {
@@ -132,24 +121,24 @@ fn raise_open_file_limit() {
 
 /// Every `reconcile_interval`, a quick look at the host; a full
 /// reconciliation when it finds something amiss.
-async fn check_periodically(network: Arc<Network>, mut stopped: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(network.config().reconcile_interval);
+async fn check_periodically(daemon: Arc<Daemon>, mut stopped: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(daemon.network().config().reconcile_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stopped.changed() => return,
         }
-        match network.needs_reconcile().await {
+        match daemon.needs_reconcile().await {
             Ok(None) => {}
             Ok(Some(reason)) => {
                 tracing::info!("periodic check: {reason}; reconciling");
-                if let Err(e) = network.reconcile().await {
+                if let Err(e) = daemon.reconcile().await {
                     tracing::error!("periodic reconcile: {e}");
                 }
             }
             Err(e) => {
-                network.metrics().error("check");
+                daemon.network().metrics().error("check");
                 tracing::error!("periodic check: {e}");
             }
         }

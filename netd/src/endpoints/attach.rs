@@ -3,19 +3,19 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use ipnetwork::IpNetwork;
 use plumb::firewall::PortSpec;
 use plumb::{LinkChange, LinkOptions, MacAddr, Netlink, Netns, Route};
 
-use crate::endpoint::{
+use super::request::{
     check_unique, host_ifname, validate_id, AssignedAddresses, AttachRequest, AttachResult,
-    ALIAS_PREFIX, DEFAULT_IFNAME, PAUSE_ENV,
+    ALIAS_PREFIX, DEFAULT_IFNAME,
 };
+use super::{Background, Endpoints};
 use crate::error::{Error, KernelContext, Result};
 use crate::ipam::IpamError;
-use crate::network::Network;
+use crate::ports;
 use crate::state::{Endpoint, OwnerProcess, Phase};
 
 /// True when the namespace has a default route via `gw`.
@@ -33,7 +33,7 @@ async fn has_default_via(nl: &Netlink, gw: IpAddr) -> Result<bool> {
 /// the caller has it at hand), in its namespace (`cnl`). A second interface
 /// of the container on this network finds the route via the same gateway
 /// there already (on the first): fine.
-pub(crate) async fn add_default_routes(
+pub(super) async fn add_default_routes(
     cnl: &Netlink,
     ep: &Endpoint,
     dev: Option<&plumb::Link>,
@@ -67,12 +67,12 @@ pub(crate) async fn add_default_routes(
 /// at most one gateway per family.
 fn validate_assigned(name: &str, req: &AttachRequest, assigned: &AssignedAddresses) -> Result<()> {
     if assigned.ips.is_empty() {
-        return Err(Error::Invalid(format!(
+        return Err(Error::InvalidInput(format!(
             "attach container {name}: assigned addresses are empty; give at least one or leave them to netd"
         )));
     }
     if req.ip.is_some() || req.ip6.is_some() {
-        return Err(Error::Invalid(format!(
+        return Err(Error::InvalidInput(format!(
             "attach container {name}: ip/ip6 and assigned addresses exclude each other"
         )));
     }
@@ -84,7 +84,7 @@ fn validate_assigned(name: &str, req: &AttachRequest, assigned: &AssignedAddress
             .count()
             > 1
         {
-            return Err(Error::Invalid(format!(
+            return Err(Error::InvalidInput(format!(
                 "attach container {name}: more than one IPv{} gateway: {:?}",
                 if v6 { 6 } else { 4 },
                 assigned.gateways
@@ -107,53 +107,38 @@ struct AttachPlan {
     ports: Vec<PortSpec>,
 }
 
-pub(crate) async fn pause_if_asked(step: &str) {
-    let Ok(asked) = std::env::var(PAUSE_ENV) else {
-        return;
-    };
-    let secs = asked
-        .split(',')
-        .find_map(|entry| match entry.split_once(':') {
-            Some((s, secs)) if s == step => Some(secs.parse().unwrap_or(30)),
-            None if entry == step => Some(30),
-            _ => None,
-        });
-    if let Some(secs) = secs {
-        tracing::warn!(step, "{PAUSE_ENV} is set: pausing for {secs} s");
-        tokio::time::sleep(Duration::from_secs(secs)).await;
-    }
-}
-
-impl Network {
+impl Endpoints {
     /// Attaches a container: a veth whose container end is created directly
     /// in its namespace, addresses from the IPAM, default routes via the
-    /// gateways. On failure nothing is left behind.
-    pub async fn attach(&self, req: AttachRequest) -> Result<AttachResult> {
-        let _op = self.ops.read().await;
+    /// gateways. On failure nothing is left behind. With a reaper in `bg`, an
+    /// attach that collides with a detach it is finishing waits for it.
+    pub async fn attach(&self, req: AttachRequest, bg: Background<'_>) -> Result<AttachResult> {
+        let _op = self.host.shared_op().await;
         // Looked at before the attempt too: the reaper may finish between
         // the collision and the look after it, and that attach must not fail.
-        let reaper_was_busy = self.reaper_busy();
-        let result = match self.attach_inner(req.clone()).await {
+        let reaper_was_busy = bg.reaper_busy();
+        let result = match self.attach_locked(req.clone(), bg).await {
             // The id, name, interface or host link may still belong to a
             // detach the reaper is finishing: once it has, the way is clear.
             Err(Error::Conflict(e)) => {
-                pause_if_asked("collided").await;
-                if reaper_was_busy || self.reaper_busy() {
-                    self.reaped().await;
-                    self.attach_inner(req).await
-                } else {
-                    Err(Error::Conflict(e))
+                self.pauses.at("collided").await;
+                match bg.reaper {
+                    Some(reaper) if reaper_was_busy || bg.reaper_busy() => {
+                        reaper.reaped().await;
+                        self.attach_locked(req, bg).await
+                    }
+                    _ => Err(Error::Conflict(e)),
                 }
             }
             other => other,
         };
         if result.is_err() {
-            self.metrics.error("attach");
+            self.host.metrics().error("attach");
         }
         result
     }
 
-    async fn attach_inner(&self, req: AttachRequest) -> Result<AttachResult> {
+    async fn attach_locked(&self, req: AttachRequest, bg: Background<'_>) -> Result<AttachResult> {
         let started = std::time::Instant::now();
         let step = |name: &str| {
             tracing::debug!(
@@ -168,33 +153,29 @@ impl Network {
         step("host ready");
         let endpoint = self.reserve(&plan, &req)?;
         step("reserved");
-        pause_if_asked("reserved").await;
+        self.pauses.at("reserved").await;
         let mac = match self.plumb(&endpoint, &plan.container).await {
             Ok(mac) => mac,
             Err(e) => {
                 // Perhaps the bridge went away: the next attach looks again.
-                self.host_ready
-                    .store(false, std::sync::atomic::Ordering::Release);
-                self.roll_back(&endpoint).await;
+                self.host.set_ready(false);
+                self.roll_back(&endpoint, bg).await;
                 return Err(e);
             }
         };
         step("plumbed");
         if !endpoint.ports.is_empty() {
-            let ports = endpoint.ports.clone();
-            let added =
-                crate::publish::firewall_call(&self.firewall, move |fw| fw.add_ports(&ports)).await;
-            if let Err(e) = added {
-                self.roll_back(&endpoint).await;
+            if let Err(e) = self.ports.add(&endpoint.ports).await {
+                self.roll_back(&endpoint, bg).await;
                 return Err(Error::kernel(
                     format!("attach container {}: publish its ports", endpoint.name),
                     e,
                 ));
             }
         }
-        let attached = self.store.update(|s| -> Result<Endpoint> {
+        let attached = self.host.store().update(|s| -> Result<Endpoint> {
             let mut ep = s.endpoint_mut(&endpoint.id).ok_or_else(|| {
-                Error::Conflict(format!(
+                Error::Busy(format!(
                     "container {} was detached while it was being attached",
                     endpoint.name
                 ))
@@ -206,22 +187,25 @@ impl Network {
         let attached = match attached {
             Ok(ep) => ep,
             Err(e) => {
-                self.roll_back(&endpoint).await;
+                self.roll_back(&endpoint, bg).await;
                 return Err(e);
             }
         };
         step("recorded");
-        self.relay_ports(&attached.ports);
-        self.metrics.attached();
+        if let Some(relay) = bg.relay {
+            relay.open(&attached.ports);
+        }
+        self.host.metrics().attached();
         tracing::info!(id = %attached.id, name = %attached.name, ips = ?attached.ips, "attached");
         Ok(AttachResult::from(&attached))
     }
 
     /// Everything that can be checked without changing anything.
     async fn validate_attach(&self, req: &AttachRequest) -> Result<AttachPlan> {
-        let nl = self.netlink().await?;
+        let nl = self.host.netlink().await?;
+        let config = self.host.config();
         let netns = Netns::resolve(&req.netns).map_err(|e| match e {
-            plumb::Error::NamespaceNotFound(_) => Error::Invalid(format!(
+            plumb::Error::NamespaceNotFound(_) => Error::NotFound(format!(
                 "attach: namespace {} not found — is the container still running?",
                 req.netns
             )),
@@ -241,17 +225,17 @@ impl Network {
         validate_id("name", &name)?;
         let ifname = req.ifname.clone().unwrap_or_else(|| DEFAULT_IFNAME.into());
         plumb::validate_ifname(&ifname)
-            .map_err(|e| Error::Invalid(format!("attach container {name}: {e}")))?;
+            .map_err(|e| Error::InvalidInput(format!("attach container {name}: {e}")))?;
         let mac = req
             .mac
             .as_deref()
             .map(MacAddr::parse_user)
             .transpose()
-            .map_err(|e| Error::Invalid(format!("attach container {name}: {e}")))?;
-        let mtu = req.mtu.or(self.config.mtu);
+            .map_err(|e| Error::InvalidInput(format!("attach container {name}: {e}")))?;
+        let mtu = req.mtu.or(self.host.container_mtu());
         if let Some(mtu) = mtu {
             if !(576..=65535).contains(&mtu) {
-                return Err(Error::Invalid(format!(
+                return Err(Error::InvalidInput(format!(
                     "attach container {name}: MTU {mtu} must be between 576 and 65535"
                 )));
             }
@@ -259,20 +243,20 @@ impl Network {
         if let Some(assigned) = &req.assigned {
             validate_assigned(&name, req, assigned)?;
         }
-        if req.ip6.is_some() && self.config.subnet6.is_none() {
-            return Err(Error::Invalid(format!(
+        if req.ip6.is_some() && config.subnet6.is_none() {
+            return Err(Error::InvalidInput(format!(
                 "attach container {name}: an IPv6 address was asked for but netd has no subnet6 configured"
             )));
         }
-        let ports = crate::publish::parse_specs(&name, &req.ports)?;
+        let ports = ports::parse_specs(&name, &req.ports)?;
         // Looked at in place: copying the state would cost O(containers).
-        self.store.read_with(|state| -> Result<()> {
+        self.host.store().read_with(|state| -> Result<()> {
             check_unique(state, &id, &name, &netns, &ifname)?;
             let requested = [
                 req.ip
-                    .map(|ip| (IpNetwork::V4(self.config.subnet), IpAddr::V4(ip))),
+                    .map(|ip| (IpNetwork::V4(config.subnet), IpAddr::V4(ip))),
                 req.ip6
-                    .zip(self.config.subnet6)
+                    .zip(config.subnet6)
                     .map(|(ip, s6)| (IpNetwork::V6(s6), IpAddr::V6(ip))),
             ];
             for (subnet, ip) in requested.into_iter().flatten() {
@@ -281,7 +265,9 @@ impl Network {
                     Err(e @ IpamError::Taken { .. }) => {
                         return Err(Error::Conflict(format!("attach container {name}: {e}")))
                     }
-                    Err(e) => return Err(Error::Invalid(format!("attach container {name}: {e}"))),
+                    Err(e) => {
+                        return Err(Error::InvalidInput(format!("attach container {name}: {e}")))
+                    }
                 }
             }
             Ok(())
@@ -295,7 +281,7 @@ impl Network {
         {
             return Err(Error::Conflict(format!(
                 "attach container {name}: link {host_if} already exists in {} — run `netd reconcile` or remove it",
-                self.host.label()
+                self.host.netns().label()
             )));
         }
         let cnl = Netlink::open(&netns)
@@ -327,15 +313,15 @@ impl Network {
     /// Records the endpoint as `attaching` and reserves its addresses, in one transaction.
     fn reserve(&self, plan: &AttachPlan, req: &AttachRequest) -> Result<Endpoint> {
         let owner = OwnerProcess::current();
-        self.store.update(|state| -> Result<Endpoint> {
+        self.host.store().update(|state| -> Result<Endpoint> {
             // Checked again under the lock: another caller may have won the race.
             check_unique(state, &plan.id, &plan.name, &plan.netns, &plan.ifname)?;
             let (ips, gateways) = match &req.assigned {
                 Some(assigned) => (assigned.ips.clone(), assigned.gateways.clone()),
-                None => (self.allocate(state, plan, req)?, self.gateways()),
+                None => (self.allocate(state, plan, req)?, self.host.gateways()),
             };
-            let ports = crate::publish::bind_specs(&plan.name, &plan.ports, &ips)?;
-            crate::publish::check_conflicts(state, &plan.name, &ports)?;
+            let ports = ports::bind_specs(&plan.name, &plan.ports, &ips)?;
+            ports::check_conflicts(state, &plan.name, &ports)?;
             let endpoint = Endpoint {
                 id: plan.id.clone(),
                 name: plan.name.clone(),
@@ -365,7 +351,7 @@ impl Network {
         req: &AttachRequest,
     ) -> Result<Vec<IpNetwork>> {
         let mut ips = Vec::new();
-        let subnet4 = IpNetwork::V4(self.config.subnet);
+        let subnet4 = IpNetwork::V4(self.host.config().subnet);
         let ip4 = match (req.ip, req.ip_range) {
             (None, Some(r)) => state.ipam.allocate_in_range(
                 subnet4,
@@ -376,7 +362,7 @@ impl Network {
             (ip, _) => state.ipam.allocate(subnet4, &plan.id, ip.map(IpAddr::V4))?,
         };
         ips.push(IpNetwork::new(ip4, subnet4.prefix()).expect("subnet prefix"));
-        if let Some(s6) = self.config.subnet6 {
+        if let Some(s6) = self.host.config().subnet6 {
             let s6 = IpNetwork::V6(s6);
             let ip6 = state.ipam.allocate(s6, &plan.id, req.ip6.map(IpAddr::V6))?;
             ips.push(IpNetwork::new(ip6, s6.prefix()).expect("subnet prefix"));
@@ -396,14 +382,14 @@ impl Network {
     /// up the container's addresses and routes behind it. Until then the
     /// container's link has no carrier, which addresses and routes do not
     /// need; the worker runs within a fraction of a millisecond.
-    pub(crate) async fn plumb(&self, ep: &Endpoint, cnl: &Netlink) -> Result<MacAddr> {
-        let nl = self.netlink().await?;
+    pub(super) async fn plumb(&self, ep: &Endpoint, cnl: &Netlink) -> Result<MacAddr> {
+        let nl = self.host.netlink().await?;
         let ctx = |step: &str| format!("attach container {}: {step}", ep.name);
-        let bridge = self.bridge_index(&nl).await?;
+        let bridge = self.host.bridge_index(&nl).await?;
         let host_opts = LinkOptions {
             up: false,
             mtu: ep.mtu,
-            mac: Some(self.port_mac()),
+            mac: Some(self.host.port_mac()),
             // Plugged into the bridge in the same request.
             controller: Some(bridge),
             ..Default::default()
@@ -427,11 +413,10 @@ impl Network {
             // The bridge may have been made anew since its index was noted
             // (by someone else, before the periodic check saw it): look at
             // the host again, and try once more if the bridge did change.
-            self.host_ready
-                .store(false, std::sync::atomic::Ordering::Release);
-            self.forget_bridge_index();
+            self.host.set_ready(false);
+            self.host.forget_bridge_index();
             self.ensure_host_once().await?;
-            let fresh = self.bridge_index(&nl).await?;
+            let fresh = self.host.bridge_index(&nl).await?;
             if fresh != bridge {
                 let host_opts = LinkOptions {
                     controller: Some(fresh),
@@ -447,7 +432,7 @@ impl Network {
             Err(plumb::Error::BridgeFull(_)) => {
                 return Err(Error::Conflict(ctx(&format!(
                     "bridge {} is full: a Linux bridge takes at most {} containers; attach more to another netd network (its own --bridge and --subnet)",
-                    self.config.bridge,
+                    self.host.config().bridge,
                     plumb::BRIDGE_MAX_PORTS
                 ))));
             }
@@ -461,16 +446,16 @@ impl Network {
         let no_ipv6 = format!("net/ipv6/conf/{}/disable_ipv6", ep.host_ifname);
         // A kernel booted without IPv6 has nothing to turn off.
         if std::path::Path::new("/proc/sys/net/ipv6/conf").exists() {
-            plumb::sysctl::write(&self.host, &no_ipv6, "1")
+            plumb::sysctl::write(self.host.netns(), &no_ipv6, "1")
                 .ctx(|| ctx(&format!("turn off IPv6 on {}", ep.host_ifname)))?;
         }
-        pause_if_asked("veth").await;
+        self.pauses.at("veth").await;
         for ip in &ep.ips {
             cnl.add_address_at(&peer, *ip, true)
                 .await
                 .ctx(|| ctx("add address"))?;
         }
-        pause_if_asked("addressed").await;
+        self.pauses.at("addressed").await;
         add_default_routes(cnl, ep, Some(&peer)).await?;
         // Up, with its alias and hairpin mode (a container reaching its own
         // published port through the host address comes back in by the port
@@ -484,16 +469,21 @@ impl Network {
         nl.set_link(&ep.host_ifname, &host_end).await.ctx(|| {
             ctx(&format!(
                 "bring {} up on bridge {}",
-                ep.host_ifname, self.config.bridge
+                ep.host_ifname,
+                self.host.config().bridge
             ))
         })?;
-        peer.mac
-            .ok_or_else(|| Error::Invalid(ctx("the kernel reported no MAC for the interface")))
+        peer.mac.ok_or_else(|| {
+            Error::kernel(
+                ctx("read its MAC"),
+                plumb::Error::Other("the kernel reported no MAC for the interface".into()),
+            )
+        })
     }
 
     /// Undoes a failed attach; errors are logged, the caller reports the first failure.
-    async fn roll_back(&self, ep: &Endpoint) {
-        if let Err(e) = self.remove_endpoint(ep).await {
+    async fn roll_back(&self, ep: &Endpoint, bg: Background<'_>) {
+        if let Err(e) = self.remove_endpoint(ep, bg.relay).await {
             tracing::error!(id = %ep.id, error = %e, "rolling back a failed attach left something behind; `netd reconcile` retries");
         }
     }

@@ -2,7 +2,8 @@
 //! itself. Runs at start, on `netd reconcile`, on SIGHUP, and whenever the
 //! periodic quick check finds something amiss.
 //!
-//! - host: bridge, gateway addresses, forwarding (`Network::ensure_host`);
+//! - host: bridge, gateway addresses, forwarding, NAT (`Endpoints::ensure_host`);
+//! - the firewall and the `[::1]` relay: every published port in the state;
 //! - endpoints half-attached or half-detached by a process that died: rolled back;
 //! - attached endpoints whose namespace is gone: removed, addresses released;
 //! - attached endpoints with missing or altered links: re-plumbed as recorded;
@@ -10,15 +11,20 @@
 //! - reservations without an endpoint: released.
 //!
 //! Endpoints in flight in a live process (this one included) are left alone.
+//! The overlay's part is the daemon's: it adds it to the report.
 
 use std::collections::{BTreeSet, HashSet};
 
-use plumb::{Netlink, Netns};
+use plumb::Netlink;
 use serde::{Deserialize, Serialize};
 
-use crate::endpoint::ALIAS_PREFIX;
+use super::check::Health;
+use super::request::ALIAS_PREFIX;
+use super::{Background, Endpoints};
+use crate::action::Action;
 use crate::error::{Error, KernelContext, Result};
-use crate::network::{Action, Network};
+use crate::metrics::Metrics;
+use crate::ports::all_ports;
 use crate::state::{Endpoint, OwnerProcess, Phase};
 
 /// What one reconciliation did.
@@ -29,29 +35,37 @@ pub struct ReconcileReport {
     pub errors: Vec<String>,
 }
 
-/// How an attached endpoint looks in the kernel.
-enum Health {
-    Ok,
-    /// Its namespace no longer exists (or the path now holds another one).
-    ContainerGone,
-    Broken(String),
+impl ReconcileReport {
+    /// Logs what was done and what failed, and counts both in `metrics`.
+    pub fn record(&self, metrics: &Metrics) {
+        for action in &self.actions {
+            tracing::info!(kind = %action.kind, "reconcile: {}", action.detail);
+        }
+        for error in &self.errors {
+            tracing::error!("reconcile: {error}");
+            metrics.error("reconcile");
+        }
+        metrics.reconciled(&self.actions);
+    }
 }
 
-impl Network {
-    /// Runs a full reconciliation. Errors about single endpoints are
+impl Endpoints {
+    /// Runs a full reconciliation of the host, the firewall (and `bg`'s
+    /// relay) and the endpoints. Errors about single endpoints are
     /// collected in the report; only a broken host setup fails the call.
-    pub async fn reconcile(&self) -> Result<ReconcileReport> {
-        let _op = self.ops.write().await;
+    /// The caller adds its own parts and [`ReconcileReport::record`]s it.
+    pub async fn reconcile(&self, bg: Background<'_>) -> Result<ReconcileReport> {
+        let _op = self.host.exclusive_op().await;
         // Looked at before `ensure_host`, which rebuilds the base rules.
-        let intact = self.firewall_intact().await;
+        let intact = self.ports.intact().await;
         let mut report = ReconcileReport {
             actions: self
                 .ensure_host()
                 .await
-                .inspect_err(|_| self.metrics.error("reconcile"))?,
+                .inspect_err(|_| self.host.metrics().error("reconcile"))?,
             errors: Vec::new(),
         };
-        match (intact, self.sync_firewall().await) {
+        match (intact, self.ports.sync().await) {
             (_, Err(e)) | (Err(e), _) => report.errors.push(e.to_string()),
             (Ok(false), Ok(())) => report.actions.push(Action::new(
                 "firewall_reapplied",
@@ -59,10 +73,12 @@ impl Network {
             )),
             (Ok(true), Ok(())) => {}
         }
-        let state = self.store.read()?;
-        self.sync_relays(&state);
+        let state = self.host.store().read()?;
+        if let Some(relay) = bg.relay {
+            relay.sync(&all_ports(&state));
+        }
         for ep in state.endpoints.values() {
-            match self.reconcile_endpoint(ep).await {
+            match self.reconcile_endpoint(ep, bg).await {
                 Ok(Some(action)) => report.actions.push(action),
                 Ok(None) => {}
                 Err(e) => report.errors.push(e.to_string()),
@@ -72,21 +88,14 @@ impl Network {
             Ok(actions) => report.actions.extend(actions),
             Err(e) => report.errors.push(e.to_string()),
         }
-        let (actions, errors) = self.reconcile_overlay().await;
-        report.actions.extend(actions);
-        report.errors.extend(errors);
-        for action in &report.actions {
-            tracing::info!(kind = %action.kind, "reconcile: {}", action.detail);
-        }
-        for error in &report.errors {
-            tracing::error!("reconcile: {error}");
-            self.metrics.error("reconcile");
-        }
-        self.metrics.reconciled(&report.actions);
         Ok(report)
     }
 
-    async fn reconcile_endpoint(&self, ep: &Endpoint) -> Result<Option<Action>> {
+    async fn reconcile_endpoint(
+        &self,
+        ep: &Endpoint,
+        bg: Background<'_>,
+    ) -> Result<Option<Action>> {
         match ep.phase {
             Phase::Attaching { owner } if owner.is_alive() => Ok(None),
             // A detach of this very process that the reaper no longer holds
@@ -94,12 +103,12 @@ impl Network {
             // is its own business.
             Phase::Detaching { owner }
                 if owner.is_alive()
-                    && (owner != OwnerProcess::current() || self.is_reaping(&ep.id)) =>
+                    && (owner != OwnerProcess::current() || bg.is_reaping(&ep.id)) =>
             {
                 Ok(None)
             }
             Phase::Attaching { .. } => {
-                self.remove_endpoint(ep).await?;
+                self.remove_endpoint(ep, bg.relay).await?;
                 Ok(Some(Action::new(
                     "rolled_back",
                     format!(
@@ -110,7 +119,7 @@ impl Network {
                 )))
             }
             Phase::Detaching { .. } => {
-                self.remove_endpoint(ep).await?;
+                self.remove_endpoint(ep, bg.relay).await?;
                 Ok(Some(Action::new(
                     "detach_finished",
                     format!("finished the interrupted detach of container {}", ep.name),
@@ -124,7 +133,7 @@ impl Network {
                     if !self.claim(ep, |owner| Phase::Detaching { owner })? {
                         return Ok(None);
                     }
-                    self.remove_endpoint(ep).await?;
+                    self.remove_endpoint(ep, bg.relay).await?;
                     Ok(Some(Action::new(
                         "container_gone",
                         format!(
@@ -142,7 +151,7 @@ impl Network {
                     let repaired = self.repair(ep).await;
                     // Attached again either way: a failed repair is retried
                     // by the next reconciliation.
-                    self.store.update(|s| -> Result<()> {
+                    self.host.store().update(|s| -> Result<()> {
                         if let Some(mut e) = s.endpoint_mut(&ep.id) {
                             e.phase = Phase::Attached;
                         }
@@ -158,49 +167,10 @@ impl Network {
         }
     }
 
-    /// CNI's CHECK: Ok when container `key` is attached and its links,
-    /// addresses and routes are all in place; otherwise an error saying what
-    /// is wrong. Changes nothing.
-    pub async fn check(&self, key: &str) -> Result<()> {
-        let state = self.store.read()?;
-        let Some(ep) = state.find(key) else {
-            return Err(Error::Invalid(format!("container {key} is not attached")));
-        };
-        if ep.phase != Phase::Attached {
-            return Err(Error::Conflict(format!(
-                "container {} is being attached or detached right now",
-                ep.name
-            )));
-        }
-        match self.health(ep).await? {
-            Health::Ok => {
-                // The container's links being right is half of it: its NAT and
-                // published ports live in the host's firewall.
-                if self.firewall_intact().await? {
-                    Ok(())
-                } else {
-                    Err(Error::Conflict(format!(
-                        "container {}: the firewall rules of bridge {} (NAT, published ports) are gone — someone flushed them; `netd reconcile` restores them",
-                        ep.name, self.config.bridge
-                    )))
-                }
-            }
-            Health::ContainerGone => Err(Error::Invalid(format!(
-                "container {}: its namespace {} is gone",
-                ep.name,
-                ep.netns.display()
-            ))),
-            Health::Broken(why) => Err(Error::Conflict(format!(
-                "container {}: {why} — `netd reconcile` repairs it",
-                ep.name
-            ))),
-        }
-    }
-
     /// Marks an endpoint that is still `attached` as being changed by this
     /// process; false when someone else changed it since it was read.
     fn claim(&self, ep: &Endpoint, phase: impl FnOnce(OwnerProcess) -> Phase) -> Result<bool> {
-        self.store.update(|s| -> Result<bool> {
+        self.host.store().update(|s| -> Result<bool> {
             match s.endpoint_mut(&ep.id) {
                 Some(mut e) if e.phase == Phase::Attached => {
                     e.phase = phase(OwnerProcess::current());
@@ -211,89 +181,10 @@ impl Network {
         })
     }
 
-    /// Opens the endpoint's namespace if it is still the one it was attached in.
-    fn container_netns(&self, ep: &Endpoint) -> Result<Option<Netns>> {
-        match Netns::path(&ep.netns) {
-            Ok(ns) if ns.inode() == ep.netns_inode => Ok(Some(ns)),
-            Ok(_) => Ok(None),
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(Error::kernel(
-                format!("check container {}: open its namespace", ep.name),
-                e,
-            )),
-        }
-    }
-
-    async fn health(&self, ep: &Endpoint) -> Result<Health> {
-        let nl = self.netlink().await?;
-        let Some(netns) = self.container_netns(ep)? else {
-            return Ok(Health::ContainerGone);
-        };
-        let ctx = |what: &str| format!("check container {}: {what}", ep.name);
-        let bridge = nl
-            .link(&self.config.bridge)
-            .await
-            .ctx(|| ctx("list links"))?;
-        let Some(host) = nl.link(&ep.host_ifname).await.ctx(|| ctx("list links"))? else {
-            return Ok(Health::Broken(format!(
-                "host link {} is missing",
-                ep.host_ifname
-            )));
-        };
-        if bridge.map(|b| b.index) != host.controller {
-            return Ok(Health::Broken(format!(
-                "{} is not a port of {}",
-                ep.host_ifname, self.config.bridge
-            )));
-        }
-        if !host.up {
-            return Ok(Health::Broken(format!("{} is down", ep.host_ifname)));
-        }
-        let cnl = Netlink::open(&netns)
-            .await
-            .ctx(|| ctx(&format!("open netlink in {}", netns.label())))?;
-        let Some(link) = cnl.link(&ep.ifname).await.ctx(|| ctx("list links"))? else {
-            return Ok(Health::Broken(format!(
-                "{} is missing in the container",
-                ep.ifname
-            )));
-        };
-        if !link.up {
-            return Ok(Health::Broken(format!(
-                "{} is down in the container",
-                ep.ifname
-            )));
-        }
-        let addrs = cnl
-            .addresses(Some(link.index))
-            .await
-            .ctx(|| ctx("list addresses"))?;
-        for ip in &ep.ips {
-            if !addrs.iter().any(|a| a.network == *ip) {
-                return Ok(Health::Broken(format!("address {ip} is missing")));
-            }
-        }
-        for gw in &ep.gateways {
-            let routes = cnl
-                .routes(gw.is_ipv6(), false)
-                .await
-                .ctx(|| ctx("list routes"))?;
-            if !routes
-                .iter()
-                .any(|r| r.destination.is_none() && r.gateway == Some(*gw))
-            {
-                return Ok(Health::Broken(format!(
-                    "the default route via {gw} is missing"
-                )));
-            }
-        }
-        Ok(Health::Ok)
-    }
-
     /// Deletes whatever is left of the endpoint's links and builds them again
     /// with the recorded names, addresses and MAC.
     async fn repair(&self, ep: &Endpoint) -> Result<()> {
-        let nl = self.netlink().await?;
+        let nl = self.host.netlink().await?;
         let Some(netns) = self.container_netns(ep)? else {
             return Ok(());
         };
@@ -321,10 +212,10 @@ impl Network {
     /// records its endpoint before it creates its link, so a link seen here
     /// without an endpoint is truly stale.
     async fn remove_stale(&self) -> Result<Vec<Action>> {
-        let nl = self.netlink().await?;
+        let nl = self.host.netlink().await?;
         let mut actions = Vec::new();
         let links = nl.links().await.ctx(|| "reconcile: list host links")?;
-        let state = self.store.read()?;
+        let state = self.host.store().read()?;
         let known: BTreeSet<&str> = state.endpoints.keys().map(String::as_str).collect();
         for link in links {
             let Some(id) = link
@@ -349,7 +240,7 @@ impl Network {
                 Err(e) => return Err(Error::kernel("reconcile: delete a stale link", e)),
             }
         }
-        let released = self.store.update(|s| -> Result<Vec<String>> {
+        let released = self.host.store().update(|s| -> Result<Vec<String>> {
             let stale: Vec<String> = s
                 .ipam
                 .owners()
@@ -378,18 +269,19 @@ impl Network {
     /// it). Anything amiss is looked at again with those held off before it
     /// counts: under a stream of attaches the torn view alone had netd
     /// reconciling everything every two seconds, holding every attach up.
-    pub async fn needs_reconcile(&self) -> Result<Option<&'static str>> {
-        if self.quick_check().await?.is_none() {
+    /// The overlay's routes are the daemon's to look at.
+    pub async fn needs_reconcile(&self, bg: Background<'_>) -> Result<Option<&'static str>> {
+        if self.quick_check(bg).await?.is_none() {
             return Ok(None);
         }
-        let _op = self.ops.write().await;
-        self.quick_check().await
+        let _op = self.host.exclusive_op().await;
+        self.quick_check(bg).await
     }
 
-    async fn quick_check(&self) -> Result<Option<&'static str>> {
-        let nl = self.netlink().await?;
+    async fn quick_check(&self, bg: Background<'_>) -> Result<Option<&'static str>> {
+        let nl = self.host.netlink().await?;
         let links = nl.links().await.ctx(|| "quick check: list host links")?;
-        let Some(bridge) = links.iter().find(|l| l.name == self.config.bridge) else {
+        let Some(bridge) = links.iter().find(|l| l.name == self.host.config().bridge) else {
             return Ok(Some("bridge missing"));
         };
         if !bridge.up {
@@ -400,17 +292,15 @@ impl Network {
             .await
             .ctx(|| "quick check: list bridge addresses")?;
         if self
+            .host
             .gateway_networks()
             .iter()
             .any(|gw| !addrs.iter().any(|a| a.network == *gw))
         {
             return Ok(Some("gateway address missing"));
         }
-        if !self.firewall_intact().await? {
+        if !self.ports.intact().await? {
             return Ok(Some("firewall rules missing"));
-        }
-        if let Some(reason) = self.overlay_needs_reconcile().await? {
-            return Ok(Some(reason));
         }
         let plugged: HashSet<&str> = links
             .iter()
@@ -420,8 +310,9 @@ impl Network {
         // Taken before the state is read: the reaper forgets an endpoint
         // before it stops being pending, so an endpoint still `detaching` in
         // the state read below was pending in this set if it is being reaped.
-        let reaping = self.reaping_now();
-        self.store
+        let reaping = bg.reaping_now();
+        self.host
+            .store()
             .read_with(|state| {
                 for ep in state.endpoints.values() {
                     match ep.phase {

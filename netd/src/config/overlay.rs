@@ -24,7 +24,7 @@ use ::overlay::PublicKey;
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, ConfigError};
+use super::ConfigError;
 
 /// The cluster range whose per-host /24s the overlay joins, by default the
 /// same private /16 as netd's single-host default subnet.
@@ -92,7 +92,7 @@ pub struct OverlayArgs {
 #[derive(Debug, Clone, Serialize)]
 pub struct OverlayConfig {
     pub enabled: bool,
-    /// None: `<state_dir>/overlay.key` (see [`Config::overlay_key_file`]).
+    /// None: `<state_dir>/overlay.key` (see [`OverlayConfig::key_file`]).
     pub private_key_file: Option<PathBuf>,
     pub listen_port: u16,
     pub interface: String,
@@ -117,6 +117,25 @@ impl Default for OverlayConfig {
 }
 
 impl OverlayConfig {
+    /// Where the overlay's private key lives: `private_key_file`, else
+    /// `<state_dir>/overlay.key`.
+    pub fn key_file(&self, state_dir: &Path) -> PathBuf {
+        self.private_key_file
+            .clone()
+            .unwrap_or_else(|| state_dir.join(KEY_FILE_NAME))
+    }
+
+    /// True when anything but the peer list differs: those keys apply only
+    /// when netd restarts.
+    pub fn differs_beyond_peers(&self, other: &OverlayConfig) -> bool {
+        self.enabled != other.enabled
+            || self.listen_port != other.listen_port
+            || self.interface != other.interface
+            || self.mtu != other.mtu
+            || self.cluster_range != other.cluster_range
+            || self.private_key_file != other.private_key_file
+    }
+
     /// Lays the flags and environment over the file, key by key.
     pub fn merge(file: Option<OverlayFile>, args: &OverlayArgs) -> OverlayConfig {
         let file = file.unwrap_or_default();
@@ -254,17 +273,6 @@ impl OverlayConfig {
     }
 }
 
-impl Config {
-    /// Where the overlay's private key lives: `overlay.private_key_file`,
-    /// else `<state_dir>/overlay.key`.
-    pub fn overlay_key_file(&self) -> PathBuf {
-        self.overlay
-            .private_key_file
-            .clone()
-            .unwrap_or_else(|| self.state_dir.join(KEY_FILE_NAME))
-    }
-}
-
 /// True when `inner` lies entirely within `outer`.
 pub fn is_inside(inner: Ipv4Network, outer: Ipv4Network) -> bool {
     inner.prefix() >= outer.prefix() && outer.contains(inner.network())
@@ -304,7 +312,7 @@ pub fn read_preshared_key(path: &Path) -> Result<::overlay::PresharedKey, String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{parse_file, ConfigArgs};
+    use crate::config::{parse_file, Config, ConfigArgs};
 
     const KEY_B: &str = "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=";
     const KEY_C: &str = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
@@ -334,7 +342,7 @@ mod tests {
         assert_eq!(o.peers[1].persistent_keepalive, Some(25));
         assert_eq!(o.peers[0].public_key.to_base64(), KEY_B);
         assert_eq!(
-            c.overlay_key_file(),
+            c.overlay.key_file(&c.state_dir),
             PathBuf::from("/var/lib/weft/overlay.key")
         );
     }

@@ -9,8 +9,9 @@
 //! to the container, as Docker's userland proxy does. The container sees the
 //! bridge's gateway address as the client.
 //!
-//! Only the daemon relays ([`Network::relay_ipv6_localhost`]): a library
-//! caller (the CNI plugin standalone) has no process to hold the sockets. A
+//! Only the daemon relays (it owns the [`LocalhostRelay`] and lends it to
+//! each publish, attach, detach and reconciliation): a library caller (the
+//! CNI plugin standalone) has no process to hold the sockets. A
 //! port whose `[::1]` socket cannot be had (a host program holds it) is still
 //! published everywhere else; the next reconciliation tries again.
 
@@ -28,7 +29,6 @@ use tokio::sync::Semaphore;
 use tokio::task::AbortHandle;
 
 use crate::metrics::Metrics;
-use crate::network::Network;
 
 /// A container that does not answer within this is reported as refused.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -43,7 +43,8 @@ const MAX_DATAGRAM: usize = 65_535;
 /// (protocol, host port): what one `[::1]` socket serves.
 type Key = (Protocol, u16);
 
-pub(crate) struct LocalhostProxy {
+/// The `[::1]` sockets of the published ports, one per (protocol, host port).
+pub struct LocalhostRelay {
     opener: Opener,
     relays: Mutex<HashMap<Key, Relay>>,
     metrics: Arc<Metrics>,
@@ -61,10 +62,10 @@ impl Drop for Relay {
     }
 }
 
-impl LocalhostProxy {
+impl LocalhostRelay {
     /// `host` is where the sockets belong; `None` when netd runs in it.
-    pub(crate) fn new(host: Option<Netns>, metrics: Arc<Metrics>) -> LocalhostProxy {
-        LocalhostProxy {
+    pub fn new(host: Option<Netns>, metrics: Arc<Metrics>) -> LocalhostRelay {
+        LocalhostRelay {
             opener: Opener { host },
             relays: Mutex::default(),
             metrics,
@@ -72,7 +73,7 @@ impl LocalhostProxy {
     }
 
     /// Starts relaying the ports among `ports` that localhost should reach.
-    pub(crate) fn open(&self, ports: &[PublishedPort]) {
+    pub fn open(&self, ports: &[PublishedPort]) {
         let mut relays = self.relays.lock().expect("relay table lock");
         for (key, target) in relayed(ports) {
             match relays.get(&key) {
@@ -88,7 +89,7 @@ impl LocalhostProxy {
     /// detached). A port number that another container still publishes on
     /// all addresses of the other family (`published`, the whole state) is
     /// relayed to that one from now on.
-    pub(crate) fn close(&self, withdrawn: &[PublishedPort], published: &[PublishedPort]) {
+    pub fn close(&self, withdrawn: &[PublishedPort], published: &[PublishedPort]) {
         let mut relays = self.relays.lock().expect("relay table lock");
         let mut freed = Vec::new();
         for (key, target) in relayed(withdrawn) {
@@ -105,7 +106,7 @@ impl LocalhostProxy {
 
     /// Relays exactly `ports` (every published port): closes the rest and
     /// retries sockets that could not be had before.
-    pub(crate) fn sync(&self, ports: &[PublishedPort]) {
+    pub fn sync(&self, ports: &[PublishedPort]) {
         let wanted = relayed(ports);
         let mut relays = self.relays.lock().expect("relay table lock");
         relays.retain(|key, relay| wanted.get(key) == Some(&relay.target));
@@ -367,47 +368,6 @@ impl Drop for UdpFlow {
 
 fn elapsed_ms(clock: Instant) -> u64 {
     clock.elapsed().as_millis() as u64
-}
-
-impl Network {
-    /// From now on published TCP and UDP ports are also reached through
-    /// `[::1]` (see the `localhost_proxy` module). For a process that keeps
-    /// running: the daemon. The next reconciliation opens the sockets of
-    /// ports published before.
-    pub fn relay_ipv6_localhost(&self) {
-        let host = self.config.netns.as_ref().map(|_| self.host.clone());
-        let _ = self
-            .localhost_proxy
-            .set(LocalhostProxy::new(host, self.metrics.clone()));
-    }
-
-    /// Newly published ports: relayed from `[::1]` too, when the daemon relays.
-    pub(crate) fn relay_ports(&self, ports: &[PublishedPort]) {
-        if let Some(proxy) = self.localhost_proxy.get() {
-            proxy.open(ports);
-        }
-    }
-
-    /// Withdrawn ports: no longer relayed (their numbers handed to another
-    /// container's ports of the other family, if any).
-    pub(crate) fn stop_relaying(&self, ports: &[PublishedPort]) {
-        let Some(proxy) = self.localhost_proxy.get() else {
-            return;
-        };
-        // Unreadable state: the next reconciliation hands the numbers over.
-        let published = self
-            .store
-            .read_with(crate::publish::all_ports)
-            .unwrap_or_default();
-        proxy.close(ports, &published);
-    }
-
-    /// Relays exactly the published ports of the state (reconciliation).
-    pub(crate) fn sync_relays(&self, state: &crate::state::State) {
-        if let Some(proxy) = self.localhost_proxy.get() {
-            proxy.sync(&crate::publish::all_ports(state));
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,12 +1,6 @@
-//! Container endpoints: what an attach asks for and answers, the names netd
-//! gives host links, and the checks every attach makes against the state.
-//! The work itself is in `attach.rs` and `detach.rs`.
-//!
-//! Crash safety: the endpoint is written to the state (phase `attaching`,
-//! with the owning process) together with its address reservations *before*
-//! any link exists, and marked `attached` only when everything is in place.
-//! A process killed in between leaves a record that reconciliation rolls
-//! back, so a container is either fully attached or not at all.
+//! What an attach asks for and answers, what a detach reports, the names
+//! netd gives host links, and the checks every attach makes against the
+//! state. The work itself is in `attach.rs` and `detach.rs`.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
@@ -18,7 +12,6 @@ use plumb::{MacAddr, Netns};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::network::Network;
 use crate::state::Endpoint;
 
 /// The container interface's default name.
@@ -27,13 +20,6 @@ pub const DEFAULT_IFNAME: &str = "eth0";
 pub const HOST_IFNAME_PREFIX: &str = "wv";
 /// The alias netd writes on the host end: `weft:<container id>`.
 pub const ALIAS_PREFIX: &str = "weft:";
-/// Test hook: `WEFT_DEBUG_PAUSE_ATTACH=reserved|veth|addressed` makes an
-/// attach sleep 30 s after that step, so tests can kill netd mid-attach;
-/// `=reap` makes the reaper sleep before deleting what detaches handed it;
-/// `=collided` makes an attach that collided with a container sleep before
-/// it looks whether the reaper holds that container. Several steps go
-/// comma-separated, each with its own seconds if given: `reap:1,collided:2`.
-pub const PAUSE_ENV: &str = "WEFT_DEBUG_PAUSE_ATTACH";
 
 /// An inclusive range of IPv4 addresses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -208,29 +194,9 @@ pub(crate) fn validate_id(what: &str, value: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(Error::Invalid(format!(
+        Err(Error::InvalidInput(format!(
             "container {what} {value:?} is not valid: use 1–253 letters, digits, '-', '_' or '.'"
         )))
-    }
-}
-
-impl Network {
-    /// The endpoints netd knows, attached or in flight.
-    pub fn list(&self) -> Result<Vec<Endpoint>> {
-        Ok(self
-            .store
-            .read()?
-            .endpoints
-            .values()
-            .map(|ep| (**ep).clone())
-            .collect())
-    }
-
-    /// The attach result of an attached container, for CNI's CHECK and GET.
-    pub fn get(&self, key: &str) -> Result<Option<AttachResult>> {
-        Ok(self
-            .store
-            .read_with(|s| s.find(key).map(AttachResult::from))?)
     }
 }
 

@@ -3,20 +3,24 @@
 
 use std::net::IpAddr;
 
-use std::sync::Arc;
-
 use plumb::{LinkChange, Netlink};
 
-use crate::endpoint::DetachReport;
+use super::reaper::REAP_GROUP;
+use super::request::DetachReport;
+use super::{Background, Endpoints};
 use crate::error::{Error, Result};
-use crate::network::Network;
-use crate::reaper::{Reaper, REAP_GROUP};
+use crate::ports::LocalhostRelay;
 use crate::state::{Endpoint, OwnerProcess, Phase};
 
-impl Network {
+impl Endpoints {
     /// Removes the endpoint's links, then its record and reservations.
     /// Links that are already gone count as removed.
-    pub(crate) async fn remove_endpoint(&self, ep: &Endpoint) -> Result<Vec<IpAddr>> {
+    /// `relay`: the daemon's `[::1]` relay, which stops relaying its ports.
+    pub(super) async fn remove_endpoint(
+        &self,
+        ep: &Endpoint,
+        relay: Option<&LocalhostRelay>,
+    ) -> Result<Vec<IpAddr>> {
         let started = std::time::Instant::now();
         let step = |name: &str| {
             tracing::debug!(
@@ -25,9 +29,10 @@ impl Network {
                 "detach"
             )
         };
-        self.withdraw_ports(ep).await;
+        self.ports.withdraw(ep, relay).await;
         step("ports withdrawn");
-        self.delete_host_link(&self.netlink().await?, ep).await?;
+        self.delete_host_link(&self.host.netlink().await?, ep)
+            .await?;
         step("link deleted");
         let released = self.forget(std::slice::from_ref(ep))?;
         step("forgotten");
@@ -39,10 +44,10 @@ impl Network {
     /// route only on the first (one default route per gateway): when the
     /// interface holding it goes, the route is added again on the one that
     /// stays. Best effort: a namespace that is gone needs nothing.
-    pub(crate) async fn restore_shared_routes(&self, gone: &[Endpoint]) {
+    pub(super) async fn restore_shared_routes(&self, gone: &[Endpoint]) {
         for ep in gone {
             // Looked at in place: a detach must not copy the whole state.
-            let staying: Vec<Endpoint> = match self.store.read_with(|s| {
+            let staying: Vec<Endpoint> = match self.host.store().read_with(|s| {
                 s.endpoints
                     .in_namespace(ep.netns_inode)
                     .filter(|o| o.id != ep.id && o.phase == Phase::Attached)
@@ -65,30 +70,15 @@ impl Network {
                 continue;
             };
             for other in &staying {
-                if let Err(e) = crate::attach::add_default_routes(&cnl, other, None).await {
+                if let Err(e) = super::attach::add_default_routes(&cnl, other, None).await {
                     tracing::warn!(container = %other.name, "restore its default route: {e}");
                 }
             }
         }
     }
 
-    /// A failure here is not fatal: reconciliation syncs the firewall with
-    /// the state, which will no longer hold these ports.
-    async fn withdraw_ports(&self, ep: &Endpoint) {
-        if ep.ports.is_empty() {
-            return;
-        }
-        self.stop_relaying(&ep.ports);
-        let ports = ep.ports.clone();
-        if let Err(e) =
-            crate::publish::firewall_call(&self.firewall, move |fw| fw.remove_ports(&ports)).await
-        {
-            tracing::warn!(container = %ep.name, "withdraw published ports: {e}");
-        }
-    }
-
     /// Deletes the veth pair by its host end; already gone is fine.
-    pub(crate) async fn delete_host_link(&self, nl: &Netlink, ep: &Endpoint) -> Result<()> {
+    pub(super) async fn delete_host_link(&self, nl: &Netlink, ep: &Endpoint) -> Result<()> {
         match nl.delete_link(&ep.host_ifname).await {
             Ok(()) => Ok(()),
             Err(e) if e.is_not_found() => Ok(()),
@@ -104,11 +94,11 @@ impl Network {
 
     /// Drops the endpoints' records and releases their addresses, in one
     /// transaction; returns the addresses released.
-    pub(crate) fn forget(&self, eps: &[Endpoint]) -> Result<Vec<IpAddr>> {
+    pub(super) fn forget(&self, eps: &[Endpoint]) -> Result<Vec<IpAddr>> {
         if eps.is_empty() {
             return Ok(Vec::new());
         }
-        self.store.update(|s| -> Result<Vec<IpAddr>> {
+        self.host.store().update(|s| -> Result<Vec<IpAddr>> {
             let mut released = Vec::new();
             for ep in eps {
                 s.endpoints.remove(&ep.id);
@@ -118,66 +108,30 @@ impl Network {
         })
     }
 
-    /// From now on `detach` answers once the container is cut off and leaves
-    /// deleting its veth pair to a background task (see [`crate::reaper`]).
-    /// For a process that keeps running: the daemon.
-    pub fn reap_in_background(self: &Arc<Self>) -> Result<()> {
-        if self.reaper.get().is_some() {
-            return Ok(());
-        }
-        let reaper = Reaper::start(Arc::downgrade(self), self.host.clone())
-            .map_err(|e| Error::Daemon(format!("start the link reaper: {e}")))?;
-        let _ = self.reaper.set(reaper);
-        Ok(())
-    }
-
-    /// Waits until every detach handed to the background so far is finished.
-    pub async fn reaped(&self) {
-        if let Some(reaper) = self.reaper.get() {
-            reaper.reaped().await;
-        }
-    }
-
-    /// Whether the reaper still holds `id` (it is `detaching`, on purpose).
-    pub(crate) fn is_reaping(&self, id: &str) -> bool {
-        self.reaper.get().is_some_and(|r| r.is_pending(id))
-    }
-
-    /// The containers the reaper has yet to finish, as one consistent set.
-    pub(crate) fn reaping_now(&self) -> std::collections::BTreeSet<String> {
-        self.reaper
-            .get()
-            .map(|r| r.pending_now())
-            .unwrap_or_default()
-    }
-
-    /// An attach that collided with a pending detach waits for the reaper.
-    pub(crate) fn reaper_busy(&self) -> bool {
-        self.reaper.get().is_some_and(|r| r.any_pending())
-    }
-
     /// Detaches a container by id or name. Detaching something that is not
     /// attached succeeds with `found: false`; a namespace that is already
-    /// gone is fine (its end of the veth went with it).
-    pub async fn detach(&self, key: &str) -> Result<DetachReport> {
-        let _op = self.ops.read().await;
-        let result = self.detach_inner(key).await;
+    /// gone is fine (its end of the veth went with it). With a reaper in
+    /// `bg`, it answers once the container is cut off and leaves deleting
+    /// its veth pair to the reaper (see `reaper.rs`).
+    pub async fn detach(&self, key: &str, bg: Background<'_>) -> Result<DetachReport> {
+        let _op = self.host.shared_op().await;
+        let result = self.detach_locked(key, bg).await;
         if result.is_err() {
-            self.metrics.error("detach");
+            self.host.metrics().error("detach");
         }
         result
     }
 
-    async fn detach_inner(&self, key: &str) -> Result<DetachReport> {
+    async fn detach_locked(&self, key: &str, bg: Background<'_>) -> Result<DetachReport> {
         let owner = OwnerProcess::current();
-        let endpoint = self.store.update(|s| -> Result<Option<Endpoint>> {
+        let endpoint = self.host.store().update(|s| -> Result<Option<Endpoint>> {
             let Some(id) = s.find(key).map(|e| e.id.clone()) else {
                 return Ok(None);
             };
             let mut ep = s.endpoint_mut(&id).expect("found above");
             if let Phase::Attaching { owner: o } = ep.phase {
                 if o.is_alive() {
-                    return Err(Error::Conflict(format!(
+                    return Err(Error::Busy(format!(
                         "container {} is being attached right now (by PID {}); detach it when that finishes",
                         ep.name, o.pid
                     )));
@@ -193,17 +147,17 @@ impl Network {
                 released: Vec::new(),
             });
         };
-        let released = match self.reaper.get() {
+        let released = match bg.reaper {
             Some(reaper) => {
-                self.withdraw_ports(&endpoint).await;
+                self.ports.withdraw(&endpoint, bg.relay).await;
                 self.cut_off(&endpoint).await?;
                 let released = endpoint.ips.iter().map(|ip| ip.ip()).collect();
                 reaper.hand_over(endpoint.clone());
                 released
             }
-            None => self.remove_endpoint(&endpoint).await?,
+            None => self.remove_endpoint(&endpoint, bg.relay).await?,
         };
-        self.metrics.detached();
+        self.host.metrics().detached();
         tracing::info!(id = %endpoint.id, name = %endpoint.name, "detached");
         Ok(DetachReport {
             container: key.to_string(),
@@ -215,7 +169,7 @@ impl Network {
     /// Takes the host end down (the container loses its carrier at once) and
     /// moves it to the reaper's link group.
     async fn cut_off(&self, ep: &Endpoint) -> Result<()> {
-        let nl = self.netlink().await?;
+        let nl = self.host.netlink().await?;
         let change = LinkChange {
             up: Some(false),
             group: Some(REAP_GROUP),

@@ -17,23 +17,25 @@
 //! detach deletes the pair before it returns.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 
-use plumb::{Netlink, Netns};
+use plumb::Netlink;
 
-use crate::network::Network;
+use super::Endpoints;
 use crate::state::Endpoint;
 
 /// The link group a detached container's host end is moved to until the
 /// reaper deletes it. Links in it belong to netd alone.
 pub const REAP_GROUP: u32 = 0x7765_6674; // "weft"
 
-pub(crate) struct Reaper {
+/// The daemon's link reaper. Dropping it ends its thread once the queue
+/// is empty.
+pub struct Reaper {
     queue: mpsc::UnboundedSender<Endpoint>,
     /// Ids handed over and not yet forgotten.
-    pending: watch::Sender<BTreeSet<String>>,
+    pending: Arc<watch::Sender<BTreeSet<String>>>,
 }
 
 impl Reaper {
@@ -41,20 +43,21 @@ impl Reaper {
     /// connection: the kernel holds the deleting thread (and whatever else
     /// would share its socket) for the whole barrier, which must not stall
     /// attaches and detaches meanwhile.
-    pub(crate) fn start(network: Weak<Network>, host: Netns) -> std::io::Result<Reaper> {
+    pub fn start(endpoints: Endpoints) -> std::io::Result<Reaper> {
         let (queue, rx) = mpsc::unbounded_channel();
-        let (pending, _) = watch::channel(BTreeSet::new());
+        let pending = Arc::new(watch::channel(BTreeSet::new()).0);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
+        let done = pending.clone();
         std::thread::Builder::new()
             .name("netd-reaper".into())
-            .spawn(move || runtime.block_on(run(network, host, rx)))?;
+            .spawn(move || runtime.block_on(run(endpoints, done, rx)))?;
         Ok(Reaper { queue, pending })
     }
 
     /// Queues `ep` (already cut off and marked `detaching`).
-    pub(crate) fn hand_over(&self, ep: Endpoint) {
+    pub(super) fn hand_over(&self, ep: Endpoint) {
         self.pending.send_modify(|p| {
             p.insert(ep.id.clone());
         });
@@ -67,45 +70,48 @@ impl Reaper {
         }
     }
 
-    pub(crate) fn is_pending(&self, id: &str) -> bool {
+    pub(super) fn is_pending(&self, id: &str) -> bool {
         self.pending.borrow().contains(id)
     }
 
     /// What is pending now, as one consistent set.
-    pub(crate) fn pending_now(&self) -> BTreeSet<String> {
+    pub(super) fn pending_now(&self) -> BTreeSet<String> {
         self.pending.borrow().clone()
     }
 
-    pub(crate) fn any_pending(&self) -> bool {
+    pub(super) fn any_pending(&self) -> bool {
         !self.pending.borrow().is_empty()
     }
 
     /// Waits until everything pending now has been reaped.
-    pub(crate) async fn reaped(&self) {
+    pub async fn reaped(&self) {
         let now = self.pending.borrow().clone();
         let mut rx = self.pending.subscribe();
         let _ = rx.wait_for(|p| now.iter().all(|id| !p.contains(id))).await;
     }
-
-    fn done(&self, ids: &[String]) {
-        self.pending.send_modify(|p| {
-            for id in ids {
-                p.remove(id);
-            }
-        });
-    }
 }
 
-async fn run(network: Weak<Network>, host: Netns, mut queue: mpsc::UnboundedReceiver<Endpoint>) {
+/// Marks `ids` reaped.
+fn done(pending: &watch::Sender<BTreeSet<String>>, ids: &[String]) {
+    pending.send_modify(|p| {
+        for id in ids {
+            p.remove(id);
+        }
+    });
+}
+
+async fn run(
+    endpoints: Endpoints,
+    pending: Arc<watch::Sender<BTreeSet<String>>>,
+    mut queue: mpsc::UnboundedReceiver<Endpoint>,
+) {
+    let host = endpoints.host.netns().clone();
     let mut netlink: Option<Netlink> = None;
     while let Some(first) = queue.recv().await {
         let mut batch = vec![first];
         while let Ok(more) = queue.try_recv() {
             batch.push(more);
         }
-        let Some(network) = network.upgrade() else {
-            return;
-        };
         let nl = match &netlink {
             Some(nl) => nl.clone(),
             None => match Netlink::open(&host).await {
@@ -113,19 +119,25 @@ async fn run(network: Weak<Network>, host: Netns, mut queue: mpsc::UnboundedRece
                 Err(e) => {
                     // Left `detaching`: reconciliation finishes them.
                     tracing::error!("reaper: open netlink in {}: {e}", host.label());
-                    if let Some(reaper) = network.reaper.get() {
-                        reaper.done(&batch.iter().map(|e| e.id.clone()).collect::<Vec<_>>());
-                    }
+                    done(
+                        &pending,
+                        &batch.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
+                    );
                     continue;
                 }
             },
         };
-        reap(&network, &nl, batch).await;
+        reap(&endpoints, &pending, &nl, batch).await;
     }
 }
 
-async fn reap(network: &Arc<Network>, nl: &Netlink, batch: Vec<Endpoint>) {
-    crate::attach::pause_if_asked("reap").await;
+async fn reap(
+    endpoints: &Endpoints,
+    pending: &watch::Sender<BTreeSet<String>>,
+    nl: &Netlink,
+    batch: Vec<Endpoint>,
+) {
+    endpoints.pauses.at("reap").await;
     let started = std::time::Instant::now();
     let ids: Vec<String> = batch.iter().map(|e| e.id.clone()).collect();
     let mut gone = Vec::with_capacity(batch.len());
@@ -134,25 +146,23 @@ async fn reap(network: &Arc<Network>, nl: &Netlink, batch: Vec<Endpoint>) {
         Err(e) => {
             tracing::warn!("delete link group {REAP_GROUP}: {e}; deleting one by one");
             for ep in batch {
-                match network.delete_host_link(nl, &ep).await {
+                match endpoints.delete_host_link(nl, &ep).await {
                     Ok(()) => gone.push(ep),
                     // Left `detaching`: reconciliation retries.
                     Err(e) => {
-                        network.metrics.error("detach");
+                        endpoints.host.metrics().error("detach");
                         tracing::error!(id = %ep.id, "{e}");
                     }
                 }
             }
         }
     }
-    if let Err(e) = network.forget(&gone) {
-        network.metrics.error("detach");
+    if let Err(e) = endpoints.forget(&gone) {
+        endpoints.host.metrics().error("detach");
         tracing::error!("forget detached containers: {e}; reconciliation retries");
     }
-    network.restore_shared_routes(&gone).await;
-    if let Some(reaper) = network.reaper.get() {
-        reaper.done(&ids);
-    }
+    endpoints.restore_shared_routes(&gone).await;
+    done(pending, &ids);
     tracing::debug!(
         links = gone.len(),
         elapsed_us = started.elapsed().as_micros() as u64,

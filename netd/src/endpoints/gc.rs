@@ -9,9 +9,9 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::endpoint::ALIAS_PREFIX;
+use super::request::ALIAS_PREFIX;
+use super::Endpoints;
 use crate::error::{KernelContext, Result};
-use crate::network::Network;
 use crate::state::{OwnerProcess, Phase};
 
 /// What one garbage collection removed, and what it could not.
@@ -27,7 +27,7 @@ pub struct GcReport {
     pub errors: Vec<String>,
 }
 
-impl Network {
+impl Endpoints {
     /// Removes every endpoint, alias-marked host link and reservation whose
     /// id `owned` claims and `keep` does not hold. Endpoints being attached or
     /// detached by a live process are left alone.
@@ -36,16 +36,17 @@ impl Network {
         owned: &(dyn Fn(&str) -> bool + Sync),
         keep: &BTreeSet<String>,
     ) -> Result<GcReport> {
-        let _op = self.ops.read().await;
+        let _op = self.host.shared_op().await;
         let mut report = GcReport::default();
         let stale = |id: &str| owned(id) && !keep.contains(id);
         // Links first: an attach records its endpoint before creating links,
         // so a link seen here without an endpoint in the later read is stale.
-        let nl = self.netlink().await?;
+        let nl = self.host.netlink().await?;
         let links = nl.links().await.ctx(|| "gc: list host links")?;
         let me = OwnerProcess::current();
         let claimed = self
-            .store
+            .host
+            .store()
             .update(|s| -> Result<Vec<crate::state::Endpoint>> {
                 let mut claimed = Vec::new();
                 let ids: Vec<String> = s.endpoints.keys().filter(|id| stale(id)).cloned().collect();
@@ -65,12 +66,12 @@ impl Network {
                 Ok(claimed)
             })?;
         for ep in claimed {
-            match self.remove_endpoint(&ep).await {
+            match self.remove_endpoint(&ep, None).await {
                 Ok(_) => report.detached.push(ep.id.clone()),
                 Err(e) => report.errors.push(format!("gc: detach {}: {e}", ep.id)),
             }
         }
-        let state = self.store.read()?;
+        let state = self.host.store().read()?;
         for link in links {
             let Some(id) = link
                 .alias
@@ -90,7 +91,7 @@ impl Network {
                     .push(format!("gc: delete link {}: {e}", link.name)),
             }
         }
-        report.released = self.store.update(|s| -> Result<Vec<String>> {
+        report.released = self.host.store().update(|s| -> Result<Vec<String>> {
             let owners: Vec<String> = s
                 .ipam
                 .owners()
