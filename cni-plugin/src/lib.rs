@@ -21,6 +21,7 @@ pub mod range;
 pub mod result;
 pub mod select;
 pub mod standalone;
+pub mod subnet;
 pub mod types;
 pub mod version;
 pub mod wiring;
