@@ -17,6 +17,7 @@ pub mod env;
 pub mod error;
 pub mod host;
 pub mod ipam_delegate;
+pub mod netns;
 pub mod range;
 pub mod result;
 pub mod select;
