@@ -15,6 +15,7 @@ pub mod commands;
 pub mod daemon;
 pub mod env;
 pub mod error;
+pub mod front_door;
 pub mod host;
 pub mod ipam_delegate;
 pub mod netns;

@@ -22,7 +22,8 @@ use crate::ipam_delegate::IpamDelegate;
 use crate::types::NetConf;
 use crate::version::Version;
 
-/// What the process prints on stdout and exits with.
+/// What the process prints on stdout and exits with. Non-empty output ends
+/// with a newline, as the reference plugins' does.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Outcome {
     pub stdout: String,
@@ -73,7 +74,7 @@ pub fn run_with(
     let asked_version = asked_version(stdin);
     match dispatch(vars, stdin, backend_for, netns_check) {
         Ok(Some(value)) => Outcome {
-            stdout: serde_json::to_string(&value).expect("results serialise"),
+            stdout: serde_json::to_string(&value).expect("results serialise") + "\n",
             exit_code: 0,
         },
         Ok(None) => Outcome {
@@ -81,7 +82,7 @@ pub fn run_with(
             exit_code: 0,
         },
         Err(e) => Outcome {
-            stdout: e.to_json(asked_version.as_deref().unwrap_or(Version::NEWEST.as_str())),
+            stdout: e.to_json(asked_version.as_deref().unwrap_or(Version::NEWEST.as_str())) + "\n",
             exit_code: 1,
         },
     }

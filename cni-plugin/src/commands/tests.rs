@@ -414,3 +414,28 @@ fn protocol_errors_come_before_the_backend_is_built() {
         assert!(v["cniVersion"].is_string());
     }
 }
+
+#[test]
+fn every_printed_answer_ends_with_a_newline() {
+    let version = run_with(
+        vec![("CNI_COMMAND".into(), "VERSION".into())],
+        b"",
+        &|_: &NetConf| Err(CniError::internal("no backend", "")),
+        &netns_check,
+    );
+    assert!(version.stdout.ends_with("}\n"), "{:?}", version.stdout);
+    let error = run_with(vec![], b"", &|_: &NetConf| unreachable!(), &netns_check);
+    assert!(error.stdout.ends_with("}\n"), "{:?}", error.stdout);
+    let fake = Fake::default();
+    let out = run_with(
+        vars("ADD", NETNS),
+        conf("1.1.0").to_string().as_bytes(),
+        &|_: &NetConf| Ok(Box::new(fake.clone()) as Box<dyn Backend>),
+        &netns_check,
+    );
+    assert!(
+        out.stdout.ends_with("}\n") && out.exit_code == 0,
+        "{:?}",
+        out.stdout
+    );
+}
