@@ -8,12 +8,12 @@ use std::path::{Path, PathBuf};
 use netd::api::client::Client;
 use netd::api::Status;
 
+use crate::backend::common::{attachment_of, check_common, finish_add};
 use crate::backend::{AttachRequest, Backend, CheckRequest, DetachRequest};
-use crate::error::{CniError, ErrorCode};
+use crate::error::{api_error, CniError, ErrorCode};
 use crate::host;
 use crate::range;
 use crate::result::CniResult;
-use crate::standalone::{attachment_of, check_common, finish_add};
 use crate::types::{Attachment, NetConf};
 use crate::wiring;
 
@@ -33,18 +33,6 @@ pub fn socket_of(conf: &NetConf) -> PathBuf {
 /// True when something accepts connections on `socket` (auto mode's test).
 pub fn answers(socket: &Path) -> bool {
     std::os::unix::net::UnixStream::connect(socket).is_ok()
-}
-
-fn api_error(socket: &Path, e: netd::Error) -> CniError {
-    match e {
-        netd::Error::Api(msg) if msg.starts_with("cannot reach netd") => CniError::new(
-            ErrorCode::TryAgainLater,
-            msg,
-            format!("mode daemon needs netd listening on {}", socket.display()),
-        ),
-        netd::Error::Api(msg) => CniError::internal(format!("netd: {msg}"), ""),
-        other => crate::standalone::netd_error(other),
-    }
 }
 
 impl Daemon {

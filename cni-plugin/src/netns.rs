@@ -16,21 +16,19 @@ use std::path::{Path, PathBuf};
 use plumb::netns::NetnsCheckError;
 use plumb::Netns;
 
-use crate::error::CniError;
+use crate::error::{CniError, PluginError};
 
 /// Checks CNI_NETNS for ADD and CHECK: Ok with the path when it is a network
 /// namespace other than the plugin's own and the initial one.
 pub fn container_netns(path: &Path) -> Result<PathBuf, CniError> {
-    let shown = path.display();
-    let identity = Netns::kind_check(path).map_err(|e| match e {
-        NetnsCheckError::NotFound { .. } => CniError::invalid_env(
-            format!("CNI_NETNS {shown} does not exist"),
-            "is the container still running? the runtime must create its namespace before ADD",
-        ),
-        other => CniError::invalid_env(
-            format!("CNI_NETNS {shown} is not a usable network namespace"),
-            other.to_string(),
-        ),
+    let identity = Netns::kind_check(path).map_err(|source| match source {
+        NetnsCheckError::NotFound { .. } => PluginError::MissingNetns {
+            path: path.to_path_buf(),
+        },
+        source => PluginError::NotNetns {
+            path: path.to_path_buf(),
+            source,
+        },
     })?;
     let whose = if identity.is_callers {
         "the plugin's own network namespace (the runtime's, usually the host's)"
@@ -39,10 +37,11 @@ pub fn container_netns(path: &Path) -> Result<PathBuf, CniError> {
     } else {
         return Ok(path.to_path_buf());
     };
-    Err(CniError::invalid_env(
-        format!("CNI_NETNS {shown} is {whose}"),
-        "weft wires containers, never the host itself; pass the container's namespace, e.g. /run/netns/NAME or /proc/PID/ns/net of the container",
-    ))
+    Err(PluginError::HostNetns {
+        path: path.to_path_buf(),
+        whose,
+    }
+    .into())
 }
 
 #[cfg(test)]
