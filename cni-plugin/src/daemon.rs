@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use netd::api::client::Client;
 use netd::api::Status;
 
-use crate::backend::common::{attachment_of, check_common, finish_add};
+use crate::backend::common::{self, attachment_of, check_common, finish_add};
 use crate::backend::{AttachRequest, Backend, CheckRequest, DetachRequest};
 use crate::error::{api_error, CniError, ErrorCode};
 use crate::host;
@@ -37,10 +37,7 @@ pub fn answers(socket: &Path) -> bool {
 
 impl Daemon {
     pub fn new(conf: &NetConf) -> Result<Daemon, CniError> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| CniError::internal("cannot start the async runtime", e.to_string()))?;
+        let runtime = common::runtime()?;
         let socket = socket_of(conf);
         Ok(Daemon {
             runtime,
@@ -201,7 +198,7 @@ impl Backend for Daemon {
     }
 
     fn status(&self, conf: &NetConf) -> Result<(), CniError> {
-        let unavailable = |e: CniError| CniError::new(ErrorCode::Unavailable, e.msg, e.details);
+        let unavailable = common::unavailable;
         self.validate(conf).map_err(unavailable)?;
         let status = self
             .runtime

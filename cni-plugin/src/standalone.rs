@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
-use crate::backend::common::{attachment_of, check_common, delegated_network, finish_add};
+use crate::backend::common::{self, attachment_of, check_common, delegated_network, finish_add};
 use crate::backend::{Addressing, AttachRequest, Backend, CheckRequest, DetachRequest};
 use crate::error::{netd_error, CniError, ErrorCode};
 use crate::host;
@@ -25,10 +25,7 @@ pub struct Standalone {
 
 impl Standalone {
     pub fn new() -> Result<Standalone, CniError> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| CniError::internal("cannot start the async runtime", e.to_string()))?;
+        let runtime = common::runtime()?;
         Ok(Standalone {
             runtime,
             host: tokio::sync::OnceCell::new(),
@@ -190,7 +187,7 @@ impl Backend for Standalone {
     }
 
     fn status(&self, conf: &NetConf) -> Result<(), CniError> {
-        let unavailable = |e: CniError| CniError::new(ErrorCode::Unavailable, e.msg, e.details);
+        let unavailable = common::unavailable;
         self.validate(conf).map_err(unavailable)?;
         self.runtime.block_on(async {
             let network = Standalone::open(conf, None).await.map_err(unavailable)?;

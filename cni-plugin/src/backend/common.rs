@@ -7,11 +7,26 @@ use std::collections::BTreeSet;
 use ipnetwork::IpNetwork;
 
 use crate::backend::{Addressing, AttachRequest, CheckRequest};
-use crate::error::CniError;
+use crate::error::{CniError, ErrorCode};
 use crate::host;
 use crate::result::CniResult;
 use crate::types::Attachment;
 use crate::wiring;
+
+/// The single-threaded async runtime a backend runs netd's calls on (one
+/// plugin call is one short sequence of them).
+pub fn runtime() -> Result<tokio::runtime::Runtime, CniError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CniError::internal("cannot start the async runtime", e.to_string()))
+}
+
+/// STATUS's answer for an error that keeps ADD from succeeding: code 50,
+/// same message.
+pub fn unavailable(e: CniError) -> CniError {
+    CniError::new(ErrorCode::Unavailable, e.msg, e.details)
+}
 
 /// The IPv4 network of a delegated IPAM's first IPv4 address.
 pub fn delegated_network(addressing: &Addressing) -> Option<IpNetwork> {
