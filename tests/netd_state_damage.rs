@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use netd_support::{addresses, default_args, links_with_prefix, result_ip, Netd, TestDir};
 use serde_json::Value;
-use world::{ping, root_or_skip, Host, World};
+use world::{ping, require_root, Host, World};
 
 const SUBNET: &str = "10.66.7.0/24";
 const GATEWAY: &str = "10.66.7.1";
@@ -84,7 +84,7 @@ fn ids(list: &Value) -> Vec<String> {
 /// attached, netd stopped, the journal cut to half its size.
 #[tokio::test]
 async fn a_journal_cut_in_half_is_refused_and_recover_adopts_the_live_containers() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let host = world.host("a").await.unwrap();
     let dir = TestDir::new(&world).unwrap();
@@ -275,7 +275,7 @@ async fn a_journal_cut_in_half_is_refused_and_recover_adopts_the_live_containers
 /// A damaged snapshot: refused the same way, and recovered from the kernel.
 #[tokio::test]
 async fn a_damaged_snapshot_is_refused_and_recovered() {
-    root_or_skip!();
+    require_root!();
     let world = World::new().await.unwrap();
     let host = world.host("a").await.unwrap();
     let dir = TestDir::new(&world).unwrap();

@@ -8,12 +8,12 @@ use std::path::{Path, PathBuf};
 use netd::api::client::Client;
 use netd::api::Status;
 
+use crate::backend::common::{self, attachment_of, check_common, finish_add};
 use crate::backend::{AttachRequest, Backend, CheckRequest, DetachRequest};
-use crate::error::{CniError, ErrorCode};
+use crate::error::{api_error, CniError, ErrorCode};
 use crate::host;
 use crate::range;
 use crate::result::CniResult;
-use crate::standalone::{attachment_of, check_common, finish_add};
 use crate::types::{Attachment, NetConf};
 use crate::wiring;
 
@@ -35,27 +35,9 @@ pub fn answers(socket: &Path) -> bool {
     std::os::unix::net::UnixStream::connect(socket).is_ok()
 }
 
-fn api_error(socket: &Path, e: netd::Error) -> CniError {
-    match e.kind() {
-        netd::ErrorKind::Unreachable => CniError::new(
-            ErrorCode::TryAgainLater,
-            e.to_string(),
-            format!("mode daemon needs netd listening on {}", socket.display()),
-        ),
-        // What the daemon answered, or a conversation with it that broke off.
-        _ if e.is_remote() || matches!(e, netd::Error::Protocol(_)) => {
-            CniError::internal(format!("netd: {e}"), "")
-        }
-        _ => crate::standalone::netd_error(e),
-    }
-}
-
 impl Daemon {
     pub fn new(conf: &NetConf) -> Result<Daemon, CniError> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| CniError::internal("cannot start the async runtime", e.to_string()))?;
+        let runtime = common::runtime()?;
         let socket = socket_of(conf);
         Ok(Daemon {
             runtime,
@@ -216,7 +198,7 @@ impl Backend for Daemon {
     }
 
     fn status(&self, conf: &NetConf) -> Result<(), CniError> {
-        let unavailable = |e: CniError| CniError::new(ErrorCode::Unavailable, e.msg, e.details);
+        let unavailable = common::unavailable;
         self.validate(conf).map_err(unavailable)?;
         let status = self
             .runtime

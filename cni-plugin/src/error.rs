@@ -1,6 +1,15 @@
 //! The CNI error result: `{"cniVersion","code","msg","details"}` on stdout and
 //! a non-zero exit (SPEC.md section 5, "Error").
+//!
+//! Where codes come from: the protocol's own refusals (environment, config,
+//! versions) pick theirs through [`CniError`]'s constructors where they are
+//! found; failures from below the protocol — the namespace check, netd's
+//! library, netd's API — are a [`PluginError`], whose kinds become codes in
+//! one place, [`PluginError::code`].
 
+use std::path::PathBuf;
+
+use plumb::netns::NetnsCheckError;
 use serde::{Deserialize, Serialize};
 
 /// The well-known error codes (0–99 are reserved by the spec; 100+ are ours).
@@ -166,6 +175,97 @@ impl CniError {
     }
 }
 
+/// The plugin's failures from below the protocol, by kind.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// CNI_NETNS is the host's own namespace: the plugin's or PID 1's.
+    #[error("CNI_NETNS {} is {whose}", path.display())]
+    HostNetns { path: PathBuf, whose: &'static str },
+    /// CNI_NETNS does not exist.
+    #[error("CNI_NETNS {} does not exist", path.display())]
+    MissingNetns { path: PathBuf },
+    /// CNI_NETNS is no network namespace (a file, a mount namespace, …).
+    #[error("CNI_NETNS {} is not a usable network namespace", path.display())]
+    NotNetns {
+        path: PathBuf,
+        #[source]
+        source: NetnsCheckError,
+    },
+    /// netd's library refused or failed.
+    #[error("{0}")]
+    Netd(netd::Error),
+    /// netd's API does not answer on its socket.
+    #[error("{message}")]
+    NetdUnreachable { message: String, socket: PathBuf },
+    /// netd's API answered with an error.
+    #[error("netd: {0}")]
+    NetdApi(String),
+}
+
+impl PluginError {
+    /// The one place these kinds become CNI codes: a bad CNI_NETNS is 4 (an
+    /// invalid environment variable, named); netd refusing the config is 7,
+    /// its state I/O 5, an unreachable daemon 11 (try again later); the
+    /// rest — a clash with what is there, the kernel — 100.
+    pub fn code(&self) -> ErrorCode {
+        use netd::ErrorKind;
+        match self {
+            PluginError::HostNetns { .. }
+            | PluginError::MissingNetns { .. }
+            | PluginError::NotNetns { .. } => ErrorCode::InvalidEnvironment,
+            // The kind netd gave, whether its library or its daemon answered.
+            PluginError::Netd(e) => match e.kind() {
+                ErrorKind::InvalidInput | ErrorKind::NotFound => ErrorCode::InvalidConfig,
+                ErrorKind::Storage => ErrorCode::Io,
+                ErrorKind::Unreachable | ErrorKind::Busy => ErrorCode::TryAgainLater,
+                ErrorKind::Conflict | ErrorKind::Kernel | ErrorKind::Internal => {
+                    ErrorCode::Internal
+                }
+            },
+            PluginError::NetdUnreachable { .. } => ErrorCode::TryAgainLater,
+            PluginError::NetdApi(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// What to do about it, for the error result's `details`.
+    fn advice(&self) -> String {
+        match self {
+            PluginError::HostNetns { .. } => "weft wires containers, never the host itself; pass the container's namespace, e.g. /run/netns/NAME or /proc/PID/ns/net of the container".into(),
+            PluginError::MissingNetns { .. } => "is the container still running? the runtime must create its namespace before ADD".into(),
+            PluginError::NotNetns { source, .. } => source.to_string(),
+            PluginError::NetdUnreachable { socket, .. } => {
+                format!("mode daemon needs netd listening on {}", socket.display())
+            }
+            PluginError::Netd(_) | PluginError::NetdApi(_) => String::new(),
+        }
+    }
+}
+
+impl From<PluginError> for CniError {
+    fn from(e: PluginError) -> CniError {
+        CniError::new(e.code(), e.to_string(), e.advice())
+    }
+}
+
+/// netd's library error as a CNI error ([`PluginError::code`]).
+pub fn netd_error(e: netd::Error) -> CniError {
+    PluginError::Netd(e).into()
+}
+
+/// netd's API error as a CNI error; `socket` is where the daemon was asked.
+pub fn api_error(socket: &std::path::Path, e: netd::Error) -> CniError {
+    match e {
+        netd::Error::Unreachable { .. } => PluginError::NetdUnreachable {
+            message: e.to_string(),
+            socket: socket.to_path_buf(),
+        },
+        // A conversation that broke off: nothing says what was done.
+        netd::Error::Protocol(message) => PluginError::NetdApi(message),
+        other => PluginError::Netd(other),
+    }
+    .into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,5 +329,65 @@ mod tests {
         let e = CniError::unsupported_field("vlan", &serde_json::json!(100), "no 8021q");
         assert_eq!(e.code.number(), 2);
         assert!(e.msg.contains("vlan=100"), "{}", e.msg);
+    }
+    #[test]
+    fn ipam_errors_get_cni_codes() {
+        let e = netd_error(netd::Error::Ipam(netd::ipam::IpamError::Full {
+            subnet: "10.0.0.0/30".parse().unwrap(),
+            in_use: 2,
+        }));
+        assert_eq!(e.code.number(), 100);
+        assert_eq!(
+            netd_error(netd::Error::InvalidInput("x".into()))
+                .code
+                .number(),
+            7
+        );
+    }
+
+    #[test]
+    fn every_plugin_error_kind_has_its_code() {
+        let path = PathBuf::from("/proc/self/ns/net");
+        let cases = [
+            (
+                PluginError::HostNetns {
+                    path: path.clone(),
+                    whose: "the host's",
+                },
+                4,
+            ),
+            (PluginError::MissingNetns { path: path.clone() }, 4),
+            (
+                PluginError::NotNetns {
+                    path: path.clone(),
+                    source: NetnsCheckError::NotFound { handle: "x".into() },
+                },
+                4,
+            ),
+            (PluginError::Netd(netd::Error::InvalidInput("x".into())), 7),
+            (PluginError::Netd(netd::Error::Busy("x".into())), 11),
+            (
+                PluginError::NetdUnreachable {
+                    message: "cannot reach netd".into(),
+                    socket: "/s".into(),
+                },
+                11,
+            ),
+            (PluginError::NetdApi("bad request".into()), 100),
+        ];
+        for (e, code) in cases {
+            let text = e.to_string();
+            let cni = CniError::from(e);
+            assert_eq!((cni.code.number(), cni.msg.as_str()), (code, text.as_str()));
+        }
+        let e = api_error(
+            std::path::Path::new("/run/weft/netd.sock"),
+            netd::Error::Unreachable {
+                socket: "/run/weft/netd.sock".into(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            },
+        );
+        assert_eq!(e.code.number(), 11);
+        assert!(e.details.contains("/run/weft/netd.sock"), "{e}");
     }
 }

@@ -1,26 +1,31 @@
 //! The weft CNI plugin: the CNI protocol (SPEC.md of containernetworking/cni,
 //! spec 1.1.0, answering 0.3.0 to 1.1.0) on top of netd.
 //!
-//! - [`env`](mod@env): the CNI_* variables; [`types`]: the network config on stdin;
+//! - [`front_door`]: what the binary does when a person runs it (`--help`);
+//! - [`env`](mod@env): the CNI_* variables; [`netns`]: CNI_NETNS, never the host's;
+//! - [`types`]: the network config on stdin; [`subnet`]: subnets no network may use;
 //! - [`version`]: versions and the result shape of each; [`result`]: the result;
-//! - [`error`]: the error result and its codes;
+//! - [`error`]: the error result, its codes, and the plugin's error kinds;
 //! - [`ipam_delegate`]: exec'ing an IPAM plugin from CNI_PATH;
 //! - [`commands`]: ADD, DEL, CHECK, STATUS, GC, VERSION, over a [`Backend`];
 //! - [`select`]: the backend a config's `mode` picks: [`standalone`] (netd's
-//!   library) or [`daemon`] (netd's API), both mapping CNI to netd through
-//!   [`wiring`], [`range`] and [`host`].
+//!   library) or [`daemon`] (netd's API), sharing [`backend::common`], and
+//!   mapping CNI to netd through [`wiring`], [`range`] and [`host`].
 
 pub mod backend;
 pub mod commands;
 pub mod daemon;
 pub mod env;
 pub mod error;
+pub mod front_door;
 pub mod host;
 pub mod ipam_delegate;
+pub mod netns;
 pub mod range;
 pub mod result;
 pub mod select;
 pub mod standalone;
+pub mod subnet;
 pub mod types;
 pub mod version;
 pub mod wiring;

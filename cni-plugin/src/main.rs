@@ -1,9 +1,11 @@
 //! `weft`: the CNI plugin binary. Runtimes exec it with CNI_* variables and a
-//! network config on stdin; it prints a result or an error on stdout.
+//! network config on stdin; it prints a result or an error on stdout. Run by
+//! hand it says what it is ([`cni_plugin::front_door`]).
 
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 
 use cni_plugin::commands::{self, Outcome};
+use cni_plugin::front_door::{self, Door};
 use cni_plugin::CniError;
 
 /// `WEFT_LOG=<filter>` (e.g. `netd=debug`) logs to stderr, which runtimes
@@ -11,6 +13,20 @@ use cni_plugin::CniError;
 const LOG_ENV: &str = "WEFT_LOG";
 
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let door = front_door::choose(
+        &args,
+        std::env::var("CNI_COMMAND").ok().as_deref(),
+        std::io::stdin().is_terminal(),
+    );
+    match door {
+        Door::About => {
+            println!("{}", front_door::about());
+            return;
+        }
+        Door::AboutThenCni => eprintln!("{}", front_door::about()),
+        Door::Cni => {}
+    }
     if let Ok(filter) = std::env::var(LOG_ENV) {
         tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
@@ -28,7 +44,8 @@ fn main() {
         ),
         Err(e) => Outcome {
             stdout: CniError::io("cannot read the network config from stdin", e.to_string())
-                .to_json(cni_plugin::version::Version::NEWEST.as_str()),
+                .to_json(cni_plugin::version::Version::NEWEST.as_str())
+                + "\n",
             exit_code: 1,
         },
     };

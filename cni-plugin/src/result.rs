@@ -1,5 +1,5 @@
 //! The ADD result (SPEC.md section 5, "ADD Success"), held in the newest
-//! (1.1.0) shape; [`crate::version`] writes and reads the older shapes.
+//! (1.1.0) shape; the `version` module writes and reads the older shapes.
 
 use std::net::IpAddr;
 

@@ -7,8 +7,9 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
+use crate::backend::common::{self, attachment_of, check_common, delegated_network, finish_add};
 use crate::backend::{Addressing, AttachRequest, Backend, CheckRequest, DetachRequest};
-use crate::error::{CniError, ErrorCode};
+use crate::error::{netd_error, CniError, ErrorCode};
 use crate::host;
 use crate::range;
 use crate::result::CniResult;
@@ -24,10 +25,7 @@ pub struct Standalone {
 
 impl Standalone {
     pub fn new() -> Result<Standalone, CniError> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| CniError::internal("cannot start the async runtime", e.to_string()))?;
+        let runtime = common::runtime()?;
         Ok(Standalone {
             runtime,
             host: tokio::sync::OnceCell::new(),
@@ -44,33 +42,6 @@ impl Standalone {
             .await
             .map_err(|e| netd_error(e).context(&format!("open network {}", conf.name)))
     }
-}
-
-/// netd's errors as CNI codes: bad requests are 7, state I/O is 5, a clash
-/// with something already there and kernel failures are 100+.
-pub fn netd_error(e: netd::Error) -> CniError {
-    use netd::ErrorKind;
-    let code = match e.kind() {
-        ErrorKind::InvalidInput | ErrorKind::NotFound => ErrorCode::InvalidConfig,
-        ErrorKind::Storage => ErrorCode::Io,
-        ErrorKind::Unreachable => ErrorCode::TryAgainLater,
-        ErrorKind::Conflict | ErrorKind::Busy | ErrorKind::Kernel | ErrorKind::Internal => {
-            ErrorCode::Internal
-        }
-    };
-    CniError::new(code, e.to_string(), "")
-}
-
-/// The IPv4 network of a delegated IPAM's first IPv4 address.
-pub fn delegated_network(addressing: &Addressing) -> Option<IpNetwork> {
-    let Addressing::Delegated(ipam) = addressing else {
-        return None;
-    };
-    ipam.ips
-        .iter()
-        .map(|ip| ip.address)
-        .find(IpNetwork::is_ipv4)
-        .map(|a| IpNetwork::new(a.network(), a.prefix()).expect("prefix of an address"))
 }
 
 impl Backend for Standalone {
@@ -216,7 +187,7 @@ impl Backend for Standalone {
     }
 
     fn status(&self, conf: &NetConf) -> Result<(), CniError> {
-        let unavailable = |e: CniError| CniError::new(ErrorCode::Unavailable, e.msg, e.details);
+        let unavailable = common::unavailable;
         self.validate(conf).map_err(unavailable)?;
         self.runtime.block_on(async {
             let network = Standalone::open(conf, None).await.map_err(unavailable)?;
@@ -241,139 +212,5 @@ impl Backend for Standalone {
             }
             Ok(())
         })
-    }
-}
-
-/// The CNI attachment an endpoint id stands for (readable ids only; hashed
-/// ones cannot be turned back).
-pub fn attachment_of(prefix: &str, ep: &netd::Endpoint) -> Option<Attachment> {
-    let rest = ep.id.strip_prefix(prefix)?;
-    let container = rest.strip_suffix(&format!(".{}", ep.ifname))?;
-    Some(Attachment {
-        container_id: container.to_string(),
-        ifname: ep.ifname.clone(),
-    })
-}
-
-/// After netd's attach: the delegated IPAM's gateways and routes, then the
-/// result. `undo` detaches again when a step fails.
-pub async fn finish_add<F, Fut>(
-    nl: &plumb::Netlink,
-    request: &AttachRequest<'_>,
-    attached: &netd::AttachResult,
-    undo: F,
-) -> Result<CniResult, CniError>
-where
-    F: FnOnce() -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    let conf = request.network;
-    let ipam = match &request.addressing {
-        Addressing::Delegated(ipam) => Some(ipam),
-        Addressing::Builtin { .. } => None,
-    };
-    let extra = async {
-        if let Some(ipam) = ipam {
-            if conf.is_gateway || conf.is_default_gateway {
-                host::ensure_bridge_gateways(nl, conf.bridge_name(), ipam).await?;
-            }
-            host::add_routes(
-                &request.netns,
-                request.ifname,
-                ipam,
-                &wiring::extra_routes(ipam),
-            )
-            .await?;
-        }
-        Ok::<(), CniError>(())
-    };
-    if let Err(e) = extra.await {
-        undo().await;
-        return Err(e);
-    }
-    let side = host::host_side(nl, conf.bridge_name(), &attached.interfaces[0].name).await;
-    Ok(wiring::cni_result(
-        conf,
-        &wiring::Attached {
-            bridge: conf.bridge_name(),
-            bridge_mac: side.bridge_mac,
-            host_mac: side.veth_mac,
-            netd: attached,
-            container_mtu: side.veth_mtu,
-            ipam,
-        },
-    ))
-}
-
-/// CHECK's comparisons shared by both backends: the addresses recorded are
-/// those of the ADD's result, and everything the result lists is in the kernel.
-pub async fn check_common(
-    request: &CheckRequest<'_>,
-    recorded: &netd::AttachResult,
-) -> Result<(), CniError> {
-    let prev = &request.prev_result;
-    let sandbox = request.netns.display().to_string();
-    let index = prev
-        .container_interface(request.ifname, &sandbox)
-        .expect("checked by the CHECK command");
-    let recorded_ips: BTreeSet<IpNetwork> = recorded.ips.iter().map(|i| i.address).collect();
-    for ip in prev.ips.iter().filter(|ip| ip.interface == Some(index)) {
-        if !recorded_ips.contains(&ip.address) {
-            return Err(CniError::internal(
-                format!(
-                    "address {} of the ADD's result is not this attachment's",
-                    ip.address
-                ),
-                format!("weft recorded {recorded_ips:?}"),
-            ));
-        }
-    }
-    host::check_container(&request.netns, request.ifname, prev, index).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ipam_errors_get_cni_codes() {
-        let e = netd_error(netd::Error::Ipam(netd::ipam::IpamError::Full {
-            subnet: "10.0.0.0/30".parse().unwrap(),
-            in_use: 2,
-        }));
-        assert_eq!(e.code.number(), 100);
-        assert_eq!(
-            netd_error(netd::Error::InvalidInput("x".into()))
-                .code
-                .number(),
-            7
-        );
-    }
-
-    #[test]
-    fn readable_ids_turn_back_into_attachments() {
-        let prefix = wiring::id_prefix("n");
-        let id = wiring::endpoint_id("n", "abc", "eth1");
-        let ep = netd::Endpoint {
-            id,
-            name: String::new(),
-            netns: "/x".into(),
-            netns_inode: 0,
-            ifname: "eth1".into(),
-            host_ifname: String::new(),
-            mac: None,
-            mtu: None,
-            ips: vec![],
-            gateways: vec![],
-            ports: vec![],
-            phase: netd::Phase::Attached,
-        };
-        assert_eq!(
-            attachment_of(&prefix, &ep),
-            Some(Attachment {
-                container_id: "abc".into(),
-                ifname: "eth1".into()
-            })
-        );
     }
 }

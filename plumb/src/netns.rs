@@ -16,6 +16,9 @@ use nix::sched::{setns, unshare, CloneFlags};
 
 use crate::error::{Error, Result};
 
+mod kind;
+pub use kind::{NamespaceKind, NetnsCheckError, NetnsIdentity};
+
 /// Where `ip netns` keeps its named namespaces.
 pub const NETNS_RUN_DIR: &str = "/run/netns";
 

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::{existing_netns, Invocation};
+use super::Invocation;
 use crate::backend::{Addressing, AttachRequest, Backend};
 use crate::error::CniError;
 use crate::version::{result_from_json, result_to_json};
@@ -13,7 +13,7 @@ pub fn run(inv: &Invocation, backend: &dyn Backend) -> Result<Value, CniError> {
     // Everything that can be refused is refused before anything is touched.
     backend.validate(conf)?;
     tracing::debug!("ADD validated");
-    let netns = existing_netns(inv.env.netns.as_deref().expect("ADD requires CNI_NETNS"))?;
+    let netns = inv.netns.clone().expect("checked for ADD");
     let prev = conf
         .prev_result
         .as_ref()

@@ -1,6 +1,6 @@
 //! CHECK: compare the kernel and the reservations with the ADD's result.
 
-use super::{existing_netns, Invocation};
+use super::Invocation;
 use crate::backend::{Backend, CheckRequest};
 use crate::error::CniError;
 use crate::version::result_from_json;
@@ -8,7 +8,7 @@ use crate::version::result_from_json;
 pub fn run(inv: &Invocation, backend: &dyn Backend) -> Result<(), CniError> {
     let conf = &inv.conf;
     backend.validate(conf)?;
-    let netns = existing_netns(inv.env.netns.as_deref().expect("CHECK requires CNI_NETNS"))?;
+    let netns = inv.netns.clone().expect("checked for CHECK");
     let Some(prev) = &conf.prev_result else {
         return Err(CniError::invalid_config(
             "CHECK needs prevResult",

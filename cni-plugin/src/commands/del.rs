@@ -1,6 +1,6 @@
 //! DEL: best effort and idempotent. Works without CNI_NETNS, with a namespace
-//! that is already gone and without `prevResult`, and always releases the
-//! address.
+//! that is already gone (or that is no container's: the host's is ignored,
+//! not entered) and without `prevResult`, and always releases the address.
 
 use super::{combine, Invocation};
 use crate::backend::{Backend, DetachRequest};
@@ -9,8 +9,9 @@ use crate::version::result_from_json;
 
 pub fn run(inv: &Invocation, backend: &dyn Backend) -> Result<(), CniError> {
     let conf = &inv.conf;
-    // A namespace that vanished (the container died first) is "already gone".
-    let netns = inv.env.netns.clone().filter(|p| p.exists());
+    // A namespace that vanished (the container died first) is "already
+    // gone"; one that is the host's is never handed on (None as well).
+    let netns = inv.netns.clone();
     // A prevResult that does not parse was refused by NetConf::parse already.
     let prev_result = conf
         .prev_result

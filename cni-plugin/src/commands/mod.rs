@@ -22,7 +22,8 @@ use crate::ipam_delegate::IpamDelegate;
 use crate::types::NetConf;
 use crate::version::Version;
 
-/// What the process prints on stdout and exits with.
+/// What the process prints on stdout and exits with. Non-empty output ends
+/// with a newline, as the reference plugins' does.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Outcome {
     pub stdout: String,
@@ -32,9 +33,15 @@ pub struct Outcome {
 /// Builds the backend a config asks for (its `mode`), or says why it cannot.
 pub type BackendFor<'a> = dyn Fn(&NetConf) -> Result<Box<dyn Backend>, CniError> + 'a;
 
+/// Checks CNI_NETNS for ADD and CHECK ([`crate::netns::container_netns`]).
+pub type NetnsCheck<'a> = dyn Fn(&Path) -> Result<PathBuf, CniError> + 'a;
+
 /// One call of the plugin: environment, raw config and parsed config.
 pub struct Invocation<'a> {
     pub env: CniEnv,
+    /// The container's namespace: checked for ADD and CHECK (never the
+    /// host's), for DEL only when it is a container's, else `None`.
+    pub netns: Option<PathBuf>,
     /// The whole environment, handed on to a delegated IPAM plugin.
     pub vars: Vec<(String, String)>,
     pub stdin: &'a [u8],
@@ -53,10 +60,21 @@ impl Invocation<'_> {
 
 /// Runs one CNI invocation. `vars` is the process environment.
 pub fn run(vars: Vec<(String, String)>, stdin: &[u8], backend_for: &BackendFor) -> Outcome {
+    run_with(vars, stdin, backend_for, &crate::netns::container_netns)
+}
+
+/// [`run`] with the CNI_NETNS check given (tests stand a path in for a
+/// container's namespace; everything else goes through the real check).
+pub fn run_with(
+    vars: Vec<(String, String)>,
+    stdin: &[u8],
+    backend_for: &BackendFor,
+    netns_check: &NetnsCheck,
+) -> Outcome {
     let asked_version = asked_version(stdin);
-    match dispatch(vars, stdin, backend_for) {
+    match dispatch(vars, stdin, backend_for, netns_check) {
         Ok(Some(value)) => Outcome {
-            stdout: serde_json::to_string(&value).expect("results serialise"),
+            stdout: serde_json::to_string(&value).expect("results serialise") + "\n",
             exit_code: 0,
         },
         Ok(None) => Outcome {
@@ -64,7 +82,7 @@ pub fn run(vars: Vec<(String, String)>, stdin: &[u8], backend_for: &BackendFor) 
             exit_code: 0,
         },
         Err(e) => Outcome {
-            stdout: e.to_json(asked_version.as_deref().unwrap_or(Version::NEWEST.as_str())),
+            stdout: e.to_json(asked_version.as_deref().unwrap_or(Version::NEWEST.as_str())) + "\n",
             exit_code: 1,
         },
     }
@@ -74,6 +92,7 @@ fn dispatch(
     vars: Vec<(String, String)>,
     stdin: &[u8],
     backend_for: &BackendFor,
+    netns_check: &NetnsCheck,
 ) -> Result<Option<Value>, CniError> {
     let env =
         CniEnv::from_lookup(|name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))?;
@@ -97,9 +116,22 @@ fn dispatch(
             "CHECK needs cniVersion 0.4.0 or later; GC and STATUS need 1.1.0",
         ));
     }
+    // Before the backend exists: nothing is touched for a bad namespace.
+    let netns = match env.command {
+        Command::Add | Command::Check => {
+            let path = env
+                .netns
+                .as_deref()
+                .expect("ADD and CHECK require CNI_NETNS");
+            Some(netns_check(path)?)
+        }
+        Command::Del => env.netns.as_deref().and_then(|p| netns_check(p).ok()),
+        _ => None,
+    };
     let backend = backend_for(&conf)?;
     let inv = Invocation {
         env,
+        netns,
         vars,
         stdin,
         conf,
@@ -119,19 +151,6 @@ fn asked_version(stdin: &[u8]) -> Option<String> {
     let value: Value = serde_json::from_slice(stdin).ok()?;
     let text = value.get("cniVersion")?.as_str()?;
     Version::parse(text).ok().map(|v| v.as_str().to_string())
-}
-
-/// CNI_NETNS must name an existing namespace for ADD and CHECK: code 4 naming
-/// the variable when it does not.
-fn existing_netns(path: &Path) -> Result<PathBuf, CniError> {
-    if path.exists() {
-        Ok(path.to_path_buf())
-    } else {
-        Err(CniError::invalid_env(
-            format!("CNI_NETNS {} does not exist", path.display()),
-            "is the container still running? the runtime must create its namespace before ADD",
-        ))
-    }
 }
 
 /// Carries on past errors, then reports all of them under the first one's code.

@@ -117,12 +117,24 @@ fn conf(version: &str) -> Value {
     json!({"cniVersion": version, "name": "net1", "type": "weft"})
 }
 
+/// The CNI_NETNS check, with [`NETNS`] standing in for a container's
+/// namespace (a real one needs root to make); every other path goes through
+/// the real check.
+fn netns_check(path: &Path) -> Result<PathBuf, CniError> {
+    if path == Path::new(NETNS) {
+        Ok(path.to_path_buf())
+    } else {
+        crate::netns::container_netns(path)
+    }
+}
+
 fn call(fake: &Fake, command: &str, netns: &str, config: &Value) -> (Value, i32) {
     let f = fake.clone();
-    let out = run(
+    let out = run_with(
         vars(command, netns),
         config.to_string().as_bytes(),
         &move |_: &NetConf| Ok(Box::new(f.clone()) as Box<dyn Backend>),
+        &netns_check,
     );
     let value = if out.stdout.is_empty() {
         Value::Null
@@ -132,8 +144,8 @@ fn call(fake: &Fake, command: &str, netns: &str, config: &Value) -> (Value, i32)
     (value, out.exit_code)
 }
 
-/// A path that exists, standing in for a container's namespace.
-const NETNS: &str = "/proc/self/ns/net";
+/// A path standing in for a container's namespace (see [`netns_check`]).
+const NETNS: &str = "/run/netns/weft-unit-test-container";
 
 #[test]
 fn add_prints_the_result_in_the_version_asked_for() {
@@ -192,7 +204,45 @@ fn add_into_a_missing_netns_is_code_4_before_anything_happens() {
     assert_eq!(code, 1);
     assert_eq!(out["code"], 4);
     assert!(out["msg"].as_str().unwrap().contains("CNI_NETNS"));
-    assert_eq!(fake.record.borrow().calls, ["validate"]);
+    assert!(fake.record.borrow().calls.is_empty());
+}
+
+#[test]
+fn the_host_namespace_or_a_handle_of_another_kind_is_code_4_and_touches_nothing() {
+    let mut host_handles = vec![
+        "/proc/self/ns/net".to_string(),
+        format!("/proc/{}/ns/net", std::process::id()),
+        "/proc/self/ns/mnt".to_string(),
+        "/proc/self/ns/user".to_string(),
+        "/proc/self/status".to_string(),
+    ];
+    if plumb::Netns::kind_check("/proc/1/ns/net").is_ok() {
+        host_handles.push("/proc/1/ns/net".into());
+    }
+    for netns in &host_handles {
+        for command in ["ADD", "CHECK"] {
+            let fake = Fake::default();
+            let mut c = conf("1.1.0");
+            c["prevResult"] = json!({"interfaces": [{"name": "eth0", "sandbox": netns}]});
+            let (out, code) = call(&fake, command, netns, &c);
+            assert_eq!(
+                (code, out["code"].as_u64()),
+                (1, Some(4)),
+                "{command} {netns}: {out}"
+            );
+            let msg = out["msg"].as_str().unwrap();
+            assert!(
+                msg.contains("CNI_NETNS") && msg.contains(netns.as_str()),
+                "{msg}"
+            );
+            assert!(fake.record.borrow().calls.is_empty(), "{command} {netns}");
+        }
+        // DEL still releases by id, but never hands the host's namespace on.
+        let fake = Fake::default();
+        let (_, code) = call(&fake, "DEL", netns, &conf("1.1.0"));
+        assert_eq!(code, 0);
+        assert_eq!(fake.record.borrow().del_netns, Some(None), "{netns}");
+    }
 }
 
 #[test]
@@ -278,13 +328,14 @@ fn gc_hands_over_the_valid_attachments_and_prints_nothing() {
     let fake = Fake::default();
     let mut c = conf("1.1.0");
     c["cni.dev/valid-attachments"] = json!([{"containerID": "a", "ifname": "eth0"}]);
-    let out = run(
+    let out = run_with(
         vec![
             ("CNI_COMMAND".into(), "GC".into()),
             ("CNI_PATH".into(), "/nonexistent".into()),
         ],
         c.to_string().as_bytes(),
         &|_: &NetConf| Ok(Box::new(fake.clone()) as Box<dyn Backend>),
+        &netns_check,
     );
     assert_eq!(
         out,
@@ -356,10 +407,35 @@ fn protocol_errors_come_before_the_backend_is_built() {
         ),
     ];
     for (env, stdin, code) in cases {
-        let out = run(env, stdin, &refuse);
+        let out = run_with(env, stdin, &refuse, &netns_check);
         let v: Value = serde_json::from_str(&out.stdout).unwrap();
         assert_eq!(v["code"].as_u64(), Some(code), "{}", out.stdout);
         assert_eq!(out.exit_code, 1);
         assert!(v["cniVersion"].is_string());
     }
+}
+
+#[test]
+fn every_printed_answer_ends_with_a_newline() {
+    let version = run_with(
+        vec![("CNI_COMMAND".into(), "VERSION".into())],
+        b"",
+        &|_: &NetConf| Err(CniError::internal("no backend", "")),
+        &netns_check,
+    );
+    assert!(version.stdout.ends_with("}\n"), "{:?}", version.stdout);
+    let error = run_with(vec![], b"", &|_: &NetConf| unreachable!(), &netns_check);
+    assert!(error.stdout.ends_with("}\n"), "{:?}", error.stdout);
+    let fake = Fake::default();
+    let out = run_with(
+        vars("ADD", NETNS),
+        conf("1.1.0").to_string().as_bytes(),
+        &|_: &NetConf| Ok(Box::new(fake.clone()) as Box<dyn Backend>),
+        &netns_check,
+    );
+    assert!(
+        out.stdout.ends_with("}\n") && out.exit_code == 0,
+        "{:?}",
+        out.stdout
+    );
 }

@@ -27,7 +27,7 @@ pub async fn run(args: RecoverArgs) -> Result<()> {
     // A running netd would go on from its own copy of the state, and
     // attaches meanwhile would race the new files.
     if !args.dry_run && std::os::unix::net::UnixStream::connect(&config.socket).is_ok() {
-        return Err(Error::Invalid(format!(
+        return Err(Error::InvalidInput(format!(
             "netd is running (it answers on {}): stop it first (systemctl stop weft-netd), then run netd recover",
             config.socket.display()
         )));

@@ -1,10 +1,14 @@
 //! The boundary between the CNI protocol and the host network model (netd).
 //!
-//! The commands in [`crate::commands`] speak CNI; everything that touches the
-//! kernel or IPAM state sits behind [`Backend`], so the protocol is testable
-//! with a recording fake and the real work lives in netd once, not here.
+//! The CNI commands (the `commands` module) speak CNI; everything that
+//! touches the kernel or IPAM state sits behind [`Backend`], so the protocol
+//! is testable with a recording fake and the real work lives in netd once,
+//! not here. The two backends, `standalone` and `daemon`, share what they
+//! have in common through [`common`], not through each other.
 
 use std::path::PathBuf;
+
+pub mod common;
 
 use crate::error::CniError;
 use crate::result::CniResult;

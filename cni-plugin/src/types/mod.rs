@@ -23,6 +23,14 @@
 //! - weft's own: `mode` (`auto` | `standalone` | `daemon`), `stateDir`, `socket`,
 //!   `subnet`, `subnet6` (the built-in IPAM's subnets; also read from `ipam`).
 //!
+//! Each field is checked for its type before the whole is decoded
+//! ([`fields`]): a field of the wrong type (`"capabilities": 1`,
+//! `"args": "x"`, `"stateDir": null`, …) is code 7 naming the field and the
+//! value, and every subnet the config gives is refused (code 7) when it is a
+//! default route or overlaps a loopback, multicast, link-local or
+//! unspecified range ([`crate::subnet`]). JSON that does not parse at all,
+//! and a `cniVersion` that is no version, are code 6.
+//!
 //! Ignored, as the spec allows: unknown keys inside `runtimeConfig` (capability
 //! arguments are conventions; a runtime only inserts the ones a config declares)
 //! and inside `args`, and unknown `CNI_ARGS` keys (the spec says they are given
@@ -37,6 +45,8 @@ use serde_json::{Map, Value};
 
 use crate::error::CniError;
 use crate::result::Dns;
+
+mod fields;
 use crate::version::Version;
 
 /// The reference bridge plugin's default bridge name is `cni0`; weft's is `weft0`.
@@ -267,7 +277,7 @@ pub struct RuntimeDns {
 
 impl NetConf {
     /// Reads stdin: malformed JSON is code 6, an unsupported `cniVersion` code 1,
-    /// an unknown field code 2, an invalid value code 7.
+    /// an unknown field code 2, a wrong-typed field or an invalid value code 7.
     pub fn parse(bytes: &[u8]) -> Result<NetConf, CniError> {
         let value: Value = serde_json::from_slice(bytes)
             .map_err(|e| CniError::decoding("cannot decode network config", e.to_string()))?;
@@ -304,6 +314,7 @@ impl NetConf {
                 ));
             }
         }
+        fields::check(object)?;
         let mut conf: NetConf = serde_json::from_value(value.clone())
             .map_err(|e| CniError::decoding("cannot decode network config", e.to_string()))?;
         conf.version = Some(version);
@@ -422,197 +433,4 @@ pub fn validate_network_name(name: &str) -> Result<(), CniError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn parse(v: Value) -> Result<NetConf, CniError> {
-        NetConf::parse(v.to_string().as_bytes())
-    }
-
-    fn base() -> Value {
-        json!({"cniVersion": "1.1.0", "name": "net1", "type": "weft"})
-    }
-
-    fn with(key: &str, value: Value) -> Value {
-        let mut v = base();
-        v[key] = value;
-        v
-    }
-
-    #[test]
-    fn a_reference_bridge_config_is_read() {
-        let conf = parse(json!({
-            "cniVersion": "1.0.0",
-            "name": "podman",
-            "type": "weft",
-            "bridge": "cni-podman0",
-            "isGateway": true,
-            "ipMasq": true,
-            "hairpinMode": true,
-            "mtu": 1450,
-            "capabilities": {"portMappings": true},
-            "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.88.0.0/16"}]], "routes": [{"dst": "0.0.0.0/0"}]},
-            "runtimeConfig": {
-                "portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}],
-                "mac": "02:00:00:00:00:09",
-                "ipRanges": [[{"subnet": "10.89.0.0/24", "rangeStart": "10.89.0.10"}]],
-                "bandwidth": {"ingressRate": 1000, "ingressBurst": 10},
-                "dns": {"servers": ["1.1.1.1"]},
-                "aliases": {"podman": ["web"]},
-                "someFutureCapability": 1
-            }
-        }))
-        .unwrap();
-        assert_eq!(conf.version(), Version::V1_0_0);
-        assert_eq!(conf.bridge_name(), "cni-podman0");
-        assert!(conf.is_gateway && conf.ip_masq && conf.hairpin_mode);
-        assert_eq!(conf.mtu, Some(1450));
-        assert_eq!(conf.ipam_delegate(), Some("host-local"));
-        assert!(conf.ipam.as_ref().unwrap().settings.contains_key("ranges"));
-        let rc = &conf.runtime_config;
-        assert_eq!(rc.port_mappings[0].host_port, 8080);
-        assert_eq!(rc.mac.as_deref(), Some("02:00:00:00:00:09"));
-        assert_eq!(
-            rc.ip_ranges[0][0].range_start,
-            Some("10.89.0.10".parse().unwrap())
-        );
-        assert_eq!(rc.bandwidth.as_ref().unwrap().ingress_rate, 1000);
-        assert_eq!(rc.dns.as_ref().unwrap().servers, ["1.1.1.1"]);
-        assert!(rc.aliases.is_some());
-        assert_eq!(conf.mode, Mode::Auto);
-    }
-
-    #[test]
-    fn defaults() {
-        let conf = parse(base()).unwrap();
-        assert_eq!(conf.bridge_name(), DEFAULT_BRIDGE);
-        assert_eq!(conf.ipam_delegate(), None);
-        assert!(!conf.is_gateway);
-        let conf = parse(with(
-            "ipam",
-            json!({"type": "weft", "subnet": "10.90.0.0/24"}),
-        ))
-        .unwrap();
-        assert_eq!(conf.ipam_delegate(), None);
-    }
-
-    #[test]
-    fn modes() {
-        assert_eq!(
-            parse(with("mode", json!("standalone"))).unwrap().mode,
-            Mode::Standalone
-        );
-        assert_eq!(
-            parse(with("mode", json!("daemon"))).unwrap().mode,
-            Mode::Daemon
-        );
-        assert_eq!(
-            parse(with("mode", json!("sometimes")))
-                .unwrap_err()
-                .code
-                .number(),
-            6
-        );
-    }
-
-    #[test]
-    fn malformed_json_is_code_6() {
-        for bad in ["", "{", "[1,2]", "{\"cniVersion\": 1.0}", "nul"] {
-            let e = NetConf::parse(bad.as_bytes()).unwrap_err();
-            assert_eq!(e.code.number(), 6, "{bad:?}: {e}");
-        }
-        assert_eq!(
-            parse(with("mtu", json!("big"))).unwrap_err().code.number(),
-            6
-        );
-    }
-
-    #[test]
-    fn version_problems_are_code_1() {
-        assert_eq!(
-            parse(json!({"name": "n", "type": "weft"}))
-                .unwrap_err()
-                .code
-                .number(),
-            1
-        );
-        assert_eq!(
-            parse(with("cniVersion", json!("0.2.0")))
-                .unwrap_err()
-                .code
-                .number(),
-            1
-        );
-    }
-
-    #[test]
-    fn unknown_top_level_fields_are_code_2_naming_key_and_value() {
-        let e = parse(with("isgateway", json!(true))).unwrap_err();
-        assert_eq!(e.code.number(), 2);
-        assert!(e.msg.contains("isgateway=true"), "{}", e.msg);
-        // Reserved protocol keys and well-known keys pass.
-        let mut v = base();
-        v["cni.dev/valid-attachments"] = json!([{"containerID": "a", "ifname": "eth0"}]);
-        v["cni.dev/something-newer"] = json!(1);
-        v["disableCheck"] = json!(true);
-        v["dns"] = json!({"nameservers": ["10.0.0.1"]});
-        let conf = parse(v).unwrap();
-        assert_eq!(
-            conf.valid_attachments.unwrap(),
-            [Attachment {
-                container_id: "a".into(),
-                ifname: "eth0".into()
-            }]
-        );
-    }
-
-    #[test]
-    fn invalid_values_are_code_7() {
-        for v in [
-            with("name", json!("")),
-            with("name", json!("-net")),
-            with("name", json!("a/b")),
-            with("bridge", json!("a-bridge-name-over-15")),
-            with("mtu", json!(20)),
-            with("vlan", json!(5000)),
-            with("ipam", json!({"type": "../evil"})),
-        ] {
-            assert_eq!(parse(v.clone()).unwrap_err().code.number(), 7, "{v}");
-        }
-        let mut both = base();
-        both["hairpinMode"] = json!(true);
-        both["promiscMode"] = json!(true);
-        assert_eq!(parse(both).unwrap_err().code.number(), 7);
-        let mut missing = base();
-        missing.as_object_mut().unwrap().remove("name");
-        assert_eq!(parse(missing).unwrap_err().code.number(), 7);
-    }
-
-    #[test]
-    fn a_broken_prev_result_is_code_6() {
-        let v = with("prevResult", json!({"ips": [{"address": "nope"}]}));
-        assert_eq!(parse(v).unwrap_err().code.number(), 6);
-        let ok = with(
-            "prevResult",
-            json!({"cniVersion": "1.1.0", "ips": [{"address": "10.0.0.2/24"}]}),
-        );
-        assert!(parse(ok).unwrap().prev_result.is_some());
-    }
-
-    #[test]
-    fn requested_addresses_by_precedence() {
-        let mut v = base();
-        v["args"] = json!({"cni": {"ips": ["10.0.0.7"]}});
-        let conf = parse(v.clone()).unwrap();
-        assert_eq!(conf.requested_ips(Some("10.0.0.9")), ["10.0.0.7"]);
-        v["runtimeConfig"] = json!({"ips": ["10.0.0.8/24"]});
-        assert_eq!(parse(v).unwrap().requested_ips(None), ["10.0.0.8/24"]);
-        assert_eq!(
-            parse(base())
-                .unwrap()
-                .requested_ips(Some("10.0.0.9,fd00::9")),
-            ["10.0.0.9", "fd00::9"]
-        );
-    }
-}
+mod tests;
