@@ -21,12 +21,14 @@
 //! `tun`, `udp` (batched socket I/O), `device` (peers, threads, counters).
 
 pub mod allowed_ips;
+pub mod cluster;
 pub mod device;
 pub mod icmp;
 pub mod keys;
 pub mod offload;
 pub mod packet;
 pub mod session;
+pub mod store;
 pub mod tun;
 pub mod udp;
 mod wait;
