@@ -150,6 +150,9 @@ impl Etcd {
 
 impl Drop for Etcd {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("etcd's log, last lines:\n{}", self.log_tail());
+        }
         self.stop();
         let _ = std::fs::remove_dir_all(&self.data_dir);
     }

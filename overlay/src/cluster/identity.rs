@@ -36,12 +36,19 @@ impl HostId {
             reason,
         };
         match std::fs::read_to_string(&path) {
-            Ok(text) => return text.trim().parse().map_err(|e: String| error(format!("{e}; remove the file to get a new id (and a new subnet)"))),
+            Ok(text) => {
+                return text.trim().parse().map_err(|e: String| {
+                    error(format!(
+                        "{e}; remove the file to get a new id (and a new subnet)"
+                    ))
+                })
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(error(format!("read: {e}"))),
         }
         let id = HostId::generate()?;
-        std::fs::create_dir_all(state_dir).map_err(|e| error(format!("create the state directory: {e}")))?;
+        std::fs::create_dir_all(state_dir)
+            .map_err(|e| error(format!("create the state directory: {e}")))?;
         let aside = state_dir.join(format!(".{HOST_ID_FILE}.{}", std::process::id()));
         let write = || -> std::io::Result<()> {
             let mut file = std::fs::File::create(&aside)?;
@@ -55,7 +62,8 @@ impl HostId {
             std::fs::remove_file(&aside)
         };
         write().map_err(|e| error(format!("write: {e}")))?;
-        let stored = std::fs::read_to_string(&path).map_err(|e| error(format!("read back: {e}")))?;
+        let stored =
+            std::fs::read_to_string(&path).map_err(|e| error(format!("read back: {e}")))?;
         stored.trim().parse().map_err(|e: String| error(e))
     }
 
@@ -74,7 +82,11 @@ impl std::fmt::Display for HostId {
 impl std::str::FromStr for HostId {
     type Err = String;
     fn from_str(text: &str) -> Result<HostId, String> {
-        if text.len() == 32 && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if text.len() == 32
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             Ok(HostId(text.to_string()))
         } else {
             Err(format!("host id {text:?} is not 32 lowercase hex digits"))
@@ -108,6 +120,9 @@ mod tests {
         assert_ne!(first, HostId::generate().unwrap());
         std::fs::write(dir.path().join(HOST_ID_FILE), "10.0.0.1\n").unwrap();
         let err = HostId::load_or_create(dir.path()).unwrap_err().to_string();
-        assert!(err.contains(HOST_ID_FILE) && err.contains("10.0.0.1"), "{err}");
+        assert!(
+            err.contains(HOST_ID_FILE) && err.contains("10.0.0.1"),
+            "{err}"
+        );
     }
 }

@@ -130,7 +130,9 @@ impl<S: Store> Member<S> {
                 next_reclaim = now + self.timing.reclaim_every;
                 match self.reclaim_expired().await {
                     Ok(hosts) => {
-                        counters.reclaimed.fetch_add(hosts.len() as u64, Ordering::Relaxed);
+                        counters
+                            .reclaimed
+                            .fetch_add(hosts.len() as u64, Ordering::Relaxed);
                     }
                     Err(e) => tracing::warn!(host = %self.id, "{e}"),
                 }

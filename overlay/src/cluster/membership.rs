@@ -94,7 +94,9 @@ pub async fn init<S: Store>(store: &S, config: &ClusterConfig) -> Result<bool, C
             on_failure: vec![],
         })
         .await
-        .map_err(store_error(format!("write the cluster config at {CONFIG_KEY}")))?;
+        .map_err(store_error(format!(
+            "write the cluster config at {CONFIG_KEY}"
+        )))?;
     if outcome.succeeded {
         return Ok(true);
     }
@@ -111,10 +113,9 @@ pub async fn init<S: Store>(store: &S, config: &ClusterConfig) -> Result<bool, C
 
 /// The cluster config in the store.
 pub async fn read_config<S: Store>(store: &S) -> Result<ClusterConfig, ClusterError> {
-    let listing = store
-        .list(CONFIG_KEY)
-        .await
-        .map_err(store_error(format!("read the cluster config at {CONFIG_KEY}")))?;
+    let listing = store.list(CONFIG_KEY).await.map_err(store_error(format!(
+        "read the cluster config at {CONFIG_KEY}"
+    )))?;
     config_of(&listing)
 }
 
@@ -129,10 +130,12 @@ fn config_of(listing: &Listing) -> Result<ClusterConfig, ClusterError> {
             key: CONFIG_KEY.into(),
             reason: e.to_string(),
         })?;
-    config.validate().map_err(|e| ClusterError::ConfigUnreadable {
-        key: CONFIG_KEY.into(),
-        reason: e.to_string(),
-    })?;
+    config
+        .validate()
+        .map_err(|e| ClusterError::ConfigUnreadable {
+            key: CONFIG_KEY.into(),
+            reason: e.to_string(),
+        })?;
     Ok(config)
 }
 
@@ -167,9 +170,15 @@ pub(super) fn holdings<'a>(listing: &'a Listing, id: &HostId) -> Holdings<'a> {
 /// One transaction removing everything `held` names, provided none of it changed since.
 pub(super) fn removal(held: &Holdings<'_>) -> Txn {
     let mut txn = Txn::default();
-    let entries = held.record.iter().map(|(kv, _)| *kv).chain(held.subnets.iter().copied()).chain(held.alive);
+    let entries = held
+        .record
+        .iter()
+        .map(|(kv, _)| *kv)
+        .chain(held.subnets.iter().copied())
+        .chain(held.alive);
     for kv in entries {
-        txn.compares.push(Compare::ModRevision(kv.key.clone(), kv.mod_revision));
+        txn.compares
+            .push(Compare::ModRevision(kv.key.clone(), kv.mod_revision));
         txn.on_success.push(Operation::Delete(kv.key.clone()));
     }
     txn
@@ -177,24 +186,44 @@ pub(super) fn removal(held: &Holdings<'_>) -> Txn {
 
 /// Removes a host that is gone (an admin's `forget`): its record, subnets
 /// and liveness, in one transaction. Refused while it is alive unless `force`.
-pub async fn forget<S: Store>(store: &S, host: &str, force: bool) -> Result<HostRecord, ClusterError> {
-    let id: HostId = host.parse().map_err(|_| ClusterError::UnknownHost { host: host.into() })?;
+pub async fn forget<S: Store>(
+    store: &S,
+    host: &str,
+    force: bool,
+) -> Result<HostRecord, ClusterError> {
+    let id: HostId = host
+        .parse()
+        .map_err(|_| ClusterError::UnknownHost { host: host.into() })?;
     for _ in 0..MAX_ATTEMPTS {
-        let listing = store.list(ROOT).await.map_err(store_error(format!("list the cluster to forget {id}")))?;
+        let listing = store
+            .list(ROOT)
+            .await
+            .map_err(store_error(format!("list the cluster to forget {id}")))?;
         let held = holdings(&listing, &id);
         let Some((_, record)) = &held.record else {
             return Err(ClusterError::UnknownHost { host: host.into() });
         };
-        let record = record.clone().ok_or_else(|| ClusterError::UnknownHost { host: format!("{host} (its record is unreadable)") })?;
+        let record = record.clone().ok_or_else(|| ClusterError::UnknownHost {
+            host: format!("{host} (its record is unreadable)"),
+        })?;
         if held.alive.is_some() && !force {
-            return Err(ClusterError::HostAlive { host: id, name: record.name });
+            return Err(ClusterError::HostAlive {
+                host: id,
+                name: record.name,
+            });
         }
-        let outcome = store.txn(removal(&held)).await.map_err(store_error(format!("forget host {id}")))?;
+        let outcome = store
+            .txn(removal(&held))
+            .await
+            .map_err(store_error(format!("forget host {id}")))?;
         if outcome.succeeded {
             return Ok(record);
         }
     }
-    Err(ClusterError::Contention { doing: format!("forget host {id}"), attempts: MAX_ATTEMPTS })
+    Err(ClusterError::Contention {
+        doing: format!("forget host {id}"),
+        attempts: MAX_ATTEMPTS,
+    })
 }
 
 /// This host's membership.
@@ -232,11 +261,16 @@ impl<S: Store> Member<S> {
 
     /// The config joined with (after [`Member::join`]).
     pub fn config(&self) -> Option<ClusterConfig> {
-        self.config.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.config
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn reserved_until(&self) -> u64 {
-        unix_seconds(self.clock.now() + self.timing.reservation_expiry + self.timing.reservation_refresh)
+        unix_seconds(
+            self.clock.now() + self.timing.reservation_expiry + self.timing.reservation_refresh,
+        )
     }
 
     /// Finds this host's reservation and keeps it, or takes free subnets
@@ -245,19 +279,25 @@ impl<S: Store> Member<S> {
     pub async fn join(&self, advert: &HostAdvert) -> Result<HostRecord, ClusterError> {
         let doing = format!("join host {} to the cluster", self.id);
         for _ in 0..MAX_ATTEMPTS {
-            let listing = self.store.list(ROOT).await.map_err(store_error(doing.clone()))?;
+            let listing = self
+                .store
+                .list(ROOT)
+                .await
+                .map_err(store_error(doing.clone()))?;
             let config = config_of(&listing)?;
             let held = holdings(&listing, &self.id);
             let mut txn = Txn::default();
             let existing = match &held.record {
                 Some((kv, Some(record))) => {
                     self.check_honours(&config, record)?;
-                    txn.compares.push(Compare::ModRevision(kv.key.clone(), kv.mod_revision));
+                    txn.compares
+                        .push(Compare::ModRevision(kv.key.clone(), kv.mod_revision));
                     Some(record.clone())
                 }
                 Some((kv, None)) => {
                     // Our own record unreadable: replace it, keeping no subnet we cannot name.
-                    txn.compares.push(Compare::ModRevision(kv.key.clone(), kv.mod_revision));
+                    txn.compares
+                        .push(Compare::ModRevision(kv.key.clone(), kv.mod_revision));
                     None
                 }
                 None => {
@@ -266,14 +306,26 @@ impl<S: Store> Member<S> {
                 }
             };
             let used = used_subnets(&listing);
-            let mine: HashSet<IpNetwork> = held.subnets.iter().filter_map(|kv| parse_subnet_key(&kv.key)).collect();
-            let pick = |current: Option<IpNetwork>, capacity: u64, nth: &dyn Fn(u64) -> IpNetwork, family, range: String| {
+            let mine: HashSet<IpNetwork> = held
+                .subnets
+                .iter()
+                .filter_map(|kv| parse_subnet_key(&kv.key))
+                .collect();
+            let pick = |current: Option<IpNetwork>,
+                        capacity: u64,
+                        nth: &dyn Fn(u64) -> IpNetwork,
+                        family,
+                        range: String| {
                 match current {
                     Some(s) if mine.contains(&s) => Ok((s, false)),
                     Some(s) if !used.contains(&s) => Ok((s, true)),
-                    _ => free_subnet(&used, capacity, nth)
-                        .map(|s| (s, true))
-                        .ok_or(ClusterError::RangeFull { family, range, capacity }),
+                    _ => free_subnet(&used, capacity, nth).map(|s| (s, true)).ok_or(
+                        ClusterError::RangeFull {
+                            family,
+                            range,
+                            capacity,
+                        },
+                    ),
                 }
             };
             let (v4, new_v4) = pick(
@@ -286,14 +338,21 @@ impl<S: Store> Member<S> {
             let v6 = match config.ipv6_range {
                 None => None,
                 Some(range) => Some(pick(
-                    existing.as_ref().and_then(|r| r.ipv6_subnet).map(IpNetwork::V6),
+                    existing
+                        .as_ref()
+                        .and_then(|r| r.ipv6_subnet)
+                        .map(IpNetwork::V6),
                     config.ipv6_capacity(),
                     &|i| IpNetwork::V6(config.ipv6_subnet(i).expect("IPv6 configured")),
                     "IPv6",
                     range.to_string(),
                 )?),
             };
-            let claimed: Vec<IpNetwork> = std::iter::once((v4, new_v4)).chain(v6).filter(|(_, new)| *new).map(|(s, _)| s).collect();
+            let claimed: Vec<IpNetwork> = std::iter::once((v4, new_v4))
+                .chain(v6)
+                .filter(|(_, new)| *new)
+                .map(|(s, _)| s)
+                .collect();
             for subnet in &claimed {
                 let key = subnet_key(*subnet);
                 txn.compares.push(Compare::Absent(key.clone()));
@@ -303,7 +362,8 @@ impl<S: Store> Member<S> {
             let named: HashSet<IpNetwork> = std::iter::once(v4).chain(v6.map(|(s, _)| s)).collect();
             for kv in &held.subnets {
                 if parse_subnet_key(&kv.key).is_some_and(|s| !named.contains(&s)) {
-                    txn.compares.push(Compare::ModRevision(kv.key.clone(), kv.mod_revision));
+                    txn.compares
+                        .push(Compare::ModRevision(kv.key.clone(), kv.mod_revision));
                     txn.on_success.push(Operation::Delete(kv.key.clone()));
                 }
             }
@@ -329,8 +389,13 @@ impl<S: Store> Member<S> {
                 }),
                 reserved_until: self.reserved_until(),
             };
-            txn.on_success.push(Operation::put(host_key(&self.id), record.to_json()));
-            let outcome = self.store.txn(txn).await.map_err(store_error(doing.clone()))?;
+            txn.on_success
+                .push(Operation::put(host_key(&self.id), record.to_json()));
+            let outcome = self
+                .store
+                .txn(txn)
+                .await
+                .map_err(store_error(doing.clone()))?;
             if outcome.succeeded {
                 tracing::info!(host = %self.id, subnets = ?record.subnets(), "joined the cluster");
                 *self.config.lock().unwrap_or_else(|e| e.into_inner()) = Some(config);
@@ -338,11 +403,23 @@ impl<S: Store> Member<S> {
             }
             tracing::debug!(host = %self.id, "join lost a race; trying again");
         }
-        Err(ClusterError::Contention { doing, attempts: MAX_ATTEMPTS })
+        Err(ClusterError::Contention {
+            doing,
+            attempts: MAX_ATTEMPTS,
+        })
     }
 
-    fn check_honours(&self, config: &ClusterConfig, record: &HostRecord) -> Result<(), ClusterError> {
-        let refuse = |reason: String| Err(ClusterError::CannotHonour { host: self.id.clone(), reason });
+    fn check_honours(
+        &self,
+        config: &ClusterConfig,
+        record: &HostRecord,
+    ) -> Result<(), ClusterError> {
+        let refuse = |reason: String| {
+            Err(ClusterError::CannotHonour {
+                host: self.id.clone(),
+                reason,
+            })
+        };
         if !config.holds_ipv4(record.ipv4_subnet) {
             return refuse(format!(
                 "its reserved subnet {} is not a /{} of the cluster range {}",
@@ -366,11 +443,16 @@ impl<S: Store> Member<S> {
         change: impl Fn(&mut HostRecord),
     ) -> Result<(HostRecord, Revision), ClusterError> {
         for _ in 0..MAX_ATTEMPTS {
-            let listing = self.store.list(&host_key(&self.id)).await.map_err(store_error(doing))?;
+            let listing = self
+                .store
+                .list(&host_key(&self.id))
+                .await
+                .map_err(store_error(doing))?;
             let Some(kv) = listing.entries.iter().find(|e| e.key == host_key(&self.id)) else {
                 return Err(ClusterError::NotJoined);
             };
-            let mut record: HostRecord = serde_json::from_slice(&kv.value).map_err(|_| ClusterError::NotJoined)?;
+            let mut record: HostRecord =
+                serde_json::from_slice(&kv.value).map_err(|_| ClusterError::NotJoined)?;
             change(&mut record);
             let outcome = self
                 .store
@@ -385,7 +467,10 @@ impl<S: Store> Member<S> {
                 return Ok((record, outcome.revision));
             }
         }
-        Err(ClusterError::Contention { doing: doing.into(), attempts: MAX_ATTEMPTS })
+        Err(ClusterError::Contention {
+            doing: doing.into(),
+            attempts: MAX_ATTEMPTS,
+        })
     }
 
     /// Publishes a new public key with the key epoch + 1 (key rotation).
@@ -406,7 +491,9 @@ impl<S: Store> Member<S> {
     pub async fn refresh_reservation(&self) -> Result<HostRecord, ClusterError> {
         let until = self.reserved_until();
         let (record, _) = self
-            .update_record(&format!("refresh host {}'s reservation", self.id), |r| r.reserved_until = until)
+            .update_record(&format!("refresh host {}'s reservation", self.id), |r| {
+                r.reserved_until = until
+            })
             .await?;
         Ok(record)
     }
@@ -417,19 +504,32 @@ impl<S: Store> Member<S> {
         let doing = format!("leave the cluster (host {})", self.id);
         let mut done = false;
         for _ in 0..MAX_ATTEMPTS {
-            let listing = self.store.list(ROOT).await.map_err(store_error(doing.clone()))?;
+            let listing = self
+                .store
+                .list(ROOT)
+                .await
+                .map_err(store_error(doing.clone()))?;
             let held = holdings(&listing, &self.id);
             if held.record.is_none() && held.subnets.is_empty() && held.alive.is_none() {
                 done = true;
                 break;
             }
-            if self.store.txn(removal(&held)).await.map_err(store_error(doing.clone()))?.succeeded {
+            if self
+                .store
+                .txn(removal(&held))
+                .await
+                .map_err(store_error(doing.clone()))?
+                .succeeded
+            {
                 done = true;
                 break;
             }
         }
         if !done {
-            return Err(ClusterError::Contention { doing, attempts: MAX_ATTEMPTS });
+            return Err(ClusterError::Contention {
+                doing,
+                attempts: MAX_ATTEMPTS,
+            });
         }
         if let Some(lease) = self.lease.lock().await.take() {
             match self.store.revoke_lease(lease).await {
@@ -445,12 +545,19 @@ impl<S: Store> Member<S> {
     /// reservation has ended. Two hosts doing this at once do not clash: each
     /// removal compares the revisions it read.
     pub async fn reclaim_expired(&self) -> Result<Vec<HostRecord>, ClusterError> {
-        let listing = self.store.list(ROOT).await.map_err(store_error("list the cluster to reclaim expired reservations"))?;
+        let listing = self.store.list(ROOT).await.map_err(store_error(
+            "list the cluster to reclaim expired reservations",
+        ))?;
         let now = unix_seconds(self.clock.now());
         let mut reclaimed = Vec::new();
         for entry in listing.entries.iter().filter(|e| e.key.starts_with(HOSTS)) {
-            let Ok(record) = serde_json::from_slice::<HostRecord>(&entry.value) else { continue };
-            if record.id == self.id || record.reserved_until >= now || host_key(&record.id) != entry.key {
+            let Ok(record) = serde_json::from_slice::<HostRecord>(&entry.value) else {
+                continue;
+            };
+            if record.id == self.id
+                || record.reserved_until >= now
+                || host_key(&record.id) != entry.key
+            {
                 continue;
             }
             let held = holdings(&listing, &record.id);
@@ -458,8 +565,12 @@ impl<S: Store> Member<S> {
                 continue;
             }
             let mut txn = removal(&held);
-            txn.compares.push(Compare::Absent(format!("{ALIVE}{}", record.id)));
-            let outcome = self.store.txn(txn).await.map_err(store_error(format!("reclaim host {}'s reservation", record.id)))?;
+            txn.compares
+                .push(Compare::Absent(format!("{ALIVE}{}", record.id)));
+            let outcome = self.store.txn(txn).await.map_err(store_error(format!(
+                "reclaim host {}'s reservation",
+                record.id
+            )))?;
             if outcome.succeeded {
                 tracing::info!(host = %record.id, name = %record.name, "reclaimed an expired reservation");
                 reclaimed.push(record);
@@ -471,16 +582,26 @@ impl<S: Store> Member<S> {
 
 /// Every subnet some key reserves (whoever holds it, readable value or not).
 fn used_subnets(listing: &Listing) -> HashSet<IpNetwork> {
-    listing.entries.iter().filter_map(|e| parse_subnet_key(&e.key)).collect()
+    listing
+        .entries
+        .iter()
+        .filter_map(|e| parse_subnet_key(&e.key))
+        .collect()
 }
 
 /// A free subnet, starting from a random index so hosts joining together
 /// rarely race for the same one.
-fn free_subnet(used: &HashSet<IpNetwork>, capacity: u64, nth: &dyn Fn(u64) -> IpNetwork) -> Option<IpNetwork> {
+fn free_subnet(
+    used: &HashSet<IpNetwork>,
+    capacity: u64,
+    nth: &dyn Fn(u64) -> IpNetwork,
+) -> Option<IpNetwork> {
     let ipv4 = nth(0).is_ipv4();
     if used.iter().filter(|s| s.is_ipv4() == ipv4).count() as u64 >= capacity {
         return None;
     }
     let start = super::watcher::random_u64() % capacity;
-    (0..capacity).map(|i| nth((start + i) % capacity)).find(|s| !used.contains(s))
+    (0..capacity)
+        .map(|i| nth((start + i) % capacity))
+        .find(|s| !used.contains(s))
 }

@@ -97,7 +97,11 @@ impl ClusterConfig {
                     ));
                 }
             }
-            _ => return bad("an IPv6 range needs an IPv6 subnet length and the other way round".into()),
+            _ => {
+                return bad(
+                    "an IPv6 range needs an IPv6 subnet length and the other way round".into(),
+                )
+            }
         }
         if self.overlay_port == 0 {
             return bad("overlay port 0".into());
@@ -145,7 +149,9 @@ impl ClusterConfig {
     pub fn holds_ipv6(&self, subnet: Ipv6Network) -> bool {
         match (self.ipv6_range, self.ipv6_subnet_len) {
             (Some(range), Some(len)) => {
-                subnet.prefix() == len && subnet.ip() == subnet.network() && range.contains(subnet.network())
+                subnet.prefix() == len
+                    && subnet.ip() == subnet.network()
+                    && range.contains(subnet.network())
             }
             _ => false,
         }
@@ -193,7 +199,9 @@ impl HostRecord {
 
 /// Unix seconds of a wall-clock time (0 before 1970).
 pub fn unix_seconds(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs()
+    time.duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs()
 }
 
 #[cfg(test)]
@@ -237,7 +245,9 @@ mod tests {
     fn bad_configs_are_refused_with_the_reason() {
         let mut c = config();
         c.ipv4_subnet_len = 8;
-        assert!(matches!(c.validate(), Err(ClusterError::BadConfig { reason }) if reason.contains("/8")));
+        assert!(
+            matches!(c.validate(), Err(ClusterError::BadConfig { reason }) if reason.contains("/8"))
+        );
         let mut c = config();
         c.ipv6_subnet_len = None;
         assert!(c.validate().is_err());

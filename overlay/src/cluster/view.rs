@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 
 use ipnetwork::IpNetwork;
 
-use super::records::{parse_subnet_key, ClusterConfig, HostRecord, ALIVE, CONFIG_KEY, HOSTS, SUBNETS};
+use super::records::{
+    parse_subnet_key, ClusterConfig, HostRecord, ALIVE, CONFIG_KEY, HOSTS, SUBNETS,
+};
 use super::HostId;
 use crate::store::{KeyValue, Revision};
 use crate::PublicKey;
@@ -107,10 +109,18 @@ impl ViewDiff {
                 fields.push(HostField::Liveness);
             }
             if !fields.is_empty() {
-                diff.changed.push(HostChange { host: host.clone(), fields });
+                diff.changed.push(HostChange {
+                    host: host.clone(),
+                    fields,
+                });
             }
         }
-        diff.removed = old.hosts.iter().filter(|(id, _)| !new.hosts.contains_key(*id)).map(|(_, h)| h.clone()).collect();
+        diff.removed = old
+            .hosts
+            .iter()
+            .filter(|(id, _)| !new.hosts.contains_key(*id))
+            .map(|(_, h)| h.clone())
+            .collect();
         diff
     }
 }
@@ -171,16 +181,23 @@ pub fn build(
 ) -> (PeerView, Vec<Rejection>) {
     let mut rejections = Vec::new();
     let mut reject = |kv: &KeyValue, reason, detail: String| {
-        rejections.push(Rejection { key: kv.key.clone(), mod_revision: kv.mod_revision, reason, detail })
+        rejections.push(Rejection {
+            key: kv.key.clone(),
+            mod_revision: kv.mod_revision,
+            reason,
+            detail,
+        })
     };
     let mut config = pinned.cloned();
     if let Some(kv) = keys.get(CONFIG_KEY) {
         match serde_json::from_slice::<ClusterConfig>(&kv.value) {
             Err(e) => reject(kv, BadDataReason::NotJson, e.to_string()),
             Ok(stored) => match &config {
-                Some(pinned) if *pinned != stored => {
-                    reject(kv, BadDataReason::ConfigChanged, format!("running with {pinned:?}, the store now says {stored:?}"))
-                }
+                Some(pinned) if *pinned != stored => reject(
+                    kv,
+                    BadDataReason::ConfigChanged,
+                    format!("running with {pinned:?}, the store now says {stored:?}"),
+                ),
                 Some(_) => {}
                 None => match stored.validate() {
                     Ok(()) => config = Some(stored),
@@ -190,17 +207,27 @@ pub fn build(
         }
     }
     let mut holders: HashMap<IpNetwork, &str> = HashMap::new();
-    for (key, kv) in keys.range(SUBNETS.to_string()..).take_while(|(k, _)| k.starts_with(SUBNETS)) {
+    for (key, kv) in keys
+        .range(SUBNETS.to_string()..)
+        .take_while(|(k, _)| k.starts_with(SUBNETS))
+    {
         match parse_subnet_key(key) {
             Some(subnet) => {
                 holders.insert(subnet, std::str::from_utf8(&kv.value).unwrap_or(""));
             }
-            None => reject(kv, BadDataReason::BadKeyName, "not a subnet key (<address>-<length>)".into()),
+            None => reject(
+                kv,
+                BadDataReason::BadKeyName,
+                "not a subnet key (<address>-<length>)".into(),
+            ),
         }
     }
     let mut hosts: BTreeMap<HostId, HostView> = BTreeMap::new();
     let mut taken: Vec<(IpNetwork, HostId)> = Vec::new();
-    for (key, kv) in keys.range(HOSTS.to_string()..).take_while(|(k, _)| k.starts_with(HOSTS)) {
+    for (key, kv) in keys
+        .range(HOSTS.to_string()..)
+        .take_while(|(k, _)| k.starts_with(HOSTS))
+    {
         let record: HostRecord = match serde_json::from_slice(&kv.value) {
             Ok(r) => r,
             Err(e) => {
@@ -209,13 +236,21 @@ pub fn build(
             }
         };
         if key.strip_prefix(HOSTS) != Some(record.id.as_str()) {
-            reject(kv, BadDataReason::BadKeyName, format!("the record names host {}", record.id));
+            reject(
+                kv,
+                BadDataReason::BadKeyName,
+                format!("the record names host {}", record.id),
+            );
             continue;
         }
         let public_key: PublicKey = match record.public_key.parse() {
             Ok(k) => k,
             Err(e) => {
-                reject(kv, BadDataReason::BadKey, format!("{}: {e}", record.public_key));
+                reject(
+                    kv,
+                    BadDataReason::BadKey,
+                    format!("{}: {e}", record.public_key),
+                );
                 continue;
             }
         };
@@ -223,7 +258,11 @@ pub fn build(
             None => None,
             Some(Ok(e)) => Some(e),
             Some(Err(e)) => {
-                reject(kv, BadDataReason::BadEndpoint, format!("{:?}: {e}", record.endpoint));
+                reject(
+                    kv,
+                    BadDataReason::BadEndpoint,
+                    format!("{:?}: {e}", record.endpoint),
+                );
                 continue;
             }
         };
@@ -234,14 +273,21 @@ pub fn build(
                 IpNetwork::V6(s) => c.holds_ipv6(*s),
             });
             if let Some((_, other)) = taken.iter().find(|(t, _)| overlaps(*t, *subnet)) {
-                return Some((BadDataReason::OverlappingSubnet, format!("{subnet} overlaps host {other}'s")));
+                return Some((
+                    BadDataReason::OverlappingSubnet,
+                    format!("{subnet} overlaps host {other}'s"),
+                ));
             }
             match holders.get(subnet) {
                 Some(holder) if *holder == record.id.as_str() && in_range => None,
-                Some(holder) if *holder != record.id.as_str() => {
-                    Some((BadDataReason::OverlappingSubnet, format!("{subnet} is reserved by host {holder}")))
-                }
-                _ => Some((BadDataReason::SubnetNotReserved, format!("{subnet} is not a reserved subnet of the cluster range"))),
+                Some(holder) if *holder != record.id.as_str() => Some((
+                    BadDataReason::OverlappingSubnet,
+                    format!("{subnet} is reserved by host {holder}"),
+                )),
+                _ => Some((
+                    BadDataReason::SubnetNotReserved,
+                    format!("{subnet} is not a reserved subnet of the cluster range"),
+                )),
             }
         });
         if let Some((reason, detail)) = problem {
@@ -263,7 +309,14 @@ pub fn build(
             },
         );
     }
-    (PeerView { revision, config, hosts }, rejections)
+    (
+        PeerView {
+            revision,
+            config,
+            hosts,
+        },
+        rejections,
+    )
 }
 
 fn overlaps(a: IpNetwork, b: IpNetwork) -> bool {

@@ -102,17 +102,29 @@ impl PeerWatcher {
 
     /// The current view (the last one built; kept while the store is down).
     pub fn view(&self) -> Arc<PeerView> {
-        self.shared.view.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.shared
+            .view
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The store's status.
     pub fn status(&self) -> StoreStatus {
-        self.shared.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.shared
+            .status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Keys ignored as bad data, by reason (each key revision counted once).
     pub fn bad_data(&self) -> BTreeMap<BadDataReason, u64> {
-        self.shared.bad_data.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.shared
+            .bad_data
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// How many times the watcher listed again (after compaction or a disconnect).
@@ -164,7 +176,11 @@ impl<S: Store> Follower<S> {
     async fn follow(&mut self) -> Result<std::convert::Infallible, StoreError> {
         let listing = self.store.list(ROOT).await?;
         self.set_status(true, None);
-        self.keys = listing.entries.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
+        self.keys = listing
+            .entries
+            .into_iter()
+            .map(|kv| (kv.key.clone(), kv))
+            .collect();
         self.publish(listing.revision);
         if let Some(hold) = self.settings.hold_after_first_list.take() {
             tokio::time::sleep(hold).await;
@@ -194,13 +210,25 @@ impl<S: Store> Follower<S> {
             self.pinned = view.config.clone();
         }
         for r in rejections {
-            if self.counted.insert((r.key.clone(), r.mod_revision, r.reason)) {
+            if self
+                .counted
+                .insert((r.key.clone(), r.mod_revision, r.reason))
+            {
                 tracing::warn!(key = %r.key, reason = r.reason.as_str(), "ignored bad cluster data: {}", r.detail);
-                *self.shared.bad_data.lock().unwrap_or_else(|e| e.into_inner()).entry(r.reason).or_default() += 1;
+                *self
+                    .shared
+                    .bad_data
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(r.reason)
+                    .or_default() += 1;
             }
         }
         let view = Arc::new(view);
-        let previous = std::mem::replace(&mut *self.shared.view.lock().unwrap_or_else(|e| e.into_inner()), view.clone());
+        let previous = std::mem::replace(
+            &mut *self.shared.view.lock().unwrap_or_else(|e| e.into_inner()),
+            view.clone(),
+        );
         let diff = ViewDiff::between(&previous, &view);
         if !diff.is_empty() {
             // A receiver that went away only means nobody applies updates any more.
@@ -231,7 +259,9 @@ pub(super) fn random_u64() -> u64 {
     let mut bytes = [0u8; 8];
     // Without randomness the fallback (the clock) still spreads hosts apart.
     if getrandom::getrandom(&mut bytes).is_err() {
-        return SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos() as u64);
+        return SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos() as u64);
     }
     u64::from_le_bytes(bytes)
 }

@@ -53,8 +53,10 @@ impl EtcdConfig {
     fn options(&self) -> Result<etcd::ConnectOptions, StoreError> {
         let mut options = etcd::ConnectOptions::new()
             .with_connect_timeout(self.request_timeout)
-            // HTTP/2 pings find a dead connection (a partition) while a watch idles.
-            .with_keep_alive(Duration::from_secs(2), self.request_timeout)
+            // HTTP/2 pings find a dead connection (a partition) while a watch
+            // idles. Not more often than etcd's --grpc-keepalive-min-time (5 s
+            // by default): it closes the connection of a client pinging faster.
+            .with_keep_alive(Duration::from_secs(10), self.request_timeout)
             .with_keep_alive_while_idle(true);
         if let Some((user, password)) = &self.user {
             options = options.with_user(user, password);
@@ -211,13 +213,13 @@ impl EtcdStore {
                 | Code::Cancelled
                 | Code::Unknown
                 | Code::Aborted
-                | Code::ResourceExhausted => unavailable(status.message().to_string()),
+                | Code::ResourceExhausted => unavailable(with_causes(status.message(), &status)),
                 _ => StoreError::Rejected {
                     operation,
                     reason: status.message().to_string(),
                 },
             },
-            etcd::Error::TransportError(e) => unavailable(format!("{e}: {e:?}")),
+            etcd::Error::TransportError(e) => unavailable(with_causes(&e.to_string(), &e)),
             etcd::Error::IoError(e) => unavailable(e.to_string()),
             etcd::Error::WatchError(e) | etcd::Error::LeaseKeepAliveError(e) => unavailable(e),
             other => StoreError::Rejected {
@@ -226,6 +228,18 @@ impl EtcdStore {
             },
         }
     }
+}
+
+/// `message` followed by every cause under `error` (tonic hides the useful one deep down).
+fn with_causes(message: &str, error: &dyn std::error::Error) -> String {
+    let mut text = message.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 fn key_value(kv: &etcd::KeyValue) -> KeyValue {
