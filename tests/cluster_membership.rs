@@ -150,6 +150,7 @@ fn twenty_concurrent_joins_get_twenty_subnets_kept_on_restart_freed_by_leave() {
 
         let alive = &members[1];
         alive.go_alive("h1").await.unwrap();
+        let _liveness = alive.spawn_liveness("h1".into());
         assert!(matches!(
             forget(&*store, alive.id().as_str(), false).await,
             Err(ClusterError::HostAlive { .. })
@@ -279,5 +280,98 @@ fn etcd_stopped_and_restarted_keeps_the_view_reports_down_then_up() {
         .await;
         assert!(watcher.status().up);
         assert!(watcher.relists() >= 1);
+    });
+}
+
+#[test]
+fn each_kind_of_bad_data_is_ignored_and_counted_and_the_cluster_keeps_working() {
+    root_or_skip!();
+    with_etcd(|store, _etcd| async move {
+        use overlay::cluster::records::{host_key, subnet_key, CONFIG_KEY, HOSTS};
+        use overlay::cluster::BadDataReason;
+        use overlay::store::{Operation, Store, Txn};
+        let put = |key: String, value: Vec<u8>| {
+            let store = store.clone();
+            async move {
+                store
+                    .txn(Txn {
+                        compares: vec![],
+                        on_success: vec![Operation::put(key, value)],
+                        on_failure: vec![],
+                    })
+                    .await
+                    .unwrap();
+            }
+        };
+        let good = member(&store);
+        let good_record = good.join(&advert("good")).await.unwrap();
+        let (watcher, _updates) =
+            PeerWatcher::spawn(store.clone(), Some(config()), WatcherSettings::default());
+        until(&watcher, Duration::from_secs(10), "the good host", |v| {
+            v.hosts.len() == 1
+        })
+        .await;
+        let record_for = |id: &HostId, subnet: &str| {
+            let mut r = good_record.clone();
+            r.id = id.clone();
+            r.ipv4_subnet = subnet.parse().unwrap();
+            r.ipv6_subnet = None;
+            r
+        };
+        put(
+            format!("{HOSTS}{}", HostId::generate().unwrap()),
+            b"{not json".to_vec(),
+        )
+        .await;
+        let id = HostId::generate().unwrap();
+        let mut bad_key = record_for(&id, "10.99.200.0/24");
+        bad_key.public_key = "not-a-key".into();
+        put(
+            subnet_key("10.99.200.0/24".parse().unwrap()),
+            id.as_str().into(),
+        )
+        .await;
+        put(host_key(&id), bad_key.to_json()).await;
+        let id = HostId::generate().unwrap();
+        let mut bad_endpoint = record_for(&id, "10.99.201.0/24");
+        bad_endpoint.endpoint = Some("nowhere:port".into());
+        put(
+            subnet_key("10.99.201.0/24".parse().unwrap()),
+            id.as_str().into(),
+        )
+        .await;
+        put(host_key(&id), bad_endpoint.to_json()).await;
+        let id = HostId::generate().unwrap();
+        put(
+            host_key(&id),
+            record_for(&id, &good_record.ipv4_subnet.to_string()).to_json(),
+        )
+        .await;
+        let mut changed = config();
+        changed.overlay_port = 4000;
+        put(CONFIG_KEY.into(), serde_json::to_vec(&changed).unwrap()).await;
+        let late = member(&store);
+        late.join(&advert("late")).await.unwrap();
+        until(&watcher, Duration::from_secs(10), "the late host", |v| {
+            v.hosts.contains_key(late.id())
+        })
+        .await;
+        let view = watcher.view();
+        assert_eq!(view.hosts.len(), 2, "only the good hosts: {view:?}");
+        assert_eq!(
+            view.config,
+            Some(config()),
+            "the changed config is not applied"
+        );
+        let counts = watcher.bad_data();
+        for reason in [
+            BadDataReason::NotJson,
+            BadDataReason::BadKey,
+            BadDataReason::BadEndpoint,
+            BadDataReason::OverlappingSubnet,
+            BadDataReason::ConfigChanged,
+        ] {
+            assert_eq!(counts.get(&reason), Some(&1), "{reason:?} in {counts:?}");
+        }
     });
 }

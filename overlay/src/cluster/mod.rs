@@ -15,6 +15,9 @@
 //! reservation expires (24 h by default). See docs/cluster.md.
 //! Nothing here knows about netd or CNI: the caller applies the view.
 
+#![warn(missing_docs)]
+
+mod admin;
 mod identity;
 mod liveness;
 mod membership;
@@ -25,9 +28,10 @@ mod watcher;
 #[cfg(test)]
 mod tests;
 
+pub use admin::{forget, init, read_config};
 pub use identity::{HostId, HOST_ID_FILE};
 pub use liveness::{LivenessCounters, LivenessTask};
-pub use membership::{forget, init, read_config, Clock, HostAdvert, Member, SystemClock, Timing};
+pub use membership::{Clock, HostAdvert, Member, SystemClock, Timing};
 pub use records::{ClusterConfig, HostRecord};
 pub use view::{BadDataReason, HostChange, HostField, HostView, PeerView, Rejection, ViewDiff};
 pub use watcher::{PeerWatcher, StoreStatus, ViewUpdate, WatcherSettings};

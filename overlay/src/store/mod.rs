@@ -16,6 +16,8 @@
 //! - keys put with a lease vanish (one delete event each) when the lease
 //!   expires or is revoked.
 
+#![warn(missing_docs)]
+
 pub mod conformance;
 mod etcd;
 mod memory;
