@@ -80,3 +80,50 @@ fn etcd_store_refuses_a_bad_configuration() {
     let missing = EtcdStore::new(tls);
     assert!(matches!(missing, Err(StoreError::Config(m)) if m.contains("/nonexistent/ca.pem")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_passes_the_suite_over_tls_with_a_client_certificate_and_a_user() {
+    root_or_skip!();
+    let world = World::new().await.unwrap();
+    let host = world.host("a").await.unwrap();
+    let etcd = Etcd::start_tls(&world).await.unwrap();
+    for args in [
+        &["user", "add", "root", "--new-user-password=weft-pw"][..],
+        &["auth", "enable"],
+    ] {
+        let out = etcd.etcdctl(args).unwrap();
+        assert!(out.success, "etcdctl {args:?}: {}", out.stderr);
+    }
+    let files = etcd.tls_files().unwrap().clone();
+    let config = |user: Option<(&str, &str)>, client_cert: bool| {
+        let mut config = EtcdConfig::new(etcd.endpoints());
+        config.tls = Some(overlay::store::EtcdTls {
+            ca: files.ca.clone(),
+            cert: client_cert.then(|| files.client_cert.clone()),
+            key: client_cert.then(|| files.client_key.clone()),
+        });
+        config.user = user.map(|(u, p)| (u.to_string(), p.to_string()));
+        config
+    };
+    let good = config(Some(("root", "weft-pw")), true);
+    let wrong_password = config(Some(("root", "wrong")), true);
+    let no_client_cert = config(Some(("root", "weft-pw")), false);
+    let etcd = &etcd;
+    tokio::task::block_in_place(|| {
+        block_on_in(&host.netns, || async move {
+            let store = EtcdStore::new(good).unwrap();
+            conformance::run(&store, "/conformance/", |revision| async move {
+                etcd.compact(revision).unwrap();
+            })
+            .await;
+            let refused = EtcdStore::new(wrong_password).unwrap().list("/").await;
+            assert!(
+                matches!(&refused, Err(StoreError::Rejected { reason, .. }) if reason.contains("authentication")),
+                "{refused:?}"
+            );
+            let no_cert = EtcdStore::new(no_client_cert).unwrap().list("/").await;
+            assert!(matches!(no_cert, Err(StoreError::Unavailable { .. })), "{no_cert:?}");
+        })
+    })
+    .unwrap();
+}

@@ -22,11 +22,36 @@ pub struct Etcd {
     netns: Netns,
     data_dir: PathBuf,
     child: Option<Child>,
+    tls: Option<EtcdTlsFiles>,
+}
+
+/// The PEM files of an etcd started with TLS: the CA that signed everything,
+/// and a client certificate (CN `root`) with its key.
+#[derive(Clone, Debug)]
+pub struct EtcdTlsFiles {
+    /// The CA certificate.
+    pub ca: PathBuf,
+    /// The client certificate.
+    pub client_cert: PathBuf,
+    /// The client key.
+    pub client_key: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
 }
 
 impl Etcd {
     /// Starts etcd in `world`'s fabric namespace and waits until it answers.
     pub async fn start(world: &World) -> Result<Etcd> {
+        Etcd::start_inner(world, false).await
+    }
+
+    /// Like [`Etcd::start`], serving only TLS and requiring client
+    /// certificates signed by a CA made for this etcd (`openssl`).
+    pub async fn start_tls(world: &World) -> Result<Etcd> {
+        Etcd::start_inner(world, true).await
+    }
+
+    async fn start_inner(world: &World, tls: bool) -> Result<Etcd> {
         let nl = Netlink::open(world.fabric()).await?;
         nl.add_address(
             "fabric0",
@@ -39,18 +64,30 @@ impl Etcd {
         let _ = std::fs::remove_dir_all(&data_dir);
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("create etcd's data dir {}", data_dir.display()))?;
+        let tls = if tls {
+            Some(make_certificates(&data_dir)?)
+        } else {
+            None
+        };
         let mut etcd = Etcd {
             netns: world.fabric().clone(),
             data_dir,
             child: None,
+            tls,
         };
         etcd.restart()?;
         Ok(etcd)
     }
 
-    /// The client URL, `http://198.19.255.250:2379`.
+    /// The client URL, `http://198.19.255.250:2379` (`https://` with TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://{ETCD_IP}:{ETCD_PORT}")
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{ETCD_IP}:{ETCD_PORT}")
+    }
+
+    /// The certificates, for an etcd started with TLS.
+    pub fn tls_files(&self) -> Option<&EtcdTlsFiles> {
+        self.tls.as_ref()
     }
 
     /// Client endpoints, as the store configuration takes them.
@@ -87,7 +124,18 @@ impl Etcd {
                 peer,
             ])
             .args(["--initial-cluster", &format!("weft-test={peer}")])
-            .args(["--logger", "zap", "--log-level", "warn"])
+            .args(["--logger", "zap", "--log-level", "warn"]);
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.server_cert)
+                .arg("--key-file")
+                .arg(&tls.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
+        command
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -126,9 +174,17 @@ impl Etcd {
 
     /// Runs `etcdctl` (API v3) against this etcd, inside the fabric namespace, bounded to 20 s.
     pub fn etcdctl(&self, args: &[&str]) -> Result<crate::CommandOutput> {
-        let endpoints = format!("--endpoints={}", self.endpoint());
-        let mut all = vec![endpoints.as_str(), "--command-timeout=5s"];
-        all.extend_from_slice(args);
+        let mut all = vec![
+            format!("--endpoints={}", self.endpoint()),
+            "--command-timeout=5s".into(),
+        ];
+        if let Some(tls) = &self.tls {
+            all.push(format!("--cacert={}", tls.ca.display()));
+            all.push(format!("--cert={}", tls.client_cert.display()));
+            all.push(format!("--key={}", tls.client_key.display()));
+        }
+        all.extend(args.iter().map(|a| a.to_string()));
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
         run_in(&self.netns, "etcdctl", &all, Duration::from_secs(20))
     }
 
@@ -156,6 +212,73 @@ impl Drop for Etcd {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.data_dir);
     }
+}
+
+/// A CA, a server certificate for [`ETCD_IP`] and a client certificate
+/// (CN `root`), EC P-256, made with `openssl` in `dir`.
+fn make_certificates(dir: &std::path::Path) -> Result<EtcdTlsFiles> {
+    let path = |name: &str| dir.join(name);
+    let openssl = |args: &[&str]| -> Result<()> {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .output()
+            .context("run openssl")?;
+        if !out.status.success() {
+            bail!(
+                "openssl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=weft-test-ca",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        ]
+        .concat(),
+    )?;
+    for (name, cn, ext) in [
+        ("server", "etcd", format!("subjectAltName=IP:{ETCD_IP}\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n")),
+        ("client", "root", "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n".to_string()),
+    ] {
+        std::fs::write(path(&format!("{name}.ext")), ext)?;
+        let (key, csr, pem, extfile) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"), format!("{name}.ext"));
+        openssl(&[&["req"][..], &ec, &["-keyout", &key, "-out", &csr, "-subj", &format!("/CN={cn}")]].concat())?;
+        openssl(&["x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", &pem, "-days", "2", "-extfile", &extfile])?;
+    }
+    Ok(EtcdTlsFiles {
+        ca: path("ca.pem"),
+        client_cert: path("client.pem"),
+        client_key: path("client.key"),
+        server_cert: path("server.pem"),
+        server_key: path("server.key"),
+    })
 }
 
 /// Runs `body` on a fresh single-threaded runtime whose thread has entered

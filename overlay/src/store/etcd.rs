@@ -299,6 +299,16 @@ impl Store for EtcdStore {
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
+        // etcd's "lease not found" does not say which: name the one this transaction uses.
+        let lease = txn
+            .on_success
+            .iter()
+            .chain(&txn.on_failure)
+            .find_map(|op| match op {
+                Operation::Put { lease, .. } => *lease,
+                Operation::Delete(_) => None,
+            })
+            .unwrap_or(0);
         let request = etcd::Txn::new()
             .when(txn.compares.into_iter().map(compare).collect::<Vec<_>>())
             .and_then(
@@ -315,7 +325,11 @@ impl Store for EtcdStore {
             );
         let response = self
             .call("transaction", |mut c| async move { c.txn(request).await })
-            .await?;
+            .await
+            .map_err(|e| match e {
+                StoreError::LeaseNotFound { .. } => StoreError::LeaseNotFound { lease },
+                e => e,
+            })?;
         Ok(TxnOutcome {
             succeeded: response.succeeded(),
             revision: header_revision(response.header()),
