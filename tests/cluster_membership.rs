@@ -7,22 +7,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use overlay::cluster::{
-    forget, init, ClusterConfig, ClusterError, HostAdvert, HostId, Member, PeerView, PeerWatcher,
-    SystemClock, Timing, WatcherSettings,
+    checks, forget, init, ClusterConfig, ClusterError, HostAdvert, HostId, Member, PeerView,
+    PeerWatcher, SystemClock, Timing, WatcherSettings,
 };
 use overlay::store::{EtcdConfig, EtcdStore};
-use overlay::PrivateKey;
 use world::etcd::{block_on_in, Etcd};
 use world::{root_or_skip, World};
 
 fn config() -> ClusterConfig {
-    ClusterConfig {
-        ipv4_range: "10.99.0.0/16".parse().unwrap(),
-        ipv4_subnet_len: 24,
-        ipv6_range: Some("fd00:99::/48".parse().unwrap()),
-        ipv6_subnet_len: Some(64),
-        overlay_port: 51820,
-    }
+    checks::example_config()
 }
 
 /// Short timings: etcd calls a TTL under 5 s tests-only, which this is.
@@ -37,11 +30,7 @@ fn timing() -> Timing {
 }
 
 fn advert(name: &str) -> HostAdvert {
-    HostAdvert {
-        name: name.into(),
-        public_key: PrivateKey::generate().unwrap().public_key(),
-        endpoint: Some("198.18.0.1:51820".parse().unwrap()),
-    }
+    checks::example_advert(name)
 }
 
 fn member(store: &Arc<EtcdStore>) -> Arc<Member<EtcdStore>> {
@@ -59,14 +48,7 @@ async fn until(
     what: &str,
     done: impl Fn(&PeerView) -> bool,
 ) -> Duration {
-    let start = Instant::now();
-    while start.elapsed() < bound {
-        if done(&watcher.view()) {
-            return start.elapsed();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("not within {bound:?}: {what}; view {:?}", watcher.view());
+    checks::wait_for_view(watcher, bound, what, done).await
 }
 
 /// Starts a world with etcd and runs `body` in host a's namespace.
@@ -287,91 +269,14 @@ fn etcd_stopped_and_restarted_keeps_the_view_reports_down_then_up() {
 fn each_kind_of_bad_data_is_ignored_and_counted_and_the_cluster_keeps_working() {
     root_or_skip!();
     with_etcd(|store, _etcd| async move {
-        use overlay::cluster::records::{host_key, subnet_key, CONFIG_KEY, HOSTS};
-        use overlay::cluster::BadDataReason;
-        use overlay::store::{Operation, Store, Txn};
-        let put = |key: String, value: Vec<u8>| {
-            let store = store.clone();
-            async move {
-                store
-                    .txn(Txn {
-                        compares: vec![],
-                        on_success: vec![Operation::put(key, value)],
-                        on_failure: vec![],
-                    })
-                    .await
-                    .unwrap();
-            }
+        let new_member = || {
+            Member::new(
+                store.clone(),
+                HostId::generate().unwrap(),
+                timing(),
+                Arc::new(SystemClock),
+            )
         };
-        let good = member(&store);
-        let good_record = good.join(&advert("good")).await.unwrap();
-        let (watcher, _updates) =
-            PeerWatcher::spawn(store.clone(), Some(config()), WatcherSettings::default());
-        until(&watcher, Duration::from_secs(10), "the good host", |v| {
-            v.hosts.len() == 1
-        })
-        .await;
-        let record_for = |id: &HostId, subnet: &str| {
-            let mut r = good_record.clone();
-            r.id = id.clone();
-            r.ipv4_subnet = subnet.parse().unwrap();
-            r.ipv6_subnet = None;
-            r
-        };
-        put(
-            format!("{HOSTS}{}", HostId::generate().unwrap()),
-            b"{not json".to_vec(),
-        )
-        .await;
-        let id = HostId::generate().unwrap();
-        let mut bad_key = record_for(&id, "10.99.200.0/24");
-        bad_key.public_key = "not-a-key".into();
-        put(
-            subnet_key("10.99.200.0/24".parse().unwrap()),
-            id.as_str().into(),
-        )
-        .await;
-        put(host_key(&id), bad_key.to_json()).await;
-        let id = HostId::generate().unwrap();
-        let mut bad_endpoint = record_for(&id, "10.99.201.0/24");
-        bad_endpoint.endpoint = Some("nowhere:port".into());
-        put(
-            subnet_key("10.99.201.0/24".parse().unwrap()),
-            id.as_str().into(),
-        )
-        .await;
-        put(host_key(&id), bad_endpoint.to_json()).await;
-        let id = HostId::generate().unwrap();
-        put(
-            host_key(&id),
-            record_for(&id, &good_record.ipv4_subnet.to_string()).to_json(),
-        )
-        .await;
-        let mut changed = config();
-        changed.overlay_port = 4000;
-        put(CONFIG_KEY.into(), serde_json::to_vec(&changed).unwrap()).await;
-        let late = member(&store);
-        late.join(&advert("late")).await.unwrap();
-        until(&watcher, Duration::from_secs(10), "the late host", |v| {
-            v.hosts.contains_key(late.id())
-        })
-        .await;
-        let view = watcher.view();
-        assert_eq!(view.hosts.len(), 2, "only the good hosts: {view:?}");
-        assert_eq!(
-            view.config,
-            Some(config()),
-            "the changed config is not applied"
-        );
-        let counts = watcher.bad_data();
-        for reason in [
-            BadDataReason::NotJson,
-            BadDataReason::BadKey,
-            BadDataReason::BadEndpoint,
-            BadDataReason::OverlappingSubnet,
-            BadDataReason::ConfigChanged,
-        ] {
-            assert_eq!(counts.get(&reason), Some(&1), "{reason:?} in {counts:?}");
-        }
+        checks::bad_data_is_ignored_and_counted(store.clone(), new_member).await;
     });
 }

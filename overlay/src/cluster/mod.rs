@@ -18,6 +18,7 @@
 #![warn(missing_docs)]
 
 mod admin;
+pub mod checks;
 mod identity;
 mod liveness;
 mod membership;

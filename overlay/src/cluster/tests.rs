@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::records::{alive_key, host_key, subnet_key, CONFIG_KEY, HOSTS};
+use super::records::{alive_key, host_key, subnet_key};
 use super::*;
 use crate::store::{MemoryStore, Operation, Store, Txn};
 use crate::PrivateKey;
@@ -29,13 +29,7 @@ fn clock() -> Arc<dyn Clock> {
 }
 
 fn config() -> ClusterConfig {
-    ClusterConfig {
-        ipv4_range: "10.99.0.0/16".parse().unwrap(),
-        ipv4_subnet_len: 24,
-        ipv6_range: Some("fd00:99::/48".parse().unwrap()),
-        ipv6_subnet_len: Some(64),
-        overlay_port: 51820,
-    }
+    checks::example_config()
 }
 
 fn timing() -> Timing {
@@ -49,11 +43,7 @@ fn timing() -> Timing {
 }
 
 fn advert(name: &str) -> HostAdvert {
-    HostAdvert {
-        name: name.into(),
-        public_key: PrivateKey::generate().unwrap().public_key(),
-        endpoint: Some("198.18.0.1:51820".parse().unwrap()),
-    }
+    checks::example_advert(name)
 }
 
 fn member(store: &Arc<MemoryStore>, clock: &Arc<dyn Clock>) -> Arc<Member<MemoryStore>> {
@@ -76,15 +66,8 @@ async fn put(store: &MemoryStore, key: &str, value: &[u8]) {
         .unwrap();
 }
 
-/// Waits (in paused time) until the watcher's view satisfies `done`.
 async fn until(watcher: &PeerWatcher, what: &str, done: impl Fn(&PeerView) -> bool) {
-    for _ in 0..600 {
-        if done(&watcher.view()) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("never saw: {what}; view {:?}", watcher.view());
+    checks::wait_for_view(watcher, Duration::from_secs(60), what, done).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -310,70 +293,15 @@ async fn bad_data_is_ignored_counted_by_reason_and_the_rest_keeps_working() {
     let store = Arc::new(MemoryStore::new());
     init(&*store, &config()).await.unwrap();
     let clock = clock();
-    let good = member(&store, &clock);
-    let good_record = good.join(&advert("good")).await.unwrap();
-    let (watcher, _updates) =
-        PeerWatcher::spawn(store.clone(), Some(config()), WatcherSettings::default());
-    until(&watcher, "the good host", |v| v.hosts.len() == 1).await;
-    let bad_id = || HostId::generate().unwrap();
-    let record_for = |id: &HostId, subnet: &str| {
-        let mut r = good_record.clone();
-        r.id = id.clone();
-        r.ipv4_subnet = subnet.parse().unwrap();
-        r.ipv6_subnet = None;
-        r
+    let new_member = || {
+        Member::new(
+            store.clone(),
+            HostId::generate().unwrap(),
+            timing(),
+            clock.clone(),
+        )
     };
-    put(&store, &format!("{HOSTS}{}", bad_id()), b"{not json").await;
-    let id = bad_id();
-    let mut r = record_for(&id, "10.99.200.0/24");
-    r.public_key = "not-a-key".into();
-    put(
-        &store,
-        &subnet_key("10.99.200.0/24".parse().unwrap()),
-        id.as_str().as_bytes(),
-    )
-    .await;
-    put(&store, &host_key(&id), &r.to_json()).await;
-    let id = bad_id();
-    let mut r = record_for(&id, "10.99.201.0/24");
-    r.endpoint = Some("nowhere:port".into());
-    put(
-        &store,
-        &subnet_key("10.99.201.0/24".parse().unwrap()),
-        id.as_str().as_bytes(),
-    )
-    .await;
-    put(&store, &host_key(&id), &r.to_json()).await;
-    let id = bad_id();
-    put(
-        &store,
-        &host_key(&id),
-        &record_for(&id, &good_record.ipv4_subnet.to_string()).to_json(),
-    )
-    .await;
-    let mut changed = config();
-    changed.overlay_port = 4000;
-    put(&store, CONFIG_KEY, &serde_json::to_vec(&changed).unwrap()).await;
-    // A host joining afterwards is still seen; the config in force is the pinned one.
-    let late = member(&store, &clock);
-    late.join(&advert("late")).await.unwrap();
-    until(&watcher, "the late host", |v| {
-        v.hosts.contains_key(late.id())
-    })
-    .await;
-    let view = watcher.view();
-    assert_eq!(view.hosts.len(), 2);
-    assert_eq!(view.config, Some(config()));
-    let counts = watcher.bad_data();
-    for reason in [
-        BadDataReason::NotJson,
-        BadDataReason::BadKey,
-        BadDataReason::BadEndpoint,
-        BadDataReason::OverlappingSubnet,
-        BadDataReason::ConfigChanged,
-    ] {
-        assert_eq!(counts.get(&reason), Some(&1), "{reason:?} in {counts:?}");
-    }
+    checks::bad_data_is_ignored_and_counted(store.clone(), new_member).await;
 }
 
 #[tokio::test(start_paused = true)]
