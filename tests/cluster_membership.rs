@@ -280,3 +280,35 @@ fn each_kind_of_bad_data_is_ignored_and_counted_and_the_cluster_keeps_working() 
         checks::bad_data_is_ignored_and_counted(store.clone(), new_member).await;
     });
 }
+
+#[test]
+fn with_the_default_10_s_lease_a_stopped_host_is_dead_within_15_s() {
+    root_or_skip!();
+    with_etcd(|store, _etcd| async move {
+        let b = Arc::new(Member::new(
+            store.clone(),
+            HostId::generate().unwrap(),
+            Timing::default(),
+            Arc::new(SystemClock),
+        ));
+        b.join(&advert("b")).await.unwrap();
+        b.go_alive("b").await.unwrap();
+        let b_task = b.spawn_liveness("b".into());
+        let (watcher, _updates) =
+            PeerWatcher::spawn(store.clone(), Some(config()), WatcherSettings::default());
+        until(&watcher, Duration::from_secs(10), "b alive", |v| {
+            v.hosts.get(b.id()).is_some_and(|h| h.alive)
+        })
+        .await;
+        b_task.stop();
+        let dead_after = until(&watcher, Duration::from_secs(15), "b dead", |v| {
+            !v.hosts[b.id()].alive
+        })
+        .await;
+        eprintln!("b shown dead {dead_after:?} after its keep-alive stopped (TTL 10 s, renewed every 3.3 s)");
+        assert!(
+            watcher.view().hosts.contains_key(b.id()),
+            "dead, not removed"
+        );
+    });
+}
