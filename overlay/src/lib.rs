@@ -23,12 +23,14 @@
 #![warn(missing_docs)]
 
 pub mod allowed_ips;
+pub mod cluster;
 pub mod device;
 pub mod icmp;
 pub mod keys;
 pub mod offload;
 pub mod packet;
 pub mod session;
+pub mod store;
 pub mod tun;
 pub mod udp;
 mod wait;

@@ -22,6 +22,7 @@
 
 mod bulk;
 mod capture;
+pub mod etcd;
 mod exec;
 mod forwarded;
 mod netd_host;

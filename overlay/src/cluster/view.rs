@@ -1,0 +1,328 @@
+//! The typed peer view built from the raw keys, with bad data filtered out,
+//! and the difference between two views (what a caller applies).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+
+use ipnetwork::IpNetwork;
+
+use super::records::{
+    parse_subnet_key, ClusterConfig, HostRecord, ALIVE, CONFIG_KEY, HOSTS, SUBNETS,
+};
+use super::HostId;
+use crate::store::{KeyValue, Revision};
+use crate::PublicKey;
+
+/// One host as its peers see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostView {
+    /// The host's id.
+    pub id: HostId,
+    /// Its name.
+    pub name: String,
+    /// Its WireGuard public key.
+    pub public_key: PublicKey,
+    /// Its key epoch.
+    pub key_epoch: u64,
+    /// The endpoint it advertises (peers set it only when this value changes).
+    pub endpoint: Option<SocketAddr>,
+    /// Its subnets, IPv4 first.
+    pub subnets: Vec<IpNetwork>,
+    /// Whether its liveness key is present.
+    pub alive: bool,
+}
+
+/// Every valid host of the cluster at one revision.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerView {
+    /// The store revision the view reflects.
+    pub revision: Revision,
+    /// The cluster config in force (the first valid one seen; later changes are refused).
+    pub config: Option<ClusterConfig>,
+    /// The hosts, by id (this host included: callers skip their own id).
+    pub hosts: BTreeMap<HostId, HostView>,
+}
+
+/// A field of a host that changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum HostField {
+    /// The name.
+    Name,
+    /// The public key or its epoch.
+    PublicKey,
+    /// The advertised endpoint.
+    Endpoint,
+    /// The subnets.
+    Subnets,
+    /// Alive or dead.
+    Liveness,
+}
+
+/// A host that changed, and how.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostChange {
+    /// The host as it is now.
+    pub host: HostView,
+    /// What changed.
+    pub fields: Vec<HostField>,
+}
+
+/// What changed between two views.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ViewDiff {
+    /// New hosts.
+    pub added: Vec<HostView>,
+    /// Hosts with changed fields.
+    pub changed: Vec<HostChange>,
+    /// Hosts that are gone (left, forgotten, reclaimed), as they were.
+    pub removed: Vec<HostView>,
+}
+
+impl ViewDiff {
+    /// True when nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.changed.is_empty() && self.removed.is_empty()
+    }
+
+    /// What turns `old` into `new`.
+    pub fn between(old: &PeerView, new: &PeerView) -> ViewDiff {
+        let mut diff = ViewDiff::default();
+        for (id, host) in &new.hosts {
+            let Some(before) = old.hosts.get(id) else {
+                diff.added.push(host.clone());
+                continue;
+            };
+            let mut fields = Vec::new();
+            if before.name != host.name {
+                fields.push(HostField::Name);
+            }
+            if before.public_key != host.public_key || before.key_epoch != host.key_epoch {
+                fields.push(HostField::PublicKey);
+            }
+            if before.endpoint != host.endpoint {
+                fields.push(HostField::Endpoint);
+            }
+            if before.subnets != host.subnets {
+                fields.push(HostField::Subnets);
+            }
+            if before.alive != host.alive {
+                fields.push(HostField::Liveness);
+            }
+            if !fields.is_empty() {
+                diff.changed.push(HostChange {
+                    host: host.clone(),
+                    fields,
+                });
+            }
+        }
+        diff.removed = old
+            .hosts
+            .iter()
+            .filter(|(id, _)| !new.hosts.contains_key(*id))
+            .map(|(_, h)| h.clone())
+            .collect();
+        diff
+    }
+}
+
+/// Why a key was ignored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum BadDataReason {
+    /// The value is not the JSON record the key calls for.
+    NotJson,
+    /// The public key does not parse.
+    BadKey,
+    /// The endpoint is not `ip:port`.
+    BadEndpoint,
+    /// A subnet is held by another host (or overlaps another host's).
+    OverlappingSubnet,
+    /// A subnet is not a host subnet of the cluster's range, or no reservation names it.
+    SubnetNotReserved,
+    /// The key's name is malformed (a host id or subnet that does not parse, an id that differs from the record's).
+    BadKeyName,
+    /// The config differs from the one the cluster runs with.
+    ConfigChanged,
+}
+
+impl BadDataReason {
+    /// A short stable name, for logs and metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BadDataReason::NotJson => "not_json",
+            BadDataReason::BadKey => "bad_key",
+            BadDataReason::BadEndpoint => "bad_endpoint",
+            BadDataReason::OverlappingSubnet => "overlapping_subnet",
+            BadDataReason::SubnetNotReserved => "subnet_not_reserved",
+            BadDataReason::BadKeyName => "bad_key_name",
+            BadDataReason::ConfigChanged => "config_changed",
+        }
+    }
+}
+
+/// A key the view ignored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    /// The key.
+    pub key: String,
+    /// Its revision (a rejection is counted once per revision of the key).
+    pub mod_revision: Revision,
+    /// Why.
+    pub reason: BadDataReason,
+    /// The details.
+    pub detail: String,
+}
+
+/// Builds the view from the raw keys under `/weft/v1/`. `pinned` is the config
+/// the cluster runs with (None: take the stored one). Returns what it ignored.
+pub fn build(
+    keys: &BTreeMap<String, KeyValue>,
+    pinned: Option<&ClusterConfig>,
+    revision: Revision,
+) -> (PeerView, Vec<Rejection>) {
+    let mut rejections = Vec::new();
+    let mut reject = |kv: &KeyValue, reason, detail: String| {
+        rejections.push(Rejection {
+            key: kv.key.clone(),
+            mod_revision: kv.mod_revision,
+            reason,
+            detail,
+        })
+    };
+    let mut config = pinned.cloned();
+    if let Some(kv) = keys.get(CONFIG_KEY) {
+        match serde_json::from_slice::<ClusterConfig>(&kv.value) {
+            Err(e) => reject(kv, BadDataReason::NotJson, e.to_string()),
+            Ok(stored) => match &config {
+                Some(pinned) if *pinned != stored => reject(
+                    kv,
+                    BadDataReason::ConfigChanged,
+                    format!("running with {pinned:?}, the store now says {stored:?}"),
+                ),
+                Some(_) => {}
+                None => match stored.validate() {
+                    Ok(()) => config = Some(stored),
+                    Err(e) => reject(kv, BadDataReason::NotJson, e.to_string()),
+                },
+            },
+        }
+    }
+    let mut holders: HashMap<IpNetwork, &str> = HashMap::new();
+    for (key, kv) in keys
+        .range(SUBNETS.to_string()..)
+        .take_while(|(k, _)| k.starts_with(SUBNETS))
+    {
+        match parse_subnet_key(key) {
+            Some(subnet) => {
+                holders.insert(subnet, std::str::from_utf8(&kv.value).unwrap_or(""));
+            }
+            None => reject(
+                kv,
+                BadDataReason::BadKeyName,
+                "not a subnet key (<address>-<length>)".into(),
+            ),
+        }
+    }
+    let mut hosts: BTreeMap<HostId, HostView> = BTreeMap::new();
+    let mut taken: Vec<(IpNetwork, HostId)> = Vec::new();
+    for (key, kv) in keys
+        .range(HOSTS.to_string()..)
+        .take_while(|(k, _)| k.starts_with(HOSTS))
+    {
+        let record: HostRecord = match serde_json::from_slice(&kv.value) {
+            Ok(r) => r,
+            Err(e) => {
+                reject(kv, BadDataReason::NotJson, e.to_string());
+                continue;
+            }
+        };
+        if key.strip_prefix(HOSTS) != Some(record.id.as_str()) {
+            reject(
+                kv,
+                BadDataReason::BadKeyName,
+                format!("the record names host {}", record.id),
+            );
+            continue;
+        }
+        let public_key: PublicKey = match record.public_key.parse() {
+            Ok(k) => k,
+            Err(e) => {
+                reject(
+                    kv,
+                    BadDataReason::BadKey,
+                    format!("{}: {e}", record.public_key),
+                );
+                continue;
+            }
+        };
+        let endpoint = match record.endpoint.as_deref().map(str::parse::<SocketAddr>) {
+            None => None,
+            Some(Ok(e)) => Some(e),
+            Some(Err(e)) => {
+                reject(
+                    kv,
+                    BadDataReason::BadEndpoint,
+                    format!("{:?}: {e}", record.endpoint),
+                );
+                continue;
+            }
+        };
+        let subnets = record.subnets();
+        let problem = subnets.iter().find_map(|subnet| {
+            let in_range = config.as_ref().is_some_and(|c| match subnet {
+                IpNetwork::V4(s) => c.holds_ipv4(*s),
+                IpNetwork::V6(s) => c.holds_ipv6(*s),
+            });
+            if let Some((_, other)) = taken.iter().find(|(t, _)| overlaps(*t, *subnet)) {
+                return Some((
+                    BadDataReason::OverlappingSubnet,
+                    format!("{subnet} overlaps host {other}'s"),
+                ));
+            }
+            match holders.get(subnet) {
+                Some(holder) if *holder == record.id.as_str() && in_range => None,
+                Some(holder) if *holder != record.id.as_str() => Some((
+                    BadDataReason::OverlappingSubnet,
+                    format!("{subnet} is reserved by host {holder}"),
+                )),
+                _ => Some((
+                    BadDataReason::SubnetNotReserved,
+                    format!("{subnet} is not a reserved subnet of the cluster range"),
+                )),
+            }
+        });
+        if let Some((reason, detail)) = problem {
+            reject(kv, reason, detail);
+            continue;
+        }
+        taken.extend(subnets.iter().map(|s| (*s, record.id.clone())));
+        let alive = keys.contains_key(&format!("{ALIVE}{}", record.id));
+        hosts.insert(
+            record.id.clone(),
+            HostView {
+                id: record.id,
+                name: record.name,
+                public_key,
+                key_epoch: record.key_epoch,
+                endpoint,
+                subnets,
+                alive,
+            },
+        );
+    }
+    (
+        PeerView {
+            revision,
+            config,
+            hosts,
+        },
+        rejections,
+    )
+}
+
+fn overlaps(a: IpNetwork, b: IpNetwork) -> bool {
+    match (a, b) {
+        (IpNetwork::V4(a), IpNetwork::V4(b)) => a.overlaps(b),
+        (IpNetwork::V6(a), IpNetwork::V6(b)) => a.overlaps(b),
+        _ => false,
+    }
+}
