@@ -1,6 +1,8 @@
 //! overlay: weft's encrypted data path between hosts — a WireGuard device
 //! (TUN link, one UDP socket, one boringtun Noise session per peer) that netd
-//! drives. The cluster store comes later (issue 5).
+//! drives — and the cluster's shared state: a store trait with etcd and
+//! in-memory backends ([`store`]) and the records, membership, liveness and
+//! peer view built on it ([`cluster`]).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), overlay::Error> {
