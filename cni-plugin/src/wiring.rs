@@ -110,7 +110,7 @@ pub fn configured_subnets(conf: &NetConf) -> Result<Vec<IpNetwork>, CniError> {
 pub fn netd_config(conf: &NetConf, delegated: Option<IpNetwork>) -> Result<netd::Config, CniError> {
     let mut config = netd::Config {
         // By path, not netd's default (the current namespace found by name).
-        netns: Some(crate::host::OWN_NETNS.to_string()),
+        netns: Some(crate::netns::OWN_NETNS.to_string()),
         bridge: conf.bridge_name().to_string(),
         state_dir: state_dir(conf),
         mtu: conf.mtu,
@@ -251,13 +251,46 @@ pub fn delegated_gateways(conf: &NetConf, ipam: &CniResult) -> Vec<IpAddr> {
     gateways
 }
 
-/// The routes of a delegated result other than the default routes netd adds.
-pub fn extra_routes(ipam: &CniResult) -> Vec<Route> {
+/// The routes of a delegated result other than the default routes netd
+/// adds, as netd's container routes: a route without a gateway goes via the
+/// result's gateway of its family, as the reference bridge plugin does.
+pub fn extra_routes(ipam: &CniResult) -> Vec<netd::ContainerRoute> {
     ipam.routes
         .iter()
         .filter(|r| r.dst.prefix() != 0)
-        .cloned()
+        .map(|r| netd::ContainerRoute {
+            dst: r.dst,
+            gw: r.gw.or_else(|| family_gateway(ipam, r.dst.is_ipv6())),
+            metric: r.priority,
+            table: r.table,
+        })
         .collect()
+}
+
+/// The gateway of the result's first address in a family that has one.
+fn family_gateway(ipam: &CniResult, v6: bool) -> Option<IpAddr> {
+    ipam.ips
+        .iter()
+        .filter(|ip| ip.address.is_ipv6() == v6)
+        .find_map(|ip| ip.gateway)
+}
+
+/// The addresses a delegated result puts on the bridge when it is the
+/// containers' gateway (`isGateway`, `isDefaultGateway`): each gateway with
+/// the prefix of its address.
+pub fn bridge_addresses(conf: &NetConf, ipam: &CniResult) -> Vec<IpNetwork> {
+    if !(conf.is_gateway || conf.is_default_gateway) {
+        return Vec::new();
+    }
+    let mut addresses: Vec<IpNetwork> = Vec::new();
+    for ip in &ipam.ips {
+        let Some(gw) = ip.gateway else { continue };
+        let net = IpNetwork::new(gw, ip.address.prefix()).expect("prefix of an address");
+        if !addresses.iter().any(|a| a.ip() == gw) {
+            addresses.push(net);
+        }
+    }
+    addresses
 }
 
 /// netd's attach request for a CNI ADD. `ip` and `ip6` come from the
@@ -299,6 +332,8 @@ pub fn attach_request(
                 ips: ipam.ips.iter().map(|ip| ip.address).collect(),
                 gateways: delegated_gateways(conf, ipam),
             });
+            netd_req.routes = extra_routes(ipam);
+            netd_req.bridge_addresses = bridge_addresses(conf, ipam);
         }
         Addressing::Builtin { requested } => {
             for text in requested {
@@ -335,10 +370,8 @@ pub fn attach_request(
 /// The CNI result of an attach: the bridge, the host end, the container end.
 pub struct Attached<'a> {
     pub bridge: &'a str,
-    pub bridge_mac: Option<String>,
-    pub host_mac: Option<String>,
+    /// netd's answer, which also reports the MACs and the MTU.
     pub netd: &'a netd::AttachResult,
-    pub container_mtu: Option<u32>,
     /// The delegated IPAM's result, whose gateways, routes and DNS are kept.
     pub ipam: Option<&'a CniResult>,
 }
@@ -349,18 +382,18 @@ pub fn cni_result(conf: &NetConf, a: &Attached) -> CniResult {
     let interfaces = vec![
         Interface {
             name: a.bridge.to_string(),
-            mac: a.bridge_mac.clone(),
+            mac: a.netd.bridge_mac.map(|m| m.to_string()),
             ..Default::default()
         },
         Interface {
             name: host.name.clone(),
-            mac: a.host_mac.clone(),
+            mac: a.netd.host_mac.map(|m| m.to_string()),
             ..Default::default()
         },
         Interface {
             name: container.name.clone(),
             mac: container.mac.map(|m| m.to_string()),
-            mtu: a.container_mtu,
+            mtu: a.netd.mtu,
             sandbox: container.sandbox.as_ref().map(|p| p.display().to_string()),
             ..Default::default()
         },

@@ -3,7 +3,8 @@
 
 use plumb::{Netlink, Netns};
 
-use super::Endpoints;
+use super::request::CheckExpected;
+use super::{extras, Endpoints};
 use crate::error::{Error, KernelContext, Result};
 use crate::state::{Endpoint, Phase};
 
@@ -20,6 +21,12 @@ impl Endpoints {
     /// addresses and routes are all in place; otherwise an error saying what
     /// is wrong. Changes nothing.
     pub async fn check(&self, key: &str) -> Result<()> {
+        self.check_expecting(key, &CheckExpected::default()).await
+    }
+
+    /// [`Endpoints::check`], and also every address and route of
+    /// `expected` in the container (what a CNI `prevResult` lists).
+    pub async fn check_expecting(&self, key: &str, expected: &CheckExpected) -> Result<()> {
         let state = self.host.store().read()?;
         let Some(ep) = state.find(key) else {
             return Err(Error::NotFound(format!("container {key} is not attached")));
@@ -30,7 +37,11 @@ impl Endpoints {
                 ep.name
             )));
         }
-        match self.health(ep).await? {
+        let health = match self.health(ep).await? {
+            Health::Ok => self.beyond_the_record(ep, expected).await?,
+            other => other,
+        };
+        match health {
             Health::Ok => {
                 // The container's links being right is half of it: its NAT and
                 // published ports live in the host's firewall.
@@ -54,6 +65,50 @@ impl Endpoints {
                 ep.name
             ))),
         }
+    }
+
+    /// What CHECK looks at beside the endpoint's health: its bridge
+    /// addresses, and what the caller expects in the container.
+    async fn beyond_the_record(&self, ep: &Endpoint, expected: &CheckExpected) -> Result<Health> {
+        let ctx = |what: &str| format!("check container {}: {what}", ep.name);
+        if !ep.bridge_addresses.is_empty() {
+            let nl = self.host.netlink().await?;
+            let bridge = &self.host.config().bridge;
+            let present = nl
+                .link_addresses(bridge)
+                .await
+                .ctx(|| ctx(&format!("list the addresses of {bridge}")))?;
+            if let Some(gone) = ep
+                .bridge_addresses
+                .iter()
+                .find(|a| !present.iter().any(|p| p.ip() == a.ip()))
+            {
+                return Ok(Health::Broken(format!(
+                    "its gateway address {gone} is missing on bridge {bridge}"
+                )));
+            }
+        }
+        if expected == &CheckExpected::default() {
+            return Ok(Health::Ok);
+        }
+        let Some(netns) = self.container_netns(ep)? else {
+            return Ok(Health::ContainerGone);
+        };
+        let cnl = Netlink::open(&netns)
+            .await
+            .ctx(|| ctx(&format!("open netlink in {}", netns.label())))?;
+        let Some(link) = cnl.link(&ep.ifname).await.ctx(|| ctx("list links"))? else {
+            return Ok(Health::Broken(format!(
+                "{} is missing in the container",
+                ep.ifname
+            )));
+        };
+        Ok(
+            match extras::expected_missing(&cnl, &link, expected).await? {
+                Some(why) => Health::Broken(why),
+                None => Health::Ok,
+            },
+        )
     }
 
     /// Opens the endpoint's namespace if it is still the one it was attached in.
@@ -132,6 +187,9 @@ impl Endpoints {
                     "the default route via {gw} is missing"
                 )));
             }
+        }
+        if let Some(why) = extras::routes_missing(&cnl, ep).await? {
+            return Ok(Health::Broken(why));
         }
         Ok(Health::Ok)
     }

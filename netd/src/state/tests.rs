@@ -181,6 +181,8 @@ fn attached(id: &str) -> Endpoint {
         ips: vec![],
         gateways: vec![],
         ports: vec![],
+        routes: vec![],
+        bridge_addresses: vec![],
         phase: Phase::Attached,
     }
 }
