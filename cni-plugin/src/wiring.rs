@@ -9,6 +9,7 @@ use ipnetwork::IpNetwork;
 use md5::{Digest, Md5};
 
 use crate::backend::{Addressing, AttachRequest};
+use crate::delegated;
 use crate::error::CniError;
 use crate::result::{CniResult, Interface, IpConfig, Route};
 use crate::types::{NetConf, PortMapping, DEFAULT_BRIDGE};
@@ -251,48 +252,6 @@ pub fn delegated_gateways(conf: &NetConf, ipam: &CniResult) -> Vec<IpAddr> {
     gateways
 }
 
-/// The routes of a delegated result other than the default routes netd
-/// adds, as netd's container routes: a route without a gateway goes via the
-/// result's gateway of its family, as the reference bridge plugin does.
-pub fn extra_routes(ipam: &CniResult) -> Vec<netd::ContainerRoute> {
-    ipam.routes
-        .iter()
-        .filter(|r| r.dst.prefix() != 0)
-        .map(|r| netd::ContainerRoute {
-            dst: r.dst,
-            gw: r.gw.or_else(|| family_gateway(ipam, r.dst.is_ipv6())),
-            metric: r.priority,
-            table: r.table,
-        })
-        .collect()
-}
-
-/// The gateway of the result's first address in a family that has one.
-fn family_gateway(ipam: &CniResult, v6: bool) -> Option<IpAddr> {
-    ipam.ips
-        .iter()
-        .filter(|ip| ip.address.is_ipv6() == v6)
-        .find_map(|ip| ip.gateway)
-}
-
-/// The addresses a delegated result puts on the bridge when it is the
-/// containers' gateway (`isGateway`, `isDefaultGateway`): each gateway with
-/// the prefix of its address.
-pub fn bridge_addresses(conf: &NetConf, ipam: &CniResult) -> Vec<IpNetwork> {
-    if !(conf.is_gateway || conf.is_default_gateway) {
-        return Vec::new();
-    }
-    let mut addresses: Vec<IpNetwork> = Vec::new();
-    for ip in &ipam.ips {
-        let Some(gw) = ip.gateway else { continue };
-        let net = IpNetwork::new(gw, ip.address.prefix()).expect("prefix of an address");
-        if !addresses.iter().any(|a| a.ip() == gw) {
-            addresses.push(net);
-        }
-    }
-    addresses
-}
-
 /// netd's attach request for a CNI ADD. `ip` and `ip6` come from the
 /// requested static addresses or from the range (`range`), which netd
 /// allocates from under its lock.
@@ -332,8 +291,8 @@ pub fn attach_request(
                 ips: ipam.ips.iter().map(|ip| ip.address).collect(),
                 gateways: delegated_gateways(conf, ipam),
             });
-            netd_req.routes = extra_routes(ipam);
-            netd_req.bridge_addresses = bridge_addresses(conf, ipam);
+            netd_req.routes = delegated::extra_routes(ipam);
+            netd_req.bridge_addresses = delegated::bridge_addresses(conf, ipam);
         }
         Addressing::Builtin { requested } => {
             for text in requested {
