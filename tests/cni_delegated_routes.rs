@@ -273,3 +273,83 @@ async fn the_daemon_owns_the_delegated_routes_and_gateway() {
     assert!(bridge_addresses(&a, bridge).contains(&"10.87.0.1/24".to_string()));
     assert!(cni::netd_state(&netd.state_dir).unwrap().0.is_empty());
 }
+
+/// A route the kernel refuses (its gateway is not reachable) fails the
+/// attach and undoes all of it: no veth, no record, and the bridge address
+/// it brought goes unless another endpoint needs it.
+#[tokio::test]
+async fn a_refused_route_undoes_the_whole_attach() {
+    require_root!();
+    let world = World::new().await.unwrap();
+    let a = world.host("a").await.unwrap();
+    let dir = TestDir::new(&world).unwrap();
+    let bridge = "weftrb0";
+    let config = netd::Config {
+        bridge: bridge.into(),
+        state_dir: dir.0.join("state"),
+        subnet: "10.90.0.0/24".parse().unwrap(),
+        ..netd::Config::default()
+    };
+    let network = netd::Network::open_in(config, a.netns.clone(), None).unwrap();
+    let request =
+        |c: &Container, address: &str, routes: Vec<netd::ContainerRoute>| netd::AttachRequest {
+            netns: format!("/run/netns/{}", c.netns_name),
+            id: Some(c.name.clone()),
+            assigned: Some(netd::AssignedAddresses {
+                ips: vec![address.parse().unwrap()],
+                gateways: vec!["10.89.0.254".parse().unwrap()],
+            }),
+            bridge_addresses: vec!["10.89.0.254/24".parse().unwrap()],
+            routes,
+            ..Default::default()
+        };
+    let unreachable = netd::ContainerRoute {
+        dst: "192.0.2.0/24".parse().unwrap(),
+        gw: Some("203.0.113.1".parse().unwrap()),
+        metric: None,
+        table: None,
+    };
+    let veths = || -> Vec<String> {
+        ip_json(&a.netns, &["-d", "link", "show"])
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| l["linkinfo"]["info_kind"] == "veth")
+            .map(|l| l["ifname"].as_str().unwrap_or_default().to_string())
+            // The host's own uplink is a veth too.
+            .filter(|name| name.starts_with(netd::endpoints::HOST_IFNAME_PREFIX))
+            .collect()
+    };
+
+    let c1 = a.container("c1").unwrap();
+    let err = network
+        .attach(request(&c1, "10.89.0.5/24", vec![unreachable]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), netd::ErrorKind::Kernel, "{err}");
+    assert!(err.to_string().contains("192.0.2.0/24"), "{err}");
+    assert!(veths().is_empty(), "{:?}", veths());
+    assert!(ip_json(&c1.netns, &["link", "show", "eth0"]).is_err());
+    assert!(network.list().unwrap().is_empty());
+    let left = bridge_addresses(&a, bridge);
+    assert!(!left.contains(&"10.89.0.254/24".to_string()), "{left:?}");
+
+    // With c2 attached and needing the same gateway, c1's failure keeps it.
+    let c2 = a.container("c2").unwrap();
+    network
+        .attach(request(&c2, "10.89.0.6/24", vec![]))
+        .await
+        .unwrap();
+    network
+        .attach(request(&c1, "10.89.0.5/24", vec![unreachable]))
+        .await
+        .unwrap_err();
+    let left = bridge_addresses(&a, bridge);
+    assert!(left.contains(&"10.89.0.254/24".to_string()), "{left:?}");
+    assert_eq!(network.list().unwrap().len(), 1);
+    network.detach("c2").await.unwrap();
+    let left = bridge_addresses(&a, bridge);
+    assert!(!left.contains(&"10.89.0.254/24".to_string()), "{left:?}");
+    assert!(veths().is_empty(), "{:?}", veths());
+}
