@@ -37,8 +37,8 @@ impl Endpoints {
                 ep.name
             )));
         }
-        let health = match self.health(ep).await? {
-            Health::Ok => self.beyond_the_record(ep, expected).await?,
+        let health = match self.health(ep, expected).await? {
+            Health::Ok => self.bridge_addresses_health(ep).await?,
             other => other,
         };
         match health {
@@ -67,45 +67,29 @@ impl Endpoints {
         }
     }
 
-    /// What CHECK looks at beside the endpoint's health: its bridge
-    /// addresses, and what the caller expects in the container.
-    async fn beyond_the_record(&self, ep: &Endpoint, expected: &CheckExpected) -> Result<Health> {
-        let ctx = |what: &str| format!("check container {}: {what}", ep.name);
-        if !ep.bridge_addresses.is_empty() {
-            let nl = self.host.netlink().await?;
-            let bridge = &self.host.config().bridge;
-            let present = nl
-                .link_addresses(bridge)
-                .await
-                .ctx(|| ctx(&format!("list the addresses of {bridge}")))?;
-            if let Some(gone) = ep
+    /// The endpoint's addresses on the bridge (its gateways), which CHECK
+    /// looks at and reconciliation restores for all endpoints at once.
+    async fn bridge_addresses_health(&self, ep: &Endpoint) -> Result<Health> {
+        if ep.bridge_addresses.is_empty() {
+            return Ok(Health::Ok);
+        }
+        let nl = self.host.netlink().await?;
+        let bridge = &self.host.config().bridge;
+        let present = nl.link_addresses(bridge).await.ctx(|| {
+            format!(
+                "check container {}: list the addresses of {bridge}",
+                ep.name
+            )
+        })?;
+        Ok(
+            match ep
                 .bridge_addresses
                 .iter()
                 .find(|a| !present.iter().any(|p| p.ip() == a.ip()))
             {
-                return Ok(Health::Broken(format!(
+                Some(gone) => Health::Broken(format!(
                     "its gateway address {gone} is missing on bridge {bridge}"
-                )));
-            }
-        }
-        if expected == &CheckExpected::default() {
-            return Ok(Health::Ok);
-        }
-        let Some(netns) = self.container_netns(ep)? else {
-            return Ok(Health::ContainerGone);
-        };
-        let cnl = Netlink::open(&netns)
-            .await
-            .ctx(|| ctx(&format!("open netlink in {}", netns.label())))?;
-        let Some(link) = cnl.link(&ep.ifname).await.ctx(|| ctx("list links"))? else {
-            return Ok(Health::Broken(format!(
-                "{} is missing in the container",
-                ep.ifname
-            )));
-        };
-        Ok(
-            match extras::expected_missing(&cnl, &link, expected).await? {
-                Some(why) => Health::Broken(why),
+                )),
                 None => Health::Ok,
             },
         )
@@ -124,7 +108,10 @@ impl Endpoints {
         }
     }
 
-    pub(super) async fn health(&self, ep: &Endpoint) -> Result<Health> {
+    /// How the endpoint looks in the kernel, and whether `expected` (what
+    /// CHECK's caller expects beyond the record; empty for reconciliation)
+    /// is in the container too.
+    pub(super) async fn health(&self, ep: &Endpoint, expected: &CheckExpected) -> Result<Health> {
         let nl = self.host.netlink().await?;
         let Some(netns) = self.container_netns(ep)? else {
             return Ok(Health::ContainerGone);
@@ -189,6 +176,9 @@ impl Endpoints {
             }
         }
         if let Some(why) = extras::routes_missing(&cnl, ep).await? {
+            return Ok(Health::Broken(why));
+        }
+        if let Some(why) = extras::expected_missing(&cnl, &link, &addrs, expected).await? {
             return Ok(Health::Broken(why));
         }
         Ok(Health::Ok)

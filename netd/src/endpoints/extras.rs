@@ -224,24 +224,19 @@ pub(super) async fn routes_missing(cnl: &Netlink, ep: &Endpoint) -> Result<Optio
 }
 
 /// CHECK's comparison with what the caller expects: every address on the
-/// interface `link`, every route in the namespace.
+/// interface `link` (which holds `addrs`), every route in the namespace.
 pub(super) async fn expected_missing(
     cnl: &Netlink,
     link: &Link,
+    addrs: &[plumb::Address],
     expected: &CheckExpected,
 ) -> Result<Option<String>> {
-    if !expected.ips.is_empty() {
-        let addrs = cnl
-            .addresses(Some(link.index))
-            .await
-            .ctx(|| "list the container's addresses")?;
-        if let Some(ip) = expected
-            .ips
-            .iter()
-            .find(|ip| !addrs.iter().any(|a| a.network == **ip))
-        {
-            return Ok(Some(format!("address {ip} is missing on {}", link.name)));
-        }
+    if let Some(ip) = expected
+        .ips
+        .iter()
+        .find(|ip| !addrs.iter().any(|a| a.network == **ip))
+    {
+        return Ok(Some(format!("address {ip} is missing on {}", link.name)));
     }
     Ok(first_missing(cnl, &expected.routes, true)
         .await?

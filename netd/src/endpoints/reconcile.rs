@@ -130,7 +130,7 @@ impl Endpoints {
                     format!("finished the interrupted detach of container {}", ep.name),
                 )))
             }
-            Phase::Attached => match self.health(ep).await? {
+            Phase::Attached => match self.health(ep, &Default::default()).await? {
                 Health::Ok => Ok(None),
                 Health::ContainerGone => {
                     // Claimed first, so that a detach by another process (a
