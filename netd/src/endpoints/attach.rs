@@ -249,20 +249,7 @@ impl Endpoints {
         if let Some(assigned) = &req.assigned {
             validate_assigned(&name, req, assigned)?;
         }
-        let families = match &req.assigned {
-            Some(a) => (
-                a.ips.iter().any(|ip| ip.is_ipv4()),
-                a.ips.iter().any(|ip| ip.is_ipv6()),
-            ),
-            None => (true, config.subnet6.is_some()),
-        };
-        extras::validate(
-            &name,
-            req,
-            families,
-            &config.subnets(),
-            &self.host.gateways(),
-        )?;
+        extras::validate(&name, req, config, &self.host.gateways())?;
         if req.ip6.is_some() && config.subnet6.is_none() {
             return Err(Error::InvalidInput(format!(
                 "attach container {name}: an IPv6 address was asked for but netd has no subnet6 configured"

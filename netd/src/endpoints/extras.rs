@@ -14,6 +14,7 @@ use plumb::{Link, Netlink, Route};
 use super::request::{AttachRequest, CheckExpected};
 use super::Endpoints;
 use crate::action::Action;
+use crate::config::Config;
 use crate::error::{Error, KernelContext, Result};
 use crate::state::{ContainerRoute, Endpoint, Phase};
 
@@ -33,16 +34,23 @@ fn family(v6: bool) -> u8 {
 }
 
 /// Refuses extra routes and bridge addresses the kernel would refuse or
-/// that would take over netd's own: `families` are the address families
-/// the container gets an address in (v4, v6); `own_subnets` the subnets
-/// netd hands out addresses from, with `own_gateways` their gateways.
+/// that would take over netd's own: those of `config`'s subnets, whose
+/// gateways are `own_gateways`.
 pub(super) fn validate(
     name: &str,
     req: &AttachRequest,
-    families: (bool, bool),
-    own_subnets: &[IpNetwork],
+    config: &Config,
     own_gateways: &[IpAddr],
 ) -> Result<()> {
+    // The address families the container gets an address in (v4, v6).
+    let families = match &req.assigned {
+        Some(a) => (
+            a.ips.iter().any(|ip| ip.is_ipv4()),
+            a.ips.iter().any(|ip| ip.is_ipv6()),
+        ),
+        None => (true, config.subnet6.is_some()),
+    };
+    let own_subnets = config.subnets();
     let mut seen = BTreeSet::new();
     for route in &req.routes {
         let dst = route.dst;
@@ -398,13 +406,12 @@ mod tests {
             }),
             ..Default::default()
         };
-        validate(
-            "c",
-            &req,
-            (true, false),
-            &["10.66.0.0/16".parse().unwrap()],
-            &["10.66.0.1".parse().unwrap()],
-        )
+        let config = Config {
+            subnet: "10.66.0.0/16".parse().unwrap(),
+            subnet6: None,
+            ..Config::default()
+        };
+        validate("c", &req, &config, &["10.66.0.1".parse().unwrap()])
     }
 
     fn err(r: Result<()>) -> String {
