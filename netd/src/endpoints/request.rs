@@ -67,13 +67,14 @@ pub struct AttachRequest {
     pub assigned: Option<AssignedAddresses>,
     /// Routes to add on the container interface beside the default ones
     /// (a CNI IPAM plugin's): recorded, checked, repaired, and gone with the
-    /// interface.
-    #[serde(default)]
+    /// interface. Left out of the JSON when empty, so that a netd from
+    /// before these fields takes every request that does not use them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<ContainerRoute>,
     /// Addresses to put on the bridge beside netd's own gateways (a CNI IPAM
     /// plugin's gateways, `isGateway`), with their prefix: kept while an
     /// endpoint needs them.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bridge_addresses: Vec<IpNetwork>,
 }
 
@@ -279,6 +280,26 @@ mod tests {
         assert_ne!(a, host_ifname("c2"));
         assert_eq!(a.len(), 14);
         assert!(plumb::validate_ifname(&host_ifname(&"x".repeat(200))).is_ok());
+    }
+
+    #[test]
+    fn requests_without_routes_or_bridge_addresses_are_written_as_before() {
+        let plain = serde_json::to_string(&AttachRequest {
+            netns: "/run/netns/c1".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(
+            !plain.contains("routes") && !plain.contains("bridge_addresses"),
+            "{plain}"
+        );
+        let old: AttachRequest = serde_json::from_str(r#"{"netns": "/run/netns/c1"}"#).unwrap();
+        assert!(old.routes.is_empty() && old.bridge_addresses.is_empty());
+        let bad = serde_json::from_str::<AttachRequest>(
+            r#"{"netns": "x", "routes": [{"dst": "192.0.2.0/24", "via": "10.0.0.1"}]}"#,
+        )
+        .unwrap_err();
+        assert!(bad.to_string().contains("via"), "{bad}");
     }
 
     #[test]
