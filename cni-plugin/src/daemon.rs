@@ -8,10 +8,9 @@ use std::path::{Path, PathBuf};
 use netd::api::client::Client;
 use netd::api::Status;
 
-use crate::backend::common::{self, attachment_of, check_common, finish_add};
+use crate::backend::common::{self, add_result, attachment_of, expected_by_check, refuse_overlap};
 use crate::backend::{AttachRequest, Backend, CheckRequest, DetachRequest};
 use crate::error::{api_error, CniError, ErrorCode};
-use crate::host;
 use crate::range;
 use crate::result::CniResult;
 use crate::types::{Attachment, NetConf};
@@ -89,8 +88,7 @@ impl Backend for Daemon {
             }
             let subnets = wiring::configured_subnets(conf)?;
             if conf.ipam_delegate().is_some() {
-                let nl = host::own_netlink().await?;
-                host::check_overlap(&nl, &subnets, conf.bridge_name()).await?;
+                refuse_overlap(&subnets, conf.bridge_name()).await?;
             }
             Ok(())
         })
@@ -113,11 +111,7 @@ impl Backend for Daemon {
                 .post("/v1/containers", &netd_req)
                 .await
                 .map_err(|e| self.err(e))?;
-            let nl = host::own_netlink().await?;
-            finish_add(&nl, request, &attached, || async {
-                let _: Result<netd::DetachReport, _> = self.client.delete(&detach_path(&id)).await;
-            })
-            .await
+            Ok(add_result(request, &attached))
         })
     }
 
@@ -152,12 +146,13 @@ impl Backend for Daemon {
                         e.to_string(),
                     )
                 })?;
+            let expected = expected_by_check(request, &recorded)?;
             let _: serde_json::Value = self
                 .client
-                .get(&format!("/v1/containers/{id}/check"))
+                .post(&format!("/v1/containers/{id}/check"), &expected)
                 .await
                 .map_err(|e| self.err(e).context("CHECK"))?;
-            check_common(request, &recorded).await
+            Ok(())
         })
     }
 

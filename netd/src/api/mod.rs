@@ -7,6 +7,7 @@
 //! | POST   /v1/containers             | AttachRequest   | AttachResult      |
 //! | GET    /v1/containers/{id|name}   |                 | AttachResult      |
 //! | GET    /v1/containers/{id}/check  |                 | {"ok": true}      |
+//! | POST   /v1/containers/{id}/check  | CheckExpected   | {"ok": true}      |
 //! | DELETE /v1/containers/{id|name}   |                 | DetachReport      |
 //! | POST   /v1/containers/{id}/ports  | PortsRequest    | published ports   |
 //! | DELETE /v1/containers/{id}/ports  | PortsRequest    | withdrawn ports   |

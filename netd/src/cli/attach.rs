@@ -55,6 +55,7 @@ pub async fn run(args: AttachArgs) -> Result<()> {
         mtu: args.mtu,
         ports: args.ports,
         assigned: None,
+        ..Default::default()
     };
     let result: AttachResult = args
         .client

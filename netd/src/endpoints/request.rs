@@ -12,7 +12,7 @@ use plumb::{MacAddr, Netns};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::state::Endpoint;
+use crate::state::{ContainerRoute, Endpoint};
 
 /// The container interface's default name.
 pub const DEFAULT_IFNAME: &str = "eth0";
@@ -65,6 +65,29 @@ pub struct AttachRequest {
     /// reserves nothing for them. Excludes `ip` and `ip6`.
     #[serde(default)]
     pub assigned: Option<AssignedAddresses>,
+    /// Routes to add on the container interface beside the default ones
+    /// (a CNI IPAM plugin's): recorded, checked, repaired, and gone with the
+    /// interface. Left out of the JSON when empty, so that a netd from
+    /// before these fields takes every request that does not use them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<ContainerRoute>,
+    /// Addresses to put on the bridge beside netd's own gateways (a CNI IPAM
+    /// plugin's gateways, `isGateway`), with their prefix: kept while an
+    /// endpoint needs them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bridge_addresses: Vec<IpNetwork>,
+}
+
+/// What CHECK expects in the container beyond the endpoint's record: the
+/// addresses on its interface and the routes (destination, and gateway when
+/// given; metric and table are not compared) of a CNI `prevResult`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckExpected {
+    #[serde(default)]
+    pub ips: Vec<IpNetwork>,
+    #[serde(default)]
+    pub routes: Vec<ContainerRoute>,
 }
 
 /// Addresses and default gateways decided outside netd, for [`AttachRequest::assigned`].
@@ -88,6 +111,19 @@ pub struct AttachResult {
     pub routes: Vec<RouteInfo>,
     pub mac: Option<MacAddr>,
     pub ports: Vec<PublishedPort>,
+    /// The routes beside the default ones, as recorded.
+    #[serde(default)]
+    pub extra_routes: Vec<ContainerRoute>,
+    /// The bridge's MAC, read by the attach (none from a lookup).
+    #[serde(default)]
+    pub bridge_mac: Option<MacAddr>,
+    /// The host end's MAC, known to the attach (none from a lookup).
+    #[serde(default)]
+    pub host_mac: Option<MacAddr>,
+    /// The MTU of both ends of the pair, as the kernel set it (the
+    /// recorded one from a lookup, none when the kernel's default was taken).
+    #[serde(default)]
+    pub mtu: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,6 +190,10 @@ impl From<&Endpoint> for AttachResult {
             routes,
             mac: ep.mac,
             ports: ep.ports.clone(),
+            extra_routes: ep.routes.clone(),
+            bridge_mac: None,
+            host_mac: None,
+            mtu: ep.mtu,
         }
     }
 }
@@ -240,6 +280,26 @@ mod tests {
         assert_ne!(a, host_ifname("c2"));
         assert_eq!(a.len(), 14);
         assert!(plumb::validate_ifname(&host_ifname(&"x".repeat(200))).is_ok());
+    }
+
+    #[test]
+    fn requests_without_routes_or_bridge_addresses_are_written_as_before() {
+        let plain = serde_json::to_string(&AttachRequest {
+            netns: "/run/netns/c1".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(
+            !plain.contains("routes") && !plain.contains("bridge_addresses"),
+            "{plain}"
+        );
+        let old: AttachRequest = serde_json::from_str(r#"{"netns": "/run/netns/c1"}"#).unwrap();
+        assert!(old.routes.is_empty() && old.bridge_addresses.is_empty());
+        let bad = serde_json::from_str::<AttachRequest>(
+            r#"{"netns": "x", "routes": [{"dst": "192.0.2.0/24", "via": "10.0.0.1"}]}"#,
+        )
+        .unwrap_err();
+        assert!(bad.to_string().contains("via"), "{bad}");
     }
 
     #[test]
