@@ -224,6 +224,7 @@ fn adopt(
         ips: peer.ips.clone(),
         gateways,
         ports: hint.map(|h| h.ports.clone()).unwrap_or_default(),
+        dns_names: hint.map(|h| h.dns_names.clone()).unwrap_or_default(),
         phase: Phase::Attached,
     };
     let adopted = Adopted {

@@ -168,6 +168,10 @@ pub struct Endpoint {
     /// Published ports, bound to the container's addresses.
     #[serde(default)]
     pub ports: Vec<PublishedPort>,
+    /// The names the network's DNS server answers for it, the primary one
+    /// (PTR's answer) first, lowercase; empty: none. Absent in older state.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_names: Vec<String>,
     #[serde(flatten)]
     pub phase: Phase,
 }
@@ -194,6 +198,7 @@ impl Endpoint {
                 .iter()
                 .map(|spec| PublishedPort::parse(spec, ip).unwrap())
                 .collect(),
+            dns_names: vec![],
             phase: Phase::Attached,
         }
     }

@@ -147,6 +147,7 @@ mod tests {
             ips: vec![],
             gateways: vec![],
             ports: vec![],
+            dns_names: vec![],
             phase: netd::Phase::Attached,
         };
         assert_eq!(
