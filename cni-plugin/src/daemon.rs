@@ -21,6 +21,8 @@ pub struct Daemon {
     runtime: tokio::runtime::Runtime,
     client: Client,
     socket: PathBuf,
+    /// The daemon's DNS server, from the status `validate` reads.
+    served_dns: std::sync::OnceLock<Option<netd::api::DnsStatus>>,
 }
 
 /// The socket a config names, else netd's default.
@@ -43,6 +45,7 @@ impl Daemon {
             runtime,
             client: Client::new(&socket),
             socket,
+            served_dns: std::sync::OnceLock::new(),
         })
     }
 
@@ -60,6 +63,7 @@ impl Backend for Daemon {
         wiring::refuse_unsupported(conf)?;
         self.runtime.block_on(async {
             let status = self.status_of().await?;
+            let _ = self.served_dns.set(status.dns.clone());
             if status.bridge != conf.bridge_name() {
                 return Err(CniError::invalid_config(
                     format!(
@@ -114,10 +118,14 @@ impl Backend for Daemon {
                 .await
                 .map_err(|e| self.err(e))?;
             let nl = host::own_netlink().await?;
-            finish_add(&nl, request, &attached, || async {
+            let mut result = finish_add(&nl, request, &attached, || async {
                 let _: Result<netd::DetachReport, _> = self.client.delete(&detach_path(&id)).await;
             })
-            .await
+            .await?;
+            if let Some(Some(served)) = self.served_dns.get() {
+                wiring::names_dns(&mut result, served);
+            }
+            Ok(result)
         })
     }
 

@@ -1,0 +1,243 @@
+//! Names end to end: netd (the daemon) in a world host serves the names of
+//! the containers attached with `netd attach --name/--alias` on the
+//! bridge's gateway, and `dig` from the containers asks it: a neighbour's
+//! name and alias, bare and under weft.internal, AAAA, PTR, an unknown name
+//! (NXDOMAIN), an outside name (forwarded to dnsmasq in its own namespace),
+//! `--dns`'s resolv.conf with the search domain; a duplicate name refused
+//! with nothing created; detach → NXDOMAIN at once; a restarted netd
+//! serving the names from its state; `netd names` and the metrics.
+//!
+//! Needs the netd binary: `cargo build -p netd` (see tests/netd_support).
+
+mod netd_support;
+
+use std::time::Duration;
+
+use netd_support::{default_args, result_ip, Netd, TestDir};
+use plumb::{LinkOptions, Netlink, Netns};
+use world::{require_root, run_in, Host, World};
+
+const GATEWAY: &str = "10.66.5.1";
+
+/// What dig saw: the status and the answer records' data.
+#[derive(Debug)]
+struct Dig {
+    status: String,
+    answers: Vec<String>,
+}
+
+/// Runs `program args` in `netns` (dig, or `ip netns exec … dig`) and reads
+/// dig's status line and answer section.
+fn dig_with(netns: &Netns, program: &str, args: &[&str]) -> Dig {
+    let mut full: Vec<&str> = args.to_vec();
+    full.extend(["+tries=1", "+time=3", "+noall", "+comments", "+answer"]);
+    let out = run_in(netns, program, &full, Duration::from_secs(20)).unwrap();
+    let status = out
+        .stdout
+        .split("status: ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .unwrap_or("no answer")
+        .to_string();
+    let answers = out
+        .stdout
+        .lines()
+        .filter(|l| !l.starts_with(';') && !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().last().map(str::to_string))
+        .collect();
+    Dig { status, answers }
+}
+
+/// `dig @GATEWAY ARGS` from `netns`.
+fn dig(netns: &Netns, args: &[&str]) -> Dig {
+    let server = format!("@{GATEWAY}");
+    let mut full = vec![server.as_str()];
+    full.extend_from_slice(args);
+    dig_with(netns, "dig", &full)
+}
+
+/// Namespace `up` behind veth vup (172.31.5.1 on the host, .2 there) with
+/// dnsmasq answering outside.example; returns the resolv.conf naming it.
+async fn upstream(world: &World, host: &Host, dir: &std::path::Path) -> std::path::PathBuf {
+    let (_, up) = world.namespace("up").unwrap();
+    let nl = Netlink::open(&host.netns).await.unwrap();
+    let inside = LinkOptions {
+        netns: Some(up.clone()),
+        ..Default::default()
+    };
+    let on = LinkOptions {
+        up: true,
+        ..Default::default()
+    };
+    nl.add_veth("vup", &on, "eth0", &inside).await.unwrap();
+    nl.add_address("vup", "172.31.5.1/24".parse().unwrap(), false)
+        .await
+        .unwrap();
+    let unl = Netlink::open(&up).await.unwrap();
+    unl.add_address("eth0", "172.31.5.2/24".parse().unwrap(), false)
+        .await
+        .unwrap();
+    unl.set_up("eth0").await.unwrap();
+    let mut dnsmasq = std::process::Command::new("dnsmasq");
+    dnsmasq.args([
+        "--keep-in-foreground",
+        "--conf-file=/dev/null",
+        "--no-resolv",
+        "--no-hosts",
+        "--pid-file=",
+        "--bind-interfaces",
+        "--listen-address=172.31.5.2",
+        "--address=/outside.example/198.51.100.7",
+    ]);
+    world.spawn(&up, dnsmasq).unwrap();
+    let resolv_conf = dir.join("resolv.conf");
+    std::fs::write(&resolv_conf, "nameserver 172.31.5.2\n").unwrap();
+    resolv_conf
+}
+
+/// `ip` of every link in `netns` but loopback.
+fn links(netns: &Netns) -> Vec<String> {
+    let out = run_in(netns, "ip", &["-o", "link", "show"], Duration::from_secs(10)).unwrap();
+    out.stdout
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .filter(|n| n != "lo")
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_find_each_other_by_name_through_netd() {
+    require_root!();
+    let world = World::new().await.unwrap();
+    let host = world.host("a").await.unwrap();
+    let dir = TestDir::new(&world).unwrap();
+    let resolv_conf = upstream(&world, &host, &dir.0).await;
+    let mut args = default_args("10.66.5.0/24");
+    args.extend([
+        "--subnet6".to_string(),
+        "fd66:5::/64".to_string(),
+        "--dns-resolv-conf".to_string(),
+        resolv_conf.display().to_string(),
+        "--metrics-addr".to_string(),
+        "127.0.0.1:9588".to_string(),
+    ]);
+    let mut netd = Netd::start(&world, &host, &dir.0, &args).unwrap();
+
+    let web = host.container("web").unwrap();
+    let db = host.container("db").unwrap();
+    let client = host.container("client").unwrap();
+    // --dns writes /etc/netns/NAME/resolv.conf: removed with the world.
+    world.remove_on_teardown(format!("/etc/netns/{}", web.netns_name));
+    let web_ip = result_ip(
+        &netd
+            .attach(&web.netns_name, "web", &["--alias", "www", "--dns"])
+            .unwrap(),
+    )
+    .to_string();
+    let db_ip = result_ip(&netd.attach(&db.netns_name, "db", &[]).unwrap()).to_string();
+    // No --name, no alias: no DNS name.
+    netd.json(&["attach", &client.netns_name, "--id", "client"])
+        .unwrap();
+
+    // A neighbour's name and alias, bare and under the search domain, any case.
+    for name in ["web", "www", "web.weft.internal", "WWW.Weft.Internal."] {
+        let d = dig(&db.netns, &[name]);
+        assert_eq!(d.status, "NOERROR", "{name}: {d:?}");
+        assert_eq!(d.answers, [web_ip.as_str()], "{name}: {d:?}");
+    }
+    let d = dig(&client.netns, &["db", "AAAA"]);
+    assert_eq!(d.status, "NOERROR", "{d:?}");
+    assert_eq!(d.answers.len(), 1, "{d:?}");
+    assert!(d.answers[0].starts_with("fd66:5::"), "{d:?}");
+    let d = dig(&client.netns, &["-x", &web_ip]);
+    assert_eq!(d.answers, ["web.weft.internal."], "{d:?}");
+    let d = dig(&client.netns, &["nobody.weft.internal"]);
+    assert_eq!(d.status, "NXDOMAIN", "{d:?}");
+    assert!(d.answers.is_empty(), "{d:?}");
+    // Outside names go to the resolvers of netd's namespace.
+    let d = dig(&client.netns, &["outside.example"]);
+    assert_eq!(d.status, "NOERROR", "{d:?}");
+    assert_eq!(d.answers, ["198.51.100.7"], "{d:?}");
+    // The resolv.conf --dns wrote: `ip netns exec` mounts it; the search
+    // domain makes the bare name resolve.
+    let text = std::fs::read_to_string(format!("/etc/netns/{}/resolv.conf", web.netns_name))
+        .unwrap();
+    assert!(text.contains(&format!("nameserver {GATEWAY}\n")), "{text}");
+    assert!(text.contains("search weft.internal\n"), "{text}");
+    let d = dig_with(
+        &web.netns,
+        "ip",
+        &["netns", "exec", &web.netns_name, "dig", "+search", "db"],
+    );
+    assert_eq!(d.answers, [db_ip.as_str()], "{d:?}");
+
+    // `netd names --json`: every name, its addresses, host and source.
+    let names = netd.json(&["names"]).unwrap();
+    let rows = names.as_array().unwrap();
+    let row = |name: &str| {
+        rows.iter()
+            .find(|r| r["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing from {names}"))
+    };
+    assert_eq!(row("www")["alias"], true);
+    assert_eq!(row("www")["ipv4"], web_ip.as_str());
+    assert_eq!(row("web")["alias"], false);
+    assert_eq!(row("db")["source"], "local");
+    assert!(row("db")["ipv6"].as_str().unwrap().starts_with("fd66:5::"));
+    assert!(row("db")["host"].as_str().is_some_and(|h| !h.is_empty()));
+
+    // A name held by another container is refused before anything is made.
+    let dup = host.container("dup").unwrap();
+    let before = netd.state_text();
+    let err = netd
+        .fails(&["attach", &dup.netns_name, "--name", "dup", "--alias", "WEB"])
+        .unwrap();
+    assert!(err.contains("\"web\" is already held by container web"), "{err}");
+    assert_eq!(netd.state_text(), before, "a refused attach changed the state");
+    assert!(links(&dup.netns).is_empty(), "{:?}", links(&dup.netns));
+    assert_eq!(dig(&client.netns, &["web"]).answers, [web_ip.as_str()]);
+
+    // The metrics count what was asked.
+    let metrics = run_in(
+        &host.netns,
+        "curl",
+        &["-sf", "http://127.0.0.1:9588/metrics"],
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let answered = metrics
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("weft_netd_dns_queries_total{result=\"answered\"} "))
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no answered counter in\n{}", metrics.stdout));
+    // 4 names, AAAA, PTR, the search-domain look-up, the check after the refusal.
+    assert_eq!(answered, 8, "{}", metrics.stdout);
+    assert!(metrics.stdout.contains("weft_netd_dns_queries_total{result=\"nxdomain\"} 1\n"));
+    assert!(metrics.stdout.contains("weft_netd_dns_queries_total{result=\"forwarded\"} 1\n"));
+
+    // Detach: the names are gone with the answer to the detach. Under the
+    // search domain netd is authoritative (NXDOMAIN); the bare name is no
+    // container's any more, so it goes upstream, which knows nothing of it.
+    netd.json(&["detach", "db"]).unwrap();
+    let d = dig(&client.netns, &["db.weft.internal"]);
+    assert_eq!(d.status, "NXDOMAIN", "{d:?}");
+    let d = dig(&client.netns, &["db"]);
+    assert!(d.answers.is_empty(), "{d:?}");
+
+    // Restarted, netd answers from its state, nobody attached again.
+    netd.terminate().unwrap();
+    let d = dig(&client.netns, &["web"]);
+    assert_ne!(d.status, "NOERROR", "netd is down: {d:?}");
+    netd.restart().unwrap();
+    for name in ["web", "www.weft.internal"] {
+        let d = dig(&client.netns, &[name]);
+        assert_eq!(d.answers, [web_ip.as_str()], "{name} after restart: {d:?}");
+    }
+    assert_eq!(dig(&client.netns, &["db.weft.internal"]).status, "NXDOMAIN");
+    // The duplicate's name is free now that db left; another may take it.
+    let again = host.container("db2").unwrap();
+    let ip = result_ip(&netd.attach(&again.netns_name, "db", &[]).unwrap()).to_string();
+    assert_eq!(dig(&client.netns, &["db"]).answers, [ip.as_str()]);
+}
