@@ -9,11 +9,15 @@
 //!
 //! Needs the netd binary: `cargo build -p netd` (see tests/netd_support).
 
+#[allow(dead_code)] // the conformance runner's checks are not used here
+mod cni;
 mod netd_support;
+mod runtime_support;
 
 use std::time::Duration;
 
 use netd_support::{default_args, result_ip, Netd, TestDir};
+use runtime_support::{Podman, IMAGE};
 use plumb::{LinkOptions, Netlink, Netns};
 use world::{require_root, run_in, Host, World};
 
@@ -240,4 +244,96 @@ async fn containers_find_each_other_by_name_through_netd() {
     let again = host.container("db2").unwrap();
     let ip = result_ip(&netd.attach(&again.netns_name, "db", &[]).unwrap()).to_string();
     assert_eq!(dig(&client.netns, &["db"]).answers, [ip.as_str()]);
+}
+
+/// podman 4.3 with its CNI backend and a weft network in daemon mode: the
+/// container's name reaches netd as CNI_ARGS K8S_POD_NAME, the result's
+/// `dns` becomes the container's resolv.conf, and busybox's nslookup finds
+/// the other container, as on a netavark network with aardvark-dns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podman_containers_find_each_other_by_name() {
+    require_root!();
+    assert!(
+        std::path::Path::new("/usr/bin/podman").exists(),
+        "podman missing: scripts/install-deps --test"
+    );
+    let world = World::new().await.unwrap();
+    let host = world.host("a").await.unwrap();
+    let dir = TestDir::new(&world).unwrap();
+    let resolv_conf = dir.0.join("resolv.conf");
+    // No upstream: only the containers' names matter here.
+    std::fs::write(&resolv_conf, "").unwrap();
+    let mut args = default_args("10.81.5.0/24");
+    args.extend([
+        "--bridge".to_string(),
+        "weftpod5".to_string(),
+        "--dns-resolv-conf".to_string(),
+        resolv_conf.display().to_string(),
+    ]);
+    let netd = Netd::start(&world, &host, &dir.0, &args).unwrap();
+    let scratch = cni::Scratch::new(&format!("{}-podman", world.prefix())).unwrap();
+    let podman = Podman::new(&scratch.0, &host.netns).unwrap();
+    podman
+        .network(
+            "weftnet",
+            &serde_json::json!({
+                "cniVersion": "1.0.0",
+                "name": "weftnet",
+                "plugins": [{
+                    "type": "weft",
+                    "mode": "daemon",
+                    "socket": netd.socket,
+                    "bridge": "weftpod5",
+                    "capabilities": {"portMappings": true, "aliases": true}
+                }]
+            }),
+        )
+        .unwrap();
+    let long = Duration::from_secs(120);
+    podman
+        .run(
+            &["run", "-d", "--name", "web", "--network", "weftnet", IMAGE, "sleep", "300"],
+            long,
+        )
+        .unwrap()
+        .ok("podman run web")
+        .unwrap();
+    let names = netd.json(&["names"]).unwrap();
+    let web_ip = names
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "web")
+        .and_then(|r| r["ipv4"].as_str())
+        .unwrap_or_else(|| panic!("podman's container name is not served: {names}"))
+        .to_string();
+    let out = podman
+        .run(
+            &[
+                "run",
+                "--rm",
+                "--name",
+                "client",
+                "--network",
+                "weftnet",
+                IMAGE,
+                "sh",
+                "-c",
+                "cat /etc/resolv.conf; nslookup web",
+            ],
+            long,
+        )
+        .unwrap()
+        .ok("podman run client")
+        .unwrap();
+    assert!(out.contains("nameserver 10.81.5.1"), "{out}");
+    assert!(out.contains("weft.internal"), "{out}");
+    let answer = out.split("Name:").nth(1).unwrap_or_else(|| panic!("{out}"));
+    assert!(answer.contains(&web_ip), "nslookup web gave\n{out}");
+    // --rm detached the client: its name went with it.
+    let names = netd.json(&["names"]).unwrap();
+    assert!(
+        !names.as_array().unwrap().iter().any(|r| r["name"] == "client"),
+        "{names}"
+    );
 }
