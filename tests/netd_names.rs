@@ -337,3 +337,76 @@ async fn podman_containers_find_each_other_by_name() {
         "{names}"
     );
 }
+
+/// The standalone CNI plugin attaches on the bridge and state the daemon
+/// manages: the daemon's periodic check (1 s here) picks the container's
+/// names up from the state, and drops them after DEL. The plugin's result
+/// carries no `dns`: standalone mode alone serves no names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_serves_names_the_standalone_plugin_attached() {
+    require_root!();
+    let world = World::new().await.unwrap();
+    let host = world.host("a").await.unwrap();
+    let dir = TestDir::new(&world).unwrap();
+    let resolv_conf = dir.0.join("resolv.conf");
+    std::fs::write(&resolv_conf, "").unwrap();
+    let mut args = default_args("10.66.5.0/24");
+    args.extend(["--dns-resolv-conf".to_string(), resolv_conf.display().to_string()]);
+    let netd = Netd::start(&world, &host, &dir.0, &args).unwrap();
+    let client = host.container("client").unwrap();
+    netd.json(&["attach", &client.netns_name, "--id", "client"])
+        .unwrap();
+    let solo = host.container("solo").unwrap();
+    let config = serde_json::json!({
+        "cniVersion": "1.0.0", "name": "weftnet", "type": "weft", "mode": "standalone",
+        "subnet": "10.66.5.0/24", "stateDir": netd.state_dir,
+        "runtimeConfig": {"aliases": {"weftnet": ["solo-alias"]}},
+    });
+    let call = |command: &str| cni::Call {
+        command: command.into(),
+        container_id: Some("ctr-solo".into()),
+        netns: Some(cni::netns_path(&solo)),
+        ifname: Some("eth0".into()),
+        cni_args: Some("IgnoreUnknown=1;K8S_POD_NAMESPACE=solo;K8S_POD_NAME=solo".into()),
+        cni_path: Some("/usr/lib/cni".into()),
+        stdin: config.to_string().into_bytes(),
+    };
+    let plugin = world::workspace_bin("weft");
+    let d = dig(&client.netns, &["solo.weft.internal"]);
+    assert_eq!(d.status, "NXDOMAIN", "before the ADD: {d:?}");
+    let result = cni::exec_in(&host, &plugin, &call("ADD"))
+        .unwrap()
+        .result()
+        .unwrap();
+    assert!(result.get("dns").is_none(), "standalone result with dns: {result}");
+    let ip = result["ips"][0]["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .unwrap()
+        .to_string();
+    // Bounded: a few periods of the 1 s check.
+    let served = (0..20).any(|_| {
+        let d = dig(&client.netns, &["solo-alias.weft.internal"]);
+        if d.answers == [ip.as_str()] {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        false
+    });
+    assert!(
+        served,
+        "the daemon never served the standalone container's names: {:?}\n{}",
+        dig(&client.netns, &["solo-alias.weft.internal"]),
+        netd.log_text()
+    );
+    assert_eq!(dig(&client.netns, &["solo"]).answers, [ip.as_str()]);
+    cni::exec_in(&host, &plugin, &call("DEL")).unwrap().ok().unwrap();
+    let gone = (0..20).any(|_| {
+        if dig(&client.netns, &["solo.weft.internal"]).status == "NXDOMAIN" {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        false
+    });
+    assert!(gone, "the standalone container's names outlived its DEL");
+}
