@@ -95,7 +95,10 @@ fn round_trips(netns: &Netns, server: IpAddr, names: &[String]) -> (f64, f64) {
                 took.push(start.elapsed().as_secs_f64() * 1e6);
                 assert!(n >= 12 && buf[..2] == id.to_be_bytes(), "answer {i}");
                 assert_eq!(buf[3] & 0x0f, 0, "answer {i} is not NOERROR");
-                assert!(u16::from_be_bytes([buf[6], buf[7]]) >= 1, "answer {i} is empty");
+                assert!(
+                    u16::from_be_bytes([buf[6], buf[7]]) >= 1,
+                    "answer {i} is empty"
+                );
             }
             took.sort_by(|a, b| a.partial_cmp(b).unwrap());
             let at = |p: f64| took[((took.len() as f64 * p) as usize).min(took.len() - 1)];
@@ -226,7 +229,16 @@ async fn bench_dns() {
             &netd_bin,
             &host.netns,
             &socket,
-            &["attach", &names_ns.netns_name, "--id", &id, "--name", &id, "--ifname", &ifname],
+            &[
+                "attach",
+                &names_ns.netns_name,
+                "--id",
+                &id,
+                "--name",
+                &id,
+                "--ifname",
+                &ifname,
+            ],
         );
     }
     let client = host.container("client").unwrap();
@@ -244,9 +256,13 @@ async fn bench_dns() {
         .next()
         .unwrap()
         .to_string();
-    let rows: serde_json::Value =
-        serde_json::from_str(&netd_cli(&netd_bin, &host.netns, &socket, &["names", "--json"]))
-            .unwrap();
+    let rows: serde_json::Value = serde_json::from_str(&netd_cli(
+        &netd_bin,
+        &host.netns,
+        &socket,
+        &["names", "--json"],
+    ))
+    .unwrap();
     let ips: BTreeMap<String, String> = rows
         .as_array()
         .unwrap()
@@ -326,14 +342,23 @@ async fn bench_dns() {
             let out = run_in(
                 &client.netns,
                 "dig",
-                &[&format!("@{server}"), "+short", "+tries=1", "+time=1", "c42"],
+                &[
+                    &format!("@{server}"),
+                    "+short",
+                    "+tries=1",
+                    "+time=1",
+                    "c42",
+                ],
                 Duration::from_secs(10),
             )
             .unwrap();
             if out.stdout.trim() == ips["c42"] {
                 break;
             }
-            assert!(Instant::now() < deadline, "{server} does not answer c42: {out:?}");
+            assert!(
+                Instant::now() < deadline,
+                "{server} does not answer c42: {out:?}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }

@@ -17,8 +17,8 @@ mod runtime_support;
 use std::time::Duration;
 
 use netd_support::{default_args, result_ip, Netd, TestDir};
-use runtime_support::{Podman, IMAGE};
 use plumb::{LinkOptions, Netlink, Netns};
+use runtime_support::{Podman, IMAGE};
 use world::{require_root, run_in, Host, World};
 
 const GATEWAY: &str = "10.66.5.1";
@@ -101,7 +101,13 @@ async fn upstream(world: &World, host: &Host, dir: &std::path::Path) -> std::pat
 
 /// `ip` of every link in `netns` but loopback.
 fn links(netns: &Netns) -> Vec<String> {
-    let out = run_in(netns, "ip", &["-o", "link", "show"], Duration::from_secs(10)).unwrap();
+    let out = run_in(
+        netns,
+        "ip",
+        &["-o", "link", "show"],
+        Duration::from_secs(10),
+    )
+    .unwrap();
     out.stdout
         .lines()
         .filter_map(|l| l.split(": ").nth(1))
@@ -165,8 +171,8 @@ async fn containers_find_each_other_by_name_through_netd() {
     assert_eq!(d.answers, ["198.51.100.7"], "{d:?}");
     // The resolv.conf --dns wrote: `ip netns exec` mounts it; the search
     // domain makes the bare name resolve.
-    let text = std::fs::read_to_string(format!("/etc/netns/{}/resolv.conf", web.netns_name))
-        .unwrap();
+    let text =
+        std::fs::read_to_string(format!("/etc/netns/{}/resolv.conf", web.netns_name)).unwrap();
     assert!(text.contains(&format!("nameserver {GATEWAY}\n")), "{text}");
     assert!(text.contains("search weft.internal\n"), "{text}");
     let d = dig_with(
@@ -197,8 +203,15 @@ async fn containers_find_each_other_by_name_through_netd() {
     let err = netd
         .fails(&["attach", &dup.netns_name, "--name", "dup", "--alias", "WEB"])
         .unwrap();
-    assert!(err.contains("\"web\" is already held by container web"), "{err}");
-    assert_eq!(netd.state_text(), before, "a refused attach changed the state");
+    assert!(
+        err.contains("\"web\" is already held by container web"),
+        "{err}"
+    );
+    assert_eq!(
+        netd.state_text(),
+        before,
+        "a refused attach changed the state"
+    );
     assert!(links(&dup.netns).is_empty(), "{:?}", links(&dup.netns));
     assert_eq!(dig(&client.netns, &["web"]).answers, [web_ip.as_str()]);
 
@@ -218,8 +231,12 @@ async fn containers_find_each_other_by_name_through_netd() {
         .unwrap_or_else(|| panic!("no answered counter in\n{}", metrics.stdout));
     // 4 names, AAAA, PTR, the search-domain look-up, the check after the refusal.
     assert_eq!(answered, 8, "{}", metrics.stdout);
-    assert!(metrics.stdout.contains("weft_netd_dns_queries_total{result=\"nxdomain\"} 1\n"));
-    assert!(metrics.stdout.contains("weft_netd_dns_queries_total{result=\"forwarded\"} 1\n"));
+    assert!(metrics
+        .stdout
+        .contains("weft_netd_dns_queries_total{result=\"nxdomain\"} 1\n"));
+    assert!(metrics
+        .stdout
+        .contains("weft_netd_dns_queries_total{result=\"forwarded\"} 1\n"));
 
     // Detach: the names are gone with the answer to the detach. Under the
     // search domain netd is authoritative (NXDOMAIN); the bare name is no
@@ -292,7 +309,17 @@ async fn podman_containers_find_each_other_by_name() {
     let long = Duration::from_secs(120);
     podman
         .run(
-            &["run", "-d", "--name", "web", "--network", "weftnet", IMAGE, "sleep", "300"],
+            &[
+                "run",
+                "-d",
+                "--name",
+                "web",
+                "--network",
+                "weftnet",
+                IMAGE,
+                "sleep",
+                "300",
+            ],
             long,
         )
         .unwrap()
@@ -333,7 +360,11 @@ async fn podman_containers_find_each_other_by_name() {
     // --rm detached the client: its name went with it.
     let names = netd.json(&["names"]).unwrap();
     assert!(
-        !names.as_array().unwrap().iter().any(|r| r["name"] == "client"),
+        !names
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["name"] == "client"),
         "{names}"
     );
 }
@@ -351,7 +382,10 @@ async fn the_daemon_serves_names_the_standalone_plugin_attached() {
     let resolv_conf = dir.0.join("resolv.conf");
     std::fs::write(&resolv_conf, "").unwrap();
     let mut args = default_args("10.66.5.0/24");
-    args.extend(["--dns-resolv-conf".to_string(), resolv_conf.display().to_string()]);
+    args.extend([
+        "--dns-resolv-conf".to_string(),
+        resolv_conf.display().to_string(),
+    ]);
     let netd = Netd::start(&world, &host, &dir.0, &args).unwrap();
     let client = host.container("client").unwrap();
     netd.json(&["attach", &client.netns_name, "--id", "client"])
@@ -378,7 +412,10 @@ async fn the_daemon_serves_names_the_standalone_plugin_attached() {
         .unwrap()
         .result()
         .unwrap();
-    assert!(result.get("dns").is_none(), "standalone result with dns: {result}");
+    assert!(
+        result.get("dns").is_none(),
+        "standalone result with dns: {result}"
+    );
     let ip = result["ips"][0]["address"]
         .as_str()
         .and_then(|a| a.split('/').next())
@@ -400,7 +437,10 @@ async fn the_daemon_serves_names_the_standalone_plugin_attached() {
         netd.log_text()
     );
     assert_eq!(dig(&client.netns, &["solo"]).answers, [ip.as_str()]);
-    cni::exec_in(&host, &plugin, &call("DEL")).unwrap().ok().unwrap();
+    cni::exec_in(&host, &plugin, &call("DEL"))
+        .unwrap()
+        .ok()
+        .unwrap();
     let gone = (0..20).any(|_| {
         if dig(&client.netns, &["solo.weft.internal"]).status == "NXDOMAIN" {
             return true;

@@ -123,7 +123,7 @@ impl Backend for Daemon {
             })
             .await?;
             if let Some(Some(served)) = self.served_dns.get() {
-                wiring::names_dns(&mut result, served);
+                crate::names::names_dns(&mut result, served);
             }
             Ok(result)
         })

@@ -20,6 +20,7 @@ pub mod error;
 pub mod front_door;
 pub mod host;
 pub mod ipam_delegate;
+pub mod names;
 pub mod netns;
 pub mod range;
 pub mod result;

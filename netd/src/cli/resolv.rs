@@ -71,7 +71,13 @@ mod tests {
     fn only_named_namespaces_get_a_resolv_conf() {
         assert_eq!(named_netns("c1").unwrap(), "c1");
         assert_eq!(named_netns("/run/netns/c1").unwrap(), "c1");
-        for bad in ["/proc/42/ns/net", "42", "/run/netns/", "/run/netns/a/b", "/var/run/x"] {
+        for bad in [
+            "/proc/42/ns/net",
+            "42",
+            "/run/netns/",
+            "/run/netns/a/b",
+            "/var/run/x",
+        ] {
             let err = named_netns(bad).unwrap_err().to_string();
             assert!(err.contains("not a named namespace"), "{bad}: {err}");
         }
@@ -87,6 +93,9 @@ mod tests {
         let path = write_in(&dir, "c1", &dns).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
-        assert!(text.contains("nameserver 10.66.0.1\nnameserver fd66::1\nsearch weft.internal\n"), "{text}");
+        assert!(
+            text.contains("nameserver 10.66.0.1\nnameserver fd66::1\nsearch weft.internal\n"),
+            "{text}"
+        );
     }
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde::{Deserialize, Serialize};
 
+mod names;
 pub mod overlay;
 
 pub use overlay::{OverlayArgs, OverlayConfig, OverlayFile, StaticPeer};
@@ -321,20 +322,7 @@ impl Config {
             }
         }
         self.overlay.validate(self.subnet)?;
-        if let Err(e) = crate::names::Zone::new(&self.dns_search_domain, vec![]) {
-            return Err(ConfigError::Value {
-                key: "dns_search_domain",
-                value: self.dns_search_domain.clone(),
-                why: e.to_string(),
-            });
-        }
-        if self.dns_rate_limit == 0 {
-            return Err(ConfigError::Value {
-                key: "dns_rate_limit",
-                value: "0".into(),
-                why: "must be at least 1 query per second".into(),
-            });
-        }
+        names::validate(&self.dns_search_domain, self.dns_rate_limit)?;
         if self.reconcile_interval.is_zero() {
             return Err(ConfigError::Value {
                 key: "reconcile_interval_secs",

@@ -14,8 +14,8 @@ use tokio::sync::Mutex;
 
 use crate::error::{Error, Result};
 use crate::names::{
-    ContainerNames, DnsCounters, DnsCountersSnapshot, DnsServer, DnsServerConfig, NameRow, NameSource,
-    NameTable, RateLimit,
+    ContainerNames, DnsCounters, DnsCountersSnapshot, DnsServer, DnsServerConfig, NameRow,
+    NameSource, NameTable, RateLimit,
 };
 use crate::network::Network;
 use crate::state::{Endpoint, Phase, State};

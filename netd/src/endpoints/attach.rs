@@ -9,8 +9,8 @@ use plumb::firewall::PortSpec;
 use plumb::{LinkChange, LinkOptions, MacAddr, Netlink, Netns, Route};
 
 use super::request::{
-    check_dns_names_free, check_unique, dns_names, host_ifname, validate_id, AssignedAddresses, AttachRequest, AttachResult,
-    ALIAS_PREFIX, DEFAULT_IFNAME,
+    check_dns_names_free, check_unique, dns_names, host_ifname, validate_id, AssignedAddresses,
+    AttachRequest, AttachResult, ALIAS_PREFIX, DEFAULT_IFNAME,
 };
 use super::{Background, Endpoints};
 use crate::error::{Error, KernelContext, Result};

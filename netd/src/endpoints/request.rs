@@ -331,10 +331,16 @@ mod tests {
         let mut state = crate::state::State::default();
         let mut held = Endpoint::for_tests("c1", "web", 1, &[]);
         held.dns_names = vec!["web".into(), "www".into()];
-        state.endpoints.insert("c1".into(), std::sync::Arc::new(held));
+        state
+            .endpoints
+            .insert("c1".into(), std::sync::Arc::new(held));
         let err = check_dns_names_free(&state, "c2", &["db".into(), "www".into()]).unwrap_err();
         assert_eq!(err.kind(), crate::error::ErrorKind::Conflict, "{err}");
-        assert!(err.to_string().contains("\"www\" is already held by container c1"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("\"www\" is already held by container c1"),
+            "{err}"
+        );
         // Its own names are no conflict (a re-check under the lock).
         assert!(check_dns_names_free(&state, "c1", &["www".into()]).is_ok());
         assert!(check_dns_names_free(&state, "c2", &["db".into()]).is_ok());

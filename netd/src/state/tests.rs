@@ -181,7 +181,7 @@ fn attached(id: &str) -> Endpoint {
         ips: vec![],
         gateways: vec![],
         ports: vec![],
-            dns_names: vec![],
+        dns_names: vec![],
         phase: Phase::Attached,
     }
 }
