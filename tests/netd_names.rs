@@ -325,15 +325,48 @@ async fn podman_containers_find_each_other_by_name() {
         .unwrap()
         .ok("podman run web")
         .unwrap();
+    // --network-alias arrives through the aliases capability, with the
+    // short container ID podman adds as an alias, as Docker does.
+    podman
+        .run(
+            &[
+                "run",
+                "-d",
+                "--name",
+                "api",
+                "--network",
+                "weftnet",
+                "--network-alias",
+                "www",
+                IMAGE,
+                "sleep",
+                "300",
+            ],
+            long,
+        )
+        .unwrap()
+        .ok("podman run api")
+        .unwrap();
     let names = netd.json(&["names"]).unwrap();
-    let web_ip = names
+    let ip_of = |name: &str| {
+        names
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .and_then(|r| r["ipv4"].as_str())
+            .unwrap_or_else(|| panic!("{name} is not served: {names}"))
+            .to_string()
+    };
+    let (web_ip, api_ip) = (ip_of("web"), ip_of("api"));
+    assert_eq!(ip_of("www"), api_ip);
+    let short_ids = names
         .as_array()
         .unwrap()
         .iter()
-        .find(|r| r["name"] == "web")
-        .and_then(|r| r["ipv4"].as_str())
-        .unwrap_or_else(|| panic!("podman's container name is not served: {names}"))
-        .to_string();
+        .filter(|r| r["alias"] == true && r["name"].as_str().is_some_and(|n| n.len() == 12))
+        .count();
+    assert_eq!(short_ids, 2, "{names}");
     let out = podman
         .run(
             &[
@@ -346,7 +379,7 @@ async fn podman_containers_find_each_other_by_name() {
                 IMAGE,
                 "sh",
                 "-c",
-                "cat /etc/resolv.conf; nslookup web",
+                "cat /etc/resolv.conf; nslookup web; echo ==; nslookup www",
             ],
             long,
         )
@@ -355,8 +388,10 @@ async fn podman_containers_find_each_other_by_name() {
         .unwrap();
     assert!(out.contains("nameserver 10.81.5.1"), "{out}");
     assert!(out.contains("weft.internal"), "{out}");
-    let answer = out.split("Name:").nth(1).unwrap_or_else(|| panic!("{out}"));
-    assert!(answer.contains(&web_ip), "nslookup web gave\n{out}");
+    let (web, www) = out.split_once("==").unwrap_or_else(|| panic!("{out}"));
+    let answer = |part: &str| part.split("Name:").nth(1).unwrap_or_default().to_string();
+    assert!(answer(web).contains(&web_ip), "nslookup web gave\n{out}");
+    assert!(answer(www).contains(&api_ip), "nslookup www gave\n{out}");
     // --rm detached the client: its name went with it.
     let names = netd.json(&["names"]).unwrap();
     assert!(
