@@ -151,15 +151,24 @@ impl Daemon {
     /// Answers once the container is cut off (and its names gone); the
     /// reaper deletes its links.
     pub async fn detach(&self, key: &str) -> Result<DetachReport> {
+        // The key may be the endpoint's name: its id, while the state has it.
+        let id = match &self.names {
+            Some(_) => self.network.store().read_with(|state| {
+                let endpoints = &state.endpoints;
+                endpoints
+                    .get(key)
+                    .or_else(|| endpoints.named(key))
+                    .map(|ep| ep.id.clone())
+            })?,
+            None => None,
+        };
         let report = self
             .network
             .endpoints()
             .detach(key, self.background())
             .await?;
-        if let Some(names) = &self.names {
-            // The key may be a name: the state no longer knows the id, so
-            // this host's records are replaced by the state's.
-            self.network.store().read_with(|state| names.sync(state))?;
+        if let (Some(names), Some(id)) = (&self.names, id) {
+            names.detached(&id);
         }
         Ok(report)
     }

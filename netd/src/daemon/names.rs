@@ -85,6 +85,11 @@ impl NameService {
         }
     }
 
+    /// After a detach: its names are NXDOMAIN from the next query on.
+    pub(super) fn detached(&self, id: &str) {
+        self.table.remove(id);
+    }
+
     /// Replaces this host's records by the state's.
     pub(super) fn sync(&self, state: &State) {
         let records: Vec<ContainerNames> = state
