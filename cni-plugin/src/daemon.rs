@@ -20,6 +20,8 @@ pub struct Daemon {
     runtime: tokio::runtime::Runtime,
     client: Client,
     socket: PathBuf,
+    /// The daemon's DNS server, from the status `validate` reads.
+    served_dns: std::sync::OnceLock<Option<netd::api::DnsStatus>>,
 }
 
 /// The socket a config names, else netd's default.
@@ -42,6 +44,7 @@ impl Daemon {
             runtime,
             client: Client::new(&socket),
             socket,
+            served_dns: std::sync::OnceLock::new(),
         })
     }
 
@@ -59,6 +62,7 @@ impl Backend for Daemon {
         wiring::refuse_unsupported(conf)?;
         self.runtime.block_on(async {
             let status = self.status_of().await?;
+            let _ = self.served_dns.set(status.dns.clone());
             if status.bridge != conf.bridge_name() {
                 return Err(CniError::invalid_config(
                     format!(
@@ -111,7 +115,11 @@ impl Backend for Daemon {
                 .post("/v1/containers", &netd_req)
                 .await
                 .map_err(|e| self.err(e))?;
-            Ok(add_result(request, &attached))
+            let mut result = add_result(request, &attached);
+            if let Some(Some(served)) = self.served_dns.get() {
+                crate::names::names_dns(&mut result, served);
+            }
+            Ok(result)
         })
     }
 

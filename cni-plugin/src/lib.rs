@@ -21,6 +21,7 @@ pub mod env;
 pub mod error;
 pub mod front_door;
 pub mod ipam_delegate;
+pub mod names;
 pub mod netns;
 pub mod range;
 pub mod result;

@@ -264,7 +264,10 @@ pub fn attach_request(
     let mut netd_req = netd::AttachRequest {
         netns: request.netns.display().to_string(),
         id: Some(id.to_string()),
-        name: Some(id.to_string()),
+        // No name: netd names the endpoint after the id, and answers no
+        // DNS name for it; the container's names are the aliases.
+        name: None,
+        aliases: crate::names::dns_aliases(conf, request.pod_name)?,
         ifname: Some(request.ifname.to_string()),
         mac: conf.runtime_config.mac.clone(),
         mtu: conf.mtu,

@@ -177,6 +177,10 @@ pub struct Endpoint {
     /// needs it any more. Absent from older state: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bridge_addresses: Vec<IpNetwork>,
+    /// The names the network's DNS server answers for it, the primary one
+    /// (PTR's answer) first, lowercase; empty: none. Absent in older state.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_names: Vec<String>,
     #[serde(flatten)]
     pub phase: Phase,
 }
@@ -222,6 +226,7 @@ impl Endpoint {
                 .collect(),
             routes: vec![],
             bridge_addresses: vec![],
+            dns_names: vec![],
             phase: Phase::Attached,
         }
     }

@@ -154,6 +154,7 @@ mod tests {
             ports: vec![],
             routes: vec![],
             bridge_addresses: vec![],
+            dns_names: vec![],
             phase: netd::Phase::Attached,
         };
         assert_eq!(

@@ -39,6 +39,9 @@ pub struct AttachRequest<'a> {
     pub ifname: &'a str,
     pub network: &'a NetConf,
     pub addressing: Addressing,
+    /// The container's name from CNI_ARGS `K8S_POD_NAME` (podman puts its
+    /// container name there): a DNS name of the container when valid.
+    pub pod_name: Option<&'a str>,
 }
 
 /// DEL: undo an attachment, best effort. `netns` may be unset or gone.

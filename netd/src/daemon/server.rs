@@ -229,6 +229,13 @@ async fn handle(daemon: &Daemon, req: Request<Incoming>) -> Answer {
             Err(e) => error(&e),
         },
         (&Method::POST, ["v1", "reconcile"]) => answer(daemon.reconcile().await),
+        (&Method::GET, ["v1", "names"]) => match daemon.names() {
+            Some(names) => json(StatusCode::OK, &names),
+            None => error(&Error::NotFound(
+                "names are off; enable them with names = true in netd.toml (or --names true)"
+                    .into(),
+            )),
+        },
         (&Method::GET, ["v1", "peers"]) => match daemon.peers() {
             Some(peers) => json(StatusCode::OK, &peers),
             None => error(&Error::NotFound(

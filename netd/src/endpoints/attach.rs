@@ -9,8 +9,8 @@ use plumb::firewall::PortSpec;
 use plumb::{LinkChange, LinkOptions, MacAddr, Netlink, Netns, Route};
 
 use super::request::{
-    check_unique, host_ifname, validate_id, AssignedAddresses, AttachRequest, AttachResult,
-    ALIAS_PREFIX, DEFAULT_IFNAME,
+    check_dns_names_free, check_unique, dns_names, host_ifname, validate_id, AssignedAddresses,
+    AttachRequest, AttachResult, ALIAS_PREFIX, DEFAULT_IFNAME,
 };
 use super::{extras, Background, Endpoints};
 use crate::error::{Error, KernelContext, Result};
@@ -105,6 +105,8 @@ struct AttachPlan {
     mac: Option<MacAddr>,
     mtu: Option<u32>,
     ports: Vec<PortSpec>,
+    /// What DNS answers for it, primary first.
+    dns_names: Vec<String>,
 }
 
 impl Endpoints {
@@ -256,9 +258,11 @@ impl Endpoints {
             )));
         }
         let ports = ports::parse_specs(&name, &req.ports)?;
+        let dns_names = dns_names(req, &id)?;
         // Looked at in place: copying the state would cost O(containers).
         self.host.store().read_with(|state| -> Result<()> {
             check_unique(state, &id, &name, &netns, &ifname)?;
+            check_dns_names_free(state, &id, &dns_names)?;
             let requested = [
                 req.ip
                     .map(|ip| (IpNetwork::V4(config.subnet), IpAddr::V4(ip))),
@@ -314,6 +318,7 @@ impl Endpoints {
             mac,
             mtu,
             ports,
+            dns_names,
         })
     }
 
@@ -323,6 +328,7 @@ impl Endpoints {
         self.host.store().update(|state| -> Result<Endpoint> {
             // Checked again under the lock: another caller may have won the race.
             check_unique(state, &plan.id, &plan.name, &plan.netns, &plan.ifname)?;
+            check_dns_names_free(state, &plan.id, &plan.dns_names)?;
             let (ips, gateways) = match &req.assigned {
                 Some(assigned) => (assigned.ips.clone(), assigned.gateways.clone()),
                 None => (self.allocate(state, plan, req)?, self.host.gateways()),
@@ -343,6 +349,7 @@ impl Endpoints {
                 ports,
                 routes: req.routes.clone(),
                 bridge_addresses: req.bridge_addresses.clone(),
+                dns_names: plan.dns_names.clone(),
                 phase: Phase::Attaching { owner },
             };
             state

@@ -274,6 +274,7 @@ mod tests {
             ports: vec![],
             routes: vec![],
             bridge_addresses: vec![],
+            dns_names: vec![],
             phase: Phase::Attached,
         }
     }

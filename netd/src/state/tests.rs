@@ -183,6 +183,7 @@ fn attached(id: &str) -> Endpoint {
         ports: vec![],
         routes: vec![],
         bridge_addresses: vec![],
+        dns_names: vec![],
         phase: Phase::Attached,
     }
 }
