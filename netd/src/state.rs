@@ -38,7 +38,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use ipnetwork::IpNetwork;
-use plumb::firewall::PublishedPort;
+use crate::ports::PublishedPort;
 use plumb::MacAddr;
 use serde::{Deserialize, Serialize};
 

@@ -1,7 +1,7 @@
 //! `netd publish <container> -p SPEC…` and `netd unpublish <container> -p SPEC…`
 
 use hyper::Method;
-use plumb::firewall::PublishedPort;
+use crate::ports::PublishedPort;
 
 use super::{print_json, ClientArgs};
 use crate::error::{Error, Result};
@@ -13,7 +13,7 @@ pub struct PublishArgs {
     pub container: String,
     /// [hostip:]hostport[-end]:ctrport[-end][/tcp|udp|sctp]; repeatable.
     #[arg(short = 'p', long = "publish", required = true)]
-    pub ports: Vec<String>,
+    pub ports: Vec<crate::ports::PortMapping>,
     #[command(flatten)]
     pub client: ClientArgs,
 }

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use ipnetwork::IpNetwork;
-use plumb::firewall::PortSpec;
+use crate::ports::PortMapping;
 use plumb::{LinkChange, LinkOptions, MacAddr, Netlink, Netns, Route};
 
 use super::request::{
@@ -104,7 +104,7 @@ struct AttachPlan {
     ifname: String,
     mac: Option<MacAddr>,
     mtu: Option<u32>,
-    ports: Vec<PortSpec>,
+    ports: Vec<PortMapping>,
 }
 
 impl Endpoints {
@@ -248,7 +248,7 @@ impl Endpoints {
                 "attach container {name}: an IPv6 address was asked for but netd has no subnet6 configured"
             )));
         }
-        let ports = ports::parse_specs(&name, &req.ports)?;
+        let ports = req.ports.clone();
         // Looked at in place: copying the state would cost O(containers).
         self.host.store().read_with(|state| -> Result<()> {
             check_unique(state, &id, &name, &netns, &ifname)?;

@@ -1,4 +1,5 @@
-//! plumb's firewall backends against the kernel, both nftables and iptables:
+//! netd's firewall policy (`netd::ports::firewall`) against the kernel, both
+//! backends, nftables and iptables:
 //! published ports (TCP, UDP, SCTP where the kernel has it, IPv6, a port
 //! range, a specific host address) reached from another host, from the host's
 //! own localhost and from containers through the host address (hairpin);
@@ -13,7 +14,8 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use plumb::firewall::{BackendKind, NetworkRules, PublishedPort};
+use netd::ports::firewall::{BackendKind, NetworkRules};
+use netd::PublishedPort;
 use plumb::{LinkOptions, Netlink, Netns, Route};
 use world::{require_root, run_in, sctp_part, sctp_via, tcp_via, udp_via, Container, Host, World};
 
