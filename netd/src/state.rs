@@ -38,7 +38,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use ipnetwork::IpNetwork;
-use crate::ports::PublishedPort;
+use crate::ports::mapping::PublishedPort;
 use plumb::MacAddr;
 use serde::{Deserialize, Serialize};
 

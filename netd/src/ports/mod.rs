@@ -17,7 +17,7 @@
 
 pub mod firewall;
 mod localhost_relay;
-mod mapping;
+pub mod mapping;
 mod publish;
 mod specs;
 

@@ -50,6 +50,8 @@
 //! ```
 
 mod iptables;
+mod iptables_rules;
+mod iptables_syntax;
 mod nft;
 mod nft_listing;
 mod nft_rules;
