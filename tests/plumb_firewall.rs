@@ -189,6 +189,9 @@ async fn iptables_restore_is_all_or_nothing_and_names_the_refused_line() {
         assert!(err.contains("input line: -A MECH-NONE -j RETURN"), "{err}");
         let saved = iptables::save(&ns, family, "nat").unwrap();
         assert!(!saved.contains("MECH-B"), "half a restore landed: {saved}");
-        assert!(saved.contains("-A MECH-A -j RETURN"), "--noflush kept: {saved}");
+        assert!(
+            saved.contains("-A MECH-A -j RETURN"),
+            "--noflush kept: {saved}"
+        );
     }
 }

@@ -476,11 +476,18 @@ mod tests {
         let e = err(serde_json::json!({"hostPort": 1, "containerPort": 1, "protocol": "icmp"}));
         assert_eq!(e.code.number(), 2, "{e:?}");
         let e = err(serde_json::json!({"hostPort": 0, "containerPort": 80}));
-        assert!(e.msg.contains("host port: port 0 cannot be published"), "{e:?}");
+        assert!(
+            e.msg.contains("host port: port 0 cannot be published"),
+            "{e:?}"
+        );
         let e = err(serde_json::json!({"hostPort": 80, "containerPort": 0}));
         assert!(e.msg.contains("container port: port 0"), "{e:?}");
-        let e = err(serde_json::json!({"hostPort": 80, "containerPort": 80, "hostIP": "300.1.1.1"}));
-        assert!(e.msg.contains("invalid portMappings hostIP \"300.1.1.1\""), "{e:?}");
+        let e =
+            err(serde_json::json!({"hostPort": 80, "containerPort": 80, "hostIP": "300.1.1.1"}));
+        assert!(
+            e.msg.contains("invalid portMappings hostIP \"300.1.1.1\""),
+            "{e:?}"
+        );
         // Out of range never becomes a u16: the network config is refused as JSON.
         assert!(serde_json::from_value::<PortMapping>(
             serde_json::json!({"hostPort": 70000, "containerPort": 80})

@@ -32,6 +32,6 @@ pub use endpoints::{
     ReconcileReport,
 };
 pub use error::{Error, ErrorKind, Result};
-pub use ports::{PortMapping, PublishedPort};
 pub use network::Network;
+pub use ports::{PortMapping, PublishedPort};
 pub use state::{Endpoint, Phase, Store};

@@ -21,9 +21,9 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use ipnetwork::IpNetwork;
 use crate::ports::firewall::NetworkRules;
 use crate::ports::{PortMapping, PublishedPort};
+use ipnetwork::IpNetwork;
 use plumb::Netns;
 
 use crate::action::Action;

@@ -37,8 +37,8 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use ipnetwork::IpNetwork;
 use crate::ports::mapping::PublishedPort;
+use ipnetwork::IpNetwork;
 use plumb::MacAddr;
 use serde::{Deserialize, Serialize};
 

@@ -37,7 +37,10 @@ fn demo(ns: &Netns, host_port: u16) -> plumb::Result<()> {
     run_nft(ns, SCRIPT, "create table inet example", |_| None)?;
     let element = SetElement {
         set: "ports".into(),
-        key: vec![Field::Proto(libc::IPPROTO_TCP as u8), Field::Port(host_port)],
+        key: vec![
+            Field::Proto(libc::IPPROTO_TCP as u8),
+            Field::Port(host_port),
+        ],
         data: vec![
             Field::Addr("10.88.0.2".parse().expect("valid address")),
             Field::Port(80),
@@ -45,7 +48,9 @@ fn demo(ns: &Netns, host_port: u16) -> plumb::Result<()> {
     };
     let started = std::time::Instant::now();
     if let Err(refusal) = apply(ns, "example", &[(Change::Add, &element)])? {
-        return Err(plumb::Error::Other(format!("the kernel refused {element}: {refusal}")));
+        return Err(plumb::Error::Other(format!(
+            "the kernel refused {element}: {refusal}"
+        )));
     }
     println!("added {{ {element} }} in {:?}", started.elapsed());
     let listing = ns
@@ -57,7 +62,14 @@ fn demo(ns: &Netns, host_port: u16) -> plumb::Result<()> {
         .map_err(|e| plumb::Error::io("run nft list ruleset", e))?;
     print!("{}", String::from_utf8_lossy(&listing.stdout));
     if let Err(refusal) = apply(ns, "example", &[(Change::Delete, &element)])? {
-        return Err(plumb::Error::Other(format!("the kernel refused to delete {element}: {refusal}")));
+        return Err(plumb::Error::Other(format!(
+            "the kernel refused to delete {element}: {refusal}"
+        )));
     }
-    run_nft(ns, "delete table inet example\n", "remove table inet example", |_| None)
+    run_nft(
+        ns,
+        "delete table inet example\n",
+        "remove table inet example",
+        |_| None,
+    )
 }

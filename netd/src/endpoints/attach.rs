@@ -4,8 +4,8 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use ipnetwork::IpNetwork;
 use crate::ports::PortMapping;
+use ipnetwork::IpNetwork;
 use plumb::{LinkChange, LinkOptions, MacAddr, Netlink, Netns, Route};
 
 use super::request::{

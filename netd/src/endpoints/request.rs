@@ -5,9 +5,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
+use crate::ports::{PortMapping, PublishedPort};
 use ipnetwork::IpNetwork;
 use md5::{Digest, Md5};
-use crate::ports::{PortMapping, PublishedPort};
 use plumb::{MacAddr, Netns};
 use serde::{Deserialize, Serialize};
 

@@ -188,7 +188,9 @@ fn bad_api_json_says_what_is_wrong() {
             .unwrap_err()
             .to_string()
     };
-    let object = |host: serde_json::Value, container: serde_json::Value, extra: (&str, serde_json::Value)| {
+    let object = |host: serde_json::Value,
+                  container: serde_json::Value,
+                  extra: (&str, serde_json::Value)| {
         let mut o = serde_json::json!({"host_ports": host, "container_ports": container});
         o[extra.0] = extra.1;
         o
@@ -199,9 +201,17 @@ fn bad_api_json_says_what_is_wrong() {
     assert!(e.contains("host port: port 0 cannot be published"), "{e}");
     let e = err(object(one(70000), one(80), ("protocol", "tcp".into())));
     assert!(e.contains("70000") && e.contains("u16"), "{e}");
-    let e = err(object(range(8002, 8000), range(80, 82), ("protocol", "tcp".into())));
+    let e = err(object(
+        range(8002, 8000),
+        range(80, 82),
+        ("protocol", "tcp".into()),
+    ));
     assert!(e.contains("ends before it starts"), "{e}");
-    let e = err(object(range(8000, 8002), range(80, 81), ("protocol", "tcp".into())));
+    let e = err(object(
+        range(8000, 8002),
+        range(80, 81),
+        ("protocol", "tcp".into()),
+    ));
     assert!(e.contains("must be the same length"), "{e}");
     let e = err(object(one(80), one(80), ("protocol", "icmp".into())));
     assert!(e.contains("unknown variant `icmp`"), "{e}");
@@ -224,12 +234,18 @@ fn the_cli_text_refuses_each_kind_of_bad_input() {
         ("70000:80", "\"70000\" is not a port number (1-65535)"),
         ("8002-8000:80-82", "range 8002-8000 ends before it starts"),
         ("8000-8002:80-81", "must be the same length"),
-        ("8080:80/icmp", "unknown protocol \"icmp\": expected tcp, udp or sctp"),
+        (
+            "8080:80/icmp",
+            "unknown protocol \"icmp\": expected tcp, udp or sctp",
+        ),
         ("1.2.3:80:80", "\"1.2.3\" is not an IP address"),
         ("[fd00::zz]:80:80", "\"fd00::zz\" is not an IPv6 address"),
     ] {
         let e = err(text);
         assert!(e.contains(says), "{text}: {e}");
-        assert!(e.starts_with(&format!("invalid port mapping {text:?}")), "{e}");
+        assert!(
+            e.starts_with(&format!("invalid port mapping {text:?}")),
+            "{e}"
+        );
     }
 }

@@ -149,4 +149,33 @@ mod tests {
             .to_string();
         assert!(err.contains("must be the same length"), "{err}");
     }
+
+    #[test]
+    fn api_requests_take_typed_and_older_string_mappings() {
+        let req: PortsRequest = serde_json::from_str(
+            r#"{"ports": ["8080:80", {"protocol": "udp", "host_ports": {"start": 53, "end": 53}, "container_ports": {"start": 53, "end": 53}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            req.ports,
+            [
+                "8080:80/tcp".parse::<PortMapping>().unwrap(),
+                "53:53/udp".parse().unwrap()
+            ]
+        );
+        // What a client sends now: the typed form.
+        let sent = serde_json::to_value(&req).unwrap();
+        assert_eq!(sent["ports"][0]["host_ports"]["start"], 8080);
+        let err = serde_json::from_str::<PortsRequest>(r#"{"ports": ["8080:0"]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("invalid port mapping \"8080:0\": container port: port 0"),
+            "{err}"
+        );
+        let err = serde_json::from_str::<PortsRequest>(r#"{"ports": ["8080:80"], "port": []}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `port`"), "{err}");
+    }
 }

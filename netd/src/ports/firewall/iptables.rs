@@ -35,9 +35,7 @@ use super::iptables_rules::{
     replaced_entry_jumps, CHAINS,
 };
 use super::iptables_syntax::{NatTable, Restore, Rule};
-use super::{
-    allow_localhost_dnat, describe_ports, localhost_dnat_allowed, Firewall, NetworkRules,
-};
+use super::{allow_localhost_dnat, describe_ports, localhost_dnat_allowed, Firewall, NetworkRules};
 use crate::ports::mapping::{validate_all, PublishedPort};
 
 pub use super::iptables_rules::{DNAT_CHAIN, MASQ_CHAIN, POSTROUTING_CHAIN};
@@ -49,7 +47,6 @@ const FAMILIES: [Family; 2] = Family::ALL;
 pub struct Iptables {
     netns: Netns,
 }
-
 
 impl Iptables {
     /// The iptables backend for namespace `netns`; nothing is run until a call.

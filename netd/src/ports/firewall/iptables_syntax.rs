@@ -11,7 +11,6 @@ use ipnetwork::IpNetwork;
 
 use crate::ports::mapping::Protocol;
 
-
 /// The nat table as `iptables-save -t nat` prints it.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(super) struct NatTable {

@@ -70,8 +70,7 @@ fn rules_render_as_iptables_save_prints_them() {
 #[test]
 fn ports_become_one_dnat_rule_per_host_port() {
     let ports = [
-        PublishedPort::parse("198.18.0.1:8000-8001:80-81", "10.9.0.3".parse().unwrap())
-            .unwrap(),
+        PublishedPort::parse("198.18.0.1:8000-8001:80-81", "10.9.0.3".parse().unwrap()).unwrap(),
         PublishedPort::parse("[fd00::1]:53:53/udp", "fd00:9::3".parse().unwrap()).unwrap(),
         PublishedPort::parse("9:9/sctp", "10.9.0.4".parse().unwrap()).unwrap(),
     ];

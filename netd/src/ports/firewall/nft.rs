@@ -29,7 +29,6 @@
 //! There is no filter chain: an accept verdict here cannot overrule a drop in
 //! another table, so a filter policy of our own could only break connectivity.
 
-
 use plumb::firewall::libnft;
 use plumb::firewall::nft_netlink::{self, Change, SetElement};
 use plumb::firewall::{run_nft, run_tool, tool_error};
@@ -38,9 +37,7 @@ use plumb::{Error, Netns, Result};
 use super::nft_listing::Listing;
 use super::nft_rules::{add_port_elements, network_batch, port_elements, port_map_elements};
 use super::nft_syntax::{Batch, Command, PORT_MAPS, TABLE};
-use super::{
-    allow_localhost_dnat, describe_ports, localhost_dnat_allowed, Firewall, NetworkRules,
-};
+use super::{allow_localhost_dnat, describe_ports, localhost_dnat_allowed, Firewall, NetworkRules};
 use crate::ports::mapping::{validate_all, PublishedPort};
 
 /// The nftables backend acting in one namespace.

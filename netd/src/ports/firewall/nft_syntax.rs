@@ -285,14 +285,8 @@ pub(crate) enum Command {
     FlushChain(Chain),
     AddSet(SetDecl),
     FlushSet(SetDecl),
-    AddElements {
-        set: String,
-        elements: Vec<String>,
-    },
-    DeleteElements {
-        set: String,
-        elements: Vec<String>,
-    },
+    AddElements { set: String, elements: Vec<String> },
+    DeleteElements { set: String, elements: Vec<String> },
     AddRule(Rule),
 }
 
