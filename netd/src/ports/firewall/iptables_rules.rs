@@ -44,6 +44,7 @@ pub(super) fn entry_jumps(family: Family) -> [Rule; 3] {
     ]
 }
 
+/// `-A <chain> -m addrtype --dst-type LOCAL -j WEFT-DNAT`
 pub(super) fn local_jump(chain: &'static str) -> Rule {
     Rule {
         local_destination: true,
@@ -125,6 +126,8 @@ pub(super) fn masq_rules(net: &NetworkRules, family: Family) -> Vec<Rule> {
     rules
 }
 
+/// The port-by-port forwards of `family`'s ports, each once: one
+/// [`dnat`] rule each.
 pub(super) fn forwards_of(ports: &[PublishedPort], family: Family) -> Vec<PortForward> {
     let mut seen = BTreeSet::new();
     ports
@@ -136,7 +139,10 @@ pub(super) fn forwards_of(ports: &[PublishedPort], family: Family) -> Vec<PortFo
 }
 
 /// The restore that makes `family`'s nat table hold `net`'s chains, keeping
-/// WEFT-DNAT's rules unless `ports` replaces them.
+/// WEFT-DNAT's rules unless `ports` replaces them: `:WEFT-DNAT - [0:0]` (when
+/// new or replaced), `:WEFT-POSTROUTING - [0:0]`, `:WEFT-MASQ - [0:0]`, the
+/// [`postrouting_rules`] and [`masq_rules`], the [`dnat`] rules of `ports`,
+/// `-I` for each missing [`entry_jumps`] rule and `-D` for each stale one.
 pub(super) fn network_restore(
     net: &NetworkRules,
     family: Family,

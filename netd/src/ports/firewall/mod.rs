@@ -234,6 +234,20 @@ fn describe_ports(verb: &str, ports: &[PublishedPort]) -> String {
     text
 }
 
+/// The dual-stack network the nft unit tests render.
+#[cfg(test)]
+fn example_network() -> NetworkRules {
+    NetworkRules {
+        bridge: "weft0".into(),
+        subnets: vec![
+            "10.9.0.1/24".parse().unwrap(),
+            "fd00:9::/64".parse().unwrap(),
+        ],
+        masquerade: true,
+        cluster_ranges: vec!["10.9.0.0/16".parse().unwrap()],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

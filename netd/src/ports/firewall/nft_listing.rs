@@ -80,19 +80,8 @@ impl Listing {
 
 #[cfg(test)]
 mod tests {
+    use super::super::example_network as net;
     use super::*;
-
-    fn net() -> NetworkRules {
-        NetworkRules {
-            bridge: "weft0".into(),
-            subnets: vec![
-                "10.9.0.1/24".parse().unwrap(),
-                "fd00:9::/64".parse().unwrap(),
-            ],
-            masquerade: true,
-            cluster_ranges: vec!["10.9.0.0/16".parse().unwrap()],
-        }
-    }
 
     #[test]
     fn listings_are_checked_against_the_network() {

@@ -100,7 +100,8 @@ fn masquerade_outbound(family: Family) -> Rule {
     }
 }
 
-/// Every rule of the table for `net`, in chain order.
+/// Every rule of the table for `net`, in chain order (the builders above
+/// show each); the outbound masquerade only when `net.masquerade`.
 pub(super) fn rules(net: &NetworkRules) -> Vec<Rule> {
     let mut rules = vec![
         jump_to_published(Chain::Prerouting),
@@ -118,7 +119,8 @@ pub(super) fn rules(net: &NetworkRules) -> Vec<Rule> {
     rules
 }
 
-/// The contents of the network sets for `net`.
+/// The contents of the network sets for `net`: `subnets4 { 10.9.0.0/24 }`,
+/// `cluster4 { 10.9.0.0/16 }`, and the `…6` sets likewise.
 pub(super) fn network_elements(net: &NetworkRules) -> Vec<(SetDecl, Vec<String>)> {
     let strings = |nets: Vec<IpNetwork>| nets.iter().map(|n| n.to_string()).collect();
     FAMILIES
@@ -133,7 +135,12 @@ pub(super) fn network_elements(net: &NetworkRules) -> Vec<(SetDecl, Vec<String>)
 }
 
 /// Declares the table with its chains, sets and maps, and replaces the rules
-/// and network sets; the port maps keep their elements.
+/// and network sets; the port maps keep their elements:
+/// `add table inet weft`, `add chain inet weft prerouting { type nat hook
+/// prerouting priority dstnat; policy accept; }` (…), `add map inet weft
+/// ports4 { … }` (…), `flush chain inet weft prerouting` (…), `flush set inet
+/// weft subnets4`, `add element inet weft subnets4 { 10.9.0.0/24 }` (…), then
+/// `add rule inet weft …` for each of [`rules`].
 pub(super) fn network_batch(net: &NetworkRules) -> Batch {
     let mut batch = Batch(vec![Command::AddTable]);
     for chain in CHAINS {
@@ -215,20 +222,9 @@ pub(super) fn add_port_elements(batch: &mut Batch, ports: &[PublishedPort]) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::example_network as net;
     use super::super::nft_syntax::SUBNETS6;
     use super::*;
-
-    fn net() -> NetworkRules {
-        NetworkRules {
-            bridge: "weft0".into(),
-            subnets: vec![
-                "10.9.0.1/24".parse().unwrap(),
-                "fd00:9::/64".parse().unwrap(),
-            ],
-            masquerade: true,
-            cluster_ranges: vec!["10.9.0.0/16".parse().unwrap()],
-        }
-    }
 
     #[test]
     fn rules_render_in_nft_syntax() {
