@@ -199,33 +199,37 @@ pub fn endpoint_id(network: &str, container_id: &str, ifname: &str) -> String {
     format!("{prefix}h{}", hex(&hasher.finalize(), 16))
 }
 
-/// A port mapping as netd's `-p` spec.
-pub fn port_spec(p: &PortMapping) -> Result<String, CniError> {
-    let proto = p.protocol.to_ascii_lowercase();
-    if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
-        return Err(CniError::unsupported_field(
+/// A CNI `portMappings` entry as netd's typed [`netd::PortMapping`], checked
+/// here, where the plugin reads it.
+pub fn port_mapping(p: &PortMapping) -> Result<netd::PortMapping, CniError> {
+    let protocol = p.protocol.parse::<netd::ports::Protocol>().map_err(|_| {
+        CniError::unsupported_field(
             "runtimeConfig.portMappings[].protocol",
             &serde_json::json!(p.protocol),
             "weft publishes tcp, udp and sctp",
-        ));
-    }
-    let host = match p.host_ip.as_deref().filter(|s| !s.is_empty()) {
-        None => String::new(),
-        Some(text) => match text.parse::<IpAddr>() {
-            Ok(IpAddr::V4(ip)) => format!("{ip}:"),
-            Ok(IpAddr::V6(ip)) => format!("[{ip}]:"),
-            Err(_) => {
-                return Err(CniError::invalid_config(
-                    format!("invalid portMappings hostIP {text:?}"),
-                    "hostIP is an IPv4 or IPv6 address",
-                ))
-            }
-        },
+        )
+    })?;
+    let host_ip = match p.host_ip.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(text) => Some(text.parse::<IpAddr>().map_err(|_| {
+            CniError::invalid_config(
+                format!("invalid portMappings hostIP {text:?}"),
+                "hostIP is an IPv4 or IPv6 address",
+            )
+        })?),
     };
-    Ok(format!(
-        "{host}{}:{}/{proto}",
-        p.host_port, p.container_port
-    ))
+    netd::PortMapping::new(
+        protocol,
+        host_ip,
+        netd::ports::PortRange::single(p.host_port),
+        netd::ports::PortRange::single(p.container_port),
+    )
+    .map_err(|e| {
+        CniError::invalid_config(
+            format!("invalid portMappings entry: {e}"),
+            "hostPort and containerPort are ports 1-65535",
+        )
+    })
 }
 
 /// The default gateways of a delegated result: the gateway of each address
@@ -275,7 +279,7 @@ pub fn attach_request(
             .runtime_config
             .port_mappings
             .iter()
-            .map(port_spec)
+            .map(port_mapping)
             .collect::<Result<_, _>>()?,
         ..Default::default()
     };
@@ -434,28 +438,56 @@ mod tests {
     }
 
     #[test]
-    fn port_mappings_become_netd_specs() {
+    fn port_mappings_become_netd_mappings() {
         let p = |json: serde_json::Value| serde_json::from_value::<PortMapping>(json).unwrap();
         assert_eq!(
-            port_spec(&p(
+            port_mapping(&p(
                 serde_json::json!({"hostPort": 8080, "containerPort": 80})
             ))
             .unwrap(),
-            "8080:80/tcp"
+            "8080:80/tcp".parse().unwrap()
         );
         assert_eq!(
-            port_spec(&p(serde_json::json!({"hostPort": 53, "containerPort": 53, "protocol": "UDP", "hostIP": "fd00::1"}))).unwrap(),
-            "[fd00::1]:53:53/udp"
+            port_mapping(&p(serde_json::json!({"hostPort": 53, "containerPort": 53, "protocol": "UDP", "hostIP": "fd00::1"}))).unwrap(),
+            "[fd00::1]:53:53/udp".parse().unwrap()
         );
+        // An empty or unspecified hostIP means every address.
         assert_eq!(
-            port_spec(&p(
-                serde_json::json!({"hostPort": 1, "containerPort": 1, "protocol": "icmp"})
+            port_mapping(&p(
+                serde_json::json!({"hostPort": 9, "containerPort": 9, "protocol": "sctp", "hostIP": ""})
             ))
-            .unwrap_err()
-            .code
-            .number(),
-            2
+            .unwrap()
+            .host_ip,
+            None
         );
+    }
+
+    #[test]
+    fn bad_port_mappings_give_clear_errors() {
+        let err = |json: serde_json::Value| {
+            let m = serde_json::from_value::<PortMapping>(json).unwrap();
+            port_mapping(&m).unwrap_err()
+        };
+        let e = err(serde_json::json!({"hostPort": 1, "containerPort": 1, "protocol": "icmp"}));
+        assert_eq!(e.code.number(), 2, "{e:?}");
+        let e = err(serde_json::json!({"hostPort": 0, "containerPort": 80}));
+        assert!(
+            e.msg.contains("host port: port 0 cannot be published"),
+            "{e:?}"
+        );
+        let e = err(serde_json::json!({"hostPort": 80, "containerPort": 0}));
+        assert!(e.msg.contains("container port: port 0"), "{e:?}");
+        let e =
+            err(serde_json::json!({"hostPort": 80, "containerPort": 80, "hostIP": "300.1.1.1"}));
+        assert!(
+            e.msg.contains("invalid portMappings hostIP \"300.1.1.1\""),
+            "{e:?}"
+        );
+        // Out of range never becomes a u16: the network config is refused as JSON.
+        assert!(serde_json::from_value::<PortMapping>(
+            serde_json::json!({"hostPort": 70000, "containerPort": 80})
+        )
+        .is_err());
     }
 
     #[test]

@@ -34,4 +34,5 @@ pub use endpoints::{
 };
 pub use error::{Error, ErrorKind, Result};
 pub use network::Network;
+pub use ports::{PortMapping, PublishedPort};
 pub use state::{Endpoint, Phase, Store};

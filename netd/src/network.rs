@@ -21,8 +21,9 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use crate::ports::firewall::NetworkRules;
+use crate::ports::{PortMapping, PublishedPort};
 use ipnetwork::IpNetwork;
-use plumb::firewall::{NetworkRules, PublishedPort};
 use plumb::Netns;
 
 use crate::action::Action;
@@ -172,12 +173,12 @@ impl Network {
     }
 
     /// Publishes more ports of an attached container.
-    pub async fn publish(&self, key: &str, specs: &[String]) -> Result<Vec<PublishedPort>> {
+    pub async fn publish(&self, key: &str, specs: &[PortMapping]) -> Result<Vec<PublishedPort>> {
         self.ports.publish(key, specs, None).await
     }
 
     /// Withdraws published ports of a container.
-    pub async fn unpublish(&self, key: &str, specs: &[String]) -> Result<Vec<PublishedPort>> {
+    pub async fn unpublish(&self, key: &str, specs: &[PortMapping]) -> Result<Vec<PublishedPort>> {
         self.ports.unpublish(key, specs, None).await
     }
 

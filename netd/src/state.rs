@@ -37,8 +37,8 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+use crate::ports::mapping::PublishedPort;
 use ipnetwork::IpNetwork;
-use plumb::firewall::PublishedPort;
 use plumb::MacAddr;
 use serde::{Deserialize, Serialize};
 

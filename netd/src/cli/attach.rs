@@ -47,7 +47,7 @@ pub struct AttachArgs {
     pub mtu: Option<u32>,
     /// Publish a port: [hostip:]hostport[-end]:ctrport[-end][/tcp|udp|sctp]; repeatable.
     #[arg(short = 'p', long = "publish")]
-    pub ports: Vec<String>,
+    pub ports: Vec<crate::ports::PortMapping>,
     #[command(flatten)]
     pub client: ClientArgs,
 }

@@ -14,7 +14,7 @@ pub mod server;
 
 use std::path::Path;
 
-use plumb::firewall::PublishedPort;
+use crate::ports::{PortMapping, PublishedPort};
 
 pub use run::{run, run_from};
 
@@ -201,14 +201,14 @@ impl Daemon {
         self.reaper.reaped().await;
     }
 
-    pub async fn publish(&self, key: &str, specs: &[String]) -> Result<Vec<PublishedPort>> {
+    pub async fn publish(&self, key: &str, specs: &[PortMapping]) -> Result<Vec<PublishedPort>> {
         self.network
             .ports()
             .publish(key, specs, self.relay.as_ref())
             .await
     }
 
-    pub async fn unpublish(&self, key: &str, specs: &[String]) -> Result<Vec<PublishedPort>> {
+    pub async fn unpublish(&self, key: &str, specs: &[PortMapping]) -> Result<Vec<PublishedPort>> {
         self.network
             .ports()
             .unpublish(key, specs, self.relay.as_ref())

@@ -4,8 +4,8 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+use crate::ports::PortMapping;
 use ipnetwork::IpNetwork;
-use plumb::firewall::PortSpec;
 use plumb::{LinkChange, LinkOptions, MacAddr, Netlink, Netns, Route};
 
 use super::request::{
@@ -104,7 +104,7 @@ struct AttachPlan {
     ifname: String,
     mac: Option<MacAddr>,
     mtu: Option<u32>,
-    ports: Vec<PortSpec>,
+    ports: Vec<PortMapping>,
     /// What DNS answers for it, primary first.
     dns_names: Vec<String>,
 }
@@ -257,7 +257,7 @@ impl Endpoints {
                 "attach container {name}: an IPv6 address was asked for but netd has no subnet6 configured"
             )));
         }
-        let ports = ports::parse_specs(&name, &req.ports)?;
+        let ports = req.ports.clone();
         let dns_names = dns_names(req, &id)?;
         // Looked at in place: copying the state would cost O(containers).
         self.host.store().read_with(|state| -> Result<()> {

@@ -5,9 +5,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
+use crate::ports::{PortMapping, PublishedPort};
 use ipnetwork::IpNetwork;
 use md5::{Digest, Md5};
-use plumb::firewall::PublishedPort;
 use plumb::{MacAddr, Netns};
 use serde::{Deserialize, Serialize};
 
@@ -63,9 +63,10 @@ pub struct AttachRequest {
     pub mac: Option<String>,
     #[serde(default)]
     pub mtu: Option<u32>,
-    /// Ports to publish: `[hostip:]hostport[-end]:ctrport[-end][/proto]`.
+    /// Ports to publish, typed; the `[hostip:]hostport[-end]:ctrport[-end][/proto]`
+    /// strings older clients send are read too.
     #[serde(default)]
-    pub ports: Vec<String>,
+    pub ports: Vec<PortMapping>,
     /// Addresses allocated elsewhere (a CNI IPAM plugin such as host-local):
     /// netd applies them as given instead of allocating from its subnets, and
     /// reserves nothing for them. Excludes `ip` and `ip6`.
