@@ -12,8 +12,10 @@ use std::time::Duration;
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde::{Deserialize, Serialize};
 
+pub mod api;
 pub mod overlay;
 
+pub use api::{ApiArgs, ApiFile, ApiLimits};
 pub use overlay::{OverlayArgs, OverlayConfig, OverlayFile, StaticPeer};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/weft/netd.toml";
@@ -88,6 +90,7 @@ pub struct FileConfig {
     pub multicast_snooping: Option<bool>,
     pub ipv6_localhost_relay: Option<bool>,
     pub overlay: Option<OverlayFile>,
+    pub api: Option<ApiFile>,
 }
 
 /// The same keys as flags, each also read from its `WEFT_*` variable.
@@ -138,6 +141,8 @@ pub struct ConfigArgs {
     pub ipv6_localhost_relay: Option<bool>,
     #[command(flatten)]
     pub overlay: OverlayArgs,
+    #[command(flatten)]
+    pub api: ApiArgs,
 }
 
 /// The resolved configuration.
@@ -162,6 +167,8 @@ pub struct Config {
     /// Masquerade traffic from the subnets to the outside (on unless a
     /// library user, such as a CNI config with `"ipMasq": false`, turns it off).
     pub masquerade: bool,
+    /// The API's limits (`[api]`).
+    pub api: ApiLimits,
 }
 
 impl Default for Config {
@@ -181,6 +188,7 @@ impl Default for Config {
             ipv6_localhost_relay: true,
             overlay: OverlayConfig::default(),
             masquerade: true,
+            api: ApiLimits::default(),
         }
     }
 }
@@ -244,6 +252,7 @@ impl Config {
                 .unwrap_or(d.ipv6_localhost_relay),
             overlay: OverlayConfig::merge(file.overlay, &args.overlay),
             masquerade: true,
+            api: ApiLimits::merge(file.api, &args.api),
         };
         config.validate()?;
         Ok(config)
@@ -277,6 +286,7 @@ impl Config {
             }
         }
         self.overlay.validate(self.subnet)?;
+        self.api.validate()?;
         if self.reconcile_interval.is_zero() {
             return Err(ConfigError::Value {
                 key: "reconcile_interval_secs",

@@ -7,6 +7,7 @@
 //!   and the periodic check;
 //! - `server.rs`: the API on the unix socket and the metrics endpoint.
 
+mod route;
 mod run;
 pub mod server;
 

@@ -17,6 +17,8 @@ mod attach;
 mod check;
 mod detach;
 mod gc;
+mod in_flight;
+mod namespace;
 mod pause;
 mod reaper;
 mod reconcile;
@@ -38,6 +40,7 @@ use crate::error::Result;
 use crate::host::Host;
 use crate::ports::{LocalhostRelay, Ports};
 use crate::state::Endpoint;
+use in_flight::InFlight;
 
 /// Attaches, detaches, checks and reconciles containers' endpoints.
 /// Cheap to clone: the reaper's thread holds a clone.
@@ -46,6 +49,7 @@ pub struct Endpoints {
     host: Arc<Host>,
     ports: Arc<Ports>,
     pauses: Arc<TestPauses>,
+    in_flight: Arc<InFlight>,
 }
 
 /// What a long-running process lends an endpoint operation: the reaper
@@ -83,6 +87,7 @@ impl Endpoints {
             host,
             ports,
             pauses: Arc::new(pauses),
+            in_flight: Arc::new(InFlight::default()),
         }
     }
 
@@ -108,6 +113,23 @@ impl Endpoints {
         }
         self.host.set_ready(true);
         Ok(())
+    }
+
+    /// Waits until no attach of this process is under way, at most `limit`;
+    /// false when some still is. A stopping daemon lets its attaches finish.
+    pub async fn settled(&self, limit: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !self.in_flight.is_empty() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_millis(50),
+                self.in_flight.finished(),
+            )
+            .await;
+        }
+        true
     }
 
     /// The endpoints netd knows, attached or in flight.

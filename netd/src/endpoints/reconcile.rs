@@ -97,7 +97,7 @@ impl Endpoints {
         bg: Background<'_>,
     ) -> Result<Option<Action>> {
         match ep.phase {
-            Phase::Attaching { owner } if owner.is_alive() => Ok(None),
+            Phase::Attaching { .. } if self.in_flight.attach_is_live(&ep.id, ep.phase) => Ok(None),
             // A detach of this very process that the reaper no longer holds
             // (its deletion failed) is finished here; any other live owner's
             // is its own business.
@@ -321,8 +321,8 @@ impl Endpoints {
                                 return Some("endpoint link missing or detached");
                             }
                         }
-                        Phase::Attaching { owner } => {
-                            if !owner.is_alive() {
+                        Phase::Attaching { .. } => {
+                            if !self.in_flight.attach_is_live(&ep.id, ep.phase) {
                                 return Some("an attach was interrupted");
                             }
                         }
