@@ -8,6 +8,8 @@
 //! - `server.rs`: the API on the unix socket and the metrics endpoint.
 
 mod route;
+#[cfg(test)]
+mod route_fuzz_tests;
 mod run;
 pub mod server;
 

@@ -181,7 +181,7 @@ pub(super) fn status_of(kind: ErrorKind) -> StatusCode {
     }
 }
 
-fn error(e: &Error) -> Answer {
+pub(super) fn error(e: &Error) -> Answer {
     let kind = e.kind();
     json(status_of(kind), &ErrorBody::new(kind, e.to_string()))
 }
