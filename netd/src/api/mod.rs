@@ -48,6 +48,10 @@ pub struct Status {
     /// The WireGuard overlay; None when it is off.
     #[serde(default)]
     pub overlay: Option<OverlayStatus>,
+    /// Attaches, detaches, publishes and reconciliations netd has taken and
+    /// not finished: each runs to its end whatever its client does.
+    #[serde(default)]
+    pub operations_in_flight: usize,
 }
 
 /// The body of an error answer.

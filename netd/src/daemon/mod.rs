@@ -14,6 +14,8 @@ mod run;
 pub mod server;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use plumb::firewall::PublishedPort;
 
@@ -59,6 +61,8 @@ pub struct Daemon {
     relay: Option<LocalhostRelay>,
     overlay: Option<OverlayService>,
     peers: PeerSource,
+    /// Operations the API has taken and not finished (see `server::owned`).
+    operations: Arc<AtomicUsize>,
 }
 
 impl Daemon {
@@ -106,6 +110,7 @@ impl Daemon {
             relay,
             overlay,
             peers,
+            operations: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -221,6 +226,7 @@ impl Daemon {
             state_dir: config.state_dir.clone(),
             socket: config.socket.clone(),
             overlay: self.overlay.as_ref().map(|o| o.status()),
+            operations_in_flight: self.operations.load(Ordering::SeqCst),
         })
     }
 
@@ -239,8 +245,23 @@ impl Daemon {
         Ok(body)
     }
 
+    /// Counts an operation the API has taken until the returned guard drops.
+    fn operation(&self) -> OperationGuard {
+        self.operations.fetch_add(1, Ordering::SeqCst);
+        OperationGuard(self.operations.clone())
+    }
+
     /// The API's socket path.
     pub fn socket(&self) -> &Path {
         &self.network.config().socket
+    }
+}
+
+/// One operation the API has taken, counted while it runs.
+struct OperationGuard(Arc<AtomicUsize>);
+
+impl Drop for OperationGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }

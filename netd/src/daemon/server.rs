@@ -264,9 +264,16 @@ async fn handle(daemon: Arc<Daemon>, req: Request<Incoming>) -> Answer {
 /// that hangs up drops the request's future, and that must not cancel the
 /// operation half-way. Once netd has taken it, it finishes or rolls back.
 async fn owned<T: Send + 'static>(
+    daemon: &Daemon,
     operation: impl std::future::Future<Output = Result<T>> + Send + 'static,
 ) -> Result<T> {
-    tokio::spawn(operation).await.unwrap_or_else(|e| {
+    let counted = daemon.operation();
+    tokio::spawn(async move {
+        let _counted = counted;
+        operation.await
+    })
+    .await
+    .unwrap_or_else(|e| {
         Err(Error::Setup(format!(
             "the operation's task ended abnormally: {e}"
         )))
@@ -279,7 +286,7 @@ async fn dispatch(daemon: Arc<Daemon>, call: Call) -> Answer {
     match call {
         Call::Status => answer(daemon.status()),
         Call::List => answer(network.list()),
-        Call::Attach(req) => answer(owned(async move { d.attach(req).await }).await),
+        Call::Attach(req) => answer(owned(&daemon, async move { d.attach(req).await }).await),
         Call::Get(key) => match network.get(&key) {
             Ok(Some(result)) => json(StatusCode::OK, &result),
             Ok(None) => error(&Error::NotFound(format!(
@@ -294,7 +301,7 @@ async fn dispatch(daemon: Arc<Daemon>, call: Call) -> Answer {
                 .map(|()| serde_json::json!({"ok": true})),
         ),
         Call::Detach { key, wait } => answer(
-            owned(async move {
+            owned(&daemon, async move {
                 let report = d.detach(&key).await;
                 if wait && report.is_ok() {
                     d.reaped().await;
@@ -304,12 +311,12 @@ async fn dispatch(daemon: Arc<Daemon>, call: Call) -> Answer {
             .await,
         ),
         Call::Publish { key, ports } => {
-            answer(owned(async move { d.publish(&key, &ports).await }).await)
+            answer(owned(&daemon, async move { d.publish(&key, &ports).await }).await)
         }
         Call::Unpublish { key, ports } => {
-            answer(owned(async move { d.unpublish(&key, &ports).await }).await)
+            answer(owned(&daemon, async move { d.unpublish(&key, &ports).await }).await)
         }
-        Call::Reconcile => answer(owned(async move { d.reconcile().await }).await),
+        Call::Reconcile => answer(owned(&daemon, async move { d.reconcile().await }).await),
         Call::Peers => match daemon.peers() {
             Some(peers) => json(StatusCode::OK, &peers),
             None => error(&Error::NotFound(

@@ -32,7 +32,8 @@ pub use reaper::{Reaper, REAP_GROUP};
 pub use reconcile::ReconcileReport;
 pub use request::{
     host_ifname, AssignedAddresses, AttachRequest, AttachResult, DetachReport, InterfaceInfo,
-    IpInfo, Ipv4Range, RouteInfo, ALIAS_PREFIX, DEFAULT_IFNAME, HOST_IFNAME_PREFIX,
+    IpInfo, Ipv4Range, RouteInfo, ALIAS_PREFIX, DEFAULT_IFNAME, HOST_IFNAME_PREFIX, MAX_ID_LEN,
+    MAX_NAME_LEN,
 };
 
 use crate::action::Action;
