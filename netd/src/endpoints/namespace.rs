@@ -8,10 +8,20 @@ use plumb::Netns;
 use super::Endpoints;
 use crate::error::{Error, Result};
 
+/// The longest namespace path the kernel opens (PATH_MAX less its NUL).
+const MAX_SPEC_LEN: usize = 4095;
+
 impl Endpoints {
     /// Opens `spec` (a path, a name in /run/netns, or a PID) and refuses
     /// what is no container's namespace (InvalidInput).
     pub(super) fn container_netns_of(&self, spec: &str) -> Result<Netns> {
+        // What no path or name can be: refused as such, not as a kernel error.
+        if spec.is_empty() || spec.len() > MAX_SPEC_LEN || spec.contains('\0') {
+            let shown: String = spec.chars().take(64).collect();
+            return Err(Error::InvalidInput(format!(
+                "attach: namespace {shown:?} is not valid: give a path, a name in /run/netns or a PID, 1–{MAX_SPEC_LEN} bytes, no NUL"
+            )));
+        }
         // A path is looked at before it is opened: a FIFO or a device must
         // never be (the open could block or act).
         if spec.starts_with('/') {
