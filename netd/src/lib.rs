@@ -22,6 +22,7 @@ pub mod names;
 pub mod network;
 pub mod overlay;
 pub mod ports;
+pub mod quarantine;
 pub mod recover;
 pub mod state;
 
