@@ -21,7 +21,7 @@ use std::net::IpAddr;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use lifecycle_support::{call, host_link, in_flight, request, state, Seeded};
+use lifecycle_support::{call, host_link, in_flight, request, ruleset, state, Seeded};
 use netd_support::{default_args, eventually, Netd, TestDir};
 use serde_json::json;
 use world::{require_root, World};
@@ -156,14 +156,7 @@ async fn kills_and_vanishing_clients_lose_strand_and_resurrect_nothing() {
             netd.log_text()
         );
         let after = state(&netd.state_dir);
-        let ruleset = world::run_in(
-            &host.netns,
-            "nft",
-            &["list", "ruleset"],
-            Duration::from_secs(10),
-        )
-        .unwrap()
-        .stdout;
+        let ruleset = ruleset(&host.netns);
         for (i, c) in containers.iter().enumerate() {
             let name = format!("m{i}");
             let (op, _) = plan[i];

@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use lifecycle_support::{
-    attaching, call, host_link, request, send_and_hang_up, settled, state, Seeded,
+    attaching, call, host_link, request, ruleset, send_and_hang_up, settled, state, Seeded,
 };
 use netd_support::{default_args, eventually, Netd, TestDir};
 use serde_json::{json, Value};
@@ -92,14 +92,7 @@ async fn clients_that_hang_up_mid_attach_leave_nothing_stuck() {
             "{name} keeps an eth0: {inside}"
         );
     }
-    let ruleset = world::run_in(
-        &host.netns,
-        "nft",
-        &["list", "ruleset"],
-        Duration::from_secs(10),
-    )
-    .unwrap()
-    .stdout;
+    let ruleset = ruleset(&host.netns);
     for i in 0..CLIENTS {
         assert!(
             !ruleset.contains(&format!("{}", 47000 + i)),

@@ -143,3 +143,10 @@ pub fn settled(socket: &Path, state_dir: &Path, timeout: Duration) -> bool {
     }
     false
 }
+
+/// The firewall ruleset of `netns`, as `nft list ruleset` prints it.
+pub fn ruleset(netns: &plumb::Netns) -> String {
+    world::run_in(netns, "nft", &["list", "ruleset"], Duration::from_secs(10))
+        .expect("nft list ruleset")
+        .stdout
+}

@@ -18,7 +18,7 @@ const ATTACH_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 /// What a detach found when it went to claim the container.
 enum Claim {
     Absent,
-    Claimed(Endpoint),
+    Claimed(Box<Endpoint>),
     /// Its name and the PID attaching it.
     BeingAttached(String, u32),
 }
@@ -151,11 +151,11 @@ impl Endpoints {
                     return Ok(Claim::BeingAttached(ep.name.clone(), o.pid));
                 }
                 ep.phase = Phase::Detaching { owner };
-                Ok(Claim::Claimed(ep.clone()))
+                Ok(Claim::Claimed(Box::new(ep.clone())))
             })?;
             match claimed {
                 Claim::Absent => break None,
-                Claim::Claimed(ep) => break Some(ep),
+                Claim::Claimed(ep) => break Some(*ep),
                 Claim::BeingAttached(name, pid) => {
                     if tokio::time::Instant::now() >= deadline {
                         return Err(Error::Busy(format!(
