@@ -312,3 +312,37 @@ async fn the_id_limit_is_the_kernels_alias_limit() {
     // iproute2 agrees.
     assert!(set(&fits));
 }
+
+#[tokio::test]
+async fn a_stopping_netd_finishes_the_attach_it_took() {
+    require_root!();
+    let world = World::new().await.unwrap();
+    let host = world.host("a").await.unwrap();
+    let dir = TestDir::new(&world).unwrap();
+    let mut netd = Netd::start_with_env(
+        &world,
+        &host,
+        &dir.0,
+        &default_args("10.67.4.0/24"),
+        &[(netd::endpoints::PAUSE_ENV, "reserved:1")],
+    )
+    .unwrap();
+    let c1 = host.container("c1").unwrap();
+    std::thread::scope(|s| {
+        let attach = s.spawn(|| netd.attach(&c1.netns_name, "c1", &[]));
+        assert!(
+            eventually(Duration::from_secs(10), || attaching(&netd.state_dir)
+                == ["c1"]),
+            "c1 never showed up as attaching"
+        );
+        netd.terminate().unwrap();
+        attach
+            .join()
+            .unwrap()
+            .expect("the attach taken before SIGTERM succeeded");
+    });
+    let ep = state(&netd.state_dir).endpoints.get("c1").cloned();
+    assert_eq!(ep.map(|e| e.phase), Some(netd::Phase::Attached));
+    netd.restart().unwrap();
+    assert_eq!(host_link(&host.netns, "c1"), (true, true));
+}

@@ -251,6 +251,23 @@ impl Daemon {
         OperationGuard(self.operations.clone())
     }
 
+    /// Waits until every operation the API has taken has finished, at most
+    /// `limit`; false when some still run. A stopping netd lets them finish.
+    pub async fn operations_finished(&self, limit: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.operations.load(Ordering::SeqCst) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        // A library attach of this process outside the API, if any.
+        self.network
+            .endpoints()
+            .settled(deadline.saturating_duration_since(tokio::time::Instant::now()))
+            .await
+    }
+
     /// The API's socket path.
     pub fn socket(&self) -> &Path {
         &self.network.config().socket
