@@ -189,7 +189,8 @@ pub fn endpoint_id(network: &str, container_id: &str, ifname: &str) -> String {
     };
     let prefix = id_prefix(network);
     let readable = format!("{prefix}{container_id}.{ifname}");
-    if plain(container_id) && plain(ifname) && readable.len() <= 253 {
+    // netd refuses longer ids: the host link's alias `weft:<id>` would not fit.
+    if plain(container_id) && plain(ifname) && readable.len() <= netd::endpoints::MAX_ID_LEN {
         return readable;
     }
     let mut hasher = Md5::new();
@@ -435,6 +436,11 @@ mod tests {
         assert!(hashed.starts_with(&id_prefix("net1")));
         assert_ne!(hashed, endpoint_id("net1", "a", "b.eth0"));
         assert!(endpoint_id("n", &"x".repeat(300), "eth0").len() < 64);
+        // The longest readable id netd takes stays readable; one more is hashed.
+        let room = netd::endpoints::MAX_ID_LEN - id_prefix("n").len() - ".eth0".len();
+        let longest = endpoint_id("n", &"x".repeat(room), "eth0");
+        assert_eq!(longest.len(), netd::endpoints::MAX_ID_LEN);
+        assert!(endpoint_id("n", &"x".repeat(room + 1), "eth0").len() < 64);
     }
 
     #[test]

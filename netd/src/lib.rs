@@ -23,6 +23,7 @@ pub mod network;
 pub mod overlap;
 pub mod overlay;
 pub mod ports;
+pub mod quarantine;
 pub mod recover;
 pub mod state;
 

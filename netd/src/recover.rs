@@ -28,6 +28,7 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::endpoints::ALIAS_PREFIX;
 use crate::error::{KernelContext, Result};
+use crate::quarantine::{LeftAlone, Quarantine};
 use crate::state::{Endpoint, Phase, Replaced, State, Store};
 
 mod peers;
@@ -152,6 +153,15 @@ pub async fn recover(
         }
     }
     if !dry_run && !report.problems.is_empty() {
+        // Listed first: a netd started after a failed write must not delete them.
+        Quarantine::add(
+            store.dir(),
+            report.unmatched_links.iter().map(|u| LeftAlone {
+                host_ifname: u.host_ifname.clone(),
+                id: u.id.clone(),
+                reason: u.reason.clone(),
+            }),
+        )?;
         report.written = Some(store.replace(&fresh, salvage.seq)?);
     }
     Ok(report)
@@ -285,7 +295,7 @@ impl RecoveryReport {
         }
         for u in &self.unmatched_links {
             lines.push(format!(
-                "left alone: {} (container {}): {}; netd removes it as a stale link at its next reconciliation unless the container is attached again",
+                "left alone: {} (container {}): {}; netd keeps it until `netd recover --forget-left-alone`",
                 u.host_ifname, u.id, u.reason
             ));
         }

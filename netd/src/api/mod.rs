@@ -54,6 +54,10 @@ pub struct Status {
     /// The DNS server on the gateways; None when names are off.
     #[serde(default)]
     pub dns: Option<DnsStatus>,
+    /// Attaches, detaches, publishes and reconciliations netd has taken and
+    /// not finished: each runs to its end whatever its client does.
+    #[serde(default)]
+    pub operations_in_flight: usize,
 }
 
 /// What containers put in their resolv.conf to use the names netd serves.

@@ -12,6 +12,10 @@ pub struct RecoverArgs {
     /// Show what would be adopted and dropped; write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Clear the list of links an earlier recovery left alone (netd then
+    /// deletes them as stale links at its next reconciliation); nothing else.
+    #[arg(long, conflicts_with = "dry_run")]
+    pub forget_left_alone: bool,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -31,6 +35,19 @@ pub async fn run(args: RecoverArgs) -> Result<()> {
             "netd is running (it answers on {}): stop it first (systemctl stop weft-netd), then run netd recover",
             config.socket.display()
         )));
+    }
+    if args.forget_left_alone {
+        let forgotten = crate::quarantine::Quarantine::forget(&config.state_dir)?;
+        for link in &forgotten.links {
+            println!(
+                "forgot {} (container {}): netd deletes it at its next reconciliation",
+                link.host_ifname, link.id
+            );
+        }
+        if forgotten.links.is_empty() {
+            println!("no links were left alone");
+        }
+        return Ok(());
     }
     let store = Store::open(&config.state_dir)?;
     let report = crate::recover::recover(&host, &config, &store, args.dry_run).await?;

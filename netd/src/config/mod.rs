@@ -12,9 +12,11 @@ use std::time::Duration;
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde::{Deserialize, Serialize};
 
+pub mod api;
 mod names;
 pub mod overlay;
 
+pub use api::{ApiArgs, ApiFile, ApiLimits};
 pub use overlay::{OverlayArgs, OverlayConfig, OverlayFile, StaticPeer};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/weft/netd.toml";
@@ -93,6 +95,7 @@ pub struct FileConfig {
     pub dns_resolv_conf: Option<PathBuf>,
     pub dns_rate_limit: Option<u32>,
     pub overlay: Option<OverlayFile>,
+    pub api: Option<ApiFile>,
 }
 
 /// The same keys as flags, each also read from its `WEFT_*` variable.
@@ -158,6 +161,8 @@ pub struct ConfigArgs {
     pub dns_rate_limit: Option<u32>,
     #[command(flatten)]
     pub overlay: OverlayArgs,
+    #[command(flatten)]
+    pub api: ApiArgs,
 }
 
 /// The resolved configuration.
@@ -188,6 +193,8 @@ pub struct Config {
     /// Masquerade traffic from the subnets to the outside (on unless a
     /// library user, such as a CNI config with `"ipMasq": false`, turns it off).
     pub masquerade: bool,
+    /// The API's limits (`[api]`).
+    pub api: ApiLimits,
 }
 
 impl Default for Config {
@@ -211,6 +218,7 @@ impl Default for Config {
             dns_rate_limit: crate::names::RateLimit::default().per_second,
             overlay: OverlayConfig::default(),
             masquerade: true,
+            api: ApiLimits::default(),
         }
     }
 }
@@ -289,6 +297,7 @@ impl Config {
                 .unwrap_or(d.dns_rate_limit),
             overlay: OverlayConfig::merge(file.overlay, &args.overlay),
             masquerade: true,
+            api: ApiLimits::merge(file.api, &args.api),
         };
         config.validate()?;
         Ok(config)
@@ -323,6 +332,7 @@ impl Config {
         }
         self.overlay.validate(self.subnet)?;
         names::validate(&self.dns_search_domain, self.dns_rate_limit)?;
+        self.api.validate()?;
         if self.reconcile_interval.is_zero() {
             return Err(ConfigError::Value {
                 key: "reconcile_interval_secs",

@@ -9,10 +9,15 @@
 //! - `names.rs`: the names the DNS server on the gateways answers.
 
 mod names;
+mod route;
+#[cfg(test)]
+mod route_fuzz_tests;
 mod run;
 pub mod server;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use crate::ports::{PortMapping, PublishedPort};
 
@@ -60,6 +65,8 @@ pub struct Daemon {
     peers: PeerSource,
     /// None when `names = false`.
     names: Option<names::NameService>,
+    /// Operations the API has taken and not finished (see `server::owned`).
+    operations: Arc<AtomicUsize>,
 }
 
 impl Daemon {
@@ -112,6 +119,7 @@ impl Daemon {
             overlay,
             peers,
             names,
+            operations: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -287,6 +295,7 @@ impl Daemon {
                 nameservers: network.gateways(),
                 search: config.dns_search_domain.clone(),
             }),
+            operations_in_flight: self.operations.load(Ordering::SeqCst),
         })
     }
 
@@ -308,8 +317,40 @@ impl Daemon {
         Ok(body)
     }
 
+    /// Counts an operation the API has taken until the returned guard drops.
+    fn operation(&self) -> OperationGuard {
+        self.operations.fetch_add(1, Ordering::SeqCst);
+        OperationGuard(self.operations.clone())
+    }
+
+    /// Waits until every operation the API has taken has finished, at most
+    /// `limit`; false when some still run. A stopping netd lets them finish.
+    pub async fn operations_finished(&self, limit: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.operations.load(Ordering::SeqCst) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        // A library attach of this process outside the API, if any.
+        self.network
+            .endpoints()
+            .settled(deadline.saturating_duration_since(tokio::time::Instant::now()))
+            .await
+    }
+
     /// The API's socket path.
     pub fn socket(&self) -> &Path {
         &self.network.config().socket
+    }
+}
+
+/// One operation the API has taken, counted while it runs.
+struct OperationGuard(Arc<AtomicUsize>);
+
+impl Drop for OperationGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }

@@ -85,6 +85,14 @@ async fn run_with(config: Config, peers: PeerSource) -> Result<()> {
     let _ = stop.send(true);
     let _ = api.await;
     let _ = checker.await;
+    // Operations already taken finish (or roll back) before netd exits; one
+    // still running after this is rolled back or finished by the next start.
+    if !daemon
+        .operations_finished(std::time::Duration::from_secs(10))
+        .await
+    {
+        tracing::warn!("operations still under way; the next start finishes them");
+    }
     // Detaches already answered are finished; a stuck one is left `detaching`
     // for the next start's reconciliation.
     if tokio::time::timeout(std::time::Duration::from_secs(10), daemon.reaped())

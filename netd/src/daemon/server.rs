@@ -6,19 +6,20 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
-use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::watch;
+use tokio::net::{TcpListener, UnixListener, UnixStream};
+use tokio::sync::{watch, Semaphore};
 
+use super::route::{route, Call};
 use super::Daemon;
 use crate::api::ErrorBody;
-use crate::endpoints::{AttachRequest, CheckExpected};
+use crate::config::ApiLimits;
 use crate::error::{Error, ErrorKind, Result};
-use crate::ports::PortsRequest;
 
 type Answer = Response<Full<Bytes>>;
 
@@ -55,23 +56,36 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
-/// Serves the API until `shutdown` turns true.
+/// Serves the API until `shutdown` turns true, within `daemon`'s `[api]`
+/// limits: at most `max_connections` at once (the next gets 503 and is
+/// closed), headers within `header_timeout` (else closed), bodies of at most
+/// `max_body_bytes` (else 413) within `body_timeout` (else 408).
 pub async fn serve(
     daemon: Arc<Daemon>,
     listener: UnixListener,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let limits = daemon.network().config().api.clone();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    refuse_connection(stream, limits.max_connections);
+                    continue;
+                };
                 let daemon = daemon.clone();
+                let header_timeout = limits.header_timeout;
                 tokio::spawn(async move {
+                    let _slot = slot;
                     let service = hyper::service::service_fn(move |req| {
                         let daemon = daemon.clone();
-                        async move { Ok::<_, Infallible>(handle(&daemon, req).await) }
+                        async move { Ok::<_, Infallible>(handle(daemon, req).await) }
                     });
                     if let Err(e) = hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(header_timeout)
                         .serve_connection(TokioIo::new(stream), service)
                         .await
                     {
@@ -82,6 +96,22 @@ pub async fn serve(
             _ = shutdown.changed() => return,
         }
     }
+}
+
+/// One connection too many: a 503 if the socket takes it at once, then closed.
+fn refuse_connection(stream: UnixStream, max: usize) {
+    tracing::debug!(max, "API: connection refused, {max} already open");
+    let body = serde_json::to_string(&ErrorBody::new(
+        ErrorKind::Busy,
+        format!("netd already serves {max} API connections ([api] max_connections); try again"),
+    ))
+    .expect("answers serialize");
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    // Never waits: a client that does not read gets nothing but the close.
+    let _ = stream.try_write(answer.as_bytes());
 }
 
 /// Serves `GET /metrics` on TCP until `shutdown` turns true.
@@ -139,7 +169,7 @@ fn json<T: Serialize>(status: StatusCode, body: &T) -> Answer {
 }
 
 /// The status a kind of error answers with.
-fn status_of(kind: ErrorKind) -> StatusCode {
+pub(super) fn status_of(kind: ErrorKind) -> StatusCode {
     match kind {
         ErrorKind::InvalidInput => StatusCode::BAD_REQUEST,
         ErrorKind::NotFound => StatusCode::NOT_FOUND,
@@ -151,7 +181,7 @@ fn status_of(kind: ErrorKind) -> StatusCode {
     }
 }
 
-fn error(e: &Error) -> Answer {
+pub(super) fn error(e: &Error) -> Answer {
     let kind = e.kind();
     json(status_of(kind), &ErrorBody::new(kind, e.to_string()))
 }
@@ -163,91 +193,148 @@ fn answer<T: Serialize>(result: Result<T>) -> Answer {
     }
 }
 
-async fn handle(daemon: &Daemon, req: Request<Incoming>) -> Answer {
-    let network = daemon.network();
+/// An answer after which the connection closes: what is left of the
+/// request is not read.
+fn closing(mut answer: Answer) -> Answer {
+    answer
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    answer
+}
+
+fn too_large(max: usize) -> Answer {
+    closing(json(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &ErrorBody::new(
+            ErrorKind::InvalidInput,
+            format!("the request body is larger than {max} bytes ([api] max_body_bytes)"),
+        ),
+    ))
+}
+
+/// Reads the body within the limits, or the answer that refuses it.
+async fn read_body(body: Incoming, limits: &ApiLimits) -> std::result::Result<Bytes, Answer> {
+    let limited = Limited::new(body, limits.max_body_bytes);
+    match tokio::time::timeout(limits.body_timeout, limited.collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(too_large(limits.max_body_bytes))
+        }
+        Ok(Err(e)) => Err(closing(error(&Error::InvalidInput(format!(
+            "reading the request body: {e}"
+        ))))),
+        Err(_) => Err(closing(json(
+            StatusCode::REQUEST_TIMEOUT,
+            &ErrorBody::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "the request body did not arrive within {} ms ([api] body_timeout_ms)",
+                    limits.body_timeout.as_millis()
+                ),
+            ),
+        ))),
+    }
+}
+
+async fn handle(daemon: Arc<Daemon>, req: Request<Incoming>) -> Answer {
+    let limits = &daemon.network().config().api;
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    // `?wait=1` on DELETE: answer only once the veth pair is gone and the
-    // addresses are released, not as soon as the container is cut off.
-    let wait = req
-        .uri()
-        .query()
-        .is_some_and(|q| q.split('&').any(|kv| kv == "wait=1" || kv == "wait=true"));
-    let body = match req.into_body().collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            return error(&Error::InvalidInput(format!(
-                "reading the request body: {e}"
-            )))
-        }
+    let query = req.uri().query().map(str::to_string);
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limits.max_body_bytes as u64) {
+        return too_large(limits.max_body_bytes);
+    }
+    let body = match read_body(req.into_body(), limits).await {
+        Ok(body) => body,
+        Err(answer) => return answer,
     };
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     tracing::debug!(%method, %path, "API request");
-    match (&method, segments.as_slice()) {
-        (&Method::GET, ["v1", "status"]) => answer(daemon.status()),
-        (&Method::GET, ["v1", "containers"]) => answer(network.list()),
-        (&Method::POST, ["v1", "containers"]) => match parse::<AttachRequest>(&body) {
-            Ok(req) => answer(daemon.attach(req).await),
-            Err(e) => error(&e),
-        },
-        (&Method::GET, ["v1", "containers", key]) => match network.get(key) {
+    match route(&method, &path, query.as_deref(), &body) {
+        Ok(call) => dispatch(daemon, call).await,
+        Err(e) => error(&e),
+    }
+}
+
+/// Runs an operation that changes the host as a task of its own: a client
+/// that hangs up drops the request's future, and that must not cancel the
+/// operation half-way. Once netd has taken it, it finishes or rolls back.
+async fn owned<T: Send + 'static>(
+    daemon: &Daemon,
+    operation: impl std::future::Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    let counted = daemon.operation();
+    tokio::spawn(async move {
+        let _counted = counted;
+        operation.await
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(Error::Setup(format!(
+            "the operation's task ended abnormally: {e}"
+        )))
+    })
+}
+
+async fn dispatch(daemon: Arc<Daemon>, call: Call) -> Answer {
+    let network = daemon.network();
+    let d = daemon.clone();
+    match call {
+        Call::Status => answer(daemon.status()),
+        Call::List => answer(network.list()),
+        Call::Attach(req) => answer(owned(&daemon, async move { d.attach(*req).await }).await),
+        Call::Get(key) => match network.get(&key) {
             Ok(Some(result)) => json(StatusCode::OK, &result),
             Ok(None) => error(&Error::NotFound(format!(
                 "container {key} is not attached"
             ))),
             Err(e) => error(&e),
         },
-        (&Method::GET, ["v1", "containers", key, "check"]) => answer(
+        Call::Check(key) => answer(
             network
-                .check(key)
+                .check(&key)
                 .await
                 .map(|()| serde_json::json!({"ok": true})),
         ),
-        (&Method::POST, ["v1", "containers", key, "check"]) => match parse::<CheckExpected>(&body) {
-            Ok(expected) => answer(
-                network
-                    .check_expecting(key, &expected)
-                    .await
-                    .map(|()| serde_json::json!({"ok": true})),
-            ),
-            Err(e) => error(&e),
-        },
-        (&Method::DELETE, ["v1", "containers", key]) => {
-            let report = daemon.detach(key).await;
-            if wait && report.is_ok() {
-                daemon.reaped().await;
-            }
-            answer(report)
+        Call::CheckExpecting { key, expected } => answer(
+            network
+                .check_expecting(&key, &expected)
+                .await
+                .map(|()| serde_json::json!({"ok": true})),
+        ),
+        Call::Detach { key, wait } => answer(
+            owned(&daemon, async move {
+                let report = d.detach(&key).await;
+                if wait && report.is_ok() {
+                    d.reaped().await;
+                }
+                report
+            })
+            .await,
+        ),
+        Call::Publish { key, ports } => {
+            answer(owned(&daemon, async move { d.publish(&key, &ports).await }).await)
         }
-        (&Method::POST, ["v1", "containers", key, "ports"]) => match parse::<PortsRequest>(&body) {
-            Ok(req) => answer(daemon.publish(key, &req.ports).await),
-            Err(e) => error(&e),
-        },
-        (&Method::DELETE, ["v1", "containers", key, "ports"]) => match parse::<PortsRequest>(&body)
-        {
-            Ok(req) => answer(daemon.unpublish(key, &req.ports).await),
-            Err(e) => error(&e),
-        },
-        (&Method::POST, ["v1", "reconcile"]) => answer(daemon.reconcile().await),
-        (&Method::GET, ["v1", "names"]) => match daemon.names() {
+        Call::Unpublish { key, ports } => {
+            answer(owned(&daemon, async move { d.unpublish(&key, &ports).await }).await)
+        }
+        Call::Reconcile => answer(owned(&daemon, async move { d.reconcile().await }).await),
+        Call::Names => match daemon.names() {
             Some(names) => json(StatusCode::OK, &names),
             None => error(&Error::NotFound(
                 "names are off; enable them with names = true in netd.toml (or --names true)"
                     .into(),
             )),
         },
-        (&Method::GET, ["v1", "peers"]) => match daemon.peers() {
+        Call::Peers => match daemon.peers() {
             Some(peers) => json(StatusCode::OK, &peers),
             None => error(&Error::NotFound(
                 "the overlay is off; enable it with [overlay] enabled = true in netd.toml (or --overlay true)".into(),
             )),
         },
-        _ => error(&Error::NotFound(format!(
-            "no such API call: {method} {path}"
-        ))),
     }
-}
-
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
-    serde_json::from_slice(body).map_err(|e| Error::InvalidInput(format!("bad request body: {e}")))
 }

@@ -8,6 +8,7 @@ use crate::ports::PortMapping;
 use ipnetwork::IpNetwork;
 use plumb::{LinkChange, LinkOptions, MacAddr, Netlink, Netns, Route};
 
+use super::in_flight::InFlight;
 use super::request::{
     check_dns_names_free, check_unique, dns_names, host_ifname, validate_id, AssignedAddresses,
     AttachRequest, AttachResult, ALIAS_PREFIX, DEFAULT_IFNAME,
@@ -151,6 +152,9 @@ impl Endpoints {
         };
         let plan = self.validate_attach(&req).await?;
         step("validated");
+        // Before the record exists: an `attaching` record of this process
+        // with no attach running is one whose future was dropped half-way.
+        let _in_flight = InFlight::enter(&self.in_flight, &plan.id);
         self.ensure_host_once().await?;
         step("host ready");
         let endpoint = self.reserve(&plan, &req)?;
@@ -212,13 +216,7 @@ impl Endpoints {
     async fn validate_attach(&self, req: &AttachRequest) -> Result<AttachPlan> {
         let nl = self.host.netlink().await?;
         let config = self.host.config();
-        let netns = Netns::resolve(&req.netns).map_err(|e| match e {
-            plumb::Error::NamespaceNotFound(_) => Error::NotFound(format!(
-                "attach: namespace {} not found — is the container still running?",
-                req.netns
-            )),
-            other => Error::kernel(format!("attach: open namespace {}", req.netns), other),
-        })?;
+        let netns = self.container_netns_of(&req.netns)?;
         let default_id = PathBuf::from(&req.netns)
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())

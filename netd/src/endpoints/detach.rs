@@ -12,6 +12,17 @@ use crate::error::{Error, Result};
 use crate::ports::LocalhostRelay;
 use crate::state::{Endpoint, OwnerProcess, Phase};
 
+/// How long a detach waits for an attach of the same container to finish.
+const ATTACH_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// What a detach found when it went to claim the container.
+enum Claim {
+    Absent,
+    Claimed(Box<Endpoint>),
+    /// Its name and the PID attaching it.
+    BeingAttached(String, u32),
+}
+
 impl Endpoints {
     /// Removes the endpoint's links, then its record and reservations.
     /// Links that are already gone count as removed.
@@ -126,22 +137,44 @@ impl Endpoints {
 
     async fn detach_locked(&self, key: &str, bg: Background<'_>) -> Result<DetachReport> {
         let owner = OwnerProcess::current();
-        let endpoint = self.host.store().update(|s| -> Result<Option<Endpoint>> {
-            let Some(id) = s.find(key).map(|e| e.id.clone()) else {
-                return Ok(None);
-            };
-            let mut ep = s.endpoint_mut(&id).expect("found above");
-            if let Phase::Attaching { owner: o } = ep.phase {
-                if o.is_alive() {
-                    return Err(Error::Busy(format!(
-                        "container {} is being attached right now (by PID {}); detach it when that finishes",
-                        ep.name, o.pid
-                    )));
+        let deadline = tokio::time::Instant::now() + ATTACH_WAIT;
+        // A container being attached is waited for: the attach ends attached
+        // (and is detached here) or rolled back (and there is nothing to do).
+        let endpoint = loop {
+            let claimed = self.host.store().update(|s| -> Result<Claim> {
+                let Some(id) = s.find(key).map(|e| e.id.clone()) else {
+                    return Ok(Claim::Absent);
+                };
+                let mut ep = s.endpoint_mut(&id).expect("found above");
+                if self.in_flight.attach_is_live(&id, ep.phase) {
+                    let Phase::Attaching { owner: o } = ep.phase else {
+                        unreachable!("only an attach is live")
+                    };
+                    return Ok(Claim::BeingAttached(ep.name.clone(), o.pid));
+                }
+                ep.phase = Phase::Detaching { owner };
+                Ok(Claim::Claimed(Box::new(ep.clone())))
+            })?;
+            match claimed {
+                Claim::Absent => break None,
+                Claim::Claimed(ep) => break Some(*ep),
+                Claim::BeingAttached(name, pid) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(Error::Busy(format!(
+                            "container {name} is still being attached (by PID {pid}) after {} s; try the detach again",
+                            ATTACH_WAIT.as_secs()
+                        )));
+                    }
+                    // Woken by an attach of this process finishing; another
+                    // process's is looked at again every few milliseconds.
+                    let _ = tokio::time::timeout(
+                        std::time::Duration::from_millis(20),
+                        self.in_flight.finished(),
+                    )
+                    .await;
                 }
             }
-            ep.phase = Phase::Detaching { owner };
-            Ok(Some(ep.clone()))
-        })?;
+        };
         let Some(endpoint) = endpoint else {
             return Ok(DetachReport {
                 container: key.to_string(),

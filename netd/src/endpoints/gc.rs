@@ -53,11 +53,10 @@ impl Endpoints {
                 for id in ids {
                     let mut ep = s.endpoint_mut(&id).expect("listed above");
                     match ep.phase {
-                        Phase::Attaching { owner } | Phase::Detaching { owner }
-                            if owner.is_alive() && owner != me =>
-                        {
+                        Phase::Attaching { .. } if self.in_flight.attach_is_live(&id, ep.phase) => {
                             continue
                         }
+                        Phase::Detaching { owner } if owner.is_alive() && owner != me => continue,
                         _ => {}
                     }
                     ep.phase = Phase::Detaching { owner: me };

@@ -20,6 +20,8 @@ mod check;
 mod detach;
 mod extras;
 mod gc;
+mod in_flight;
+mod namespace;
 mod pause;
 mod reaper;
 mod reconcile;
@@ -35,6 +37,7 @@ pub use reconcile::ReconcileReport;
 pub use request::{
     host_ifname, AssignedAddresses, AttachRequest, AttachResult, CheckExpected, DetachReport,
     InterfaceInfo, IpInfo, Ipv4Range, RouteInfo, ALIAS_PREFIX, DEFAULT_IFNAME, HOST_IFNAME_PREFIX,
+    MAX_ID_LEN, MAX_NAME_LEN,
 };
 
 use crate::action::Action;
@@ -42,6 +45,7 @@ use crate::error::Result;
 use crate::host::Host;
 use crate::ports::{LocalhostRelay, Ports};
 use crate::state::Endpoint;
+use in_flight::InFlight;
 
 /// Attaches, detaches, checks and reconciles containers' endpoints.
 /// Cheap to clone: the reaper's thread holds a clone.
@@ -50,6 +54,7 @@ pub struct Endpoints {
     host: Arc<Host>,
     ports: Arc<Ports>,
     pauses: Arc<TestPauses>,
+    in_flight: Arc<InFlight>,
 }
 
 /// What a long-running process lends an endpoint operation: the reaper
@@ -87,6 +92,7 @@ impl Endpoints {
             host,
             ports,
             pauses: Arc::new(pauses),
+            in_flight: Arc::new(InFlight::default()),
         }
     }
 
@@ -112,6 +118,23 @@ impl Endpoints {
         }
         self.host.set_ready(true);
         Ok(())
+    }
+
+    /// Waits until no attach of this process is under way, at most `limit`;
+    /// false when some still is. A stopping daemon lets its attaches finish.
+    pub async fn settled(&self, limit: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !self.in_flight.is_empty() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_millis(50),
+                self.in_flight.finished(),
+            )
+            .await;
+        }
+        true
     }
 
     /// The endpoints netd knows, attached or in flight.

@@ -8,7 +8,8 @@
 //! - endpoints half-attached or half-detached by a process that died: rolled back;
 //! - attached endpoints whose namespace is gone: removed, addresses released;
 //! - attached endpoints with missing or altered links: re-plumbed as recorded;
-//! - host links carrying netd's alias but no endpoint: deleted;
+//! - host links carrying netd's alias but no endpoint: deleted, unless
+//!   `netd recover` left them alone (`quarantine.rs`);
 //! - reservations without an endpoint: released.
 //!
 //! Endpoints in flight in a live process (this one included) are left alone.
@@ -26,6 +27,7 @@ use crate::action::Action;
 use crate::error::{Error, KernelContext, Result};
 use crate::metrics::Metrics;
 use crate::ports::all_ports;
+use crate::quarantine::Quarantine;
 use crate::state::{Endpoint, OwnerProcess, Phase};
 
 /// What one reconciliation did.
@@ -102,7 +104,7 @@ impl Endpoints {
         bg: Background<'_>,
     ) -> Result<Option<Action>> {
         match ep.phase {
-            Phase::Attaching { owner } if owner.is_alive() => Ok(None),
+            Phase::Attaching { .. } if self.in_flight.attach_is_live(&ep.id, ep.phase) => Ok(None),
             // A detach of this very process that the reaper no longer holds
             // (its deletion failed) is finished here; any other live owner's
             // is its own business.
@@ -222,6 +224,9 @@ impl Endpoints {
         let links = nl.links().await.ctx(|| "reconcile: list host links")?;
         let state = self.host.store().read()?;
         let known: BTreeSet<&str> = state.endpoints.keys().map(String::as_str).collect();
+        // Links `netd recover` could not adopt may carry a live container:
+        // never deleted on the word of a rebuilt state (see quarantine.rs).
+        let left_alone = Quarantine::read(&self.host.config().state_dir)?;
         for link in links {
             let Some(id) = link
                 .alias
@@ -231,6 +236,10 @@ impl Endpoints {
                 continue;
             };
             if known.contains(id) || !link.is_kind("veth") {
+                continue;
+            }
+            if left_alone.holds(&link.name, id) {
+                tracing::debug!(link = %link.name, "left alone by netd recover: not deleted");
                 continue;
             }
             match nl.delete_link(&link.name).await {
@@ -330,8 +339,8 @@ impl Endpoints {
                                 return Some("endpoint link missing or detached");
                             }
                         }
-                        Phase::Attaching { owner } => {
-                            if !owner.is_alive() {
+                        Phase::Attaching { .. } => {
+                            if !self.in_flight.attach_is_live(&ep.id, ep.phase) {
                                 return Some("an attach was interrupted");
                             }
                         }

@@ -231,20 +231,46 @@ pub fn host_ifname(id: &str) -> String {
     format!("{HOST_IFNAME_PREFIX}{hex}")
 }
 
-/// Container ids and names: what CNI and runtimes use, nothing that breaks a path or a log line.
+/// The longest container id: the host link carries the alias `weft:<id>`,
+/// and the kernel holds an alias of at most IFALIASZ − 2 = 254 bytes (the
+/// 256-byte buffer less its NUL, and `dev_set_alias` counts the NUL netlink
+/// carries: 255 is refused). Checked against the kernel by
+/// tests/netd_lifecycle.rs.
+pub const MAX_ID_LEN: usize = 254 - ALIAS_PREFIX.len();
+/// The longest container name: no link carries it.
+pub const MAX_NAME_LEN: usize = 253;
+
+/// Container ids and names: what CNI and runtimes use, nothing that breaks a
+/// path, a log line or the kernel's alias; `.` and `..` name no container.
 pub(crate) fn validate_id(what: &str, value: &str) -> Result<()> {
-    let ok = !value.is_empty()
-        && value.len() <= 253
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    if ok {
-        Ok(())
+    let max = if what == "id" {
+        MAX_ID_LEN
     } else {
-        Err(Error::InvalidInput(format!(
-            "container {what} {value:?} is not valid: use 1–253 letters, digits, '-', '_' or '.'"
-        )))
-    }
+        MAX_NAME_LEN
+    };
+    let chars_ok = value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    let why = if value.is_empty() {
+        "it is empty".to_string()
+    } else if value.len() > max {
+        format!("it is {} bytes long", value.len())
+    } else if !chars_ok {
+        "it holds a character other than a letter, digit, '-', '_' or '.'".to_string()
+    } else if value == "." || value == ".." {
+        "'.' and '..' name no container".to_string()
+    } else {
+        return Ok(());
+    };
+    let shown: String = value.chars().take(64).collect();
+    let more = if value.chars().count() > 64 {
+        "…"
+    } else {
+        ""
+    };
+    Err(Error::InvalidInput(format!(
+        "container {what} {shown:?}{more} is not valid: {why}; use 1–{max} letters, digits, '-', '_' or '.'"
+    )))
 }
 
 /// The names DNS answers for a container, primary first, lowercase: the
@@ -365,6 +391,16 @@ mod tests {
         assert!(validate_id("id", "").is_err());
         let err = validate_id("name", "a/b").unwrap_err().to_string();
         assert!(err.contains("container name \"a/b\""), "{err}");
+        for bad in [".", "..", "a\0b", "a\nb", "a b", "ä"] {
+            let err = validate_id("id", bad).unwrap_err();
+            assert_eq!(err.kind(), crate::error::ErrorKind::InvalidInput, "{bad:?}");
+        }
+        assert!(validate_id("id", "...").is_ok());
+        assert!(validate_id("id", &"i".repeat(MAX_ID_LEN)).is_ok());
+        let err = validate_id("id", &"i".repeat(MAX_ID_LEN + 1)).unwrap_err();
+        assert!(err.to_string().contains("1–249"), "{err}");
+        assert!(validate_id("name", &"n".repeat(MAX_NAME_LEN)).is_ok());
+        assert!(validate_id("name", &"n".repeat(MAX_NAME_LEN + 1)).is_err());
     }
 
     #[test]

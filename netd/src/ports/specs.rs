@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::mapping::{PortMapping, PublishedPort};
 use crate::error::{Error, Result};
-use crate::state::{Endpoint, Phase, State};
+use crate::state::{Endpoint, OwnerProcess, Phase, State};
 
 /// The body of `POST` and `DELETE /v1/containers/{id}/ports`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -71,6 +71,14 @@ pub fn all_ports(state: &State) -> Vec<PublishedPort> {
     state
         .endpoints
         .values()
+        // Not those of a half-done attach whose process died, nor of one of
+        // this process (under a reconciliation none runs: it was dropped);
+        // those of another live process's attach stay, it added them.
+        .filter(|e| match e.phase {
+            Phase::Attached => true,
+            Phase::Attaching { owner } => owner.is_alive() && owner != OwnerProcess::current(),
+            Phase::Detaching { .. } => false,
+        })
         .flat_map(|e| e.ports.iter().copied())
         .collect()
 }
