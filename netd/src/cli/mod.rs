@@ -3,6 +3,7 @@
 
 mod attach;
 mod check;
+mod cluster;
 mod detach;
 mod ls;
 mod peers;
@@ -61,6 +62,9 @@ pub enum Command {
     /// Rebuild damaged state files from the kernel: adopt the containers whose links are live,
     /// drop the entries that have none. Run with netd stopped.
     Recover(recover::RecoverArgs),
+    /// The cluster: init its config in the store, status, hosts, leave, forget.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
 }
 
 /// What every admin command takes.
@@ -99,6 +103,7 @@ impl Cli {
             Command::Peers(args) => peers::run(args).await,
             Command::Pubkey(args) => pubkey::run(args),
             Command::Recover(args) => recover::run(args).await,
+            Command::Cluster(command) => cluster::run(command).await,
         }
     }
 }

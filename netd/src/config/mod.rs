@@ -12,8 +12,10 @@ use std::time::Duration;
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde::{Deserialize, Serialize};
 
+pub mod cluster;
 pub mod overlay;
 
+pub use cluster::{ClusterArgs, ClusterSection, ClusterFile};
 pub use overlay::{OverlayArgs, OverlayConfig, OverlayFile, StaticPeer};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/weft/netd.toml";
@@ -88,6 +90,7 @@ pub struct FileConfig {
     pub multicast_snooping: Option<bool>,
     pub ipv6_localhost_relay: Option<bool>,
     pub overlay: Option<OverlayFile>,
+    pub cluster: Option<ClusterFile>,
 }
 
 /// The same keys as flags, each also read from its `WEFT_*` variable.
@@ -138,6 +141,8 @@ pub struct ConfigArgs {
     pub ipv6_localhost_relay: Option<bool>,
     #[command(flatten)]
     pub overlay: OverlayArgs,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 }
 
 /// The resolved configuration.
@@ -159,6 +164,8 @@ pub struct Config {
     pub ipv6_localhost_relay: bool,
     /// The WireGuard overlay to other hosts (`[overlay]`); off by default.
     pub overlay: OverlayConfig,
+    /// The cluster store this host joins (`[cluster]`); none by default.
+    pub cluster: ClusterSection,
     /// Masquerade traffic from the subnets to the outside (on unless a
     /// library user, such as a CNI config with `"ipMasq": false`, turns it off).
     pub masquerade: bool,
@@ -180,6 +187,7 @@ impl Default for Config {
             multicast_snooping: false,
             ipv6_localhost_relay: true,
             overlay: OverlayConfig::default(),
+            cluster: ClusterSection::default(),
             masquerade: true,
         }
     }
@@ -243,6 +251,12 @@ impl Config {
                 .or(file.ipv6_localhost_relay)
                 .unwrap_or(d.ipv6_localhost_relay),
             overlay: OverlayConfig::merge(file.overlay, &args.overlay),
+            cluster: ClusterSection::merge(
+                file.cluster,
+                &args.cluster,
+                args.subnet.or(file.subnet),
+                args.subnet6.or(file.subnet6),
+            )?,
             masquerade: true,
         };
         config.validate()?;

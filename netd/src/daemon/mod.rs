@@ -17,6 +17,7 @@ use plumb::firewall::PublishedPort;
 pub use run::{run, run_from};
 
 use crate::api::{PeerReport, Status};
+use crate::cluster::ClusterHost;
 use crate::config::{Config, ConfigArgs, OverlayConfig};
 use crate::endpoints::{
     AttachRequest, AttachResult, Background, DetachReport, Reaper, ReconcileReport,
@@ -56,6 +57,8 @@ pub struct Daemon {
     relay: Option<LocalhostRelay>,
     overlay: Option<OverlayService>,
     peers: PeerSource,
+    /// The cluster part, when netd runs with a store (set once after start).
+    cluster: std::sync::OnceLock<std::sync::Arc<ClusterHost>>,
 }
 
 impl Daemon {
@@ -103,6 +106,7 @@ impl Daemon {
             relay,
             overlay,
             peers,
+            cluster: std::sync::OnceLock::new(),
         })
     }
 
@@ -112,6 +116,16 @@ impl Daemon {
 
     pub fn overlay(&self) -> Option<&OverlayService> {
         self.overlay.as_ref()
+    }
+
+    /// The cluster part, when netd runs with a store.
+    pub fn cluster(&self) -> Option<&std::sync::Arc<ClusterHost>> {
+        self.cluster.get()
+    }
+
+    /// Hands the daemon its cluster part (once, at start).
+    pub fn set_cluster(&self, cluster: std::sync::Arc<ClusterHost>) {
+        let _ = self.cluster.set(cluster);
     }
 
     fn background(&self) -> Background<'_> {
@@ -232,6 +246,9 @@ impl Daemon {
         let mut body = self.network.metrics().render(&state, self.network.config());
         if let Some(overlay) = &self.overlay {
             overlay.render_metrics(&mut body);
+        }
+        if let Some(cluster) = self.cluster() {
+            cluster.render_metrics(&mut body);
         }
         Ok(body)
     }

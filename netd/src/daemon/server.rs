@@ -226,8 +226,30 @@ async fn handle(daemon: &Daemon, req: Request<Incoming>) -> Answer {
                 "the overlay is off; enable it with [overlay] enabled = true in netd.toml (or --overlay true)".into(),
             )),
         },
+        (_, ["v1", "cluster", call]) => cluster_call(daemon, &method, call, &body).await,
         _ => error(&Error::NotFound(format!(
             "no such API call: {method} {path}"
+        ))),
+    }
+}
+
+/// `/v1/cluster/{status,hosts,leave,forget}`: the cluster part's calls.
+async fn cluster_call(daemon: &Daemon, method: &Method, call: &str, body: &[u8]) -> Answer {
+    let Some(cluster) = daemon.cluster() else {
+        return error(&Error::NotFound(
+            "this netd runs without a cluster store; start it with --store etcd://HOST:2379".into(),
+        ));
+    };
+    match (method, call) {
+        (&Method::GET, "status") => json(StatusCode::OK, &cluster.status()),
+        (&Method::GET, "hosts") => json(StatusCode::OK, &cluster.hosts()),
+        (&Method::POST, "leave") => answer(cluster.leave().await),
+        (&Method::POST, "forget") => match parse::<crate::cluster::ForgetRequest>(body) {
+            Ok(req) => answer(cluster.forget(&req.host, req.force).await),
+            Err(e) => error(&e),
+        },
+        _ => error(&Error::NotFound(format!(
+            "no such cluster call: {method} /v1/cluster/{call}"
         ))),
     }
 }

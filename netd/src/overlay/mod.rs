@@ -17,7 +17,8 @@ mod key;
 mod report;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 use ::overlay::{Device, DeviceConfig, PeerConfig, PublicKey};
 use ipnetwork::IpNetwork;
@@ -30,6 +31,79 @@ use crate::action::Action;
 use crate::config::overlay::{read_preshared_key, OverlayConfig, StaticPeer};
 use crate::error::{Error, KernelContext, Result};
 
+/// Where a peer came from: netd.toml's list or the cluster store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerOrigin {
+    Static,
+    Store,
+}
+
+/// A peer as the service applies it, whatever its source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverlayPeer {
+    pub public_key: PublicKey,
+    /// None: learnt from its traffic only (a cluster host advertising none).
+    pub endpoint: Option<SocketAddr>,
+    /// Its container subnets (IPv4, IPv6): allowed IPs and routes.
+    pub subnets: Vec<IpNetwork>,
+    pub preshared_key_file: Option<PathBuf>,
+    pub persistent_keepalive: Option<u16>,
+    pub origin: PeerOrigin,
+    /// The cluster host's name and liveness (store peers only).
+    pub host: Option<ClusterHostInfo>,
+}
+
+/// What the cluster says about a store peer; not applied to the device.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ClusterHostInfo {
+    pub name: String,
+    pub id: String,
+    pub alive: bool,
+    pub key_epoch: u64,
+}
+
+impl OverlayPeer {
+    fn from_static(peer: &StaticPeer) -> OverlayPeer {
+        OverlayPeer {
+            public_key: peer.public_key,
+            endpoint: Some(peer.endpoint),
+            subnets: vec![IpNetwork::V4(peer.subnet)],
+            preshared_key_file: peer.preshared_key_file.clone(),
+            persistent_keepalive: peer.persistent_keepalive,
+            origin: PeerOrigin::Static,
+            host: None,
+        }
+    }
+
+    /// The same peer on the device and in the routing table (the cluster's
+    /// bookkeeping, such as alive/dead, aside).
+    fn same_on_device(&self, other: &OverlayPeer) -> bool {
+        self.public_key == other.public_key
+            && self.endpoint == other.endpoint
+            && self.subnets == other.subnets
+            && self.preshared_key_file == other.preshared_key_file
+            && self.persistent_keepalive == other.persistent_keepalive
+    }
+
+    fn describe(&self) -> String {
+        let subnets: Vec<String> = self.subnets.iter().map(|s| s.to_string()).collect();
+        let endpoint = self
+            .endpoint
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| "no endpoint".into());
+        match &self.host {
+            Some(h) => format!(
+                "{} (host {}, {endpoint}, subnets {})",
+                self.public_key,
+                h.name,
+                subnets.join(", ")
+            ),
+            None => format!("{} ({endpoint}, subnet {})", self.public_key, subnets.join(", ")),
+        }
+    }
+}
+
 /// The running overlay of one netd.
 pub struct OverlayService {
     device: Device,
@@ -40,7 +114,11 @@ pub struct OverlayService {
     /// changes one that only a restart applies.
     started_with: OverlayConfig,
     /// The peers as applied to the device and the routes, by public key.
-    applied: tokio::sync::Mutex<BTreeMap<PublicKey, StaticPeer>>,
+    applied: tokio::sync::Mutex<BTreeMap<PublicKey, OverlayPeer>>,
+    /// The static list as last read, and the cluster's peers as last seen:
+    /// together what the device should have (a static entry wins a key both name).
+    statics: std::sync::Mutex<Vec<OverlayPeer>>,
+    from_store: std::sync::Mutex<Vec<OverlayPeer>>,
 }
 
 impl std::fmt::Debug for OverlayService {
@@ -81,6 +159,8 @@ impl OverlayService {
             started_with: section.clone(),
             device,
             applied: tokio::sync::Mutex::new(BTreeMap::new()),
+            statics: std::sync::Mutex::new(Vec::new()),
+            from_store: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -109,13 +189,12 @@ impl OverlayService {
         let mut actions = Vec::new();
         let mut errors = Vec::new();
         let mut applied = self.applied.lock().await;
-        let wanted = match section {
-            Some(section) => {
-                self.warn_about_restart_keys(section);
-                section.peers.clone()
-            }
-            None => applied.values().cloned().collect(),
-        };
+        if let Some(section) = section {
+            self.warn_about_restart_keys(section);
+            *self.statics.lock().unwrap_or_else(|e| e.into_inner()) =
+                section.peers.iter().map(OverlayPeer::from_static).collect();
+        }
+        let wanted = self.wanted();
         let nl = match Netlink::open(&self.host).await {
             Ok(nl) => nl,
             Err(e) => {
@@ -126,10 +205,7 @@ impl OverlayService {
                 return (actions, errors);
             }
         };
-        let wanted: BTreeMap<PublicKey, StaticPeer> =
-            wanted.into_iter().map(|p| (p.public_key, p)).collect();
-
-        let gone: Vec<StaticPeer> = applied
+        let gone: Vec<OverlayPeer> = applied
             .values()
             .filter(|p| !wanted.contains_key(&p.public_key))
             .cloned()
@@ -140,10 +216,7 @@ impl OverlayService {
                     applied.remove(&peer.public_key);
                     actions.push(Action::new(
                         "overlay_peer_removed",
-                        format!(
-                            "overlay: removed peer {} ({}, subnet {})",
-                            peer.public_key, peer.endpoint, peer.subnet
-                        ),
+                        format!("overlay: removed peer {}", peer.describe()),
                     ));
                 }
                 Err(e) => errors.push(e.to_string()),
@@ -159,14 +232,16 @@ impl OverlayService {
         };
         for peer in wanted.values() {
             let before = applied.get(&peer.public_key).cloned();
-            if before.as_ref() == Some(peer) {
-                if !routed.contains(&peer.subnet) {
-                    match self.route(&nl, peer).await {
+            if before.as_ref().is_some_and(|b| b.same_on_device(peer)) {
+                // Liveness and names change nothing on the device.
+                applied.insert(peer.public_key, peer.clone());
+                for subnet in peer.subnets.iter().filter(|s| !routed.contains(s)) {
+                    match self.route(&nl, *subnet).await {
                         Ok(()) => actions.push(Action::new(
                             "overlay_route_restored",
                             format!(
-                                "overlay: restored the route to {} via {}",
-                                peer.subnet, self.interface
+                                "overlay: restored the route to {subnet} via {}",
+                                self.interface
                             ),
                         )),
                         Err(e) => errors.push(e.to_string()),
@@ -183,10 +258,7 @@ impl OverlayService {
                     applied.insert(peer.public_key, peer.clone());
                     actions.push(Action::new(
                         kind,
-                        format!(
-                            "overlay: {verb} peer {} ({}, subnet {})",
-                            peer.public_key, peer.endpoint, peer.subnet
-                        ),
+                        format!("overlay: {verb} peer {}", peer.describe()),
                     ));
                 }
                 Err(e) => errors.push(e.to_string()),
@@ -204,7 +276,7 @@ impl OverlayService {
         let applied = self.applied.lock().await;
         Ok(applied
             .values()
-            .any(|p| !routed.contains(&p.subnet))
+            .any(|p| p.subnets.iter().any(|s| !routed.contains(s)))
             .then_some("overlay route missing"))
     }
 
@@ -219,12 +291,18 @@ impl OverlayService {
     async fn set(
         &self,
         nl: &Netlink,
-        peer: &StaticPeer,
-        before: Option<&StaticPeer>,
+        peer: &OverlayPeer,
+        before: Option<&OverlayPeer>,
     ) -> Result<()> {
         let mut config = PeerConfig::new(peer.public_key);
-        config.endpoint = Some(peer.endpoint);
-        config.allowed_ips = vec![IpNetwork::V4(peer.subnet)];
+        // An endpoint is set only when the configured or advertised value
+        // changed: one learnt from roaming traffic is never overwritten by a
+        // rewrite of the same value (kilo #34).
+        config.endpoint = match before {
+            Some(old) if old.endpoint == peer.endpoint => None,
+            _ => peer.endpoint,
+        };
+        config.allowed_ips = peer.subnets.clone();
         config.persistent_keepalive = peer.persistent_keepalive;
         if let Some(path) = &peer.preshared_key_file {
             config.preshared_key = Some(read_preshared_key(path).map_err(|e| {
@@ -233,14 +311,19 @@ impl OverlayService {
         }
         self.device
             .set_peer(config)
-            .map_err(|e| Error::overlay(format!("overlay: set peer {}", peer.public_key), e))?;
-        if let Some(old) = before.filter(|old| old.subnet != peer.subnet) {
-            self.unroute(nl, old.subnet).await?;
+            .map_err(|e| Error::overlay(format!("overlay: set peer {}", peer.describe()), e))?;
+        if let Some(old) = before {
+            for subnet in old.subnets.iter().filter(|s| !peer.subnets.contains(s)) {
+                self.unroute(nl, *subnet).await?;
+            }
         }
-        self.route(nl, peer).await
+        for subnet in &peer.subnets {
+            self.route(nl, *subnet).await?;
+        }
+        Ok(())
     }
 
-    async fn remove(&self, nl: &Netlink, peer: &StaticPeer) -> Result<()> {
+    async fn remove(&self, nl: &Netlink, peer: &OverlayPeer) -> Result<()> {
         match self.device.remove_peer(&peer.public_key) {
             Ok(()) | Err(::overlay::DeviceError::UnknownPeer { .. }) => {}
             Err(e) => {
@@ -250,29 +333,34 @@ impl OverlayService {
                 ))
             }
         }
-        self.unroute(nl, peer.subnet).await
+        // A subnet that moved to another wanted peer keeps its (replaced) route.
+        let still_wanted: Vec<IpNetwork> =
+            self.wanted().into_values().flat_map(|p| p.subnets).collect();
+        for subnet in peer.subnets.iter().filter(|s| !still_wanted.contains(s)) {
+            self.unroute(nl, *subnet).await?;
+        }
+        Ok(())
     }
 
-    fn route_to(&self, subnet: ipnetwork::Ipv4Network) -> Route {
+    fn route_to(&self, subnet: IpNetwork) -> Route {
         Route {
-            destination: Some(IpNetwork::V4(subnet)),
+            destination: Some(subnet),
             dev: Some(self.interface.clone()),
             ..Default::default()
         }
     }
 
-    async fn route(&self, nl: &Netlink, peer: &StaticPeer) -> Result<()> {
-        nl.replace_route(&self.route_to(peer.subnet)).await.ctx(|| {
+    async fn route(&self, nl: &Netlink, subnet: IpNetwork) -> Result<()> {
+        nl.replace_route(&self.route_to(subnet)).await.ctx(|| {
             format!(
-                "overlay: route {} via {} in {}",
-                peer.subnet,
+                "overlay: route {subnet} via {} in {}",
                 self.interface,
                 self.host.label()
             )
         })
     }
 
-    async fn unroute(&self, nl: &Netlink, subnet: ipnetwork::Ipv4Network) -> Result<()> {
+    async fn unroute(&self, nl: &Netlink, subnet: IpNetwork) -> Result<()> {
         match nl.delete_route(&self.route_to(subnet)).await {
             Ok(()) => Ok(()),
             Err(e) if e.is_not_found() => Ok(()),
@@ -286,19 +374,48 @@ impl OverlayService {
         }
     }
 
-    /// IPv4 destinations routed through the overlay link now.
-    async fn routed_subnets(&self, nl: &Netlink) -> Result<Vec<ipnetwork::Ipv4Network>> {
-        let routes = nl
+    /// The static peers and the cluster's, by key (a static entry wins).
+    fn wanted(&self) -> BTreeMap<PublicKey, OverlayPeer> {
+        let mut wanted: BTreeMap<PublicKey, OverlayPeer> = self
+            .from_store
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|p| (p.public_key, p.clone()))
+            .collect();
+        for peer in self.statics.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            wanted.insert(peer.public_key, peer.clone());
+        }
+        wanted
+    }
+
+    /// Sets the cluster's peers (the whole current view) and applies the
+    /// difference with the static ones through the same path as a reconciliation.
+    pub async fn set_store_peers(&self, peers: Vec<OverlayPeer>) -> (Vec<Action>, Vec<String>) {
+        *self.from_store.lock().unwrap_or_else(|e| e.into_inner()) = peers;
+        self.reconcile(None).await
+    }
+
+    /// The peers as applied, by public key (for the reports).
+    pub async fn applied_peers(&self) -> BTreeMap<PublicKey, OverlayPeer> {
+        self.applied.lock().await.clone()
+    }
+
+    /// Destinations (IPv4 and IPv6) routed through the overlay link now.
+    async fn routed_subnets(&self, nl: &Netlink) -> Result<Vec<IpNetwork>> {
+        let mut routes = nl
             .routes(false, false)
             .await
             .ctx(|| format!("overlay: list routes in {}", self.host.label()))?;
+        routes.extend(
+            nl.routes(true, false)
+                .await
+                .ctx(|| format!("overlay: list IPv6 routes in {}", self.host.label()))?,
+        );
         Ok(routes
             .into_iter()
             .filter(|r| r.dev.as_deref() == Some(self.interface.as_str()))
-            .filter_map(|r| match r.destination {
-                Some(IpNetwork::V4(d)) => Some(d),
-                _ => None,
-            })
+            .filter_map(|r| r.destination)
             .collect())
     }
 }
