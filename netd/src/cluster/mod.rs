@@ -63,7 +63,14 @@ struct AppliedStats {
 
 /// Opens the store described by `[cluster]`.
 pub fn open_store(settings: &StoreSettings) -> Result<EtcdStore> {
-    let mut config = EtcdConfig::new(settings.endpoints.clone());
+    let scheme = if settings.ca.is_some() { "https" } else { "http" };
+    let mut config = EtcdConfig::new(
+        settings
+            .endpoints
+            .iter()
+            .map(|e| format!("{scheme}://{e}"))
+            .collect(),
+    );
     if let Some(ca) = &settings.ca {
         config.tls = Some(EtcdTls {
             ca: ca.clone(),
