@@ -130,8 +130,6 @@ impl ClusterHost {
         let record = member.join(&advert).await?;
         apply_reservation(config, &record, &cluster)?;
         Reservation::of(&record, &cluster).write(&config.state_dir)?;
-        member.go_alive(&name).await?;
-        let liveness = member.spawn_liveness(name.clone());
         tracing::info!(
             host = %id,
             name = %name,
@@ -139,7 +137,7 @@ impl ClusterHost {
             subnet6 = ?record.ipv6_subnet,
             %endpoint,
             key_epoch = record.key_epoch,
-            "joined the cluster; alive"
+            "joined the cluster"
         );
         Ok(ClusterHost {
             member,
@@ -147,11 +145,22 @@ impl ClusterHost {
             name,
             record: Mutex::new(record),
             cluster,
-            liveness: Mutex::new(Some(liveness)),
+            liveness: Mutex::new(None),
             watcher: Mutex::new(None),
             applied: Mutex::new(AppliedStats::default()),
             left: watch::channel(false).0,
         })
+    }
+
+    /// Shows this host alive (a new liveness lease) and keeps it so. Called
+    /// once the overlay device is up: peers take the new liveness key of a
+    /// host that joined again for a restart, and start a new session.
+    pub async fn go_alive(&self) -> Result<()> {
+        self.member.go_alive(&self.name).await?;
+        let task = self.member.spawn_liveness(self.name.clone());
+        *self.liveness.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+        tracing::info!(host = %self.id(), "alive in the cluster");
+        Ok(())
     }
 
     /// This host's id.
@@ -219,6 +228,8 @@ impl ClusterHost {
                     id: h.id.to_string(),
                     alive: h.alive,
                     key_epoch: h.key_epoch,
+                    record_revision: h.record_revision,
+                    alive_revision: h.alive_revision,
                 }),
             })
             .collect()

@@ -39,6 +39,7 @@ async fn run_with(mut config: Config, peers: PeerSource) -> Result<()> {
     let daemon = Arc::new(Daemon::open(config.clone(), peers).await?);
     if let Some(cluster) = &cluster {
         daemon.set_cluster(cluster.clone());
+        cluster.go_alive().await?;
     }
     let report = daemon.reconcile().await?;
     tracing::info!(

@@ -61,6 +61,10 @@ pub struct ClusterHostInfo {
     pub id: String,
     pub alive: bool,
     pub key_epoch: u64,
+    /// The store revisions of the host's record and liveness key: both
+    /// rewritten means the host started again with a new device.
+    pub record_revision: i64,
+    pub alive_revision: Option<i64>,
 }
 
 impl OverlayPeer {
@@ -119,6 +123,8 @@ pub struct OverlayService {
     /// together what the device should have (a static entry wins a key both name).
     statics: std::sync::Mutex<Vec<OverlayPeer>>,
     from_store: std::sync::Mutex<Vec<OverlayPeer>>,
+    /// Per store peer, its record's revision when its liveness key last changed.
+    incarnations: std::sync::Mutex<BTreeMap<PublicKey, i64>>,
 }
 
 impl std::fmt::Debug for OverlayService {
@@ -161,6 +167,7 @@ impl OverlayService {
             applied: tokio::sync::Mutex::new(BTreeMap::new()),
             statics: std::sync::Mutex::new(Vec::new()),
             from_store: std::sync::Mutex::new(Vec::new()),
+            incarnations: std::sync::Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -232,8 +239,20 @@ impl OverlayService {
         };
         for peer in wanted.values() {
             let before = applied.get(&peer.public_key).cloned();
-            if before.as_ref().is_some_and(|b| b.same_on_device(peer)) {
-                // Liveness and names change nothing on the device.
+            if let Some(b) = before.as_ref().filter(|b| b.same_on_device(peer)) {
+                // Liveness and names change nothing on the device; a host
+                // that started again has a new device, which knows none of
+                // our sessions: start a new one rather than wait out
+                // WireGuard's 15 s timeout.
+                if self.restarted(b, peer) {
+                    match self.renew_session(peer) {
+                        Ok(()) => actions.push(Action::new(
+                            "overlay_session_renewed",
+                            format!("overlay: peer {} started again; new session", peer.describe()),
+                        )),
+                        Err(e) => errors.push(e.to_string()),
+                    }
+                }
                 applied.insert(peer.public_key, peer.clone());
                 for subnet in peer.subnets.iter().filter(|s| !routed.contains(s)) {
                     match self.route(&nl, *subnet).await {
@@ -255,6 +274,12 @@ impl OverlayService {
                         Some(_) => ("overlay_peer_changed", "changed"),
                         None => ("overlay_peer_added", "added"),
                     };
+                    if let Some(h) = &peer.host {
+                        self.incarnations
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(peer.public_key, h.record_revision);
+                    }
                     applied.insert(peer.public_key, peer.clone());
                     actions.push(Action::new(
                         kind,
@@ -372,6 +397,46 @@ impl OverlayService {
                 e,
             )),
         }
+    }
+
+    /// True when a store peer's liveness key was put again after its record
+    /// was rewritten: the host joined again (a restart). A lease granted
+    /// again after a store outage rewrites only the liveness key; the hourly
+    /// reservation refresh only the record.
+    fn restarted(&self, before: &OverlayPeer, now: &OverlayPeer) -> bool {
+        let (Some(b), Some(n)) = (&before.host, &now.host) else {
+            return false;
+        };
+        if n.alive_revision.is_none() || n.alive_revision == b.alive_revision {
+            return false;
+        }
+        let mut incarnations = self.incarnations.lock().unwrap_or_else(|e| e.into_inner());
+        let seen = incarnations
+            .insert(now.public_key, n.record_revision)
+            .unwrap_or(b.record_revision);
+        seen != n.record_revision
+    }
+
+    /// Drops the peer's session and sets it again, keeping the endpoint it
+    /// has now (learnt or advertised): the next packet handshakes.
+    fn renew_session(&self, peer: &OverlayPeer) -> Result<()> {
+        let endpoint = self
+            .device
+            .peer_stats(&peer.public_key)
+            .and_then(|s| s.endpoint)
+            .or(peer.endpoint);
+        let mut config = PeerConfig::new(peer.public_key);
+        config.endpoint = endpoint;
+        config.allowed_ips = peer.subnets.clone();
+        config.persistent_keepalive = peer.persistent_keepalive;
+        let context = || format!("overlay: renew the session of peer {}", peer.describe());
+        match self.device.remove_peer(&peer.public_key) {
+            Ok(()) | Err(::overlay::DeviceError::UnknownPeer { .. }) => {}
+            Err(e) => return Err(Error::overlay(context(), e)),
+        }
+        self.device
+            .set_peer(config)
+            .map_err(|e| Error::overlay(context(), e))
     }
 
     /// The static peers and the cluster's, by key (a static entry wins).
