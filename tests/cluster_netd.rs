@@ -285,3 +285,172 @@ async fn leave_frees_the_subnet_at_once_and_forget_removes_a_dead_host() {
     cl.wait_hosts(1, Duration::from_secs(5), "d forgotten", |h| host(h, "d").is_none());
     assert_eq!(cl.netds[1].peers().unwrap().len(), 1);
 }
+
+/// A TCP stream from `from` to `to_addr:port` (inside `to`): the client
+/// writes a known byte pattern as fast as it can until told to stop; the
+/// server checks every byte and records the longest gap between reads.
+struct Stream {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    client: std::thread::JoinHandle<u64>,
+    server: std::thread::JoinHandle<(u64, Duration, bool)>,
+}
+
+impl Stream {
+    fn start(from: &plumb::Netns, to: &plumb::Netns, to_addr: IpAddr) -> Stream {
+        use std::io::{Read, Write};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let addr = std::net::SocketAddr::new(to_addr, 5201);
+        let listener = to.run(move || std::net::TcpListener::bind(addr)).unwrap().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let (mut total, mut gap, mut intact) = (0u64, Duration::ZERO, true);
+            let mut last = Instant::now();
+            let mut buf = vec![0u8; 65536];
+            loop {
+                let n = match conn.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) => panic!("stream read after {total} bytes: {e}"),
+                };
+                gap = gap.max(last.elapsed());
+                last = Instant::now();
+                for (i, b) in buf[..n].iter().enumerate() {
+                    intact &= *b == ((total + i as u64) % 251) as u8;
+                }
+                total += n as u64;
+            }
+            (total, gap, intact)
+        });
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let mut conn = from
+            .run(move || std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)))
+            .unwrap()
+            .unwrap();
+        let flag = stop.clone();
+        let client = std::thread::spawn(move || {
+            let mut sent = 0u64;
+            let mut chunk = vec![0u8; 16384];
+            // Bounded: at most 120 s whatever the test does.
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
+                for (i, b) in chunk.iter_mut().enumerate() {
+                    *b = ((sent + i as u64) % 251) as u8;
+                }
+                conn.write_all(&chunk).unwrap();
+                sent += chunk.len() as u64;
+                // About 16 MB/s: enough to see any stall, light on 2 shared cores.
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            sent
+        });
+        Stream { stop, client, server }
+    }
+
+    /// Stops the client; returns (sent, received, longest gap, intact).
+    fn finish(self) -> (u64, u64, Duration, bool) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let sent = self.client.join().unwrap();
+        let (received, gap, intact) = self.server.join().unwrap();
+        (sent, received, gap, intact)
+    }
+}
+
+#[tokio::test]
+async fn etcd_down_for_30_s_under_a_stream_loses_nothing_and_a_host_joined_after_is_seen() {
+    require_root!();
+    let mut cl = Cluster::new(&["a", "b", "c"]).await;
+    for i in 0..3 {
+        cl.wait_hosts(i, Duration::from_secs(10), "all three alive", |h| {
+            h.len() == 3 && h.iter().all(|h| h["alive"] == true)
+        });
+    }
+    let stream = Stream::start(&cl.containers[0].netns, &cl.containers[1].netns, cl.addrs(1)[0]);
+    std::thread::sleep(Duration::from_secs(2));
+    cl.etcd.stop();
+    let down = Instant::now();
+    // The store shows down, the peers and routes stay.
+    let status = loop {
+        let s = cl.netds[0].json(&["cluster", "status"]).unwrap();
+        if s["store_up"] == false || down.elapsed() > Duration::from_secs(20) {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(status["store_up"], false, "{status}");
+    assert!(status["store_last_error"].is_string(), "{status}");
+    while down.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(cl.netds[0].peers().unwrap().len(), 2);
+    cl.all_pairs_reach(&[]);
+    cl.etcd.restart().unwrap();
+
+    let d = cl.add_host("d").await;
+    cl.start(d);
+    for i in 0..3 {
+        let took = cl.wait_hosts(i, Duration::from_secs(20), "d seen after etcd is back", |h| {
+            host(h, "d").is_some_and(|d| d["alive"] == true)
+        });
+        eprintln!("d seen on {} after {took:?}", cl.netds[i].host.name);
+    }
+    cl.all_pairs_reach(&[]);
+    let (sent, received, gap, intact) = stream.finish();
+    eprintln!("stream: {sent} bytes sent, {received} received, longest gap {gap:?}");
+    assert_eq!(sent, received, "bytes lost");
+    assert!(intact, "the stream's bytes arrived changed");
+    assert!(gap < Duration::from_secs(1), "a stall of {gap:?}");
+    let status = cl.netds[0].json(&["cluster", "status"]).unwrap();
+    assert_eq!(status["store_up"], true, "{status}");
+    assert!(status["watch_relists"].as_u64().unwrap() >= 1, "{status}");
+}
+
+#[tokio::test]
+async fn bad_data_in_the_store_is_ignored_counted_and_the_cluster_keeps_working() {
+    require_root!();
+    let cl = Cluster::new(&["a", "b"]).await;
+    cl.wait_hosts(1, Duration::from_secs(10), "both", |h| h.len() == 2);
+    let a_id = cl.netds[0].json(&["cluster", "status"]).unwrap()["host_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let key = &cl.netds[1].public_key;
+    let record = |id: &str, public_key: &str, endpoint: &str, subnet: &str| {
+        format!(
+            r#"{{"id":"{id}","name":"bad","public_key":"{public_key}","key_epoch":1,"endpoint":"{endpoint}","ipv4_subnet":"{subnet}","ipv6_subnet":null,"reserved_until":4000000000}}"#
+        )
+    };
+    let ids = ["b0000000000000000000000000000001", "b0000000000000000000000000000002", "b0000000000000000000000000000003", "b0000000000000000000000000000004"];
+    let writes = [
+        (format!("/weft/v1/hosts/{}", ids[0]), "not json".to_string()),
+        (format!("/weft/v1/hosts/{}", ids[1]), record(ids[1], "not-a-key", "198.18.0.9:51820", "10.96.250.0/24")),
+        (format!("/weft/v1/hosts/{}", ids[2]), record(ids[2], key, "nowhere", "10.96.251.0/24")),
+        (format!("/weft/v1/hosts/{}", ids[3]), record(ids[3], key, "198.18.0.9:51820", &cl.netds[0].subnet)),
+        ("/weft/v1/config".to_string(), r#"{"ipv4_range":"10.97.0.0/16","ipv4_subnet_len":24,"ipv6_range":null,"ipv6_subnet_len":null,"overlay_port":51820}"#.to_string()),
+    ];
+    for (k, v) in &writes {
+        let out = cl.etcd.etcdctl(&["put", k, v]).unwrap();
+        assert!(out.success, "etcdctl put {k}: {}", out.stderr);
+    }
+    let start = Instant::now();
+    let status = loop {
+        let s = cl.netds[1].json(&["cluster", "status"]).unwrap();
+        let bad = &s["bad_data"];
+        let all = ["not_json", "bad_key", "bad_endpoint", "overlapping_subnet", "config_changed"]
+            .iter()
+            .all(|r| bad[*r].as_u64().unwrap_or(0) >= 1);
+        if all {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "bad data not counted: {s}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    eprintln!("bad data counted: {}", status["bad_data"]);
+    // Nothing of it applied: the same two hosts, one peer each, and a's
+    // subnet still routed to a.
+    assert_eq!(cl.netds[1].json(&["cluster", "hosts"]).unwrap().as_array().unwrap().len(), 2);
+    let peers = cl.netds[1].peers().unwrap();
+    assert_eq!(peers.len(), 1, "{peers:?}");
+    assert_eq!(peers[0]["host"]["id"], a_id.as_str());
+    cl.all_pairs_reach(&[]);
+}
