@@ -77,7 +77,7 @@ impl Cluster {
         std::fs::write(
             netd.config_path(),
             format!(
-                "reconcile_interval_secs = 1\n[cluster]\nstore = \"{}\"\nhost_name = \"{name}\"\nliveness_ttl = 2\n",
+                "reconcile_interval_secs = 1\nmetrics_addr = \"127.0.0.1:9590\"\n[cluster]\nstore = \"{}\"\nhost_name = \"{name}\"\nliveness_ttl = 2\n",
                 store()
             ),
         )
@@ -153,6 +153,21 @@ impl Cluster {
     }
 }
 
+/// `GET /metrics` from netd's listener inside the host's namespace.
+fn scrape(netns: &plumb::Netns) -> String {
+    use std::io::{Read, Write};
+    let addr: std::net::SocketAddr = "127.0.0.1:9590".parse().unwrap();
+    let mut stream = netns
+        .run(move || std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)))
+        .unwrap()
+        .expect("connect to the metrics endpoint");
+    stream.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: netd\r\n\r\n").unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).unwrap();
+    body
+}
+
 fn host<'a>(hosts: &'a [Value], name: &str) -> Option<&'a Value> {
     hosts.iter().find(|h| h["name"] == name)
 }
@@ -197,6 +212,17 @@ async fn three_hosts_join_by_themselves_and_every_pair_of_containers_talks_v4_an
     let status = cl.netds[1].json(&["cluster", "status"]).unwrap();
     assert_eq!(status["store_up"], true, "{status}");
     assert_eq!(status["hosts_alive"], 3, "{status}");
+    let metrics = scrape(&cl.netds[1].host.netns);
+    for line in [
+        "weft_netd_cluster_hosts{state=\"alive\"} 3",
+        "weft_netd_cluster_hosts{state=\"dead\"} 0",
+        "weft_netd_cluster_store_up 1",
+        "weft_netd_cluster_subnets_in_use 6",
+        "weft_netd_cluster_subnet_capacity 65792",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    }
+    assert!(!cl.netds[1].log_text().contains("apply when netd restarts"));
 
     // A second init with another range is refused, naming both configs.
     let out = cl.netds[0]

@@ -39,6 +39,9 @@ async fn run_with(mut config: Config, peers: PeerSource) -> Result<()> {
     let daemon = Arc::new(Daemon::open(config.clone(), peers).await?);
     if let Some(cluster) = &cluster {
         daemon.set_cluster(cluster.clone());
+        if let Some(overlay) = daemon.overlay() {
+            overlay.mark_cluster_managed();
+        }
         cluster.go_alive().await?;
     }
     let report = daemon.reconcile().await?;

@@ -123,6 +123,9 @@ pub struct OverlayService {
     /// together what the device should have (a static entry wins a key both name).
     statics: std::sync::Mutex<Vec<OverlayPeer>>,
     from_store: std::sync::Mutex<Vec<OverlayPeer>>,
+    /// Set once the cluster hands peers: the `[overlay]` keys then come
+    /// from the cluster's config, not the file.
+    cluster_managed: std::sync::atomic::AtomicBool,
     /// Per store peer, its record's revision when its liveness key last changed.
     incarnations: std::sync::Mutex<BTreeMap<PublicKey, i64>>,
 }
@@ -167,6 +170,7 @@ impl OverlayService {
             applied: tokio::sync::Mutex::new(BTreeMap::new()),
             statics: std::sync::Mutex::new(Vec::new()),
             from_store: std::sync::Mutex::new(Vec::new()),
+            cluster_managed: std::sync::atomic::AtomicBool::new(false),
             incarnations: std::sync::Mutex::new(BTreeMap::new()),
         })
     }
@@ -306,7 +310,10 @@ impl OverlayService {
     }
 
     fn warn_about_restart_keys(&self, now: &OverlayConfig) {
-        if now.differs_beyond_peers(&self.started_with) {
+        let managed = self
+            .cluster_managed
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if !managed && now.differs_beyond_peers(&self.started_with) {
             tracing::warn!(
                 "overlay: [overlay] keys other than the peer list changed; they apply when netd restarts"
             );
@@ -454,9 +461,17 @@ impl OverlayService {
         wanted
     }
 
+    /// The overlay's keys come from the cluster's config from now on: a
+    /// re-read `[overlay]` section that differs is expected, not a warning.
+    pub fn mark_cluster_managed(&self) {
+        self.cluster_managed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Sets the cluster's peers (the whole current view) and applies the
     /// difference with the static ones through the same path as a reconciliation.
     pub async fn set_store_peers(&self, peers: Vec<OverlayPeer>) -> (Vec<Action>, Vec<String>) {
+        self.mark_cluster_managed();
         *self.from_store.lock().unwrap_or_else(|e| e.into_inner()) = peers;
         self.reconcile(None).await
     }
