@@ -60,7 +60,14 @@ impl Cluster {
         // `init` from the first host, as an admin would.
         let out = cl.netds[0]
             .run(&[
-                "cluster", "init", "--store", &store(), "--range", RANGE, "--range6", RANGE6,
+                "cluster",
+                "init",
+                "--store",
+                &store(),
+                "--range",
+                RANGE,
+                "--range6",
+                RANGE6,
             ])
             .unwrap();
         assert!(out.success, "cluster init: {}", out.stderr);
@@ -116,7 +123,13 @@ impl Cluster {
     }
 
     /// Polls `netd cluster hosts` on host `i` until `done`, for at most `bound`.
-    fn wait_hosts(&self, i: usize, bound: Duration, what: &str, done: impl Fn(&[Value]) -> bool) -> Duration {
+    fn wait_hosts(
+        &self,
+        i: usize,
+        bound: Duration,
+        what: &str,
+        done: impl Fn(&[Value]) -> bool,
+    ) -> Duration {
         let start = Instant::now();
         loop {
             let hosts = self.netds[i].json(&["cluster", "hosts"]).unwrap();
@@ -131,6 +144,16 @@ impl Cluster {
                 self.netds[i].log_text()
             );
             std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Waits until every host sees every host alive.
+    fn wait_all_alive(&self) {
+        let n = self.netds.len();
+        for i in 0..n {
+            self.wait_hosts(i, Duration::from_secs(10), "all hosts alive", |h| {
+                h.len() == n && h.iter().all(|h| h["alive"] == true)
+            });
         }
     }
 
@@ -161,8 +184,12 @@ fn scrape(netns: &plumb::Netns) -> String {
         .run(move || std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)))
         .unwrap()
         .expect("connect to the metrics endpoint");
-    stream.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: netd\r\n\r\n").unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: netd\r\n\r\n")
+        .unwrap();
     let mut body = String::new();
     stream.read_to_string(&mut body).unwrap();
     body
@@ -176,13 +203,10 @@ fn host<'a>(hosts: &'a [Value], name: &str) -> Option<&'a Value> {
 async fn three_hosts_join_by_themselves_and_every_pair_of_containers_talks_v4_and_v6() {
     require_root!();
     let cl = Cluster::new(&["a", "b", "c"]).await;
-    for i in 0..3 {
-        cl.wait_hosts(i, Duration::from_secs(10), "all three alive", |h| {
-            h.len() == 3 && h.iter().all(|h| h["alive"] == true)
-        });
-    }
+    cl.wait_all_alive();
     // Distinct subnets from the ranges; each container has both families.
-    let subnets: std::collections::HashSet<&str> = cl.netds.iter().map(|n| n.subnet.as_str()).collect();
+    let subnets: std::collections::HashSet<&str> =
+        cl.netds.iter().map(|n| n.subnet.as_str()).collect();
     assert_eq!(subnets.len(), 3, "{subnets:?}");
     for i in 0..3 {
         let addrs = cl.addrs(i);
@@ -191,7 +215,11 @@ async fn three_hosts_join_by_themselves_and_every_pair_of_containers_talks_v4_an
         assert!(addrs[1].to_string().starts_with("fd96:"), "{addrs:?}");
     }
     // The others' subnets, both families, are routed through the overlay.
-    let routes6 = ip_json(&cl.netds[0].host.netns, &["-6", "route", "show", "dev", "weft-wg0"]).unwrap();
+    let routes6 = ip_json(
+        &cl.netds[0].host.netns,
+        &["-6", "route", "show", "dev", "weft-wg0"],
+    )
+    .unwrap();
     let overlay6 = routes6
         .as_array()
         .unwrap()
@@ -226,21 +254,28 @@ async fn three_hosts_join_by_themselves_and_every_pair_of_containers_talks_v4_an
 
     // A second init with another range is refused, naming both configs.
     let out = cl.netds[0]
-        .run(&["cluster", "init", "--store", &store(), "--range", "10.97.0.0/16"])
+        .run(&[
+            "cluster",
+            "init",
+            "--store",
+            &store(),
+            "--range",
+            "10.97.0.0/16",
+        ])
         .unwrap();
     assert!(!out.success);
-    assert!(out.stderr.contains("10.96.0.0/16") && out.stderr.contains("10.97.0.0/16"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("10.96.0.0/16") && out.stderr.contains("10.97.0.0/16"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[tokio::test]
 async fn a_killed_host_shows_dead_keeps_its_route_and_comes_back_with_its_subnet_and_key() {
     require_root!();
     let mut cl = Cluster::new(&["a", "b", "c"]).await;
-    for i in 0..3 {
-        cl.wait_hosts(i, Duration::from_secs(10), "all three alive", |h| {
-            h.len() == 3 && h.iter().all(|h| h["alive"] == true)
-        });
-    }
+    cl.wait_all_alive();
     cl.all_pairs_reach(&[]);
     let (subnet, key) = (cl.netds[2].subnet.clone(), cl.netds[2].public_key.clone());
 
@@ -263,7 +298,11 @@ async fn a_killed_host_shows_dead_keeps_its_route_and_comes_back_with_its_subnet
     assert_eq!(status["subnets"][0], subnet.as_str(), "{status}");
     assert_eq!(status["key_epoch"], 1, "same key, same epoch: {status}");
     let pubkey = cl.netds[2]
-        .run(&["pubkey", "--state-dir", cl.netds[2].state_dir().to_str().unwrap()])
+        .run(&[
+            "pubkey",
+            "--state-dir",
+            cl.netds[2].state_dir().to_str().unwrap(),
+        ])
         .unwrap();
     assert_eq!(pubkey.stdout.trim(), key);
     for i in 0..2 {
@@ -284,7 +323,9 @@ async fn leave_frees_the_subnet_at_once_and_forget_removes_a_dead_host() {
     let out = cl.netds[2].cli(&["cluster", "leave"]).unwrap();
     assert!(out.success, "{}", out.stderr);
     for i in 0..2 {
-        cl.wait_hosts(i, Duration::from_secs(5), "c gone", |h| h.len() == 2 && host(h, "c").is_none());
+        cl.wait_hosts(i, Duration::from_secs(5), "c gone", |h| {
+            h.len() == 2 && host(h, "c").is_none()
+        });
         let routes = ip_json(&cl.netds[i].host.netns, &["route", "show", &c_subnet]).unwrap();
         assert!(routes.as_array().unwrap().is_empty(), "{routes}");
         assert_eq!(cl.netds[i].peers().unwrap().len(), 1);
@@ -293,22 +334,35 @@ async fn leave_frees_the_subnet_at_once_and_forget_removes_a_dead_host() {
     // A new host finds the range's subnets; c's is free again for it (the
     // pick starts at a random index, so fill the /16's 256 is not needed:
     // check the store instead: no subnet key names c any more).
-    let keys = cl.etcd.etcdctl(&["get", "--prefix", "/weft/v1/subnets/", "--keys-only"]).unwrap();
+    let keys = cl
+        .etcd
+        .etcdctl(&["get", "--prefix", "/weft/v1/subnets/", "--keys-only"])
+        .unwrap();
     let c_key = format!("/weft/v1/subnets/{}", c_subnet.replace('/', "-"));
     assert!(!keys.stdout.contains(&c_key), "{}", keys.stdout);
     let d = cl.add_host("d").await;
     cl.start(d);
-    cl.wait_hosts(0, Duration::from_secs(10), "d seen", |h| host(h, "d").is_some_and(|d| d["alive"] == true));
+    cl.wait_hosts(0, Duration::from_secs(10), "d seen", |h| {
+        host(h, "d").is_some_and(|d| d["alive"] == true)
+    });
     cl.all_pairs_reach(&[2]);
 
     // forget: refused while alive, then d is killed and forgotten.
     let out = cl.netds[0].cli(&["cluster", "forget", "d"]).unwrap();
-    assert!(!out.success && out.stderr.contains("alive"), "{}", out.stderr);
+    assert!(
+        !out.success && out.stderr.contains("alive"),
+        "{}",
+        out.stderr
+    );
     cl.netds[d].signal(libc::SIGKILL).unwrap();
-    cl.wait_hosts(0, Duration::from_secs(15), "d dead", |h| host(h, "d").is_some_and(|d| d["alive"] == false));
+    cl.wait_hosts(0, Duration::from_secs(15), "d dead", |h| {
+        host(h, "d").is_some_and(|d| d["alive"] == false)
+    });
     let out = cl.netds[0].cli(&["cluster", "forget", "d"]).unwrap();
     assert!(out.success, "{}", out.stderr);
-    cl.wait_hosts(1, Duration::from_secs(5), "d forgotten", |h| host(h, "d").is_none());
+    cl.wait_hosts(1, Duration::from_secs(5), "d forgotten", |h| {
+        host(h, "d").is_none()
+    });
     assert_eq!(cl.netds[1].peers().unwrap().len(), 1);
 }
 
@@ -326,10 +380,14 @@ impl Stream {
         use std::io::{Read, Write};
         use std::sync::atomic::{AtomicBool, Ordering};
         let addr = std::net::SocketAddr::new(to_addr, 5201);
-        let listener = to.run(move || std::net::TcpListener::bind(addr)).unwrap().unwrap();
+        let listener = to
+            .run(move || std::net::TcpListener::bind(addr))
+            .unwrap()
+            .unwrap();
         let server = std::thread::spawn(move || {
             let (mut conn, _) = listener.accept().unwrap();
-            conn.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(20)))
+                .unwrap();
             let (mut total, mut gap, mut intact) = (0u64, Duration::ZERO, true);
             let mut last = Instant::now();
             let mut buf = vec![0u8; 65536];
@@ -370,7 +428,11 @@ impl Stream {
             }
             sent
         });
-        Stream { stop, client, server }
+        Stream {
+            stop,
+            client,
+            server,
+        }
     }
 
     /// Stops the client; returns (sent, received, longest gap, intact).
@@ -386,12 +448,12 @@ impl Stream {
 async fn etcd_down_for_30_s_under_a_stream_loses_nothing_and_a_host_joined_after_is_seen() {
     require_root!();
     let mut cl = Cluster::new(&["a", "b", "c"]).await;
-    for i in 0..3 {
-        cl.wait_hosts(i, Duration::from_secs(10), "all three alive", |h| {
-            h.len() == 3 && h.iter().all(|h| h["alive"] == true)
-        });
-    }
-    let stream = Stream::start(&cl.containers[0].netns, &cl.containers[1].netns, cl.addrs(1)[0]);
+    cl.wait_all_alive();
+    let stream = Stream::start(
+        &cl.containers[0].netns,
+        &cl.containers[1].netns,
+        cl.addrs(1)[0],
+    );
     std::thread::sleep(Duration::from_secs(2));
     cl.etcd.stop();
     let down = Instant::now();
@@ -415,9 +477,12 @@ async fn etcd_down_for_30_s_under_a_stream_loses_nothing_and_a_host_joined_after
     let d = cl.add_host("d").await;
     cl.start(d);
     for i in 0..3 {
-        let took = cl.wait_hosts(i, Duration::from_secs(20), "d seen after etcd is back", |h| {
-            host(h, "d").is_some_and(|d| d["alive"] == true)
-        });
+        let took = cl.wait_hosts(
+            i,
+            Duration::from_secs(20),
+            "d seen after etcd is back",
+            |h| host(h, "d").is_some_and(|d| d["alive"] == true),
+        );
         eprintln!("d seen on {} after {took:?}", cl.netds[i].host.name);
     }
     cl.all_pairs_reach(&[]);
@@ -446,7 +511,12 @@ async fn bad_data_in_the_store_is_ignored_counted_and_the_cluster_keeps_working(
             r#"{{"id":"{id}","name":"bad","public_key":"{public_key}","key_epoch":1,"endpoint":"{endpoint}","ipv4_subnet":"{subnet}","ipv6_subnet":null,"reserved_until":4000000000}}"#
         )
     };
-    let ids = ["b0000000000000000000000000000001", "b0000000000000000000000000000002", "b0000000000000000000000000000003", "b0000000000000000000000000000004"];
+    let ids = [
+        "b0000000000000000000000000000001",
+        "b0000000000000000000000000000002",
+        "b0000000000000000000000000000003",
+        "b0000000000000000000000000000004",
+    ];
     let writes = [
         (format!("/weft/v1/hosts/{}", ids[0]), "not json".to_string()),
         (format!("/weft/v1/hosts/{}", ids[1]), record(ids[1], "not-a-key", "198.18.0.9:51820", "10.96.250.0/24")),
@@ -462,19 +532,36 @@ async fn bad_data_in_the_store_is_ignored_counted_and_the_cluster_keeps_working(
     let status = loop {
         let s = cl.netds[1].json(&["cluster", "status"]).unwrap();
         let bad = &s["bad_data"];
-        let all = ["not_json", "bad_key", "bad_endpoint", "overlapping_subnet", "config_changed"]
-            .iter()
-            .all(|r| bad[*r].as_u64().unwrap_or(0) >= 1);
+        let all = [
+            "not_json",
+            "bad_key",
+            "bad_endpoint",
+            "overlapping_subnet",
+            "config_changed",
+        ]
+        .iter()
+        .all(|r| bad[*r].as_u64().unwrap_or(0) >= 1);
         if all {
             break s;
         }
-        assert!(start.elapsed() < Duration::from_secs(10), "bad data not counted: {s}");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "bad data not counted: {s}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     eprintln!("bad data counted: {}", status["bad_data"]);
     // Nothing of it applied: the same two hosts, one peer each, and a's
     // subnet still routed to a.
-    assert_eq!(cl.netds[1].json(&["cluster", "hosts"]).unwrap().as_array().unwrap().len(), 2);
+    assert_eq!(
+        cl.netds[1]
+            .json(&["cluster", "hosts"])
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
     let peers = cl.netds[1].peers().unwrap();
     assert_eq!(peers.len(), 1, "{peers:?}");
     assert_eq!(peers[0]["host"]["id"], a_id.as_str());

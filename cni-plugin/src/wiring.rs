@@ -171,7 +171,10 @@ fn cluster_reservation(conf: &NetConf, config: &mut netd::Config) -> Result<(), 
     let Some(r) = reservation else {
         return Ok(());
     };
-    let given: Vec<IpNetwork> = builtin_subnet(conf)?.into_iter().chain(conf.subnet6).collect();
+    let given: Vec<IpNetwork> = builtin_subnet(conf)?
+        .into_iter()
+        .chain(conf.subnet6)
+        .collect();
     let reserved: Vec<IpNetwork> = std::iter::once(IpNetwork::V4(r.subnet))
         .chain(r.subnet6.map(IpNetwork::V6))
         .collect();
@@ -530,13 +533,17 @@ mod tests {
         };
         reservation.write(&dir).unwrap();
         let state = dir.to_str().unwrap();
-        let c = conf(serde_json::json!({"cniVersion": "1.0.0", "name": "n", "type": "weft",
-            "stateDir": state}));
+        let c = conf(
+            serde_json::json!({"cniVersion": "1.0.0", "name": "n", "type": "weft",
+            "stateDir": state}),
+        );
         let n = netd_config(&c, None).unwrap();
         assert_eq!(n.subnet.to_string(), "10.96.7.0/24");
         assert_eq!(n.subnet6.unwrap().to_string(), "fd96:0:0:7::/64");
-        let c = conf(serde_json::json!({"cniVersion": "1.0.0", "name": "n", "type": "weft",
-            "stateDir": state, "subnet": "10.9.0.0/24"}));
+        let c = conf(
+            serde_json::json!({"cniVersion": "1.0.0", "name": "n", "type": "weft",
+            "stateDir": state, "subnet": "10.9.0.0/24"}),
+        );
         let e = netd_config(&c, None).unwrap_err();
         assert_eq!(e.code.number(), 7);
         assert!(e.to_string().contains("10.9.0.0/24"), "{e}");

@@ -162,7 +162,9 @@ impl Error {
             Error::Cluster(e) => {
                 use ::overlay::cluster::ClusterError as C;
                 match e {
-                    C::NoConfig { .. } | C::UnknownHost { .. } | C::NotJoined => ErrorKind::NotFound,
+                    C::NoConfig { .. } | C::UnknownHost { .. } | C::NotJoined => {
+                        ErrorKind::NotFound
+                    }
                     C::ConfigMismatch { .. }
                     | C::HostAlive { .. }
                     | C::RangeFull { .. }

@@ -75,10 +75,7 @@ pub async fn run(command: ClusterCommand) -> Result<()> {
             let subnets: Vec<String> = s.subnets.iter().map(|n| n.to_string()).collect();
             println!("host:        {} ({})", s.host_name, s.host_id);
             println!("subnets:     {}", subnets.join(", "));
-            println!(
-                "endpoint:    {}",
-                s.endpoint.as_deref().unwrap_or("(none)")
-            );
+            println!("endpoint:    {}", s.endpoint.as_deref().unwrap_or("(none)"));
             println!("key epoch:   {}", s.key_epoch);
             println!(
                 "store:       {} {}{}",
@@ -145,8 +142,11 @@ pub async fn run(command: ClusterCommand) -> Result<()> {
                 host: args.host.clone(),
                 force: args.force,
             };
-            let record: serde_json::Value =
-                args.client.client().post("/v1/cluster/forget", &body).await?;
+            let record: serde_json::Value = args
+                .client
+                .client()
+                .post("/v1/cluster/forget", &body)
+                .await?;
             if args.client.json {
                 print_json(&record);
             } else {

@@ -63,7 +63,11 @@ struct AppliedStats {
 
 /// Opens the store described by `[cluster]`.
 pub fn open_store(settings: &StoreSettings) -> Result<EtcdStore> {
-    let scheme = if settings.ca.is_some() { "https" } else { "http" };
+    let scheme = if settings.ca.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let mut config = EtcdConfig::new(
         settings
             .endpoints
@@ -197,7 +201,11 @@ impl ClusterHost {
             let (actions, errors) = apply(peers).await;
             let took = started.elapsed();
             for action in &actions {
-                tracing::info!(revision = update.view.revision, "cluster: {}", action.detail);
+                tracing::info!(
+                    revision = update.view.revision,
+                    "cluster: {}",
+                    action.detail
+                );
             }
             for error in &errors {
                 tracing::error!(revision = update.view.revision, "cluster: {error}");

@@ -123,9 +123,10 @@ pub fn parse_store(text: &str) -> Result<Vec<String>, ConfigError> {
         if rest.is_empty() || rest.contains('/') {
             return Err(bad(format!("{part:?} needs HOST:PORT after etcd://")));
         }
-        let with_port = if rest.rsplit_once(':').is_some_and(|(h, p)| {
-            !h.is_empty() && !h.ends_with(':') && p.parse::<u16>().is_ok()
-        }) {
+        let with_port = if rest
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && !h.ends_with(':') && p.parse::<u16>().is_ok())
+        {
             rest.to_string()
         } else {
             format!("{rest}:2379")
@@ -222,14 +223,16 @@ impl ClusterSection {
                 return Err(ConfigError::Value {
                     key: "cluster.store_cert",
                     value: format!("{:?}", s.cert),
-                    why: "a client certificate needs its key (--store-key) and the other way round".into(),
+                    why: "a client certificate needs its key (--store-key) and the other way round"
+                        .into(),
                 });
             }
             if s.user.is_some() && s.password.is_none() {
                 return Err(ConfigError::Value {
                     key: "cluster.store_user",
                     value: s.user.clone().unwrap_or_default(),
-                    why: "needs a password: set WEFT_STORE_PASSWORD or [cluster] password_file".into(),
+                    why: "needs a password: set WEFT_STORE_PASSWORD or [cluster] password_file"
+                        .into(),
                 });
             }
         }

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 pub mod cluster;
 pub mod overlay;
 
-pub use cluster::{ClusterArgs, ClusterSection, ClusterFile};
+pub use cluster::{ClusterArgs, ClusterFile, ClusterSection};
 pub use overlay::{OverlayArgs, OverlayConfig, OverlayFile, StaticPeer};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/weft/netd.toml";

@@ -103,7 +103,11 @@ impl OverlayPeer {
                 h.name,
                 subnets.join(", ")
             ),
-            None => format!("{} ({endpoint}, subnet {})", self.public_key, subnets.join(", ")),
+            None => format!(
+                "{} ({endpoint}, subnet {})",
+                self.public_key,
+                subnets.join(", ")
+            ),
         }
     }
 }
@@ -252,7 +256,10 @@ impl OverlayService {
                     match self.renew_session(peer) {
                         Ok(()) => actions.push(Action::new(
                             "overlay_session_renewed",
-                            format!("overlay: peer {} started again; new session", peer.describe()),
+                            format!(
+                                "overlay: peer {} started again; new session",
+                                peer.describe()
+                            ),
                         )),
                         Err(e) => errors.push(e.to_string()),
                     }
@@ -366,8 +373,11 @@ impl OverlayService {
             }
         }
         // A subnet that moved to another wanted peer keeps its (replaced) route.
-        let still_wanted: Vec<IpNetwork> =
-            self.wanted().into_values().flat_map(|p| p.subnets).collect();
+        let still_wanted: Vec<IpNetwork> = self
+            .wanted()
+            .into_values()
+            .flat_map(|p| p.subnets)
+            .collect();
         for subnet in peer.subnets.iter().filter(|s| !still_wanted.contains(s)) {
             self.unroute(nl, *subnet).await?;
         }
@@ -455,7 +465,12 @@ impl OverlayService {
             .iter()
             .map(|p| (p.public_key, p.clone()))
             .collect();
-        for peer in self.statics.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        for peer in self
+            .statics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
             wanted.insert(peer.public_key, peer.clone());
         }
         wanted
