@@ -567,3 +567,48 @@ async fn bad_data_in_the_store_is_ignored_counted_and_the_cluster_keeps_working(
     assert_eq!(peers[0]["host"]["id"], a_id.as_str());
     cl.all_pairs_reach(&[]);
 }
+
+#[tokio::test]
+async fn a_subnet_key_other_than_the_reservation_is_refused_at_start_naming_both() {
+    require_root!();
+    let mut cl = Cluster::new(&["a"]).await;
+    let e = cl.add_host("e").await;
+    let config = cl.netds[e].config_path();
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("subnet = \"10.96.250.0/24\"\n{text}")).unwrap();
+    let err = cl.netds[e].start().unwrap_err().to_string();
+    assert!(
+        err.contains("say 10.96.250.0/24") && err.contains("holds no reservation yet"),
+        "{err}"
+    );
+    // Nothing written: no reservation file, no record in the store.
+    let reserved =
+        std::fs::read_to_string(cl.netds[e].state_dir().join("cluster-reservation.json"));
+    assert!(reserved.is_err(), "{reserved:?}");
+    let hosts = cl
+        .etcd
+        .etcdctl(&["get", "--prefix", "/weft/v1/hosts/", "--keys-only"])
+        .unwrap();
+    assert_eq!(
+        hosts.stdout.lines().filter(|l| !l.is_empty()).count(),
+        1,
+        "{}",
+        hosts.stdout
+    );
+
+    // Joined, then restarted with a `subnet` key that names another subnet:
+    // refused, naming both; with the reserved one: fine.
+    std::fs::write(&config, &text).unwrap();
+    cl.start(e);
+    let reserved = cl.netds[e].subnet.clone();
+    cl.netds[e].signal(libc::SIGTERM).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    std::fs::write(&config, format!("subnet = \"10.96.250.0/24\"\n{text}")).unwrap();
+    let err = cl.netds[e].start().unwrap_err().to_string();
+    assert!(
+        err.contains("`subnet` key says 10.96.250.0/24") && err.contains(&reserved),
+        "{err}"
+    );
+    std::fs::write(&config, format!("subnet = \"{reserved}\"\n{text}")).unwrap();
+    cl.netds[e].start().unwrap();
+}

@@ -131,6 +131,9 @@ impl ClusterHost {
             public_key: key.public_key(),
             endpoint: Some(endpoint),
         };
+        // Refuse a `subnet` key before writing anything to the store.
+        let held = existing_record(store.as_ref(), &id).await?;
+        check_given_subnets(config, held.as_ref())?;
         let record = member.join(&advert).await?;
         apply_reservation(config, &record, &cluster)?;
         Reservation::of(&record, &cluster).write(&config.state_dir)?;
@@ -312,6 +315,42 @@ impl ClusterHost {
     }
 }
 
+/// This host's record in the store, if it has one (unreadable: none).
+async fn existing_record(store: &EtcdStore, id: &HostId) -> Result<Option<HostRecord>> {
+    use ::overlay::store::Store;
+    let key = ::overlay::cluster::records::host_key(id);
+    let listing = store
+        .list(&key)
+        .await
+        .map_err(|e| Error::Setup(format!("cluster: read this host's record {key}: {e}")))?;
+    Ok(listing
+        .entries
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| serde_json::from_slice(&kv.value).ok()))
+}
+
+/// `subnet`/`subnet6` keys are allowed only when they name the reservation
+/// this host already holds: a new host gets its subnets from the store.
+fn check_given_subnets(config: &Config, held: Option<&HostRecord>) -> Result<()> {
+    let given = config.cluster.given_subnet.map(|s| s.to_string());
+    let given6 = config.cluster.given_subnet6.map(|s| s.to_string());
+    if given.is_none() && given6.is_none() {
+        return Ok(());
+    }
+    match held {
+        Some(record) => {
+            let mut reserved = config.clone();
+            apply_reservation_keys(&mut reserved, record)
+        }
+        None => Err(Error::InvalidInput(format!(
+            "cluster: the `subnet`/`subnet6` keys say {} but this host holds no reservation yet; \
+             remove them from netd.toml/flags/WEFT_* (a cluster host's subnets come from the store)",
+            [given, given6].into_iter().flatten().collect::<Vec<_>>().join(", ")
+        ))),
+    }
+}
+
 /// Sets `config`'s subnets, overlay port and range from the reservation;
 /// refuses `subnet`/`subnet6` keys that name other subnets.
 fn apply_reservation(
@@ -319,6 +358,17 @@ fn apply_reservation(
     record: &HostRecord,
     cluster: &::overlay::cluster::ClusterConfig,
 ) -> Result<()> {
+    apply_reservation_keys(config, record)?;
+    config.overlay.enabled = true;
+    config.overlay.listen_port = cluster.overlay_port;
+    config.overlay.cluster_range = cluster.ipv4_range;
+    config.validate()?;
+    Ok(())
+}
+
+/// Checks the given `subnet`/`subnet6` keys against `record` and sets the
+/// reservation's subnets.
+fn apply_reservation_keys(config: &mut Config, record: &HostRecord) -> Result<()> {
     let refuse = |key: &str, given: String, reserved: String| {
         Error::InvalidInput(format!(
             "cluster: the `{key}` key says {given} but this host's reservation in the store is {reserved}; \
@@ -348,10 +398,6 @@ fn apply_reservation(
     }
     config.subnet = record.ipv4_subnet;
     config.subnet6 = record.ipv6_subnet;
-    config.overlay.enabled = true;
-    config.overlay.listen_port = cluster.overlay_port;
-    config.overlay.cluster_range = cluster.ipv4_range;
-    config.validate()?;
     Ok(())
 }
 
