@@ -9,6 +9,7 @@ use ipnetwork::IpNetwork;
 use md5::{Digest, Md5};
 
 use crate::backend::{Addressing, AttachRequest};
+use crate::delegated;
 use crate::error::CniError;
 use crate::result::{CniResult, Interface, IpConfig, Route};
 use crate::types::{NetConf, PortMapping, DEFAULT_BRIDGE};
@@ -110,7 +111,7 @@ pub fn configured_subnets(conf: &NetConf) -> Result<Vec<IpNetwork>, CniError> {
 pub fn netd_config(conf: &NetConf, delegated: Option<IpNetwork>) -> Result<netd::Config, CniError> {
     let mut config = netd::Config {
         // By path, not netd's default (the current namespace found by name).
-        netns: Some(crate::host::OWN_NETNS.to_string()),
+        netns: Some(crate::netns::OWN_NETNS.to_string()),
         bridge: conf.bridge_name().to_string(),
         state_dir: state_dir(conf),
         mtu: conf.mtu,
@@ -287,15 +288,6 @@ pub fn delegated_gateways(conf: &NetConf, ipam: &CniResult) -> Vec<IpAddr> {
     gateways
 }
 
-/// The routes of a delegated result other than the default routes netd adds.
-pub fn extra_routes(ipam: &CniResult) -> Vec<Route> {
-    ipam.routes
-        .iter()
-        .filter(|r| r.dst.prefix() != 0)
-        .cloned()
-        .collect()
-}
-
 /// netd's attach request for a CNI ADD. `ip` and `ip6` come from the
 /// requested static addresses or from the range (`range`), which netd
 /// allocates from under its lock.
@@ -308,7 +300,10 @@ pub fn attach_request(
     let mut netd_req = netd::AttachRequest {
         netns: request.netns.display().to_string(),
         id: Some(id.to_string()),
-        name: Some(id.to_string()),
+        // No name: netd names the endpoint after the id, and answers no
+        // DNS name for it; the container's names are the aliases.
+        name: None,
+        aliases: crate::names::dns_aliases(conf, request.pod_name)?,
         ifname: Some(request.ifname.to_string()),
         mac: conf.runtime_config.mac.clone(),
         mtu: conf.mtu,
@@ -335,6 +330,8 @@ pub fn attach_request(
                 ips: ipam.ips.iter().map(|ip| ip.address).collect(),
                 gateways: delegated_gateways(conf, ipam),
             });
+            netd_req.routes = delegated::extra_routes(ipam);
+            netd_req.bridge_addresses = delegated::bridge_addresses(conf, ipam);
         }
         Addressing::Builtin { requested } => {
             for text in requested {
@@ -371,10 +368,8 @@ pub fn attach_request(
 /// The CNI result of an attach: the bridge, the host end, the container end.
 pub struct Attached<'a> {
     pub bridge: &'a str,
-    pub bridge_mac: Option<String>,
-    pub host_mac: Option<String>,
+    /// netd's answer, which also reports the MACs and the MTU.
     pub netd: &'a netd::AttachResult,
-    pub container_mtu: Option<u32>,
     /// The delegated IPAM's result, whose gateways, routes and DNS are kept.
     pub ipam: Option<&'a CniResult>,
 }
@@ -385,18 +380,18 @@ pub fn cni_result(conf: &NetConf, a: &Attached) -> CniResult {
     let interfaces = vec![
         Interface {
             name: a.bridge.to_string(),
-            mac: a.bridge_mac.clone(),
+            mac: a.netd.bridge_mac.map(|m| m.to_string()),
             ..Default::default()
         },
         Interface {
             name: host.name.clone(),
-            mac: a.host_mac.clone(),
+            mac: a.netd.host_mac.map(|m| m.to_string()),
             ..Default::default()
         },
         Interface {
             name: container.name.clone(),
             mac: container.mac.map(|m| m.to_string()),
-            mtu: a.container_mtu,
+            mtu: a.netd.mtu,
             sandbox: container.sandbox.as_ref().map(|p| p.display().to_string()),
             ..Default::default()
         },

@@ -28,8 +28,8 @@ use plumb::Netns;
 use crate::action::Action;
 use crate::config::Config;
 use crate::endpoints::{
-    AttachRequest, AttachResult, Background, DetachReport, Endpoints, GcReport, ReconcileReport,
-    TestPauses,
+    AttachRequest, AttachResult, Background, CheckExpected, DetachReport, Endpoints, GcReport,
+    ReconcileReport, TestPauses,
 };
 use crate::error::Result;
 use crate::host::{self, Host};
@@ -142,6 +142,12 @@ impl Network {
     /// CNI's CHECK (see [`Endpoints::check`]).
     pub async fn check(&self, key: &str) -> Result<()> {
         self.endpoints.check(key).await
+    }
+
+    /// CNI's CHECK with what the caller expects in the container (see
+    /// [`Endpoints::check_expecting`]).
+    pub async fn check_expecting(&self, key: &str, expected: &CheckExpected) -> Result<()> {
+        self.endpoints.check_expecting(key, expected).await
     }
 
     /// CNI's GC (see [`Endpoints::gc`]).

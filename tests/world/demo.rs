@@ -63,6 +63,7 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?
         .block_on(demo())
+        .inspect_err(|_| world::wait_if_torn_down_by_signal())
 }
 
 async fn demo() -> Result<()> {
