@@ -137,6 +137,7 @@ pub fn netd_config(conf: &NetConf, delegated: Option<IpNetwork>) -> Result<netd:
         };
     }
     if delegated.is_none() {
+        cluster_reservation(conf, &mut config)?;
         if let Some(net) = conf.subnet6 {
             config.subnet6 = match net {
                 IpNetwork::V6(n) => Some(n),
@@ -156,6 +157,41 @@ pub fn netd_config(conf: &NetConf, delegated: Option<IpNetwork>) -> Result<netd:
         )
     })?;
     Ok(config)
+}
+
+/// On a cluster host (netd joined a cluster with this state directory), the
+/// built-in IPAM uses the host's reserved subnets; a `subnet`/`subnet6` in
+/// the CNI config must then name the same ones.
+fn cluster_reservation(conf: &NetConf, config: &mut netd::Config) -> Result<(), CniError> {
+    let reservation = netd::cluster::Reservation::read(&config.state_dir).map_err(|e| {
+        CniError::invalid_config(
+            format!("network {}: {e}", conf.name),
+            "start netd with its cluster store once to rewrite the reservation",
+        )
+    })?;
+    let Some(r) = reservation else {
+        return Ok(());
+    };
+    let given: Vec<IpNetwork> = builtin_subnet(conf)?
+        .into_iter()
+        .chain(conf.subnet6)
+        .collect();
+    let reserved: Vec<IpNetwork> = std::iter::once(IpNetwork::V4(r.subnet))
+        .chain(r.subnet6.map(IpNetwork::V6))
+        .collect();
+    if let Some(other) = given.iter().find(|g| !reserved.contains(g)) {
+        return Err(CniError::invalid_config(
+            format!(
+                "network {}: subnet {other} is not this cluster host's reservation {reserved:?} (in {})",
+                conf.name,
+                config.state_dir.display()
+            ),
+            "drop `subnet`/`subnet6` from the CNI config: a cluster host's subnets come from the store",
+        ));
+    }
+    config.subnet = r.subnet;
+    config.subnet6 = r.subnet6;
+    Ok(())
 }
 
 /// `stateDir`, else /var/lib/weft for weft0, else `/var/lib/weft/cni/<bridge>`.
@@ -514,6 +550,37 @@ mod tests {
             serde_json::json!({"cniVersion": "1.0.0", "name": "n", "type": "weft", "vlan": 0}),
         );
         assert!(refuse_unsupported(&plain).is_ok());
+    }
+
+    #[test]
+    fn a_cluster_hosts_reservation_is_the_subnet_and_another_is_code_7() {
+        let dir = std::env::temp_dir().join(format!("weft-cni-reservation-{}", std::process::id()));
+        let reservation = netd::cluster::Reservation {
+            host_id: "0123456789abcdef0123456789abcdef".into(),
+            host_name: "a".into(),
+            subnet: "10.96.7.0/24".parse().unwrap(),
+            subnet6: Some("fd96:0:0:7::/64".parse().unwrap()),
+            cluster_range: "10.96.0.0/16".parse().unwrap(),
+            cluster_range6: Some("fd96::/48".parse().unwrap()),
+            overlay_port: 51820,
+        };
+        reservation.write(&dir).unwrap();
+        let state = dir.to_str().unwrap();
+        let c = conf(
+            serde_json::json!({"cniVersion": "1.0.0", "name": "n", "type": "weft",
+            "stateDir": state}),
+        );
+        let n = netd_config(&c, None).unwrap();
+        assert_eq!(n.subnet.to_string(), "10.96.7.0/24");
+        assert_eq!(n.subnet6.unwrap().to_string(), "fd96:0:0:7::/64");
+        let c = conf(
+            serde_json::json!({"cniVersion": "1.0.0", "name": "n", "type": "weft",
+            "stateDir": state, "subnet": "10.9.0.0/24"}),
+        );
+        let e = netd_config(&c, None).unwrap_err();
+        assert_eq!(e.code.number(), 7);
+        assert!(e.to_string().contains("10.9.0.0/24"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

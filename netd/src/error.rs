@@ -24,6 +24,10 @@ pub enum Error {
     #[error(transparent)]
     Store(#[from] StoreError),
 
+    /// The cluster store or membership (`[cluster]`, `netd cluster …`).
+    #[error("cluster: {0}")]
+    Cluster(#[from] ::overlay::cluster::ClusterError),
+
     /// A kernel operation failed; `context` says for which container and what step.
     #[error("{context}: {source}")]
     Kernel {
@@ -155,6 +159,23 @@ impl Error {
                 _ => ErrorKind::Kernel,
             },
             Error::Overlay { .. } => ErrorKind::Kernel,
+            Error::Cluster(e) => {
+                use ::overlay::cluster::ClusterError as C;
+                match e {
+                    C::NoConfig { .. } | C::UnknownHost { .. } | C::NotJoined => {
+                        ErrorKind::NotFound
+                    }
+                    C::ConfigMismatch { .. }
+                    | C::HostAlive { .. }
+                    | C::RangeFull { .. }
+                    | C::CannotHonour { .. } => ErrorKind::Conflict,
+                    C::Contention { .. } => ErrorKind::Busy,
+                    C::BadConfig { .. } => ErrorKind::InvalidInput,
+                    C::Store { .. } | C::ConfigUnreadable { .. } | C::Identity { .. } => {
+                        ErrorKind::Storage
+                    }
+                }
+            }
             Error::Unreachable { .. } => ErrorKind::Unreachable,
             Error::Remote { kind, .. } => *kind,
             Error::Protocol(_) | Error::Setup(_) => ErrorKind::Internal,

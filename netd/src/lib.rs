@@ -11,6 +11,7 @@
 pub mod action;
 pub mod api;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod endpoints;

@@ -3,6 +3,7 @@
 
 mod attach;
 mod check;
+mod cluster;
 mod detach;
 mod ls;
 mod names;
@@ -65,6 +66,9 @@ pub enum Command {
     /// Rebuild damaged state files from the kernel: adopt the containers whose links are live,
     /// drop the entries that have none. Run with netd stopped.
     Recover(recover::RecoverArgs),
+    /// The cluster: init its config in the store, status, hosts, leave, forget.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
 }
 
 /// What every admin command takes.
@@ -104,6 +108,7 @@ impl Cli {
             Command::Names(args) => names::run(args).await,
             Command::Pubkey(args) => pubkey::run(args),
             Command::Recover(args) => recover::run(args).await,
+            Command::Cluster(command) => cluster::run(command).await,
         }
     }
 }

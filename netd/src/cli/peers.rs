@@ -15,8 +15,8 @@ pub async fn run(args: ClientArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<44}  {:<21}  {:<15}  {:>9}  {:>21}  {:>21}  DROPS",
-        "PEER", "ENDPOINT", "ALLOWED IPS", "HANDSHAKE", "RX", "TX"
+        "{:<16}  {:<6}  {:<5}  {:<44}  {:<21}  {:<15}  {:>9}  {:>21}  {:>21}  DROPS",
+        "HOST", "SOURCE", "STATE", "PEER", "ENDPOINT", "ALLOWED IPS", "HANDSHAKE", "RX", "TX"
     );
     for p in &peers {
         let allowed: Vec<String> = p.allowed_ips.iter().map(|n| n.to_string()).collect();
@@ -29,8 +29,17 @@ pub async fn run(args: ClientArgs) -> Result<()> {
                 .collect::<Vec<_>>()
                 .join(",")
         };
+        let source = match p.source {
+            Some(crate::overlay::PeerOrigin::Store) => "store",
+            Some(crate::overlay::PeerOrigin::Static) => "static",
+            None => "-",
+        };
+        let (host, state) = match &p.host {
+            Some(h) => (h.name.as_str(), if h.alive { "alive" } else { "dead" }),
+            None => ("-", "-"),
+        };
         println!(
-            "{:<44}  {:<21}  {:<15}  {:>9}  {:>21}  {:>21}  {drops}",
+            "{host:<16}  {source:<6}  {state:<5}  {:<44}  {:<21}  {:<15}  {:>9}  {:>21}  {:>21}  {drops}",
             p.public_key,
             p.endpoint
                 .map(|e| e.to_string())

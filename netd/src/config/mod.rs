@@ -13,10 +13,12 @@ use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde::{Deserialize, Serialize};
 
 pub mod api;
+pub mod cluster;
 mod names;
 pub mod overlay;
 
 pub use api::{ApiArgs, ApiFile, ApiLimits};
+pub use cluster::{ClusterArgs, ClusterFile, ClusterSection};
 pub use overlay::{OverlayArgs, OverlayConfig, OverlayFile, StaticPeer};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/weft/netd.toml";
@@ -96,6 +98,7 @@ pub struct FileConfig {
     pub dns_rate_limit: Option<u32>,
     pub overlay: Option<OverlayFile>,
     pub api: Option<ApiFile>,
+    pub cluster: Option<ClusterFile>,
 }
 
 /// The same keys as flags, each also read from its `WEFT_*` variable.
@@ -163,6 +166,8 @@ pub struct ConfigArgs {
     pub overlay: OverlayArgs,
     #[command(flatten)]
     pub api: ApiArgs,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 }
 
 /// The resolved configuration.
@@ -190,6 +195,8 @@ pub struct Config {
     pub dns_rate_limit: u32,
     /// The WireGuard overlay to other hosts (`[overlay]`); off by default.
     pub overlay: OverlayConfig,
+    /// The cluster store this host joins (`[cluster]`); none by default.
+    pub cluster: ClusterSection,
     /// Masquerade traffic from the subnets to the outside (on unless a
     /// library user, such as a CNI config with `"ipMasq": false`, turns it off).
     pub masquerade: bool,
@@ -217,6 +224,7 @@ impl Default for Config {
             dns_resolv_conf: "/etc/resolv.conf".into(),
             dns_rate_limit: crate::names::RateLimit::default().per_second,
             overlay: OverlayConfig::default(),
+            cluster: ClusterSection::default(),
             masquerade: true,
             api: ApiLimits::default(),
         }
@@ -296,6 +304,12 @@ impl Config {
                 .or(file.dns_rate_limit)
                 .unwrap_or(d.dns_rate_limit),
             overlay: OverlayConfig::merge(file.overlay, &args.overlay),
+            cluster: ClusterSection::merge(
+                file.cluster,
+                &args.cluster,
+                args.subnet.or(file.subnet),
+                args.subnet6.or(file.subnet6),
+            )?,
             masquerade: true,
             api: ApiLimits::merge(file.api, &args.api),
         };

@@ -24,6 +24,7 @@ use crate::ports::{PortMapping, PublishedPort};
 pub use run::{run, run_from};
 
 use crate::api::{DnsStatus, NameRow, PeerReport, Status};
+use crate::cluster::ClusterHost;
 use crate::config::{Config, ConfigArgs, OverlayConfig};
 use crate::endpoints::{
     AttachRequest, AttachResult, Background, DetachReport, Reaper, ReconcileReport,
@@ -67,6 +68,8 @@ pub struct Daemon {
     names: Option<names::NameService>,
     /// Operations the API has taken and not finished (see `server::owned`).
     operations: Arc<AtomicUsize>,
+    /// The cluster part, when netd runs with a store (set once after start).
+    cluster: std::sync::OnceLock<std::sync::Arc<ClusterHost>>,
 }
 
 impl Daemon {
@@ -120,6 +123,7 @@ impl Daemon {
             peers,
             names,
             operations: Arc::new(AtomicUsize::new(0)),
+            cluster: std::sync::OnceLock::new(),
         })
     }
 
@@ -129,6 +133,16 @@ impl Daemon {
 
     pub fn overlay(&self) -> Option<&OverlayService> {
         self.overlay.as_ref()
+    }
+
+    /// The cluster part, when netd runs with a store.
+    pub fn cluster(&self) -> Option<&std::sync::Arc<ClusterHost>> {
+        self.cluster.get()
+    }
+
+    /// Hands the daemon its cluster part (once, at start).
+    pub fn set_cluster(&self, cluster: std::sync::Arc<ClusterHost>) {
+        let _ = self.cluster.set(cluster);
     }
 
     fn background(&self) -> Background<'_> {
@@ -313,6 +327,9 @@ impl Daemon {
         }
         if let Some(names) = &self.names {
             crate::metrics::render_dns(&mut body, &names.counters());
+        }
+        if let Some(cluster) = self.cluster() {
+            cluster.render_metrics(&mut body);
         }
         Ok(body)
     }

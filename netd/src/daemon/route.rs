@@ -38,6 +38,16 @@ pub enum Call {
     Reconcile,
     Names,
     Peers,
+    Cluster(ClusterCall),
+}
+
+/// A call on the cluster part (`/v1/cluster/…`).
+#[derive(Debug)]
+pub enum ClusterCall {
+    Status,
+    Hosts,
+    Leave,
+    Forget(crate::cluster::ForgetRequest),
 }
 
 /// Parses one request. The body is looked at only by calls that take one.
@@ -76,6 +86,12 @@ pub fn route(method: &Method, path: &str, query: Option<&str>, body: &[u8]) -> R
         (&Method::POST, ["v1", "reconcile"]) => Call::Reconcile,
         (&Method::GET, ["v1", "names"]) => Call::Names,
         (&Method::GET, ["v1", "peers"]) => Call::Peers,
+        (&Method::GET, ["v1", "cluster", "status"]) => Call::Cluster(ClusterCall::Status),
+        (&Method::GET, ["v1", "cluster", "hosts"]) => Call::Cluster(ClusterCall::Hosts),
+        (&Method::POST, ["v1", "cluster", "leave"]) => Call::Cluster(ClusterCall::Leave),
+        (&Method::POST, ["v1", "cluster", "forget"]) => {
+            Call::Cluster(ClusterCall::Forget(parse(body)?))
+        }
         _ => {
             return Err(Error::NotFound(format!(
                 "no such API call: {method} {path}"

@@ -9,6 +9,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 use super::{server, Daemon, PeerSource};
+use crate::cluster::ClusterHost;
 use crate::config::{Config, ConfigArgs};
 use crate::error::{Error, Result};
 
@@ -25,9 +26,24 @@ pub async fn run_from(args: ConfigArgs) -> Result<()> {
     run_with(config, PeerSource::Reread(Box::new(args))).await
 }
 
-async fn run_with(config: Config, peers: PeerSource) -> Result<()> {
+async fn run_with(mut config: Config, peers: PeerSource) -> Result<()> {
     raise_open_file_limit();
+    // With a store, the subnets and the overlay come from the cluster.
+    let cluster = match &config.cluster.store {
+        Some(_) => {
+            let host_ns = crate::host::open_namespace(&config)?;
+            Some(Arc::new(ClusterHost::join(&mut config, &host_ns).await?))
+        }
+        None => None,
+    };
     let daemon = Arc::new(Daemon::open(config.clone(), peers).await?);
+    if let Some(cluster) = &cluster {
+        daemon.set_cluster(cluster.clone());
+        if let Some(overlay) = daemon.overlay() {
+            overlay.mark_cluster_managed();
+        }
+        cluster.go_alive().await?;
+    }
     let report = daemon.reconcile().await?;
     tracing::info!(
         actions = report.actions.len(),
@@ -62,6 +78,25 @@ async fn run_with(config: Config, peers: PeerSource) -> Result<()> {
     tracing::info!(socket = %config.socket.display(), "serving the API");
     let api = tokio::spawn(server::serve(daemon.clone(), listener, stopped.clone()));
     let checker = tokio::spawn(check_periodically(daemon.clone(), stopped.clone()));
+    let follower = cluster.clone().map(|cluster| {
+        let d = daemon.clone();
+        tokio::spawn(cluster.follow(
+            move |peers| {
+                let d = d.clone();
+                async move {
+                    match d.overlay() {
+                        Some(overlay) => overlay.set_store_peers(peers).await,
+                        None => (Vec::new(), vec!["the overlay is off".to_string()]),
+                    }
+                }
+            },
+            stopped.clone(),
+        ))
+    });
+    let mut left = match &cluster {
+        Some(c) => c.left(),
+        None => watch::channel(false).1,
+    };
 
     let sig = |kind: SignalKind, name: &str| {
         signal(kind).map_err(|e| Error::Setup(format!("install a {name} handler: {e}")))
@@ -73,6 +108,7 @@ async fn run_with(config: Config, peers: PeerSource) -> Result<()> {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
+            Ok(()) = left.changed() => break,
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reconciling");
                 if let Err(e) = daemon.reconcile().await {
@@ -92,6 +128,9 @@ async fn run_with(config: Config, peers: PeerSource) -> Result<()> {
         .await
     {
         tracing::warn!("operations still under way; the next start finishes them");
+    }
+    if let Some(f) = follower {
+        let _ = f.await;
     }
     // Detaches already answered are finished; a stuck one is left `detaching`
     // for the next start's reconciliation.

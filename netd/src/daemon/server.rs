@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio::sync::{watch, Semaphore};
 
-use super::route::{route, Call};
+use super::route::{route, Call, ClusterCall};
 use super::Daemon;
 use crate::api::ErrorBody;
 use crate::config::ApiLimits;
@@ -330,11 +330,27 @@ async fn dispatch(daemon: Arc<Daemon>, call: Call) -> Answer {
                     .into(),
             )),
         },
+        Call::Cluster(call) => cluster_call(&daemon, call).await,
         Call::Peers => match daemon.peers() {
             Some(peers) => json(StatusCode::OK, &peers),
             None => error(&Error::NotFound(
                 "the overlay is off; enable it with [overlay] enabled = true in netd.toml (or --overlay true)".into(),
             )),
         },
+    }
+}
+
+/// `/v1/cluster/{status,hosts,leave,forget}`: the cluster part's calls.
+async fn cluster_call(daemon: &Daemon, call: ClusterCall) -> Answer {
+    let Some(cluster) = daemon.cluster() else {
+        return error(&Error::NotFound(
+            "this netd runs without a cluster store; start it with --store etcd://HOST:2379".into(),
+        ));
+    };
+    match call {
+        ClusterCall::Status => json(StatusCode::OK, &cluster.status()),
+        ClusterCall::Hosts => json(StatusCode::OK, &cluster.hosts()),
+        ClusterCall::Leave => answer(cluster.leave().await),
+        ClusterCall::Forget(req) => answer(cluster.forget(&req.host, req.force).await),
     }
 }

@@ -14,6 +14,7 @@
 //! device's ([`OverlayService::mtu`]) when it opens the network.
 
 mod key;
+mod peer;
 mod report;
 
 use std::collections::BTreeMap;
@@ -24,10 +25,11 @@ use ipnetwork::IpNetwork;
 use plumb::{Netlink, Netns, Route};
 
 pub use key::load_or_generate_key;
+pub use peer::{ClusterHostInfo, OverlayPeer, PeerOrigin};
 pub use report::{OverlayStatus, PeerReport};
 
 use crate::action::Action;
-use crate::config::overlay::{read_preshared_key, OverlayConfig, StaticPeer};
+use crate::config::overlay::{read_preshared_key, OverlayConfig};
 use crate::error::{Error, KernelContext, Result};
 
 /// The running overlay of one netd.
@@ -40,7 +42,16 @@ pub struct OverlayService {
     /// changes one that only a restart applies.
     started_with: OverlayConfig,
     /// The peers as applied to the device and the routes, by public key.
-    applied: tokio::sync::Mutex<BTreeMap<PublicKey, StaticPeer>>,
+    applied: tokio::sync::Mutex<BTreeMap<PublicKey, OverlayPeer>>,
+    /// The static list as last read, and the cluster's peers as last seen:
+    /// together what the device should have (a static entry wins a key both name).
+    statics: std::sync::Mutex<Vec<OverlayPeer>>,
+    from_store: std::sync::Mutex<Vec<OverlayPeer>>,
+    /// Set once the cluster hands peers: the `[overlay]` keys then come
+    /// from the cluster's config, not the file.
+    cluster_managed: std::sync::atomic::AtomicBool,
+    /// Per store peer, its record's revision when its liveness key last changed.
+    incarnations: std::sync::Mutex<BTreeMap<PublicKey, i64>>,
 }
 
 impl std::fmt::Debug for OverlayService {
@@ -81,6 +92,10 @@ impl OverlayService {
             started_with: section.clone(),
             device,
             applied: tokio::sync::Mutex::new(BTreeMap::new()),
+            statics: std::sync::Mutex::new(Vec::new()),
+            from_store: std::sync::Mutex::new(Vec::new()),
+            cluster_managed: std::sync::atomic::AtomicBool::new(false),
+            incarnations: std::sync::Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -109,13 +124,12 @@ impl OverlayService {
         let mut actions = Vec::new();
         let mut errors = Vec::new();
         let mut applied = self.applied.lock().await;
-        let wanted = match section {
-            Some(section) => {
-                self.warn_about_restart_keys(section);
-                section.peers.clone()
-            }
-            None => applied.values().cloned().collect(),
-        };
+        if let Some(section) = section {
+            self.warn_about_restart_keys(section);
+            *self.statics.lock().unwrap_or_else(|e| e.into_inner()) =
+                section.peers.iter().map(OverlayPeer::from_static).collect();
+        }
+        let wanted = self.wanted();
         let nl = match Netlink::open(&self.host).await {
             Ok(nl) => nl,
             Err(e) => {
@@ -126,10 +140,7 @@ impl OverlayService {
                 return (actions, errors);
             }
         };
-        let wanted: BTreeMap<PublicKey, StaticPeer> =
-            wanted.into_iter().map(|p| (p.public_key, p)).collect();
-
-        let gone: Vec<StaticPeer> = applied
+        let gone: Vec<OverlayPeer> = applied
             .values()
             .filter(|p| !wanted.contains_key(&p.public_key))
             .cloned()
@@ -140,10 +151,7 @@ impl OverlayService {
                     applied.remove(&peer.public_key);
                     actions.push(Action::new(
                         "overlay_peer_removed",
-                        format!(
-                            "overlay: removed peer {} ({}, subnet {})",
-                            peer.public_key, peer.endpoint, peer.subnet
-                        ),
+                        format!("overlay: removed peer {}", peer.describe()),
                     ));
                 }
                 Err(e) => errors.push(e.to_string()),
@@ -159,14 +167,31 @@ impl OverlayService {
         };
         for peer in wanted.values() {
             let before = applied.get(&peer.public_key).cloned();
-            if before.as_ref() == Some(peer) {
-                if !routed.contains(&peer.subnet) {
-                    match self.route(&nl, peer).await {
+            if let Some(b) = before.as_ref().filter(|b| b.same_on_device(peer)) {
+                // Liveness and names change nothing on the device; a host
+                // that started again has a new device, which knows none of
+                // our sessions: start a new one rather than wait out
+                // WireGuard's 15 s timeout.
+                if self.restarted(b, peer) {
+                    match self.renew_session(peer) {
+                        Ok(()) => actions.push(Action::new(
+                            "overlay_session_renewed",
+                            format!(
+                                "overlay: peer {} started again; new session",
+                                peer.describe()
+                            ),
+                        )),
+                        Err(e) => errors.push(e.to_string()),
+                    }
+                }
+                applied.insert(peer.public_key, peer.clone());
+                for subnet in peer.subnets.iter().filter(|s| !routed.contains(s)) {
+                    match self.route(&nl, *subnet).await {
                         Ok(()) => actions.push(Action::new(
                             "overlay_route_restored",
                             format!(
-                                "overlay: restored the route to {} via {}",
-                                peer.subnet, self.interface
+                                "overlay: restored the route to {subnet} via {}",
+                                self.interface
                             ),
                         )),
                         Err(e) => errors.push(e.to_string()),
@@ -180,13 +205,16 @@ impl OverlayService {
                         Some(_) => ("overlay_peer_changed", "changed"),
                         None => ("overlay_peer_added", "added"),
                     };
+                    if let Some(h) = &peer.host {
+                        self.incarnations
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(peer.public_key, h.record_revision);
+                    }
                     applied.insert(peer.public_key, peer.clone());
                     actions.push(Action::new(
                         kind,
-                        format!(
-                            "overlay: {verb} peer {} ({}, subnet {})",
-                            peer.public_key, peer.endpoint, peer.subnet
-                        ),
+                        format!("overlay: {verb} peer {}", peer.describe()),
                     ));
                 }
                 Err(e) => errors.push(e.to_string()),
@@ -204,12 +232,15 @@ impl OverlayService {
         let applied = self.applied.lock().await;
         Ok(applied
             .values()
-            .any(|p| !routed.contains(&p.subnet))
+            .any(|p| p.subnets.iter().any(|s| !routed.contains(s)))
             .then_some("overlay route missing"))
     }
 
     fn warn_about_restart_keys(&self, now: &OverlayConfig) {
-        if now.differs_beyond_peers(&self.started_with) {
+        let managed = self
+            .cluster_managed
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if !managed && now.differs_beyond_peers(&self.started_with) {
             tracing::warn!(
                 "overlay: [overlay] keys other than the peer list changed; they apply when netd restarts"
             );
@@ -219,12 +250,18 @@ impl OverlayService {
     async fn set(
         &self,
         nl: &Netlink,
-        peer: &StaticPeer,
-        before: Option<&StaticPeer>,
+        peer: &OverlayPeer,
+        before: Option<&OverlayPeer>,
     ) -> Result<()> {
         let mut config = PeerConfig::new(peer.public_key);
-        config.endpoint = Some(peer.endpoint);
-        config.allowed_ips = vec![IpNetwork::V4(peer.subnet)];
+        // An endpoint is set only when the configured or advertised value
+        // changed: one learnt from roaming traffic is never overwritten by a
+        // rewrite of the same value (kilo #34).
+        config.endpoint = match before {
+            Some(old) if old.endpoint == peer.endpoint => None,
+            _ => peer.endpoint,
+        };
+        config.allowed_ips = peer.subnets.clone();
         config.persistent_keepalive = peer.persistent_keepalive;
         if let Some(path) = &peer.preshared_key_file {
             config.preshared_key = Some(read_preshared_key(path).map_err(|e| {
@@ -233,14 +270,19 @@ impl OverlayService {
         }
         self.device
             .set_peer(config)
-            .map_err(|e| Error::overlay(format!("overlay: set peer {}", peer.public_key), e))?;
-        if let Some(old) = before.filter(|old| old.subnet != peer.subnet) {
-            self.unroute(nl, old.subnet).await?;
+            .map_err(|e| Error::overlay(format!("overlay: set peer {}", peer.describe()), e))?;
+        if let Some(old) = before {
+            for subnet in old.subnets.iter().filter(|s| !peer.subnets.contains(s)) {
+                self.unroute(nl, *subnet).await?;
+            }
         }
-        self.route(nl, peer).await
+        for subnet in &peer.subnets {
+            self.route(nl, *subnet).await?;
+        }
+        Ok(())
     }
 
-    async fn remove(&self, nl: &Netlink, peer: &StaticPeer) -> Result<()> {
+    async fn remove(&self, nl: &Netlink, peer: &OverlayPeer) -> Result<()> {
         match self.device.remove_peer(&peer.public_key) {
             Ok(()) | Err(::overlay::DeviceError::UnknownPeer { .. }) => {}
             Err(e) => {
@@ -250,29 +292,37 @@ impl OverlayService {
                 ))
             }
         }
-        self.unroute(nl, peer.subnet).await
+        // A subnet that moved to another wanted peer keeps its (replaced) route.
+        let still_wanted: Vec<IpNetwork> = self
+            .wanted()
+            .into_values()
+            .flat_map(|p| p.subnets)
+            .collect();
+        for subnet in peer.subnets.iter().filter(|s| !still_wanted.contains(s)) {
+            self.unroute(nl, *subnet).await?;
+        }
+        Ok(())
     }
 
-    fn route_to(&self, subnet: ipnetwork::Ipv4Network) -> Route {
+    fn route_to(&self, subnet: IpNetwork) -> Route {
         Route {
-            destination: Some(IpNetwork::V4(subnet)),
+            destination: Some(subnet),
             dev: Some(self.interface.clone()),
             ..Default::default()
         }
     }
 
-    async fn route(&self, nl: &Netlink, peer: &StaticPeer) -> Result<()> {
-        nl.replace_route(&self.route_to(peer.subnet)).await.ctx(|| {
+    async fn route(&self, nl: &Netlink, subnet: IpNetwork) -> Result<()> {
+        nl.replace_route(&self.route_to(subnet)).await.ctx(|| {
             format!(
-                "overlay: route {} via {} in {}",
-                peer.subnet,
+                "overlay: route {subnet} via {} in {}",
                 self.interface,
                 self.host.label()
             )
         })
     }
 
-    async fn unroute(&self, nl: &Netlink, subnet: ipnetwork::Ipv4Network) -> Result<()> {
+    async fn unroute(&self, nl: &Netlink, subnet: IpNetwork) -> Result<()> {
         match nl.delete_route(&self.route_to(subnet)).await {
             Ok(()) => Ok(()),
             Err(e) if e.is_not_found() => Ok(()),
@@ -286,19 +336,101 @@ impl OverlayService {
         }
     }
 
-    /// IPv4 destinations routed through the overlay link now.
-    async fn routed_subnets(&self, nl: &Netlink) -> Result<Vec<ipnetwork::Ipv4Network>> {
-        let routes = nl
+    /// True when a store peer's liveness key was put again after its record
+    /// was rewritten: the host joined again (a restart). A lease granted
+    /// again after a store outage rewrites only the liveness key; the hourly
+    /// reservation refresh only the record.
+    fn restarted(&self, before: &OverlayPeer, now: &OverlayPeer) -> bool {
+        let (Some(b), Some(n)) = (&before.host, &now.host) else {
+            return false;
+        };
+        if n.alive_revision.is_none() || n.alive_revision == b.alive_revision {
+            return false;
+        }
+        let mut incarnations = self.incarnations.lock().unwrap_or_else(|e| e.into_inner());
+        let seen = incarnations
+            .insert(now.public_key, n.record_revision)
+            .unwrap_or(b.record_revision);
+        seen != n.record_revision
+    }
+
+    /// Drops the peer's session and sets it again, keeping the endpoint it
+    /// has now (learnt or advertised): the next packet handshakes.
+    fn renew_session(&self, peer: &OverlayPeer) -> Result<()> {
+        let endpoint = self
+            .device
+            .peer_stats(&peer.public_key)
+            .and_then(|s| s.endpoint)
+            .or(peer.endpoint);
+        let mut config = PeerConfig::new(peer.public_key);
+        config.endpoint = endpoint;
+        config.allowed_ips = peer.subnets.clone();
+        config.persistent_keepalive = peer.persistent_keepalive;
+        let context = || format!("overlay: renew the session of peer {}", peer.describe());
+        match self.device.remove_peer(&peer.public_key) {
+            Ok(()) | Err(::overlay::DeviceError::UnknownPeer { .. }) => {}
+            Err(e) => return Err(Error::overlay(context(), e)),
+        }
+        self.device
+            .set_peer(config)
+            .map_err(|e| Error::overlay(context(), e))
+    }
+
+    /// The static peers and the cluster's, by key (a static entry wins).
+    fn wanted(&self) -> BTreeMap<PublicKey, OverlayPeer> {
+        let mut wanted: BTreeMap<PublicKey, OverlayPeer> = self
+            .from_store
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|p| (p.public_key, p.clone()))
+            .collect();
+        for peer in self
+            .statics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            wanted.insert(peer.public_key, peer.clone());
+        }
+        wanted
+    }
+
+    /// The overlay's keys come from the cluster's config from now on: a
+    /// re-read `[overlay]` section that differs is expected, not a warning.
+    pub fn mark_cluster_managed(&self) {
+        self.cluster_managed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Sets the cluster's peers (the whole current view) and applies the
+    /// difference with the static ones through the same path as a reconciliation.
+    pub async fn set_store_peers(&self, peers: Vec<OverlayPeer>) -> (Vec<Action>, Vec<String>) {
+        self.mark_cluster_managed();
+        *self.from_store.lock().unwrap_or_else(|e| e.into_inner()) = peers;
+        self.reconcile(None).await
+    }
+
+    /// The peers as applied, by public key (for the reports).
+    pub async fn applied_peers(&self) -> BTreeMap<PublicKey, OverlayPeer> {
+        self.applied.lock().await.clone()
+    }
+
+    /// Destinations (IPv4 and IPv6) routed through the overlay link now.
+    async fn routed_subnets(&self, nl: &Netlink) -> Result<Vec<IpNetwork>> {
+        let mut routes = nl
             .routes(false, false)
             .await
             .ctx(|| format!("overlay: list routes in {}", self.host.label()))?;
+        routes.extend(
+            nl.routes(true, false)
+                .await
+                .ctx(|| format!("overlay: list IPv6 routes in {}", self.host.label()))?,
+        );
         Ok(routes
             .into_iter()
             .filter(|r| r.dev.as_deref() == Some(self.interface.as_str()))
-            .filter_map(|r| match r.destination {
-                Some(IpNetwork::V4(d)) => Some(d),
-                _ => None,
-            })
+            .filter_map(|r| r.destination)
             .collect())
     }
 }

@@ -34,6 +34,12 @@ pub struct PeerReport {
     pub tx_packets: u64,
     /// Non-zero drop counters by reason (`disallowed_source`, `replay`, …).
     pub drops: BTreeMap<String, u64>,
+    /// Where the peer came from (netd.toml or the cluster store).
+    #[serde(default)]
+    pub source: Option<super::PeerOrigin>,
+    /// The cluster host behind a store peer: name, id, alive/dead, key epoch.
+    #[serde(default)]
+    pub host: Option<super::ClusterHostInfo>,
 }
 
 /// The overlay in `netd status`.
@@ -87,6 +93,8 @@ impl PeerReport {
             tx_bytes: stats.tx_bytes,
             tx_packets: stats.tx_packets,
             drops: drop_map(&stats.drops),
+            source: None,
+            host: None,
         }
     }
 
@@ -100,11 +108,19 @@ impl OverlayService {
     /// Every peer's counters, sorted by public key.
     pub fn peers(&self) -> Vec<PeerReport> {
         let now = SystemTime::now();
+        let wanted = self.wanted();
         self.device
             .stats()
             .peers
             .iter()
-            .map(|p| PeerReport::from_stats(p, now))
+            .map(|p| {
+                let mut report = PeerReport::from_stats(p, now);
+                if let Some(peer) = wanted.get(&p.public_key) {
+                    report.source = Some(peer.origin);
+                    report.host = peer.host.clone();
+                }
+                report
+            })
             .collect()
     }
 
@@ -226,12 +242,16 @@ mod tests {
             tx_bytes: 2000,
             tx_packets: 20,
             drops: BTreeMap::from([("replay".to_string(), 3)]),
+            source: None,
+            host: None,
         };
         let silent = PeerReport {
             public_key: "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=".into(),
             last_handshake: None,
             handshake_age_secs: None,
             drops: BTreeMap::new(),
+            source: None,
+            host: None,
             ..peer.clone()
         };
         assert!(peer.connected() && !silent.connected());

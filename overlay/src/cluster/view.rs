@@ -30,6 +30,12 @@ pub struct HostView {
     pub subnets: Vec<IpNetwork>,
     /// Whether its liveness key is present.
     pub alive: bool,
+    /// The mod revision of its record: a rewrite (a join after a restart,
+    /// a reservation refresh, a new key) changes it.
+    pub record_revision: Revision,
+    /// The mod revision of its liveness key: a new lease (a start, or the
+    /// store back after the lease ended) changes it; keep-alives do not.
+    pub alive_revision: Option<Revision>,
 }
 
 /// Every valid host of the cluster at one revision.
@@ -295,7 +301,7 @@ pub fn build(
             continue;
         }
         taken.extend(subnets.iter().map(|s| (*s, record.id.clone())));
-        let alive = keys.contains_key(&format!("{ALIVE}{}", record.id));
+        let alive_kv = keys.get(&format!("{ALIVE}{}", record.id));
         hosts.insert(
             record.id.clone(),
             HostView {
@@ -305,7 +311,9 @@ pub fn build(
                 key_epoch: record.key_epoch,
                 endpoint,
                 subnets,
-                alive,
+                alive: alive_kv.is_some(),
+                record_revision: kv.mod_revision,
+                alive_revision: alive_kv.map(|a| a.mod_revision),
             },
         );
     }

@@ -161,7 +161,13 @@ impl EtcdStore {
     async fn reset(&self, error: &StoreError) {
         if matches!(error, StoreError::Unavailable { .. }) {
             *self.client.lock().await = None;
-            *self.keeper.lock().await = None;
+            // keep_alive holds the keeper while it opens a stream through
+            // `call`, which resets on failure: waiting for the lock there
+            // would wait for ourselves (and stall every later call). A
+            // holder clears a failed stream itself.
+            if let Ok(mut keeper) = self.keeper.try_lock() {
+                *keeper = None;
+            }
         }
     }
 
