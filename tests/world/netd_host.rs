@@ -254,7 +254,8 @@ impl NetdHost {
     }
 }
 
-fn is_zombie(pid: u32) -> bool {
+/// True when `pid` has exited and waits to be reaped (or is being reaped).
+pub(crate) fn is_zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|stat| {
