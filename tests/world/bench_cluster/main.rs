@@ -167,6 +167,7 @@ fn main() -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let load_before = load_average();
     let mut rows = Vec::new();
     for &n in &opts.sizes {
         for &mode in &opts.modes {
@@ -178,11 +179,25 @@ fn main() -> Result<()> {
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
+    // The machine is shared: what else ran moves every figure.
+    println!(
+        "\n{} cores; load average (1 min) {} before the runs, {} after",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_before,
+        load_average()
+    );
     report::print(&rows, &opts.sizes);
     if let Some(path) = &opts.json {
         report::write_json(path, &rows)?;
     }
     Ok(())
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
 }
 
 async fn one_run(mode: Mode, n: usize, opts: &Options, dir: &std::path::Path) -> Result<Row> {

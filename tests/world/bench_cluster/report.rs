@@ -172,41 +172,44 @@ pub fn print(rows: &[Row], sizes: &[usize]) {
     memory_per_peer(rows, sizes);
 }
 
-/// The growth of netd's memory with its number of peers, from the static
-/// runs (a least-squares line through the median RSS at each size).
+/// The growth of netd's memory and idle CPU with its number of peers (a
+/// least-squares line through each size's median RSS and mean CPU per host).
 fn memory_per_peer(rows: &[Row], sizes: &[usize]) {
     if sizes.len() < 2 {
         return;
     }
     for mode in [Mode::Static, Mode::Cluster] {
-        let points: Vec<(f64, f64, f64)> = rows
+        // (peers, RSS KiB, anonymous KiB, CPU µs/s per host)
+        let points: Vec<[f64; 4]> = rows
             .iter()
             .filter(|r| r.mode == mode)
             .map(|r| {
-                (
+                [
                     (r.hosts - 1) as f64,
                     r.rest.rss_mib(|x| x.total_kib).0 * 1024.0,
                     r.rest.rss_mib(|x| x.anon_kib).0 * 1024.0,
-                )
+                    r.rest.cpu_total() * 1e6 / r.hosts as f64,
+                ]
             })
             .collect();
         if points.len() < 2 {
             continue;
         }
-        let slope = |pick: fn(&(f64, f64, f64)) -> f64| {
+        let slope = |y: usize| {
             let n = points.len() as f64;
-            let mx = points.iter().map(|p| p.0).sum::<f64>() / n;
-            let my = points.iter().map(pick).sum::<f64>() / n;
-            let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (pick(p) - my)).sum();
-            let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+            let mx = points.iter().map(|p| p[0]).sum::<f64>() / n;
+            let my = points.iter().map(|p| p[y]).sum::<f64>() / n;
+            let sxy: f64 = points.iter().map(|p| (p[0] - mx) * (p[y] - my)).sum();
+            let sxx: f64 = points.iter().map(|p| (p[0] - mx).powi(2)).sum();
             sxy / sxx
         };
         println!(
-            "\nnetd memory per peer ({}, least squares over {} sizes): RSS {:+.1} KiB/peer, anonymous {:+.1} KiB/peer",
+            "\nper peer ({}, least squares over {} sizes): RSS {:+.1} KiB, anonymous {:+.1} KiB, idle CPU {:+.2} µs/s",
             mode.name(),
             points.len(),
-            slope(|p| p.1),
-            slope(|p| p.2)
+            slope(1),
+            slope(2),
+            slope(3)
         );
     }
 }
