@@ -89,10 +89,8 @@ impl Fleet {
             }
             Mode::Cluster => {
                 for netd in &netds {
-                    // No subnet, no peer: both come from the store.
-                    let text = format!(
-                        "reconcile_interval_secs = 1\n{extra}\n[overlay]\nenabled = true\ncluster_range = \"{RANGE}\"\n"
-                    );
+                    // No subnet, no peer, no overlay section: all from the store.
+                    let text = format!("reconcile_interval_secs = 1\n{extra}");
                     std::fs::write(netd.config_path(), text)?;
                 }
                 let out = netds[0].run(&[

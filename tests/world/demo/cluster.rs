@@ -45,13 +45,14 @@ pub fn init(netd: &NetdHost) -> Result<()> {
     Ok(())
 }
 
-/// A host's netd with a config naming neither a subnet nor a peer.
+/// A host's netd with a config naming neither a subnet nor a peer (nor the
+/// overlay: with a store, netd turns it on with the cluster's range and port).
 pub fn prepare(host: &Host, dir: &std::path::Path) -> Result<NetdHost> {
     let mut netd = NetdHost::prepare(host, dir, "")?;
     netd.log_filter("info");
     std::fs::write(
         netd.config_path(),
-        "reconcile_interval_secs = 1\n\n[overlay]\nenabled = true\n",
+        "reconcile_interval_secs = 1\n",
     )?;
     Ok(netd)
 }
