@@ -3,6 +3,7 @@
 //! command's output as a user would type it.
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use world::{classify_frame, ping, tcp_via, Capture, Container, Frame, NetdHost, World};
@@ -100,6 +101,25 @@ pub fn check_pair(from: &Attached, to: &Attached, port: u16, show: bool) -> Resu
         );
     }
     Ok(ok)
+}
+
+/// Pings `to` from `from` until it answers (at most `bound` after `since`),
+/// then checks the pair with ping and TCP, showing the row. The time since
+/// `since` when the pair worked, or None.
+pub fn wait_pair(
+    from: &Attached,
+    to: &Attached,
+    port: u16,
+    since: Instant,
+    bound: Duration,
+) -> Result<Option<Duration>> {
+    while !ping(&from.container.netns, to.ip)? {
+        if since.elapsed() > bound {
+            return Ok(None);
+        }
+    }
+    let took = since.elapsed();
+    Ok(check_pair(from, to, port, true)?.then_some(took))
 }
 
 /// Every cross-host pair, ping and TCP, with the fabric captured to show
