@@ -50,10 +50,7 @@ pub fn init(netd: &NetdHost) -> Result<()> {
 pub fn prepare(host: &Host, dir: &std::path::Path) -> Result<NetdHost> {
     let mut netd = NetdHost::prepare(host, dir, "")?;
     netd.log_filter("info");
-    std::fs::write(
-        netd.config_path(),
-        "reconcile_interval_secs = 1\n",
-    )?;
+    std::fs::write(netd.config_path(), "reconcile_interval_secs = 1\n")?;
     Ok(netd)
 }
 
