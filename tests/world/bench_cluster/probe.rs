@@ -30,7 +30,8 @@ pub fn metrics(netns: &Netns, addr: SocketAddr) -> Result<String> {
     let Some((head, body)) = text.split_once("\r\n\r\n") else {
         bail!("metrics of {addr}: no HTTP header in {} bytes", text.len());
     };
-    if !head.starts_with("HTTP/1.") || !head.split_whitespace().nth(1).is_some_and(|c| c == "200") {
+    let ok = head.split_whitespace().nth(1) == Some("200");
+    if !head.starts_with("HTTP/1.") || !ok {
         bail!(
             "metrics of {addr}: {}",
             head.lines().next().unwrap_or_default()
