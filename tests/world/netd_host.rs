@@ -112,6 +112,21 @@ impl NetdHost {
         Ok(())
     }
 
+    /// Writes every host's netd.toml with all the others as its static
+    /// peers (a full mesh), each with `cluster_range` and `extra` lines.
+    pub fn write_mesh_configs(netds: &[NetdHost], cluster_range: &str, extra: &str) -> Result<()> {
+        for (i, netd) in netds.iter().enumerate() {
+            let others: Vec<&NetdHost> = netds
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, n)| n)
+                .collect();
+            netd.write_config(cluster_range, &others, extra)?;
+        }
+        Ok(())
+    }
+
     /// Starts `netd run --config netd.toml` in the host and waits until its
     /// API answers.
     pub fn start(&mut self) -> Result<()> {

@@ -76,17 +76,7 @@ impl Fleet {
         }
         let extra = format!("metrics_addr = \"{NETD_METRICS}\"\n");
         match mode {
-            Mode::Static => {
-                for (i, netd) in netds.iter().enumerate() {
-                    let others: Vec<&NetdHost> = netds
-                        .iter()
-                        .enumerate()
-                        .filter(|(j, _)| *j != i)
-                        .map(|(_, n)| n)
-                        .collect();
-                    netd.write_config(RANGE, &others, &extra)?;
-                }
-            }
+            Mode::Static => NetdHost::write_mesh_configs(&netds, RANGE, &extra)?,
             Mode::Cluster => {
                 for netd in &netds {
                     // No subnet, no peer, no overlay section: all from the store.

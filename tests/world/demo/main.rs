@@ -276,15 +276,7 @@ async fn run_static(
         netd.log_filter("info");
         netds.push(netd);
     }
-    for (i, netd) in netds.iter().enumerate() {
-        let others: Vec<&NetdHost> = netds
-            .iter()
-            .enumerate()
-            .filter(|(j, _)| *j != i)
-            .map(|(_, n)| n)
-            .collect();
-        netd.write_config(STATIC_RANGE, &others, "")?;
-    }
+    NetdHost::write_mesh_configs(netds, STATIC_RANGE, "")?;
     for netd in netds.iter_mut() {
         netd.start()?;
         print_host(netd, "")?;
