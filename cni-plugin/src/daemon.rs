@@ -8,10 +8,9 @@ use std::path::{Path, PathBuf};
 use netd::api::client::Client;
 use netd::api::Status;
 
-use crate::backend::common::{self, attachment_of, check_common, finish_add};
+use crate::backend::common::{self, add_result, attachment_of, expected_by_check, refuse_overlap};
 use crate::backend::{AttachRequest, Backend, CheckRequest, DetachRequest};
 use crate::error::{api_error, CniError, ErrorCode};
-use crate::host;
 use crate::range;
 use crate::result::CniResult;
 use crate::types::{Attachment, NetConf};
@@ -21,6 +20,8 @@ pub struct Daemon {
     runtime: tokio::runtime::Runtime,
     client: Client,
     socket: PathBuf,
+    /// The daemon's DNS server, from the status `validate` reads.
+    served_dns: std::sync::OnceLock<Option<netd::api::DnsStatus>>,
 }
 
 /// The socket a config names, else netd's default.
@@ -43,6 +44,7 @@ impl Daemon {
             runtime,
             client: Client::new(&socket),
             socket,
+            served_dns: std::sync::OnceLock::new(),
         })
     }
 
@@ -60,6 +62,7 @@ impl Backend for Daemon {
         wiring::refuse_unsupported(conf)?;
         self.runtime.block_on(async {
             let status = self.status_of().await?;
+            let _ = self.served_dns.set(status.dns.clone());
             if status.bridge != conf.bridge_name() {
                 return Err(CniError::invalid_config(
                     format!(
@@ -89,8 +92,7 @@ impl Backend for Daemon {
             }
             let subnets = wiring::configured_subnets(conf)?;
             if conf.ipam_delegate().is_some() {
-                let nl = host::own_netlink().await?;
-                host::check_overlap(&nl, &subnets, conf.bridge_name()).await?;
+                refuse_overlap(&subnets, conf.bridge_name()).await?;
             }
             Ok(())
         })
@@ -113,11 +115,11 @@ impl Backend for Daemon {
                 .post("/v1/containers", &netd_req)
                 .await
                 .map_err(|e| self.err(e))?;
-            let nl = host::own_netlink().await?;
-            finish_add(&nl, request, &attached, || async {
-                let _: Result<netd::DetachReport, _> = self.client.delete(&detach_path(&id)).await;
-            })
-            .await
+            let mut result = add_result(request, &attached);
+            if let Some(Some(served)) = self.served_dns.get() {
+                crate::names::names_dns(&mut result, served);
+            }
+            Ok(result)
         })
     }
 
@@ -152,12 +154,13 @@ impl Backend for Daemon {
                         e.to_string(),
                     )
                 })?;
+            let expected = expected_by_check(request, &recorded)?;
             let _: serde_json::Value = self
                 .client
-                .get(&format!("/v1/containers/{id}/check"))
+                .post(&format!("/v1/containers/{id}/check"), &expected)
                 .await
                 .map_err(|e| self.err(e).context("CHECK"))?;
-            check_common(request, &recorded).await
+            Ok(())
         })
     }
 

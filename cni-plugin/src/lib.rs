@@ -10,16 +10,18 @@
 //! - [`commands`]: ADD, DEL, CHECK, STATUS, GC, VERSION, over a [`Backend`];
 //! - [`select`]: the backend a config's `mode` picks: [`standalone`] (netd's
 //!   library) or [`daemon`] (netd's API), sharing [`backend::common`], and
-//!   mapping CNI to netd through [`wiring`], [`range`] and [`host`].
+//!   mapping CNI to netd through [`wiring`], [`delegated`] and [`range`]. netd does every
+//!   change to the kernel and every look at it; the plugin opens no netlink.
 
 pub mod backend;
 pub mod commands;
 pub mod daemon;
+pub mod delegated;
 pub mod env;
 pub mod error;
 pub mod front_door;
-pub mod host;
 pub mod ipam_delegate;
+pub mod names;
 pub mod netns;
 pub mod range;
 pub mod result;

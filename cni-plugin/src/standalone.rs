@@ -7,10 +7,11 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
-use crate::backend::common::{self, attachment_of, check_common, delegated_network, finish_add};
+use crate::backend::common::{
+    self, add_result, attachment_of, delegated_network, expected_by_check, refuse_overlap,
+};
 use crate::backend::{Addressing, AttachRequest, Backend, CheckRequest, DetachRequest};
 use crate::error::{netd_error, CniError, ErrorCode};
-use crate::host;
 use crate::range;
 use crate::result::CniResult;
 use crate::types::{Attachment, NetConf};
@@ -18,22 +19,12 @@ use crate::wiring;
 
 pub struct Standalone {
     runtime: tokio::runtime::Runtime,
-    /// One netlink connection in the runtime's namespace for the whole call
-    /// (the overlap check, the bridge's gateways, the result's MACs).
-    host: tokio::sync::OnceCell<plumb::Netlink>,
 }
 
 impl Standalone {
     pub fn new() -> Result<Standalone, CniError> {
         let runtime = common::runtime()?;
-        Ok(Standalone {
-            runtime,
-            host: tokio::sync::OnceCell::new(),
-        })
-    }
-
-    async fn host(&self) -> Result<&plumb::Netlink, CniError> {
-        self.host.get_or_try_init(host::own_netlink).await
+        Ok(Standalone { runtime })
     }
 
     async fn open(conf: &NetConf, delegated: Option<IpNetwork>) -> Result<netd::Network, CniError> {
@@ -49,9 +40,8 @@ impl Backend for Standalone {
         wiring::refuse_unsupported(conf)?;
         let subnets = wiring::configured_subnets(conf)?;
         wiring::netd_config(conf, None)?;
-        self.runtime.block_on(async {
-            host::check_overlap(self.host().await?, &subnets, conf.bridge_name()).await
-        })
+        self.runtime
+            .block_on(refuse_overlap(&subnets, conf.bridge_name()))
     }
 
     fn add(&self, request: &AttachRequest) -> Result<CniResult, CniError> {
@@ -87,13 +77,7 @@ impl Backend for Standalone {
                 }
             };
             step("attached");
-            let nl = self.host().await?;
-            let result = finish_add(nl, request, &attached, || async {
-                let _ = network.detach(&id).await;
-            })
-            .await;
-            step("result");
-            result
+            Ok(add_result(request, &attached))
         })
     }
 
@@ -133,11 +117,12 @@ impl Backend for Standalone {
                     "ADD it first",
                 ));
             };
+            let expected = expected_by_check(request, &recorded)?;
+            // netd's check covers the firewall rules too.
             network
-                .check(&id)
+                .check_expecting(&id, &expected)
                 .await
                 .map_err(|e| netd_error(e).context("CHECK"))?;
-            // (netd's check covers the firewall rules too.)
             if conf.ipam_delegate().is_none() {
                 let state = network.store().read().map_err(|e| netd_error(e.into()))?;
                 let held: BTreeSet<IpAddr> = state.ipam.held_by(&id).into_iter().collect();
@@ -153,7 +138,7 @@ impl Backend for Standalone {
                     }
                 }
             }
-            check_common(request, &recorded).await
+            Ok(())
         })
     }
 

@@ -9,6 +9,7 @@ use ipnetwork::IpNetwork;
 use md5::{Digest, Md5};
 
 use crate::backend::{Addressing, AttachRequest};
+use crate::delegated;
 use crate::error::CniError;
 use crate::result::{CniResult, Interface, IpConfig, Route};
 use crate::types::{NetConf, PortMapping, DEFAULT_BRIDGE};
@@ -110,7 +111,7 @@ pub fn configured_subnets(conf: &NetConf) -> Result<Vec<IpNetwork>, CniError> {
 pub fn netd_config(conf: &NetConf, delegated: Option<IpNetwork>) -> Result<netd::Config, CniError> {
     let mut config = netd::Config {
         // By path, not netd's default (the current namespace found by name).
-        netns: Some(crate::host::OWN_NETNS.to_string()),
+        netns: Some(crate::netns::OWN_NETNS.to_string()),
         bridge: conf.bridge_name().to_string(),
         state_dir: state_dir(conf),
         mtu: conf.mtu,
@@ -198,33 +199,37 @@ pub fn endpoint_id(network: &str, container_id: &str, ifname: &str) -> String {
     format!("{prefix}h{}", hex(&hasher.finalize(), 16))
 }
 
-/// A port mapping as netd's `-p` spec.
-pub fn port_spec(p: &PortMapping) -> Result<String, CniError> {
-    let proto = p.protocol.to_ascii_lowercase();
-    if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
-        return Err(CniError::unsupported_field(
+/// A CNI `portMappings` entry as netd's typed [`netd::PortMapping`], checked
+/// here, where the plugin reads it.
+pub fn port_mapping(p: &PortMapping) -> Result<netd::PortMapping, CniError> {
+    let protocol = p.protocol.parse::<netd::ports::Protocol>().map_err(|_| {
+        CniError::unsupported_field(
             "runtimeConfig.portMappings[].protocol",
             &serde_json::json!(p.protocol),
             "weft publishes tcp, udp and sctp",
-        ));
-    }
-    let host = match p.host_ip.as_deref().filter(|s| !s.is_empty()) {
-        None => String::new(),
-        Some(text) => match text.parse::<IpAddr>() {
-            Ok(IpAddr::V4(ip)) => format!("{ip}:"),
-            Ok(IpAddr::V6(ip)) => format!("[{ip}]:"),
-            Err(_) => {
-                return Err(CniError::invalid_config(
-                    format!("invalid portMappings hostIP {text:?}"),
-                    "hostIP is an IPv4 or IPv6 address",
-                ))
-            }
-        },
+        )
+    })?;
+    let host_ip = match p.host_ip.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(text) => Some(text.parse::<IpAddr>().map_err(|_| {
+            CniError::invalid_config(
+                format!("invalid portMappings hostIP {text:?}"),
+                "hostIP is an IPv4 or IPv6 address",
+            )
+        })?),
     };
-    Ok(format!(
-        "{host}{}:{}/{proto}",
-        p.host_port, p.container_port
-    ))
+    netd::PortMapping::new(
+        protocol,
+        host_ip,
+        netd::ports::PortRange::single(p.host_port),
+        netd::ports::PortRange::single(p.container_port),
+    )
+    .map_err(|e| {
+        CniError::invalid_config(
+            format!("invalid portMappings entry: {e}"),
+            "hostPort and containerPort are ports 1-65535",
+        )
+    })
 }
 
 /// The default gateways of a delegated result: the gateway of each address
@@ -251,15 +256,6 @@ pub fn delegated_gateways(conf: &NetConf, ipam: &CniResult) -> Vec<IpAddr> {
     gateways
 }
 
-/// The routes of a delegated result other than the default routes netd adds.
-pub fn extra_routes(ipam: &CniResult) -> Vec<Route> {
-    ipam.routes
-        .iter()
-        .filter(|r| r.dst.prefix() != 0)
-        .cloned()
-        .collect()
-}
-
 /// netd's attach request for a CNI ADD. `ip` and `ip6` come from the
 /// requested static addresses or from the range (`range`), which netd
 /// allocates from under its lock.
@@ -272,7 +268,10 @@ pub fn attach_request(
     let mut netd_req = netd::AttachRequest {
         netns: request.netns.display().to_string(),
         id: Some(id.to_string()),
-        name: Some(id.to_string()),
+        // No name: netd names the endpoint after the id, and answers no
+        // DNS name for it; the container's names are the aliases.
+        name: None,
+        aliases: crate::names::dns_aliases(conf, request.pod_name)?,
         ifname: Some(request.ifname.to_string()),
         mac: conf.runtime_config.mac.clone(),
         mtu: conf.mtu,
@@ -280,7 +279,7 @@ pub fn attach_request(
             .runtime_config
             .port_mappings
             .iter()
-            .map(port_spec)
+            .map(port_mapping)
             .collect::<Result<_, _>>()?,
         ..Default::default()
     };
@@ -299,6 +298,8 @@ pub fn attach_request(
                 ips: ipam.ips.iter().map(|ip| ip.address).collect(),
                 gateways: delegated_gateways(conf, ipam),
             });
+            netd_req.routes = delegated::extra_routes(ipam);
+            netd_req.bridge_addresses = delegated::bridge_addresses(conf, ipam);
         }
         Addressing::Builtin { requested } => {
             for text in requested {
@@ -335,10 +336,8 @@ pub fn attach_request(
 /// The CNI result of an attach: the bridge, the host end, the container end.
 pub struct Attached<'a> {
     pub bridge: &'a str,
-    pub bridge_mac: Option<String>,
-    pub host_mac: Option<String>,
+    /// netd's answer, which also reports the MACs and the MTU.
     pub netd: &'a netd::AttachResult,
-    pub container_mtu: Option<u32>,
     /// The delegated IPAM's result, whose gateways, routes and DNS are kept.
     pub ipam: Option<&'a CniResult>,
 }
@@ -349,18 +348,18 @@ pub fn cni_result(conf: &NetConf, a: &Attached) -> CniResult {
     let interfaces = vec![
         Interface {
             name: a.bridge.to_string(),
-            mac: a.bridge_mac.clone(),
+            mac: a.netd.bridge_mac.map(|m| m.to_string()),
             ..Default::default()
         },
         Interface {
             name: host.name.clone(),
-            mac: a.host_mac.clone(),
+            mac: a.netd.host_mac.map(|m| m.to_string()),
             ..Default::default()
         },
         Interface {
             name: container.name.clone(),
             mac: container.mac.map(|m| m.to_string()),
-            mtu: a.container_mtu,
+            mtu: a.netd.mtu,
             sandbox: container.sandbox.as_ref().map(|p| p.display().to_string()),
             ..Default::default()
         },
@@ -439,28 +438,56 @@ mod tests {
     }
 
     #[test]
-    fn port_mappings_become_netd_specs() {
+    fn port_mappings_become_netd_mappings() {
         let p = |json: serde_json::Value| serde_json::from_value::<PortMapping>(json).unwrap();
         assert_eq!(
-            port_spec(&p(
+            port_mapping(&p(
                 serde_json::json!({"hostPort": 8080, "containerPort": 80})
             ))
             .unwrap(),
-            "8080:80/tcp"
+            "8080:80/tcp".parse().unwrap()
         );
         assert_eq!(
-            port_spec(&p(serde_json::json!({"hostPort": 53, "containerPort": 53, "protocol": "UDP", "hostIP": "fd00::1"}))).unwrap(),
-            "[fd00::1]:53:53/udp"
+            port_mapping(&p(serde_json::json!({"hostPort": 53, "containerPort": 53, "protocol": "UDP", "hostIP": "fd00::1"}))).unwrap(),
+            "[fd00::1]:53:53/udp".parse().unwrap()
         );
+        // An empty or unspecified hostIP means every address.
         assert_eq!(
-            port_spec(&p(
-                serde_json::json!({"hostPort": 1, "containerPort": 1, "protocol": "icmp"})
+            port_mapping(&p(
+                serde_json::json!({"hostPort": 9, "containerPort": 9, "protocol": "sctp", "hostIP": ""})
             ))
-            .unwrap_err()
-            .code
-            .number(),
-            2
+            .unwrap()
+            .host_ip,
+            None
         );
+    }
+
+    #[test]
+    fn bad_port_mappings_give_clear_errors() {
+        let err = |json: serde_json::Value| {
+            let m = serde_json::from_value::<PortMapping>(json).unwrap();
+            port_mapping(&m).unwrap_err()
+        };
+        let e = err(serde_json::json!({"hostPort": 1, "containerPort": 1, "protocol": "icmp"}));
+        assert_eq!(e.code.number(), 2, "{e:?}");
+        let e = err(serde_json::json!({"hostPort": 0, "containerPort": 80}));
+        assert!(
+            e.msg.contains("host port: port 0 cannot be published"),
+            "{e:?}"
+        );
+        let e = err(serde_json::json!({"hostPort": 80, "containerPort": 0}));
+        assert!(e.msg.contains("container port: port 0"), "{e:?}");
+        let e =
+            err(serde_json::json!({"hostPort": 80, "containerPort": 80, "hostIP": "300.1.1.1"}));
+        assert!(
+            e.msg.contains("invalid portMappings hostIP \"300.1.1.1\""),
+            "{e:?}"
+        );
+        // Out of range never becomes a u16: the network config is refused as JSON.
+        assert!(serde_json::from_value::<PortMapping>(
+            serde_json::json!({"hostPort": 70000, "containerPort": 80})
+        )
+        .is_err());
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod ipam;
 pub mod metrics;
 pub mod names;
 pub mod network;
+pub mod overlap;
 pub mod overlay;
 pub mod ports;
 pub mod recover;
@@ -28,9 +29,10 @@ pub mod state;
 pub use action::Action;
 pub use config::{Config, ConfigArgs, FirewallKind};
 pub use endpoints::{
-    AssignedAddresses, AttachRequest, AttachResult, DetachReport, GcReport, Ipv4Range,
-    ReconcileReport,
+    AssignedAddresses, AttachRequest, AttachResult, CheckExpected, ContainerRoute, DetachReport,
+    GcReport, Ipv4Range, ReconcileReport,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use network::Network;
+pub use ports::{PortMapping, PublishedPort};
 pub use state::{Endpoint, Phase, Store};

@@ -148,6 +148,38 @@ impl Metrics {
 }
 
 /// Published port mappings in the state, over all endpoints.
+/// The DNS server's counters (the daemon's, when names are on).
+pub fn render_dns(out: &mut String, dns: &crate::names::DnsCountersSnapshot) {
+    counter(
+        out,
+        "weft_netd_dns_queries_total",
+        "DNS queries to the gateway, by what became of them.",
+        Some("result"),
+        &dns.by_result(),
+    );
+    counter(
+        out,
+        "weft_netd_dns_dropped_total",
+        "DNS queries dropped without an answer, by reason.",
+        Some("reason"),
+        &dns.dropped_by_reason(),
+    );
+    counter(
+        out,
+        "weft_netd_dns_cache_hits_total",
+        "Forwarded DNS queries answered from the cache.",
+        None,
+        &[("", dns.cache_hits)],
+    );
+    counter(
+        out,
+        "weft_netd_dns_tcp_refused_total",
+        "DNS TCP connections closed at once: too many open.",
+        None,
+        &[("", dns.tcp_refused)],
+    );
+}
+
 fn published_ports(state: &State) -> usize {
     state.endpoints.values().map(|e| e.ports.len()).sum()
 }
@@ -177,6 +209,27 @@ fn counter(out: &mut String, name: &str, help: &str, label: Option<&str>, values
 mod tests {
     use super::*;
     use crate::action::Action;
+
+    #[test]
+    fn renders_the_dns_counters() {
+        let dns = crate::names::DnsCountersSnapshot {
+            answered: 7,
+            cache_hits: 2,
+            dropped_rate_limited: 3,
+            ..Default::default()
+        };
+        let mut out = String::new();
+        render_dns(&mut out, &dns);
+        for line in [
+            "weft_netd_dns_queries_total{result=\"answered\"} 7",
+            "weft_netd_dns_queries_total{result=\"dropped\"} 3",
+            "weft_netd_dns_dropped_total{reason=\"rate_limited\"} 3",
+            "weft_netd_dns_cache_hits_total 2",
+            "# TYPE weft_netd_dns_queries_total counter",
+        ] {
+            assert!(out.lines().any(|l| l == line), "{line} missing from\n{out}");
+        }
+    }
 
     #[test]
     fn renders_the_exposition_format() {

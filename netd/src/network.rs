@@ -21,15 +21,16 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use crate::ports::firewall::NetworkRules;
+use crate::ports::{PortMapping, PublishedPort};
 use ipnetwork::IpNetwork;
-use plumb::firewall::{NetworkRules, PublishedPort};
 use plumb::Netns;
 
 use crate::action::Action;
 use crate::config::Config;
 use crate::endpoints::{
-    AttachRequest, AttachResult, Background, DetachReport, Endpoints, GcReport, ReconcileReport,
-    TestPauses,
+    AttachRequest, AttachResult, Background, CheckExpected, DetachReport, Endpoints, GcReport,
+    ReconcileReport, TestPauses,
 };
 use crate::error::Result;
 use crate::host::{self, Host};
@@ -144,6 +145,12 @@ impl Network {
         self.endpoints.check(key).await
     }
 
+    /// CNI's CHECK with what the caller expects in the container (see
+    /// [`Endpoints::check_expecting`]).
+    pub async fn check_expecting(&self, key: &str, expected: &CheckExpected) -> Result<()> {
+        self.endpoints.check_expecting(key, expected).await
+    }
+
     /// CNI's GC (see [`Endpoints::gc`]).
     pub async fn gc(
         &self,
@@ -166,12 +173,12 @@ impl Network {
     }
 
     /// Publishes more ports of an attached container.
-    pub async fn publish(&self, key: &str, specs: &[String]) -> Result<Vec<PublishedPort>> {
+    pub async fn publish(&self, key: &str, specs: &[PortMapping]) -> Result<Vec<PublishedPort>> {
         self.ports.publish(key, specs, None).await
     }
 
     /// Withdraws published ports of a container.
-    pub async fn unpublish(&self, key: &str, specs: &[String]) -> Result<Vec<PublishedPort>> {
+    pub async fn unpublish(&self, key: &str, specs: &[PortMapping]) -> Result<Vec<PublishedPort>> {
         self.ports.unpublish(key, specs, None).await
     }
 

@@ -224,6 +224,10 @@ fn adopt(
         ips: peer.ips.clone(),
         gateways,
         ports: hint.map(|h| h.ports.clone()).unwrap_or_default(),
+        // Not in the kernel's links: what the old record says, if any.
+        routes: hint.map(|h| h.routes.clone()).unwrap_or_default(),
+        bridge_addresses: hint.map(|h| h.bridge_addresses.clone()).unwrap_or_default(),
+        dns_names: hint.map(|h| h.dns_names.clone()).unwrap_or_default(),
         phase: Phase::Attached,
     };
     let adopted = Adopted {

@@ -37,8 +37,8 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+use crate::ports::mapping::PublishedPort;
 use ipnetwork::IpNetwork;
-use plumb::firewall::PublishedPort;
 use plumb::MacAddr;
 use serde::{Deserialize, Serialize};
 
@@ -168,8 +168,38 @@ pub struct Endpoint {
     /// Published ports, bound to the container's addresses.
     #[serde(default)]
     pub ports: Vec<PublishedPort>,
+    /// Routes on `ifname` beside the default ones (a delegated IPAM's).
+    /// Absent from state written before they existed: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<ContainerRoute>,
+    /// Addresses this endpoint needs on the bridge beside netd's own
+    /// gateways (a delegated IPAM's gateways); one goes when no endpoint
+    /// needs it any more. Absent from older state: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bridge_addresses: Vec<IpNetwork>,
+    /// The names the network's DNS server answers for it, the primary one
+    /// (PTR's answer) first, lowercase; empty: none. Absent in older state.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_names: Vec<String>,
     #[serde(flatten)]
     pub phase: Phase,
+}
+
+/// A route in a container's namespace, out of its interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerRoute {
+    /// The destination prefix, its host bits zero.
+    pub dst: IpNetwork,
+    /// The next hop; none for a route straight out of the interface.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gw: Option<IpAddr>,
+    /// The route's priority; the kernel's default when none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<u32>,
+    /// The routing table; main when none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<u32>,
 }
 
 #[cfg(test)]
@@ -194,6 +224,9 @@ impl Endpoint {
                 .iter()
                 .map(|spec| PublishedPort::parse(spec, ip).unwrap())
                 .collect(),
+            routes: vec![],
+            bridge_addresses: vec![],
+            dns_names: vec![],
             phase: Phase::Attached,
         }
     }

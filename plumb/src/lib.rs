@@ -1,5 +1,7 @@
 //! plumb: kernel network plumbing for containers, with no policy and no state
 //! of its own. Links, addresses, routes, namespaces and sysctls over netlink,
+//! generic packet-filter access (`firewall`: nfnetlink set elements, nft
+//! scripts, iptables-restore; which tables and rules is the caller's policy),
 //! and the pipework-style wiring (`wire`) and declarative topologies
 //! (`topology`, with the `topology` feature) the `plumb` CLI offers. The CLI
 //! itself is the `plumb` binary (src/bin/plumb/, the `cli` feature, on by

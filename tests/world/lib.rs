@@ -27,6 +27,7 @@ mod exec;
 mod forwarded;
 mod netd_host;
 mod signals;
+pub use signals::wait_if_torn_down_by_signal;
 mod traffic;
 
 pub use bulk::tcp_bulk;

@@ -7,6 +7,7 @@
 //! the processes they started, by PID, removes their namespaces, then any
 //! namespace still carrying this process's prefix) and exits with 130 or 143.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, Once, Weak};
 
@@ -19,6 +20,21 @@ use crate::{Inner, PREFIX_ROOT};
 /// A process-wide list because a signal is process-wide.
 static LIVE: Mutex<Vec<Weak<Inner>>> = Mutex::new(Vec::new());
 static START: Once = Once::new();
+/// Set once a signal's teardown has begun: the world's files and namespaces
+/// vanish under the code still running on other threads.
+static TEARING_DOWN: AtomicBool = AtomicBool::new(false);
+
+/// Parks the calling thread for good when a signal's teardown is under way,
+/// so that an error it caused (a file or namespace pulled away) does not end
+/// the process with its own exit code before the signal thread exits with
+/// 130/143. Returns at once otherwise.
+pub fn wait_if_torn_down_by_signal() {
+    if TEARING_DOWN.load(Ordering::SeqCst) {
+        loop {
+            std::thread::park();
+        }
+    }
+}
 
 /// Registers `world` for teardown on SIGINT/SIGTERM, starting the signal
 /// thread first if this is the process's first world. Returns once the
@@ -69,6 +85,7 @@ fn wait_and_tear_down(ready: mpsc::Sender<Result<(), String>>) {
         }
     });
     let Some((code, name)) = code else { return };
+    TEARING_DOWN.store(true, Ordering::SeqCst);
     let live: Vec<Arc<Inner>> = LIVE
         .lock()
         .unwrap_or_else(|e| e.into_inner())

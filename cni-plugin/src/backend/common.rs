@@ -1,14 +1,15 @@
-//! What the standalone and daemon backends share: after netd's attach, the
-//! delegated IPAM's gateways and routes and the CNI result; CHECK's
-//! comparisons; and the way back from netd's endpoint ids to attachments.
+//! What the standalone and daemon backends share: the CNI result of netd's
+//! attach; what CHECK compares itself and what it asks netd to find in the
+//! container; the overlap check of a network's subnets (netd's); and the way
+//! back from netd's endpoint ids to attachments.
 
 use std::collections::BTreeSet;
 
 use ipnetwork::IpNetwork;
 
 use crate::backend::{Addressing, AttachRequest, CheckRequest};
-use crate::error::{CniError, ErrorCode};
-use crate::host;
+use crate::error::{netd_error, CniError, ErrorCode};
+use crate::netns::OWN_NETNS;
 use crate::result::CniResult;
 use crate::types::Attachment;
 use crate::wiring;
@@ -51,80 +52,84 @@ pub fn attachment_of(prefix: &str, ep: &netd::Endpoint) -> Option<Attachment> {
     })
 }
 
-/// After netd's attach: the delegated IPAM's gateways and routes, then the
-/// result. `undo` detaches again when a step fails.
-pub async fn finish_add<F, Fut>(
-    nl: &plumb::Netlink,
-    request: &AttachRequest<'_>,
-    attached: &netd::AttachResult,
-    undo: F,
-) -> Result<CniResult, CniError>
-where
-    F: FnOnce() -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
+/// The CNI result of netd's attach: netd did all the work, including the
+/// delegated IPAM's routes and gateways, and reports the MACs and the MTU.
+pub fn add_result(request: &AttachRequest<'_>, attached: &netd::AttachResult) -> CniResult {
     let conf = request.network;
     let ipam = match &request.addressing {
         Addressing::Delegated(ipam) => Some(ipam),
         Addressing::Builtin { .. } => None,
     };
-    let extra = async {
-        if let Some(ipam) = ipam {
-            if conf.is_gateway || conf.is_default_gateway {
-                host::ensure_bridge_gateways(nl, conf.bridge_name(), ipam).await?;
-            }
-            host::add_routes(
-                &request.netns,
-                request.ifname,
-                ipam,
-                &wiring::extra_routes(ipam),
-            )
-            .await?;
-        }
-        Ok::<(), CniError>(())
-    };
-    if let Err(e) = extra.await {
-        undo().await;
-        return Err(e);
-    }
-    let side = host::host_side(nl, conf.bridge_name(), &attached.interfaces[0].name).await;
-    Ok(wiring::cni_result(
+    wiring::cni_result(
         conf,
         &wiring::Attached {
             bridge: conf.bridge_name(),
-            bridge_mac: side.bridge_mac,
-            host_mac: side.veth_mac,
             netd: attached,
-            container_mtu: side.veth_mtu,
             ipam,
         },
-    ))
+    )
 }
 
-/// CHECK's comparisons shared by both backends: the addresses recorded are
-/// those of the ADD's result, and everything the result lists is in the kernel.
-pub async fn check_common(
+/// CHECK's part that needs no kernel: the addresses of the ADD's result are
+/// the ones netd recorded for this attachment. Returns what netd's check
+/// must then find in the container: the result's addresses on the
+/// interface and its routes.
+pub fn expected_by_check(
     request: &CheckRequest<'_>,
     recorded: &netd::AttachResult,
-) -> Result<(), CniError> {
+) -> Result<netd::CheckExpected, CniError> {
     let prev = &request.prev_result;
     let sandbox = request.netns.display().to_string();
     let index = prev
         .container_interface(request.ifname, &sandbox)
         .expect("checked by the CHECK command");
     let recorded_ips: BTreeSet<IpNetwork> = recorded.ips.iter().map(|i| i.address).collect();
-    for ip in prev.ips.iter().filter(|ip| ip.interface == Some(index)) {
-        if !recorded_ips.contains(&ip.address) {
-            return Err(CniError::internal(
-                format!(
-                    "address {} of the ADD's result is not this attachment's",
-                    ip.address
-                ),
-                format!("weft recorded {recorded_ips:?}"),
-            ));
-        }
+    let ips: Vec<IpNetwork> = prev
+        .ips
+        .iter()
+        .filter(|ip| ip.interface == Some(index))
+        .map(|ip| ip.address)
+        .collect();
+    if let Some(ip) = ips.iter().find(|ip| !recorded_ips.contains(ip)) {
+        return Err(CniError::internal(
+            format!("address {ip} of the ADD's result is not this attachment's"),
+            format!("weft recorded {recorded_ips:?}"),
+        ));
     }
-    host::check_container(&request.netns, request.ifname, prev, index).await
+    Ok(netd::CheckExpected {
+        ips,
+        routes: prev
+            .routes
+            .iter()
+            .map(|r| netd::ContainerRoute {
+                dst: r.dst,
+                gw: r.gw,
+                metric: None,
+                table: r.table,
+            })
+            .collect(),
+    })
+}
+
+/// Code 7 when one of `subnets` overlaps an address of this host (the
+/// runtime's namespace) outside `bridge`: containers on it would hijack the
+/// host's own traffic. netd looks at the kernel; the message names both.
+pub async fn refuse_overlap(subnets: &[IpNetwork], bridge: &str) -> Result<(), CniError> {
+    let netns = plumb::Netns::path(OWN_NETNS)
+        .map_err(|e| CniError::internal("open the runtime's network namespace", e.to_string()))?;
+    let found = netd::overlap::find(&netns, subnets, bridge)
+        .await
+        .map_err(|e| netd_error(e).context("look for subnets the host uses"))?;
+    match found {
+        None => Ok(()),
+        Some(o) => Err(CniError::invalid_config(
+            format!(
+                "subnet {} overlaps {} on {} of this host",
+                o.subnet, o.address, o.link
+            ),
+            "containers on it would shadow the host's own network; pick a subnet no host interface uses",
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -147,6 +152,9 @@ mod tests {
             ips: vec![],
             gateways: vec![],
             ports: vec![],
+            routes: vec![],
+            bridge_addresses: vec![],
+            dns_names: vec![],
             phase: netd::Phase::Attached,
         };
         assert_eq!(

@@ -33,6 +33,7 @@ pub fn run(inv: &Invocation, backend: &dyn Backend) -> Result<Value, CniError> {
         ifname: &inv.env.ifname,
         network: conf,
         addressing,
+        pod_name: inv.env.arg("K8S_POD_NAME"),
     };
     let ours = match backend.add(&request) {
         Ok(result) => result,

@@ -7,11 +7,13 @@
 //! | POST   /v1/containers             | AttachRequest   | AttachResult      |
 //! | GET    /v1/containers/{id|name}   |                 | AttachResult      |
 //! | GET    /v1/containers/{id}/check  |                 | {"ok": true}      |
+//! | POST   /v1/containers/{id}/check  | CheckExpected   | {"ok": true}      |
 //! | DELETE /v1/containers/{id|name}   |                 | DetachReport      |
 //! | POST   /v1/containers/{id}/ports  | PortsRequest    | published ports   |
 //! | DELETE /v1/containers/{id}/ports  | PortsRequest    | withdrawn ports   |
 //! | POST   /v1/reconcile              |                 | ReconcileReport   |
 //! | GET    /v1/peers                  |                 | [`PeerReport`]s   |
+//! | GET    /v1/names                  |                 | [`NameRow`]s      |
 //!
 //! Errors come back with a 4xx/5xx status and `{"error": "sentence",
 //! "kind": "not_found"}`; the kind is one of [`ErrorKind`]'s, and the client
@@ -30,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::FirewallKind;
 use crate::error::ErrorKind;
 use crate::ipam::Usage;
+pub use crate::names::NameRow;
 pub use crate::overlay::{OverlayStatus, PeerReport};
 
 /// What `netd status` shows.
@@ -48,6 +51,18 @@ pub struct Status {
     /// The WireGuard overlay; None when it is off.
     #[serde(default)]
     pub overlay: Option<OverlayStatus>,
+    /// The DNS server on the gateways; None when names are off.
+    #[serde(default)]
+    pub dns: Option<DnsStatus>,
+}
+
+/// What containers put in their resolv.conf to use the names netd serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsStatus {
+    /// The gateway addresses, where the server listens (port 53).
+    pub nameservers: Vec<IpAddr>,
+    /// The search domain every name also answers under.
+    pub search: String,
 }
 
 /// The body of an error answer.

@@ -1,10 +1,11 @@
-//! `netd attach <netns> [--id] [--name] [--ifname] [--ip|--ip-range] [--ip6] [--mac] [--mtu]`
+//! `netd attach <netns> [--id] [--name] [--alias]… [--dns] [--ifname] [--ip|--ip-range] [--ip6] [--mac] [--mtu]`
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::{print_json, ClientArgs};
+use crate::api::Status;
 use crate::endpoints::{AttachRequest, AttachResult, Ipv4Range};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct AttachArgs {
@@ -13,9 +14,18 @@ pub struct AttachArgs {
     /// Container id (default: the name, else the namespace's file name).
     #[arg(long)]
     pub id: Option<String>,
-    /// Unique name (default: the id).
+    /// Unique name (default: the id); the network's DNS server answers it
+    /// when it is a valid DNS name.
     #[arg(long)]
     pub name: Option<String>,
+    /// A further DNS name for the container, unique on the network; repeatable.
+    #[arg(long = "alias")]
+    pub aliases: Vec<String>,
+    /// Write the container's resolv.conf, pointing at the network's DNS
+    /// server: /etc/netns/NAME/resolv.conf for a namespace NAME in
+    /// /run/netns (what `ip netns exec NAME` mounts over /etc/resolv.conf).
+    #[arg(long)]
+    pub dns: bool,
     /// Interface name inside the container.
     #[arg(long, default_value = crate::endpoints::DEFAULT_IFNAME)]
     pub ifname: String,
@@ -37,16 +47,30 @@ pub struct AttachArgs {
     pub mtu: Option<u32>,
     /// Publish a port: [hostip:]hostport[-end]:ctrport[-end][/tcp|udp|sctp]; repeatable.
     #[arg(short = 'p', long = "publish")]
-    pub ports: Vec<String>,
+    pub ports: Vec<crate::ports::PortMapping>,
     #[command(flatten)]
     pub client: ClientArgs,
 }
 
 pub async fn run(args: AttachArgs) -> Result<()> {
+    // Checked before the attach, so that a refused --dns changes nothing.
+    let resolv_conf = if args.dns {
+        let netns_name = super::resolv::named_netns(&args.netns)?;
+        let status: Status = args.client.client().get("/v1/status").await?;
+        let dns = status.dns.ok_or_else(|| {
+            Error::InvalidInput(
+                "--dns: netd serves no names; start it with names = true (the default)".into(),
+            )
+        })?;
+        Some((netns_name, dns))
+    } else {
+        None
+    };
     let request = AttachRequest {
         netns: args.netns,
         id: args.id,
         name: args.name,
+        aliases: args.aliases,
         ifname: Some(args.ifname),
         ip: args.ip,
         ip_range: args.ip_range,
@@ -55,12 +79,16 @@ pub async fn run(args: AttachArgs) -> Result<()> {
         mtu: args.mtu,
         ports: args.ports,
         assigned: None,
+        ..Default::default()
     };
     let result: AttachResult = args
         .client
         .client()
         .post("/v1/containers", &request)
         .await?;
+    if let Some((netns_name, dns)) = resolv_conf {
+        super::resolv::write_for_netns(&netns_name, &dns)?;
+    }
     if args.client.json {
         print_json(&result);
         return Ok(());

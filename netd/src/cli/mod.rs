@@ -5,11 +5,13 @@ mod attach;
 mod check;
 mod detach;
 mod ls;
+mod names;
 mod peers;
 mod pubkey;
 mod publish;
 mod reconcile;
 mod recover;
+mod resolv;
 mod run;
 mod status;
 
@@ -55,6 +57,8 @@ pub enum Command {
     Reconcile(ClientArgs),
     /// Show the overlay's peers: endpoint, last handshake, traffic, drops.
     Peers(ClientArgs),
+    /// List the names the network's DNS server answers: name, addresses, host, source.
+    Names(ClientArgs),
     /// Print this host's overlay public key (generating the key pair when missing),
     /// for the other hosts' [[overlay.peer]] lists. Needs no running netd.
     Pubkey(ConfigArgs),
@@ -97,6 +101,7 @@ impl Cli {
             Command::Unpublish(args) => publish::run(args, false).await,
             Command::Reconcile(args) => reconcile::run(args).await,
             Command::Peers(args) => peers::run(args).await,
+            Command::Names(args) => names::run(args).await,
             Command::Pubkey(args) => pubkey::run(args),
             Command::Recover(args) => recover::run(args).await,
         }

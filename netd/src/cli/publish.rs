@@ -1,7 +1,7 @@
 //! `netd publish <container> -p SPEC…` and `netd unpublish <container> -p SPEC…`
 
+use crate::ports::PublishedPort;
 use hyper::Method;
-use plumb::firewall::PublishedPort;
 
 use super::{print_json, ClientArgs};
 use crate::error::{Error, Result};
@@ -13,7 +13,7 @@ pub struct PublishArgs {
     pub container: String,
     /// [hostip:]hostport[-end]:ctrport[-end][/tcp|udp|sctp]; repeatable.
     #[arg(short = 'p', long = "publish", required = true)]
-    pub ports: Vec<String>,
+    pub ports: Vec<crate::ports::PortMapping>,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -49,4 +49,42 @@ pub async fn run(args: PublishArgs, publish: bool) -> Result<()> {
         println!("{verb} {port}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::super::{Cli, Command};
+
+    fn publish(p: &str) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(["netd", "publish", "c1", "-p", p])
+    }
+
+    #[test]
+    fn dash_p_is_parsed_once_into_typed_mappings() {
+        let Command::Publish(args) = publish("[fd00::1]:5353:53/udp").unwrap().command else {
+            panic!("not a publish");
+        };
+        assert_eq!(args.ports, ["[fd00::1]:5353:53/udp".parse().unwrap()]);
+    }
+
+    #[test]
+    fn bad_dash_p_names_the_mapping_and_the_problem() {
+        for (text, says) in [
+            ("0:80", "host port: port 0 cannot be published"),
+            ("70000:80", "\"70000\" is not a port number (1-65535)"),
+            ("8002-8000:80-82", "ends before it starts"),
+            ("8000-8002:80-81", "must be the same length"),
+            ("80:80/icmp", "unknown protocol \"icmp\""),
+            ("1.2.3.4.5:80:80", "is not an IP address"),
+        ] {
+            let err = publish(text).unwrap_err().to_string();
+            assert!(err.contains("--publish"), "{err}");
+            assert!(
+                err.contains(&format!("invalid port mapping {text:?}")) && err.contains(says),
+                "{text}: {err}"
+            );
+        }
+    }
 }

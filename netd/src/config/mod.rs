@@ -12,6 +12,7 @@ use std::time::Duration;
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde::{Deserialize, Serialize};
 
+mod names;
 pub mod overlay;
 
 pub use overlay::{OverlayArgs, OverlayConfig, OverlayFile, StaticPeer};
@@ -87,6 +88,10 @@ pub struct FileConfig {
     pub reconcile_interval_secs: Option<u64>,
     pub multicast_snooping: Option<bool>,
     pub ipv6_localhost_relay: Option<bool>,
+    pub names: Option<bool>,
+    pub dns_search_domain: Option<String>,
+    pub dns_resolv_conf: Option<PathBuf>,
+    pub dns_rate_limit: Option<u32>,
     pub overlay: Option<OverlayFile>,
 }
 
@@ -136,6 +141,21 @@ pub struct ConfigArgs {
     /// so the kernel path cannot serve ::1.
     #[arg(long, env = "WEFT_IPV6_LOCALHOST_RELAY")]
     pub ipv6_localhost_relay: Option<bool>,
+    /// The daemon answers the containers' names with a DNS server on the
+    /// gateway addresses, port 53 (true/false; default true).
+    #[arg(long, env = "WEFT_NAMES")]
+    pub names: Option<bool>,
+    /// The domain every container name also answers under (default weft.internal).
+    #[arg(long, env = "WEFT_DNS_SEARCH_DOMAIN")]
+    pub dns_search_domain: Option<String>,
+    /// The resolv.conf naming the resolvers other names are forwarded to,
+    /// read in netd's namespace (default /etc/resolv.conf).
+    #[arg(long, env = "WEFT_DNS_RESOLV_CONF")]
+    pub dns_resolv_conf: Option<PathBuf>,
+    /// Queries per second one container may send the DNS server (default
+    /// 5000; bursts of twice that).
+    #[arg(long, env = "WEFT_DNS_RATE_LIMIT")]
+    pub dns_rate_limit: Option<u32>,
     #[command(flatten)]
     pub overlay: OverlayArgs,
 }
@@ -157,6 +177,12 @@ pub struct Config {
     pub multicast_snooping: bool,
     /// The daemon relays `[::1]` to published ports.
     pub ipv6_localhost_relay: bool,
+    /// The daemon serves the containers' names (see docs/dns.md).
+    pub names: bool,
+    pub dns_search_domain: String,
+    pub dns_resolv_conf: PathBuf,
+    /// Queries per second per container.
+    pub dns_rate_limit: u32,
     /// The WireGuard overlay to other hosts (`[overlay]`); off by default.
     pub overlay: OverlayConfig,
     /// Masquerade traffic from the subnets to the outside (on unless a
@@ -179,6 +205,10 @@ impl Default for Config {
             reconcile_interval: Duration::from_secs(DEFAULT_RECONCILE_SECS),
             multicast_snooping: false,
             ipv6_localhost_relay: true,
+            names: true,
+            dns_search_domain: crate::names::DEFAULT_SEARCH_DOMAIN.into(),
+            dns_resolv_conf: "/etc/resolv.conf".into(),
+            dns_rate_limit: crate::names::RateLimit::default().per_second,
             overlay: OverlayConfig::default(),
             masquerade: true,
         }
@@ -242,6 +272,21 @@ impl Config {
                 .ipv6_localhost_relay
                 .or(file.ipv6_localhost_relay)
                 .unwrap_or(d.ipv6_localhost_relay),
+            names: args.names.or(file.names).unwrap_or(d.names),
+            dns_search_domain: args
+                .dns_search_domain
+                .clone()
+                .or(file.dns_search_domain)
+                .unwrap_or(d.dns_search_domain),
+            dns_resolv_conf: args
+                .dns_resolv_conf
+                .clone()
+                .or(file.dns_resolv_conf)
+                .unwrap_or(d.dns_resolv_conf),
+            dns_rate_limit: args
+                .dns_rate_limit
+                .or(file.dns_rate_limit)
+                .unwrap_or(d.dns_rate_limit),
             overlay: OverlayConfig::merge(file.overlay, &args.overlay),
             masquerade: true,
         };
@@ -277,6 +322,7 @@ impl Config {
             }
         }
         self.overlay.validate(self.subnet)?;
+        names::validate(&self.dns_search_domain, self.dns_rate_limit)?;
         if self.reconcile_interval.is_zero() {
             return Err(ConfigError::Value {
                 key: "reconcile_interval_secs",

@@ -5,18 +5,20 @@
 //!   `[::1]` relay and the overlay service, and lends them to each call;
 //! - `run.rs`: start-up, signals (SIGHUP reconciles, SIGTERM/SIGINT stop)
 //!   and the periodic check;
-//! - `server.rs`: the API on the unix socket and the metrics endpoint.
+//! - `server.rs`: the API on the unix socket and the metrics endpoint;
+//! - `names.rs`: the names the DNS server on the gateways answers.
 
+mod names;
 mod run;
 pub mod server;
 
 use std::path::Path;
 
-use plumb::firewall::PublishedPort;
+use crate::ports::{PortMapping, PublishedPort};
 
 pub use run::{run, run_from};
 
-use crate::api::{PeerReport, Status};
+use crate::api::{DnsStatus, NameRow, PeerReport, Status};
 use crate::config::{Config, ConfigArgs, OverlayConfig};
 use crate::endpoints::{
     AttachRequest, AttachResult, Background, DetachReport, Reaper, ReconcileReport,
@@ -56,6 +58,8 @@ pub struct Daemon {
     relay: Option<LocalhostRelay>,
     overlay: Option<OverlayService>,
     peers: PeerSource,
+    /// None when `names = false`.
+    names: Option<names::NameService>,
 }
 
 impl Daemon {
@@ -97,12 +101,17 @@ impl Daemon {
                 .map(|_| network.host_netns().clone());
             LocalhostRelay::new(host, network.metrics().clone())
         });
+        let names = network.config().names.then(names::NameService::new);
+        if let Some(names) = &names {
+            network.store().read_with(|state| names.sync(state))?;
+        }
         Ok(Daemon {
             network,
             reaper,
             relay,
             overlay,
             peers,
+            names,
         })
     }
 
@@ -122,18 +131,69 @@ impl Daemon {
     }
 
     pub async fn attach(&self, req: AttachRequest) -> Result<AttachResult> {
-        self.network
+        let result = self
+            .network
             .endpoints()
             .attach(req, self.background())
-            .await
+            .await?;
+        if let Some(names) = &self.names {
+            let attached = self
+                .network
+                .store()
+                .read_with(|state| state.endpoints.get(&result.id).cloned())?;
+            if let Some(ep) = attached {
+                names.attached(&ep);
+            }
+        }
+        Ok(result)
     }
 
-    /// Answers once the container is cut off; the reaper deletes its links.
+    /// Answers once the container is cut off (and its names gone); the
+    /// reaper deletes its links.
     pub async fn detach(&self, key: &str) -> Result<DetachReport> {
-        self.network
+        // The key may be the endpoint's name: its id, while the state has it.
+        let id = match &self.names {
+            Some(_) => self.network.store().read_with(|state| {
+                let endpoints = &state.endpoints;
+                endpoints
+                    .get(key)
+                    .or_else(|| endpoints.named(key))
+                    .map(|ep| ep.id.clone())
+            })?,
+            None => None,
+        };
+        let report = self
+            .network
             .endpoints()
             .detach(key, self.background())
-            .await
+            .await?;
+        if let (Some(names), Some(id)) = (&self.names, id) {
+            names.detached(&id);
+        }
+        Ok(report)
+    }
+
+    /// Starts the DNS server when names are on and it is not running (or
+    /// the bridge was made anew), after a reconciliation made the bridge.
+    pub async fn ensure_names_server(&self) -> Result<()> {
+        match &self.names {
+            Some(names) => names.ensure_server(&self.network).await,
+            None => Ok(()),
+        }
+    }
+
+    /// What the DNS server answers; None when names are off.
+    pub fn names(&self) -> Option<Vec<NameRow>> {
+        self.names.as_ref().map(|n| n.list())
+    }
+
+    /// Replaces this host's names by the state's: containers the standalone
+    /// plugin attached or detached show up (or go) here.
+    fn sync_names(&self) -> Result<()> {
+        if let Some(names) = &self.names {
+            self.network.store().read_with(|state| names.sync(state))?;
+        }
+        Ok(())
     }
 
     /// Waits until every detach handed to the reaper so far is finished.
@@ -141,14 +201,14 @@ impl Daemon {
         self.reaper.reaped().await;
     }
 
-    pub async fn publish(&self, key: &str, specs: &[String]) -> Result<Vec<PublishedPort>> {
+    pub async fn publish(&self, key: &str, specs: &[PortMapping]) -> Result<Vec<PublishedPort>> {
         self.network
             .ports()
             .publish(key, specs, self.relay.as_ref())
             .await
     }
 
-    pub async fn unpublish(&self, key: &str, specs: &[String]) -> Result<Vec<PublishedPort>> {
+    pub async fn unpublish(&self, key: &str, specs: &[PortMapping]) -> Result<Vec<PublishedPort>> {
         self.network
             .ports()
             .unpublish(key, specs, self.relay.as_ref())
@@ -178,11 +238,16 @@ impl Daemon {
             report.errors.extend(errors);
         }
         report.record(self.network.metrics());
+        self.sync_names()?;
+        if let Err(e) = self.ensure_names_server().await {
+            report.errors.push(e.to_string());
+        }
         Ok(report)
     }
 
     /// The periodic quick check: the network's, then the overlay's routes.
     pub async fn needs_reconcile(&self) -> Result<Option<&'static str>> {
+        self.sync_names()?;
         if let Some(reason) = self
             .network
             .endpoints()
@@ -218,6 +283,10 @@ impl Daemon {
             state_dir: config.state_dir.clone(),
             socket: config.socket.clone(),
             overlay: self.overlay.as_ref().map(|o| o.status()),
+            dns: self.names.as_ref().map(|_| DnsStatus {
+                nameservers: network.gateways(),
+                search: config.dns_search_domain.clone(),
+            }),
         })
     }
 
@@ -232,6 +301,9 @@ impl Daemon {
         let mut body = self.network.metrics().render(&state, self.network.config());
         if let Some(overlay) = &self.overlay {
             overlay.render_metrics(&mut body);
+        }
+        if let Some(names) = &self.names {
+            crate::metrics::render_dns(&mut body, &names.counters());
         }
         Ok(body)
     }

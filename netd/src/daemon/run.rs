@@ -36,6 +36,10 @@ async fn run_with(config: Config, peers: PeerSource) -> Result<()> {
         subnet = %config.subnet,
         "host reconciled"
     );
+    // The bridge exists now. A server that cannot start (port 53 taken on
+    // the gateway) stops netd here with the reason; later reconciliations
+    // start it again when the bridge is made anew.
+    daemon.ensure_names_server().await?;
     let (stop, stopped) = watch::channel(false);
     let metrics = match config.metrics_addr {
         Some(addr) => {

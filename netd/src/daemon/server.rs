@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use super::Daemon;
 use crate::api::ErrorBody;
-use crate::endpoints::AttachRequest;
+use crate::endpoints::{AttachRequest, CheckExpected};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ports::PortsRequest;
 
@@ -203,6 +203,15 @@ async fn handle(daemon: &Daemon, req: Request<Incoming>) -> Answer {
                 .await
                 .map(|()| serde_json::json!({"ok": true})),
         ),
+        (&Method::POST, ["v1", "containers", key, "check"]) => match parse::<CheckExpected>(&body) {
+            Ok(expected) => answer(
+                network
+                    .check_expecting(key, &expected)
+                    .await
+                    .map(|()| serde_json::json!({"ok": true})),
+            ),
+            Err(e) => error(&e),
+        },
         (&Method::DELETE, ["v1", "containers", key]) => {
             let report = daemon.detach(key).await;
             if wait && report.is_ok() {
@@ -220,6 +229,13 @@ async fn handle(daemon: &Daemon, req: Request<Incoming>) -> Answer {
             Err(e) => error(&e),
         },
         (&Method::POST, ["v1", "reconcile"]) => answer(daemon.reconcile().await),
+        (&Method::GET, ["v1", "names"]) => match daemon.names() {
+            Some(names) => json(StatusCode::OK, &names),
+            None => error(&Error::NotFound(
+                "names are off; enable them with names = true in netd.toml (or --names true)"
+                    .into(),
+            )),
+        },
         (&Method::GET, ["v1", "peers"]) => match daemon.peers() {
             Some(peers) => json(StatusCode::OK, &peers),
             None => error(&Error::NotFound(

@@ -4,15 +4,15 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+use crate::ports::PortMapping;
 use ipnetwork::IpNetwork;
-use plumb::firewall::PortSpec;
 use plumb::{LinkChange, LinkOptions, MacAddr, Netlink, Netns, Route};
 
 use super::request::{
-    check_unique, host_ifname, validate_id, AssignedAddresses, AttachRequest, AttachResult,
-    ALIAS_PREFIX, DEFAULT_IFNAME,
+    check_dns_names_free, check_unique, dns_names, host_ifname, validate_id, AssignedAddresses,
+    AttachRequest, AttachResult, ALIAS_PREFIX, DEFAULT_IFNAME,
 };
-use super::{Background, Endpoints};
+use super::{extras, Background, Endpoints};
 use crate::error::{Error, KernelContext, Result};
 use crate::ipam::IpamError;
 use crate::ports;
@@ -104,7 +104,9 @@ struct AttachPlan {
     ifname: String,
     mac: Option<MacAddr>,
     mtu: Option<u32>,
-    ports: Vec<PortSpec>,
+    ports: Vec<PortMapping>,
+    /// What DNS answers for it, primary first.
+    dns_names: Vec<String>,
 }
 
 impl Endpoints {
@@ -154,8 +156,8 @@ impl Endpoints {
         let endpoint = self.reserve(&plan, &req)?;
         step("reserved");
         self.pauses.at("reserved").await;
-        let mac = match self.plumb(&endpoint, &plan.container).await {
-            Ok(mac) => mac,
+        let peer = match self.plumb(&endpoint, &plan.container).await {
+            Ok(peer) => peer,
             Err(e) => {
                 // Perhaps the bridge went away: the next attach looks again.
                 self.host.set_ready(false);
@@ -180,7 +182,7 @@ impl Endpoints {
                     endpoint.name
                 ))
             })?;
-            ep.mac = Some(mac);
+            ep.mac = peer.mac;
             ep.phase = Phase::Attached;
             Ok(ep.clone())
         });
@@ -197,7 +199,13 @@ impl Endpoints {
         }
         self.host.metrics().attached();
         tracing::info!(id = %attached.id, name = %attached.name, ips = ?attached.ips, "attached");
-        Ok(AttachResult::from(&attached))
+        let mut result = AttachResult::from(&attached);
+        // What a CNI result reports of the host side, so that the plugin
+        // need not look at the kernel itself.
+        result.bridge_mac = self.bridge_mac().await;
+        result.host_mac = Some(self.host.port_mac());
+        result.mtu = Some(peer.mtu);
+        Ok(result)
     }
 
     /// Everything that can be checked without changing anything.
@@ -243,15 +251,18 @@ impl Endpoints {
         if let Some(assigned) = &req.assigned {
             validate_assigned(&name, req, assigned)?;
         }
+        extras::validate(&name, req, config, &self.host.gateways())?;
         if req.ip6.is_some() && config.subnet6.is_none() {
             return Err(Error::InvalidInput(format!(
                 "attach container {name}: an IPv6 address was asked for but netd has no subnet6 configured"
             )));
         }
-        let ports = ports::parse_specs(&name, &req.ports)?;
+        let ports = req.ports.clone();
+        let dns_names = dns_names(req, &id)?;
         // Looked at in place: copying the state would cost O(containers).
         self.host.store().read_with(|state| -> Result<()> {
             check_unique(state, &id, &name, &netns, &ifname)?;
+            check_dns_names_free(state, &id, &dns_names)?;
             let requested = [
                 req.ip
                     .map(|ip| (IpNetwork::V4(config.subnet), IpAddr::V4(ip))),
@@ -307,6 +318,7 @@ impl Endpoints {
             mac,
             mtu,
             ports,
+            dns_names,
         })
     }
 
@@ -316,6 +328,7 @@ impl Endpoints {
         self.host.store().update(|state| -> Result<Endpoint> {
             // Checked again under the lock: another caller may have won the race.
             check_unique(state, &plan.id, &plan.name, &plan.netns, &plan.ifname)?;
+            check_dns_names_free(state, &plan.id, &plan.dns_names)?;
             let (ips, gateways) = match &req.assigned {
                 Some(assigned) => (assigned.ips.clone(), assigned.gateways.clone()),
                 None => (self.allocate(state, plan, req)?, self.host.gateways()),
@@ -334,6 +347,9 @@ impl Endpoints {
                 ips,
                 gateways,
                 ports,
+                routes: req.routes.clone(),
+                bridge_addresses: req.bridge_addresses.clone(),
+                dns_names: plan.dns_names.clone(),
                 phase: Phase::Attaching { owner },
             };
             state
@@ -372,7 +388,8 @@ impl Endpoints {
 
     /// Creates the veth pair, plugs it into the bridge and configures the
     /// container side, through `cnl`, a connection into the container's
-    /// namespace. Returns the container interface's MAC.
+    /// namespace, with the extra routes and bridge addresses the endpoint
+    /// records. Returns the container interface as created.
     ///
     /// The host end goes up last. Only then has the pair a carrier, and the
     /// kernel's work for a carrier coming up on a bridge port (enabling the
@@ -382,9 +399,10 @@ impl Endpoints {
     /// up the container's addresses and routes behind it. Until then the
     /// container's link has no carrier, which addresses and routes do not
     /// need; the worker runs within a fraction of a millisecond.
-    pub(super) async fn plumb(&self, ep: &Endpoint, cnl: &Netlink) -> Result<MacAddr> {
+    pub(super) async fn plumb(&self, ep: &Endpoint, cnl: &Netlink) -> Result<plumb::Link> {
         let nl = self.host.netlink().await?;
         let ctx = |step: &str| format!("attach container {}: {step}", ep.name);
+        self.add_bridge_addresses(&nl, ep).await?;
         let bridge = self.host.bridge_index(&nl).await?;
         let host_opts = LinkOptions {
             up: false,
@@ -457,6 +475,7 @@ impl Endpoints {
         }
         self.pauses.at("addressed").await;
         add_default_routes(cnl, ep, Some(&peer)).await?;
+        extras::add_routes(cnl, ep, &peer).await?;
         // Up, with its alias and hairpin mode (a container reaching its own
         // published port through the host address comes back in by the port
         // it went out by), in one request to the link by its name.
@@ -473,12 +492,21 @@ impl Endpoints {
                 self.host.config().bridge
             ))
         })?;
-        peer.mac.ok_or_else(|| {
-            Error::kernel(
+        if peer.mac.is_none() {
+            return Err(Error::kernel(
                 ctx("read its MAC"),
                 plumb::Error::Other("the kernel reported no MAC for the interface".into()),
-            )
-        })
+            ));
+        }
+        Ok(peer)
+    }
+
+    /// The bridge's MAC as the kernel has it now (one request for one link);
+    /// none when it cannot be read, which the result can do without.
+    async fn bridge_mac(&self) -> Option<MacAddr> {
+        let nl = self.host.netlink().await.ok()?;
+        let bridge = nl.link(&self.host.config().bridge).await.ok()??;
+        bridge.mac
     }
 
     /// Undoes a failed attach; errors are logged, the caller reports the first failure.

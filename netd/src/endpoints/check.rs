@@ -3,7 +3,8 @@
 
 use plumb::{Netlink, Netns};
 
-use super::Endpoints;
+use super::request::CheckExpected;
+use super::{extras, Endpoints};
 use crate::error::{Error, KernelContext, Result};
 use crate::state::{Endpoint, Phase};
 
@@ -20,6 +21,12 @@ impl Endpoints {
     /// addresses and routes are all in place; otherwise an error saying what
     /// is wrong. Changes nothing.
     pub async fn check(&self, key: &str) -> Result<()> {
+        self.check_expecting(key, &CheckExpected::default()).await
+    }
+
+    /// [`Endpoints::check`], and also every address and route of
+    /// `expected` in the container (what a CNI `prevResult` lists).
+    pub async fn check_expecting(&self, key: &str, expected: &CheckExpected) -> Result<()> {
         let state = self.host.store().read()?;
         let Some(ep) = state.find(key) else {
             return Err(Error::NotFound(format!("container {key} is not attached")));
@@ -30,7 +37,11 @@ impl Endpoints {
                 ep.name
             )));
         }
-        match self.health(ep).await? {
+        let health = match self.health(ep, expected).await? {
+            Health::Ok => self.bridge_addresses_health(ep).await?,
+            other => other,
+        };
+        match health {
             Health::Ok => {
                 // The container's links being right is half of it: its NAT and
                 // published ports live in the host's firewall.
@@ -56,6 +67,34 @@ impl Endpoints {
         }
     }
 
+    /// The endpoint's addresses on the bridge (its gateways), which CHECK
+    /// looks at and reconciliation restores for all endpoints at once.
+    async fn bridge_addresses_health(&self, ep: &Endpoint) -> Result<Health> {
+        if ep.bridge_addresses.is_empty() {
+            return Ok(Health::Ok);
+        }
+        let nl = self.host.netlink().await?;
+        let bridge = &self.host.config().bridge;
+        let present = nl.link_addresses(bridge).await.ctx(|| {
+            format!(
+                "check container {}: list the addresses of {bridge}",
+                ep.name
+            )
+        })?;
+        Ok(
+            match ep
+                .bridge_addresses
+                .iter()
+                .find(|a| !present.iter().any(|p| p.ip() == a.ip()))
+            {
+                Some(gone) => Health::Broken(format!(
+                    "its gateway address {gone} is missing on bridge {bridge}"
+                )),
+                None => Health::Ok,
+            },
+        )
+    }
+
     /// Opens the endpoint's namespace if it is still the one it was attached in.
     pub(super) fn container_netns(&self, ep: &Endpoint) -> Result<Option<Netns>> {
         match Netns::path(&ep.netns) {
@@ -69,7 +108,10 @@ impl Endpoints {
         }
     }
 
-    pub(super) async fn health(&self, ep: &Endpoint) -> Result<Health> {
+    /// How the endpoint looks in the kernel, and whether `expected` (what
+    /// CHECK's caller expects beyond the record; empty for reconciliation)
+    /// is in the container too.
+    pub(super) async fn health(&self, ep: &Endpoint, expected: &CheckExpected) -> Result<Health> {
         let nl = self.host.netlink().await?;
         let Some(netns) = self.container_netns(ep)? else {
             return Ok(Health::ContainerGone);
@@ -132,6 +174,12 @@ impl Endpoints {
                     "the default route via {gw} is missing"
                 )));
             }
+        }
+        if let Some(why) = extras::routes_missing(&cnl, ep).await? {
+            return Ok(Health::Broken(why));
+        }
+        if let Some(why) = extras::expected_missing(&cnl, &link, &addrs, expected).await? {
+            return Ok(Health::Broken(why));
         }
         Ok(Health::Ok)
     }

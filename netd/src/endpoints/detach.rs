@@ -37,6 +37,8 @@ impl Endpoints {
         let released = self.forget(std::slice::from_ref(ep))?;
         step("forgotten");
         self.restore_shared_routes(std::slice::from_ref(ep)).await;
+        self.release_bridge_addresses(std::slice::from_ref(ep))
+            .await;
         Ok(released)
     }
 

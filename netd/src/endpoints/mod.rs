@@ -3,6 +3,8 @@
 //!
 //! - `attach.rs`: attach a container; `detach.rs`: detach one;
 //! - `check.rs`: CNI's CHECK, and how an endpoint looks in the kernel;
+//! - `extras.rs`: routes and bridge addresses a caller asks for beside
+//!   netd's own (a CNI IPAM plugin's);
 //! - `reconcile.rs`: make the kernel match the state (full and quick);
 //! - `gc.rs`: CNI's GC; `reaper.rs`: the daemon's background link deletion;
 //! - `request.rs`: what callers send and get back; `pause.rs`: a test knob.
@@ -16,6 +18,7 @@
 mod attach;
 mod check;
 mod detach;
+mod extras;
 mod gc;
 mod pause;
 mod reaper;
@@ -24,13 +27,14 @@ mod request;
 
 use std::sync::Arc;
 
+pub use crate::state::ContainerRoute;
 pub use gc::GcReport;
 pub use pause::{TestPauses, PAUSE_ENV};
 pub use reaper::{Reaper, REAP_GROUP};
 pub use reconcile::ReconcileReport;
 pub use request::{
-    host_ifname, AssignedAddresses, AttachRequest, AttachResult, DetachReport, InterfaceInfo,
-    IpInfo, Ipv4Range, RouteInfo, ALIAS_PREFIX, DEFAULT_IFNAME, HOST_IFNAME_PREFIX,
+    host_ifname, AssignedAddresses, AttachRequest, AttachResult, CheckExpected, DetachReport,
+    InterfaceInfo, IpInfo, Ipv4Range, RouteInfo, ALIAS_PREFIX, DEFAULT_IFNAME, HOST_IFNAME_PREFIX,
 };
 
 use crate::action::Action;

@@ -162,6 +162,7 @@ async fn reap(
         tracing::error!("forget detached containers: {e}; reconciliation retries");
     }
     endpoints.restore_shared_routes(&gone).await;
+    endpoints.release_bridge_addresses(&gone).await;
     done(pending, &ids);
     tracing::debug!(
         links = gone.len(),

@@ -2,7 +2,8 @@
 //! itself. Runs at start, on `netd reconcile`, on SIGHUP, and whenever the
 //! periodic quick check finds something amiss.
 //!
-//! - host: bridge, gateway addresses, forwarding, NAT (`Endpoints::ensure_host`);
+//! - host: bridge, gateway addresses, forwarding, NAT (`Endpoints::ensure_host`),
+//!   and the bridge addresses endpoints need beside netd's own gateways;
 //! - the firewall and the `[::1]` relay: every published port in the state;
 //! - endpoints half-attached or half-detached by a process that died: rolled back;
 //! - attached endpoints whose namespace is gone: removed, addresses released;
@@ -65,6 +66,10 @@ impl Endpoints {
                 .inspect_err(|_| self.host.metrics().error("reconcile"))?,
             errors: Vec::new(),
         };
+        match self.restore_bridge_addresses().await {
+            Ok(actions) => report.actions.extend(actions),
+            Err(e) => report.errors.push(e.to_string()),
+        }
         match (intact, self.ports.sync().await) {
             (_, Err(e)) | (Err(e), _) => report.errors.push(e.to_string()),
             (Ok(false), Ok(())) => report.actions.push(Action::new(
@@ -125,7 +130,7 @@ impl Endpoints {
                     format!("finished the interrupted detach of container {}", ep.name),
                 )))
             }
-            Phase::Attached => match self.health(ep).await? {
+            Phase::Attached => match self.health(ep, &Default::default()).await? {
                 Health::Ok => Ok(None),
                 Health::ContainerGone => {
                     // Claimed first, so that a detach by another process (a
@@ -302,6 +307,7 @@ impl Endpoints {
         if !self.ports.intact().await? {
             return Ok(Some("firewall rules missing"));
         }
+        let bridge_nets: Vec<ipnetwork::IpNetwork> = addrs.iter().map(|a| a.network).collect();
         let plugged: HashSet<&str> = links
             .iter()
             .filter(|l| l.up && l.controller == Some(bridge.index))
@@ -314,6 +320,9 @@ impl Endpoints {
         self.host
             .store()
             .read_with(|state| {
+                if Endpoints::bridge_addresses_missing(state, &bridge_nets) {
+                    return Some("an endpoint's gateway address missing");
+                }
                 for ep in state.endpoints.values() {
                     match ep.phase {
                         Phase::Attached => {

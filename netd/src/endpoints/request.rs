@@ -5,14 +5,14 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
+use crate::ports::{PortMapping, PublishedPort};
 use ipnetwork::IpNetwork;
 use md5::{Digest, Md5};
-use plumb::firewall::PublishedPort;
 use plumb::{MacAddr, Netns};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::state::Endpoint;
+use crate::state::{ContainerRoute, Endpoint};
 
 /// The container interface's default name.
 pub const DEFAULT_IFNAME: &str = "eth0";
@@ -38,9 +38,15 @@ pub struct AttachRequest {
     /// Container id; defaults to the name, then to the namespace's file name.
     #[serde(default)]
     pub id: Option<String>,
-    /// Unique human name; defaults to the id.
+    /// Unique human name; defaults to the id. When given and a valid DNS
+    /// name, the network's DNS server answers it (see `aliases`).
     #[serde(default)]
     pub name: Option<String>,
+    /// Further names the DNS server answers for the container (podman's
+    /// container name and network aliases come here from the CNI plugin).
+    /// Each must be a valid DNS name, unique on the network.
+    #[serde(default)]
+    pub aliases: Vec<String>,
     /// Interface name inside the container; `eth0` by default.
     #[serde(default)]
     pub ifname: Option<String>,
@@ -57,14 +63,38 @@ pub struct AttachRequest {
     pub mac: Option<String>,
     #[serde(default)]
     pub mtu: Option<u32>,
-    /// Ports to publish: `[hostip:]hostport[-end]:ctrport[-end][/proto]`.
+    /// Ports to publish, typed; the `[hostip:]hostport[-end]:ctrport[-end][/proto]`
+    /// strings older clients send are read too.
     #[serde(default)]
-    pub ports: Vec<String>,
+    pub ports: Vec<PortMapping>,
     /// Addresses allocated elsewhere (a CNI IPAM plugin such as host-local):
     /// netd applies them as given instead of allocating from its subnets, and
     /// reserves nothing for them. Excludes `ip` and `ip6`.
     #[serde(default)]
     pub assigned: Option<AssignedAddresses>,
+    /// Routes to add on the container interface beside the default ones
+    /// (a CNI IPAM plugin's): recorded, checked, repaired, and gone with the
+    /// interface. Left out of the JSON when empty, so that a netd from
+    /// before these fields takes every request that does not use them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<ContainerRoute>,
+    /// Addresses to put on the bridge beside netd's own gateways (a CNI IPAM
+    /// plugin's gateways, `isGateway`), with their prefix: kept while an
+    /// endpoint needs them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bridge_addresses: Vec<IpNetwork>,
+}
+
+/// What CHECK expects in the container beyond the endpoint's record: the
+/// addresses on its interface and the routes (destination, and gateway when
+/// given; metric and table are not compared) of a CNI `prevResult`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckExpected {
+    #[serde(default)]
+    pub ips: Vec<IpNetwork>,
+    #[serde(default)]
+    pub routes: Vec<ContainerRoute>,
 }
 
 /// Addresses and default gateways decided outside netd, for [`AttachRequest::assigned`].
@@ -88,6 +118,19 @@ pub struct AttachResult {
     pub routes: Vec<RouteInfo>,
     pub mac: Option<MacAddr>,
     pub ports: Vec<PublishedPort>,
+    /// The routes beside the default ones, as recorded.
+    #[serde(default)]
+    pub extra_routes: Vec<ContainerRoute>,
+    /// The bridge's MAC, read by the attach (none from a lookup).
+    #[serde(default)]
+    pub bridge_mac: Option<MacAddr>,
+    /// The host end's MAC, known to the attach (none from a lookup).
+    #[serde(default)]
+    pub host_mac: Option<MacAddr>,
+    /// The MTU of both ends of the pair, as the kernel set it (the
+    /// recorded one from a lookup, none when the kernel's default was taken).
+    #[serde(default)]
+    pub mtu: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,6 +197,10 @@ impl From<&Endpoint> for AttachResult {
             routes,
             mac: ep.mac,
             ports: ep.ports.clone(),
+            extra_routes: ep.routes.clone(),
+            bridge_mac: None,
+            host_mac: None,
+            mtu: ep.mtu,
         }
     }
 }
@@ -200,6 +247,56 @@ pub(crate) fn validate_id(what: &str, value: &str) -> Result<()> {
     }
 }
 
+/// The names DNS answers for a container, primary first, lowercase: the
+/// `name` asked for when it is a valid DNS name (an id-like name is not
+/// answered, silently), then every alias, which must be valid.
+pub(crate) fn dns_names(req: &AttachRequest, id: &str) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    if let Some(name) = &req.name {
+        if let Ok(name) = crate::names::normalized_name(id, name) {
+            names.push(name);
+        }
+    }
+    for alias in &req.aliases {
+        let alias = crate::names::normalized_name(id, alias).map_err(|e| {
+            Error::InvalidInput(format!(
+                "attach container {id}: alias {alias:?}: {e}; aliases are DNS names"
+            ))
+        })?;
+        if !names.contains(&alias) {
+            names.push(alias);
+        }
+    }
+    Ok(names)
+}
+
+/// A DNS name held by another container on the network is refused before
+/// anything is created. A scan: only the containers' names are compared.
+pub(crate) fn check_dns_names_free(
+    state: &crate::state::State,
+    id: &str,
+    names: &[String],
+) -> Result<()> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    for key in state.endpoints.keys() {
+        let Some(ep) = state.endpoints.get(key) else {
+            continue;
+        };
+        if ep.id == id {
+            continue;
+        }
+        if let Some(taken) = ep.dns_names.iter().find(|n| names.contains(n)) {
+            return Err(Error::Conflict(format!(
+                "DNS name {taken:?} is already held by container {} ({}) on this network; pick another --name/--alias or detach {} first",
+                ep.id, ep.name, ep.name
+            )));
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn check_unique(
     state: &crate::state::State,
     id: &str,
@@ -243,10 +340,70 @@ mod tests {
     }
 
     #[test]
+    fn requests_without_routes_or_bridge_addresses_are_written_as_before() {
+        let plain = serde_json::to_string(&AttachRequest {
+            netns: "/run/netns/c1".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(
+            !plain.contains("routes") && !plain.contains("bridge_addresses"),
+            "{plain}"
+        );
+        let old: AttachRequest = serde_json::from_str(r#"{"netns": "/run/netns/c1"}"#).unwrap();
+        assert!(old.routes.is_empty() && old.bridge_addresses.is_empty());
+        let bad = serde_json::from_str::<AttachRequest>(
+            r#"{"netns": "x", "routes": [{"dst": "192.0.2.0/24", "via": "10.0.0.1"}]}"#,
+        )
+        .unwrap_err();
+        assert!(bad.to_string().contains("via"), "{bad}");
+    }
+
+    #[test]
     fn ids_are_checked() {
         assert!(validate_id("id", "abc-DEF_1.2").is_ok());
         assert!(validate_id("id", "").is_err());
         let err = validate_id("name", "a/b").unwrap_err().to_string();
         assert!(err.contains("container name \"a/b\""), "{err}");
+    }
+
+    #[test]
+    fn dns_names_take_a_valid_name_then_the_aliases() {
+        let req = |name: Option<&str>, aliases: &[&str]| AttachRequest {
+            name: name.map(String::from),
+            aliases: aliases.iter().map(|a| a.to_string()).collect(),
+            ..Default::default()
+        };
+        assert_eq!(
+            dns_names(&req(Some("Web"), &["www", "WEB"]), "c1").unwrap(),
+            ["web", "www"]
+        );
+        // An id-like name is not answered; the aliases still are.
+        let long = "x".repeat(70);
+        assert_eq!(dns_names(&req(Some(&long), &["db"]), "c1").unwrap(), ["db"]);
+        assert!(dns_names(&req(None, &[]), "c1").unwrap().is_empty());
+        let err = dns_names(&req(None, &["bad name"]), "c1").unwrap_err();
+        assert_eq!(err.kind(), crate::error::ErrorKind::InvalidInput, "{err}");
+        assert!(err.to_string().contains("alias \"bad name\""), "{err}");
+    }
+
+    #[test]
+    fn a_dns_name_held_elsewhere_is_a_conflict() {
+        let mut state = crate::state::State::default();
+        let mut held = Endpoint::for_tests("c1", "web", 1, &[]);
+        held.dns_names = vec!["web".into(), "www".into()];
+        state
+            .endpoints
+            .insert("c1".into(), std::sync::Arc::new(held));
+        let err = check_dns_names_free(&state, "c2", &["db".into(), "www".into()]).unwrap_err();
+        assert_eq!(err.kind(), crate::error::ErrorKind::Conflict, "{err}");
+        assert!(
+            err.to_string()
+                .contains("\"www\" is already held by container c1"),
+            "{err}"
+        );
+        // Its own names are no conflict (a re-check under the lock).
+        assert!(check_dns_names_free(&state, "c1", &["www".into()]).is_ok());
+        assert!(check_dns_names_free(&state, "c2", &["db".into()]).is_ok());
     }
 }

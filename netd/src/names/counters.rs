@@ -90,6 +90,25 @@ impl DnsCountersSnapshot {
             + self.dropped_overloaded
     }
 
+    /// Adds `other` field by field: the counters of a server that was
+    /// replaced, so totals never go back.
+    pub fn add(&mut self, other: &DnsCountersSnapshot) {
+        self.answered += other.answered;
+        self.nxdomain += other.nxdomain;
+        self.forwarded += other.forwarded;
+        self.cache_hits += other.cache_hits;
+        self.servfail += other.servfail;
+        self.refused += other.refused;
+        self.formerr += other.formerr;
+        self.notimp += other.notimp;
+        self.dropped_short += other.dropped_short;
+        self.dropped_response += other.dropped_response;
+        self.dropped_outside_subnets += other.dropped_outside_subnets;
+        self.dropped_rate_limited += other.dropped_rate_limited;
+        self.dropped_overloaded += other.dropped_overloaded;
+        self.tcp_refused += other.tcp_refused;
+    }
+
     /// (result, count) pairs for `weft_netd_dns_queries_total{result=…}`.
     pub fn by_result(&self) -> [(&'static str, u64); 8] {
         [

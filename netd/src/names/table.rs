@@ -61,7 +61,7 @@ pub struct NameAddresses {
 }
 
 /// One answered name, for `netd names --json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NameRow {
     pub name: String,
     /// False for the primary name, true for an alias.

@@ -1,27 +1,36 @@
 //! Published ports: netd keeps them in the state with their endpoint, refuses
-//! a host port that is already published, and has the firewall backend
-//! (`plumb::firewall`, nftables or iptables) forward them. Reconciliation
-//! re-applies the whole set when the ruleset was flushed.
+//! a host port that is already published, and has its firewall policy
+//! ([`firewall`], nftables or iptables, carried to the kernel by plumb)
+//! forward them. Reconciliation re-applies the whole set when the ruleset
+//! was flushed.
 //!
 //! - `mod.rs`: [`Ports`], the part that owns the firewall handle: the
 //!   network's NAT rules, a container's ports added and withdrawn, the sync
 //!   a reconciliation runs;
+//! - `mapping.rs`: [`PortMapping`] (what a user asks to publish, parsed once
+//!   at each edge) and [`PublishedPort`] (a mapping bound to a container);
 //! - `publish.rs`: publish and unpublish ports of an attached container;
-//! - `specs.rs`: the user's port specs, bound to a container and checked
-//!   for clashes;
+//! - `specs.rs`: mappings bound to a container's addresses and checked for
+//!   clashes; the API's request body;
+//! - `firewall/`: weft's table, chains, maps and rules (the policy);
 //! - `localhost_relay.rs`: the daemon's `[::1]` relay ([`LocalhostRelay`]).
 
+pub mod firewall;
 mod localhost_relay;
+pub mod mapping;
 mod publish;
 mod specs;
 
 use std::sync::Arc;
 
+use firewall::{BackendKind, Firewall, NetworkRules};
 use ipnetwork::IpNetwork;
-use plumb::firewall::{BackendKind, Firewall, NetworkRules, PublishedPort};
 
 pub use localhost_relay::LocalhostRelay;
-pub use specs::{all_ports, attached, bind_specs, check_conflicts, parse_specs, PortsRequest};
+pub use mapping::{
+    validate_all, InvalidPort, PortForward, PortMapping, PortRange, Protocol, PublishedPort,
+};
+pub use specs::{all_ports, attached, bind_specs, check_conflicts, PortsRequest};
 
 use crate::config::FirewallKind;
 use crate::error::{Error, Result};

@@ -2,9 +2,8 @@
 //! recorded in the state first (clashes checked under its lock), then
 //! applied to the firewall, and the record undone if the firewall refuses.
 
-use plumb::firewall::PublishedPort;
-
-use super::specs::{attached, bind_specs, check_conflicts, parse_specs};
+use super::mapping::{PortMapping, PublishedPort};
+use super::specs::{attached, bind_specs, check_conflicts};
 use super::{LocalhostRelay, Ports};
 use crate::error::{Error, Result};
 
@@ -14,7 +13,7 @@ impl Ports {
     pub async fn publish(
         &self,
         key: &str,
-        specs: &[String],
+        specs: &[PortMapping],
         relay: Option<&LocalhostRelay>,
     ) -> Result<Vec<PublishedPort>> {
         let _op = self.host.shared_op().await;
@@ -28,16 +27,15 @@ impl Ports {
     async fn publish_locked(
         &self,
         key: &str,
-        specs: &[String],
+        specs: &[PortMapping],
         relay: Option<&LocalhostRelay>,
     ) -> Result<Vec<PublishedPort>> {
-        let parsed = parse_specs(key, specs)?;
         let store = self.host.store();
         // Record first (conflicts checked under the lock), then apply; undo
         // the record if the firewall refuses.
         let (id, ports) = store.update(|s| -> Result<(String, Vec<PublishedPort>)> {
             let ep = attached(s, key)?;
-            let ports = bind_specs(&ep.name, &parsed, &ep.ips)?;
+            let ports = bind_specs(&ep.name, specs, &ep.ips)?;
             check_conflicts(s, &ep.name, &ports)?;
             let id = ep.id.clone();
             s.endpoint_mut(&id)
@@ -69,17 +67,16 @@ impl Ports {
     pub async fn unpublish(
         &self,
         key: &str,
-        specs: &[String],
+        specs: &[PortMapping],
         relay: Option<&LocalhostRelay>,
     ) -> Result<Vec<PublishedPort>> {
         let _op = self.host.shared_op().await;
-        let parsed = parse_specs(key, specs)?;
         let ports = self
             .host
             .store()
             .update(|s| -> Result<Vec<PublishedPort>> {
                 let ep = attached(s, key)?;
-                let wanted = bind_specs(&ep.name, &parsed, &ep.ips)?;
+                let wanted = bind_specs(&ep.name, specs, &ep.ips)?;
                 let id = ep.id.clone();
                 let mut ep = s.endpoint_mut(&id).expect("found above");
                 let removed: Vec<PublishedPort> = ep

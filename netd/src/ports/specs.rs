@@ -1,13 +1,13 @@
-//! Port specs as the user writes them (`[hostip:]hostport[-end]:ctrport[-end][/proto]`),
-//! bound to a container's addresses and checked against every port already
-//! published. Pure functions of the state: the `Ports` part applies them.
+//! Port mappings bound to a container's addresses and checked against every
+//! port already published. Pure functions of the state: the `Ports` part
+//! applies them.
 
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
-use plumb::firewall::{PortSpec, PublishedPort};
 use serde::{Deserialize, Serialize};
 
+use super::mapping::{PortMapping, PublishedPort};
 use crate::error::{Error, Result};
 use crate::state::{Endpoint, Phase, State};
 
@@ -15,26 +15,15 @@ use crate::state::{Endpoint, Phase, State};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PortsRequest {
-    /// `[hostip:]hostport[-end]:ctrport[-end][/proto]`, as with `-p`.
-    pub ports: Vec<String>,
-}
-
-/// Parses the user's `-p` specs; errors name the container.
-pub fn parse_specs(container: &str, specs: &[String]) -> Result<Vec<PortSpec>> {
-    specs
-        .iter()
-        .map(|s| {
-            s.parse::<PortSpec>()
-                .map_err(|e| Error::InvalidInput(format!("container {container}: {e}")))
-        })
-        .collect()
+    /// Typed mappings; the `-p` strings older clients send are read too.
+    pub ports: Vec<PortMapping>,
 }
 
 /// Binds specs to a container's addresses: a spec with a host address goes
 /// to the container address of its family; one without goes to each.
 pub fn bind_specs(
     container: &str,
-    specs: &[PortSpec],
+    specs: &[PortMapping],
     ips: &[IpNetwork],
 ) -> Result<Vec<PublishedPort>> {
     let mut ports = Vec::new();
@@ -109,9 +98,12 @@ mod tests {
     }
 
     fn bound(specs: &[&str], ips: &[&str]) -> Result<Vec<PublishedPort>> {
-        let specs: Vec<String> = specs.iter().map(|s| s.to_string()).collect();
         let ips: Vec<IpNetwork> = ips.iter().map(|s| s.parse().unwrap()).collect();
-        bind_specs("c", &parse_specs("c", &specs)?, &ips)
+        let specs: Vec<PortMapping> = specs
+            .iter()
+            .map(|s| s.parse())
+            .collect::<std::result::Result<_, _>>()?;
+        bind_specs("c", &specs, &ips)
     }
 
     #[test]
@@ -150,9 +142,40 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("no IPv6 address"), "{err}");
+        // A mapping is checked once, where it is parsed: ranges of unequal
+        // length never reach the binding.
         let err = bound(&["8080-8081:80"], &["10.66.0.3/24"])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("container c:"), "{err}");
+        assert!(err.contains("must be the same length"), "{err}");
+    }
+
+    #[test]
+    fn api_requests_take_typed_and_older_string_mappings() {
+        let req: PortsRequest = serde_json::from_str(
+            r#"{"ports": ["8080:80", {"protocol": "udp", "host_ports": {"start": 53, "end": 53}, "container_ports": {"start": 53, "end": 53}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            req.ports,
+            [
+                "8080:80/tcp".parse::<PortMapping>().unwrap(),
+                "53:53/udp".parse().unwrap()
+            ]
+        );
+        // What a client sends now: the typed form.
+        let sent = serde_json::to_value(&req).unwrap();
+        assert_eq!(sent["ports"][0]["host_ports"]["start"], 8080);
+        let err = serde_json::from_str::<PortsRequest>(r#"{"ports": ["8080:0"]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("invalid port mapping \"8080:0\": container port: port 0"),
+            "{err}"
+        );
+        let err = serde_json::from_str::<PortsRequest>(r#"{"ports": ["8080:80"], "port": []}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `port`"), "{err}");
     }
 }

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
-use plumb::firewall::{Protocol, PublishedPort};
+use crate::ports::mapping::{Protocol, PublishedPort};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::Endpoint;

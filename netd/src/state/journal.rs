@@ -272,6 +272,9 @@ mod tests {
             ips: vec!["10.66.0.2/16".parse().unwrap()],
             gateways: vec!["10.66.0.1".parse().unwrap()],
             ports: vec![],
+            routes: vec![],
+            bridge_addresses: vec![],
+            dns_names: vec![],
             phase: Phase::Attached,
         }
     }

@@ -181,6 +181,9 @@ fn attached(id: &str) -> Endpoint {
         ips: vec![],
         gateways: vec![],
         ports: vec![],
+        routes: vec![],
+        bridge_addresses: vec![],
+        dns_names: vec![],
         phase: Phase::Attached,
     }
 }
@@ -327,4 +330,42 @@ fn owner_processes_are_told_apart_by_start_time() {
         start: me.start + 1,
     };
     assert!(!reused.is_alive());
+}
+
+/// An endpoint as netd wrote it before extra routes and bridge addresses
+/// existed loads with none, and one without them is written as before (an
+/// older netd reads it); one with them keeps them through the store.
+#[test]
+fn endpoints_from_before_routes_and_bridge_addresses_still_load() {
+    let old = r#"{"id":"c1","name":"c1","netns":"/run/netns/c1","netns_inode":7,
+        "ifname":"eth0","host_ifname":"wv0","mac":null,"mtu":null,
+        "ips":["10.66.0.2/24"],"gateways":["10.66.0.1"],"ports":[],"phase":"attached"}"#;
+    let ep: Endpoint = serde_json::from_str(old).unwrap();
+    assert!(ep.routes.is_empty() && ep.bridge_addresses.is_empty());
+    let written = serde_json::to_string(&ep).unwrap();
+    assert!(
+        !written.contains("routes") && !written.contains("bridge_addresses"),
+        "{written}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut with = attached("c2");
+    with.routes = vec![ContainerRoute {
+        dst: "192.0.2.0/24".parse().unwrap(),
+        gw: Some("10.7.0.1".parse().unwrap()),
+        metric: Some(10),
+        table: None,
+    }];
+    with.bridge_addresses = vec!["10.7.0.1/24".parse().unwrap()];
+    let store = Store::open(dir.path()).unwrap();
+    store
+        .update(|s| -> Result<(), StoreError> {
+            s.endpoints.insert("c1".into(), ep.clone().into());
+            s.endpoints.insert("c2".into(), with.clone().into());
+            Ok(())
+        })
+        .unwrap();
+    let reread = Store::open(dir.path()).unwrap().read().unwrap();
+    assert_eq!(**reread.endpoints.get("c1").unwrap(), ep);
+    assert_eq!(**reread.endpoints.get("c2").unwrap(), with);
 }

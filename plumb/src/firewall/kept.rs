@@ -6,7 +6,7 @@
 //! grace period: closed right after a commit, the socket costs 6–20 ms on
 //! this kind of machine, more than the change itself. Kept open, a daemon
 //! changing its one namespace never pays that; a short-lived process closes
-//! it at exit, by when the cleanup has normally started (see [`settle`]).
+//! it at exit, by when the cleanup has normally started (see [`super::settle`]).
 //!
 //! Each keeper holds one value for one namespace; a call for another
 //! namespace drops it (and closes it) then. The namespace file is held with
@@ -17,7 +17,7 @@
 //! The keepers are process-wide statics (`KEPT` in nft_netlink.rs and
 //! libnft.rs), one per way of talking to nf_tables, not fields of a handle:
 //! the firewall functions take a namespace, a process usually changes one
-//! namespace over and over, and [`settle`] has to know at exit whether the
+//! namespace over and over, and [`super::settle`] has to know at exit whether the
 //! process made any transaction at all. Each sits behind a mutex, which also
 //! makes the transactions of a process take turns.
 
@@ -47,15 +47,5 @@ impl<T> Kept<T> {
 
     pub fn is_for(&self, netns: &Netns) -> bool {
         self.netns == netns.identity()
-    }
-}
-
-/// Gives the kernel's nf_tables cleanup work a moment to start before a
-/// short-lived process exits. That work is queued on the CPU that committed;
-/// a process that exits first waits in the close of its netfilter socket for
-/// the work's grace period. A sleep of 50 µs, only after a transaction.
-pub fn settle() {
-    if super::nft_netlink::in_use() || super::libnft::in_use() {
-        std::thread::sleep(std::time::Duration::from_micros(50));
     }
 }

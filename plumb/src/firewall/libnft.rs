@@ -41,7 +41,7 @@ static LIBRARY: OnceLock<Option<Library>> = OnceLock::new();
 /// point is that every change in the process reuses one context (a context
 /// holds a netfilter socket whose close costs a grace period). A context is
 /// not safe to use from two threads, and the lock is what serialises it;
-/// [`super::kept::settle`] reads it at exit.
+/// [`super::settle`] reads it at exit.
 static KEPT: Mutex<Option<Kept<Ctx>>> = Mutex::new(None);
 
 /// A libnftables context.
@@ -52,13 +52,20 @@ unsafe impl Send for Ctx {}
 // SAFETY: as above: shared only while KEPT is locked, used by one thread.
 unsafe impl Sync for Ctx {}
 
-/// `WEFT_NFT_EXEC=1` makes plumb run the `nft` binary even when the library is there.
+/// `WEFT_NFT_EXEC=1` makes plumb run the `nft` binary even when the library
+/// is there, and skip nfnetlink element changes (see [`exec_forced`]).
 pub const EXEC_ENV: &str = "WEFT_NFT_EXEC";
+
+/// True when `WEFT_NFT_EXEC=1` asks for the `nft` binary: tests use it to
+/// run the text path.
+pub fn exec_forced() -> bool {
+    std::env::var_os(EXEC_ENV).is_some_and(|v| v == "1")
+}
 
 fn library() -> Option<&'static Library> {
     LIBRARY
         .get_or_init(|| {
-            if std::env::var_os(EXEC_ENV).is_some_and(|v| v == "1") {
+            if exec_forced() {
                 return None;
             }
             load()
@@ -133,7 +140,7 @@ fn load() -> Option<Library> {
 /// Runs `input` (what `nft -f -` would read) as one transaction inside
 /// `netns`. `None` when libnftables is not available; otherwise whether nft
 /// accepted it, with nft's error text when it did not.
-pub(crate) fn run(netns: &Netns, input: &str) -> Option<Result<std::result::Result<(), String>>> {
+pub fn run(netns: &Netns, input: &str) -> Option<Result<std::result::Result<(), String>>> {
     let lib = library()?;
     let Ok(text) = CString::new(input) else {
         return Some(Ok(Err("the batch holds a NUL byte".to_string())));

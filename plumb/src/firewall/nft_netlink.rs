@@ -1,5 +1,6 @@
-//! Published-port map elements straight over nfnetlink: the one change made
-//! on every container start and stop, without libnftables. A short-lived
+//! Set and map elements straight over nfnetlink: for weft, the published-port
+//! map elements, the one change made on every container start and stop,
+//! without libnftables. A short-lived
 //! process (the CNI plugin) saves loading libnftables and its libraries,
 //! creating a context and fetching the ruleset cache (~1.7 ms measured here)
 //! for a message of a hundred bytes.
@@ -14,13 +15,13 @@
 //! a concatenation occupies a multiple of 4 bytes; the protocol is one byte,
 //! ports are big-endian u16, addresses in network order.
 
+use std::fmt;
 use std::io;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Mutex;
 
 use super::kept::Kept;
-use super::port::{PortForward, Protocol};
 use crate::error::{Error, Result};
 use crate::netns::Netns;
 
@@ -45,55 +46,95 @@ const NLM_F_ACK: u16 = 0x4;
 const NLM_F_CREATE: u16 = 0x400;
 const NLMSG_ERROR: u16 = 0x2;
 
-/// One element of a port map: `proto . [host address .] port : address . port`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct MapElement {
-    pub map: &'static str,
-    key: Vec<u8>,
-    data: Vec<u8>,
+/// One field of a concatenated set key or map value, typed as nft types it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Field {
+    /// `inet_proto`: an IP protocol number (6 tcp, 17 udp, 132 sctp).
+    Proto(u8),
+    /// `ipv4_addr` or `ipv6_addr`.
+    Addr(IpAddr),
+    /// `inet_service`: a transport port.
+    Port(u16),
 }
 
-impl MapElement {
-    /// The element publishing `forward` in `map` (the map its address
-    /// family and keying choose).
-    pub(crate) fn port(map: &'static str, forward: &PortForward) -> MapElement {
-        let mut key = Vec::with_capacity(24);
-        key.extend_from_slice(&[protocol_number(forward.protocol), 0, 0, 0]);
-        if let Some(host) = forward.host_ip {
-            push_address(&mut key, host);
+impl Field {
+    /// The field as the kernel holds it: each field of a concatenation
+    /// occupies a multiple of 4 bytes, in network order.
+    fn encode(&self, out: &mut Vec<u8>) {
+        match *self {
+            Field::Proto(number) => out.extend_from_slice(&[number, 0, 0, 0]),
+            Field::Addr(IpAddr::V4(v4)) => out.extend_from_slice(&v4.octets()),
+            Field::Addr(IpAddr::V6(v6)) => out.extend_from_slice(&v6.octets()),
+            Field::Port(port) => {
+                out.extend_from_slice(&port.to_be_bytes());
+                out.extend_from_slice(&[0, 0]);
+            }
         }
-        push_port(&mut key, forward.host_port);
-        let mut data = Vec::with_capacity(20);
-        push_address(&mut data, forward.container_ip);
-        push_port(&mut data, forward.container_port);
-        MapElement { map, key, data }
     }
 }
 
-fn protocol_number(protocol: Protocol) -> u8 {
-    match protocol {
-        Protocol::Tcp => libc::IPPROTO_TCP as u8,
-        Protocol::Udp => libc::IPPROTO_UDP as u8,
-        Protocol::Sctp => libc::IPPROTO_SCTP as u8,
+/// nft's spelling: `tcp`, `10.9.0.3`, `8080`.
+impl fmt::Display for Field {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Field::Proto(n) if n == libc::IPPROTO_TCP as u8 => f.write_str("tcp"),
+            Field::Proto(n) if n == libc::IPPROTO_UDP as u8 => f.write_str("udp"),
+            Field::Proto(n) if n == libc::IPPROTO_SCTP as u8 => f.write_str("sctp"),
+            Field::Proto(n) => write!(f, "{n}"),
+            Field::Addr(ip) => write!(f, "{ip}"),
+            Field::Port(port) => write!(f, "{port}"),
+        }
     }
 }
 
-fn push_address(out: &mut Vec<u8>, ip: IpAddr) {
-    match ip {
-        IpAddr::V4(v4) => out.extend_from_slice(&v4.octets()),
-        IpAddr::V6(v6) => out.extend_from_slice(&v6.octets()),
+/// One element of a named set or map: `key` fields joined with `.`, and for
+/// a map the `data` fields it maps to (empty for a set).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SetElement {
+    /// The set or map the element belongs to.
+    pub set: String,
+    /// The key's fields, in the order of the set's type.
+    pub key: Vec<Field>,
+    /// The value's fields (maps only).
+    pub data: Vec<Field>,
+}
+
+impl SetElement {
+    fn encoded(fields: &[Field]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(24);
+        for field in fields {
+            field.encode(&mut out);
+        }
+        out
     }
 }
 
-fn push_port(out: &mut Vec<u8>, port: u16) {
-    out.extend_from_slice(&port.to_be_bytes());
-    out.extend_from_slice(&[0, 0]);
+/// The element in nft's syntax, as `add element … { … }` takes it:
+/// `tcp . 8080 : 10.9.0.3 . 80`. The same fields as the netlink encoding.
+impl fmt::Display for SetElement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let join = |fields: &[Field]| {
+            fields
+                .iter()
+                .map(Field::to_string)
+                .collect::<Vec<_>>()
+                .join(" . ")
+        };
+        f.write_str(&join(&self.key))?;
+        if !self.data.is_empty() {
+            write!(f, " : {}", join(&self.data))?;
+        }
+        Ok(())
+    }
 }
 
 /// What to do with an element.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Change {
+pub enum Change {
+    /// Add it (a no-op when the same element is there; refused with
+    /// EEXIST when the key maps to other data).
     Add,
+    /// Delete it (refused with ENOENT when it is not there).
     Delete,
 }
 
@@ -102,18 +143,18 @@ pub(crate) enum Change {
 /// Process-wide on purpose: the callers are plain functions given a
 /// namespace, not a handle, and a daemon calls them from many tasks; one
 /// socket per process is what saves the close's grace period on every
-/// change, and [`super::kept::settle`] must know at exit whether any
+/// change, and [`super::settle`] must know at exit whether any
 /// transaction was made anywhere in the process. The mutex also makes
 /// transactions take turns, so two batches never interleave on one socket.
 static KEPT: Mutex<Option<Kept<OwnedFd>>> = Mutex::new(None);
 
-/// Applies `changes` to table `inet <table>` in `netns` as one transaction.
-/// The outer error is a failure to talk to the kernel; the inner one the
-/// kernel's refusal, as the errno's text (what nft prints too).
-pub(crate) fn apply(
+/// Applies `changes` to the sets of table `inet <table>` in `netns` as one
+/// transaction. The outer error is a failure to talk to the kernel; the
+/// inner one the kernel's refusal, as the errno's text (what nft prints too).
+pub fn apply(
     netns: &Netns,
     table: &str,
-    changes: &[(Change, &MapElement)],
+    changes: &[(Change, &SetElement)],
 ) -> Result<std::result::Result<(), String>> {
     if changes.is_empty() {
         return Ok(Ok(()));
@@ -186,7 +227,7 @@ fn open_socket() -> Result<OwnedFd> {
 fn transact(
     fd: i32,
     table: &str,
-    changes: &[(Change, &MapElement)],
+    changes: &[(Change, &SetElement)],
 ) -> io::Result<std::result::Result<(), String>> {
     let base = sequence_base();
     let mut batch = Vec::with_capacity(64 + changes.len() * 96);
@@ -212,15 +253,15 @@ fn transact(
             NFPROTO_INET,
             |m| {
                 push_attr(m, NFTA_SET_ELEM_LIST_TABLE, &c_string(table));
-                push_attr(m, NFTA_SET_ELEM_LIST_SET, &c_string(element.map));
+                push_attr(m, NFTA_SET_ELEM_LIST_SET, &c_string(&element.set));
                 nest(m, NFTA_SET_ELEM_LIST_ELEMENTS, |m| {
                     nest(m, NFTA_LIST_ELEM, |m| {
                         nest(m, NFTA_SET_ELEM_KEY, |m| {
-                            push_attr(m, NFTA_DATA_VALUE, &element.key)
+                            push_attr(m, NFTA_DATA_VALUE, &SetElement::encoded(&element.key))
                         });
-                        if *change == Change::Add {
+                        if *change == Change::Add && !element.data.is_empty() {
                             nest(m, NFTA_SET_ELEM_DATA, |m| {
-                                push_attr(m, NFTA_DATA_VALUE, &element.data)
+                                push_attr(m, NFTA_DATA_VALUE, &SetElement::encoded(&element.data))
                             });
                         }
                     });
@@ -362,13 +403,14 @@ fn nest(out: &mut Vec<u8>, kind: u16, body: impl FnOnce(&mut Vec<u8>)) {
 mod tests {
     use super::*;
 
-    fn forward(host_ip: Option<&str>, container_ip: &str) -> PortForward {
-        PortForward {
-            protocol: Protocol::Tcp,
-            host_ip: host_ip.map(|h| h.parse().unwrap()),
-            host_port: 8040,
-            container_ip: container_ip.parse().unwrap(),
-            container_port: 80,
+    fn port_element(host_ip: Option<&str>, container_ip: &str) -> SetElement {
+        let mut key = vec![Field::Proto(6)];
+        key.extend(host_ip.map(|h| Field::Addr(h.parse().unwrap())));
+        key.push(Field::Port(8040));
+        SetElement {
+            set: "m".into(),
+            key,
+            data: vec![Field::Addr(container_ip.parse().unwrap()), Field::Port(80)],
         }
     }
 
@@ -376,13 +418,28 @@ mod tests {
     fn elements_are_encoded_as_nft_encodes_them() {
         // `nft --debug=netlink add element inet t a { tcp . 8040 : 10.90.0.9 . 80 }`
         // prints the 32-bit words in host order: element 00000006 0000681f : 09005a0a 00005000
-        let e = MapElement::port("anyports4", &forward(None, "10.90.0.9"));
-        assert_eq!(e.key, [6, 0, 0, 0, 0x1f, 0x68, 0, 0]);
-        assert_eq!(e.data, [10, 90, 0, 9, 0, 80, 0, 0]);
-        let e = MapElement::port("ports6", &forward(Some("fd00::1"), "fd00::2"));
-        assert_eq!(e.key.len(), 4 + 16 + 4);
-        assert_eq!(&e.key[4..6], &[0xfd, 0]);
-        assert_eq!(e.data.len(), 16 + 4);
+        let e = port_element(None, "10.90.0.9");
+        assert_eq!(SetElement::encoded(&e.key), [6, 0, 0, 0, 0x1f, 0x68, 0, 0]);
+        assert_eq!(SetElement::encoded(&e.data), [10, 90, 0, 9, 0, 80, 0, 0]);
+        let e = port_element(Some("fd00::1"), "fd00::2");
+        let key = SetElement::encoded(&e.key);
+        assert_eq!(key.len(), 4 + 16 + 4);
+        assert_eq!(&key[4..6], &[0xfd, 0]);
+        assert_eq!(SetElement::encoded(&e.data).len(), 16 + 4);
+    }
+
+    #[test]
+    fn elements_print_in_nft_syntax_from_the_same_fields() {
+        assert_eq!(
+            port_element(Some("198.18.0.1"), "10.9.0.3").to_string(),
+            "tcp . 198.18.0.1 . 8040 : 10.9.0.3 . 80"
+        );
+        let set = SetElement {
+            set: "s".into(),
+            key: vec![Field::Proto(132), Field::Proto(47), Field::Port(9)],
+            data: vec![],
+        };
+        assert_eq!(set.to_string(), "sctp . 47 . 9");
     }
 
     #[test]

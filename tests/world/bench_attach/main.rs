@@ -380,5 +380,7 @@ fn main() -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(bench(opts))
+    runtime
+        .block_on(bench(opts))
+        .inspect_err(|_| world::wait_if_torn_down_by_signal())
 }

@@ -38,7 +38,13 @@ pub(super) fn netd_request(i: usize, c: &Container) -> netd::AttachRequest {
         netns: c.netns.path_buf().display().to_string(),
         id: Some(container_id(i)),
         name: Some(format!("bench{i}")),
-        ports: vec![format!("{}:80", host_port(i))],
+        ports: vec![netd::PortMapping::new(
+            netd::ports::Protocol::Tcp,
+            None,
+            netd::ports::PortRange::single(host_port(i)),
+            netd::ports::PortRange::single(80),
+        )
+        .expect("a valid mapping")],
         ..Default::default()
     }
 }

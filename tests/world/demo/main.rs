@@ -73,6 +73,7 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?
         .block_on(demo(with_store))
+        .inspect_err(|_| world::wait_if_torn_down_by_signal())
 }
 
 async fn demo(with_store: bool) -> Result<()> {

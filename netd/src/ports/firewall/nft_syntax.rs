@@ -1,13 +1,14 @@
 //! The typed model of the nft commands weft issues (families, chains, sets
 //! and maps, matches, verdicts, rules, batches), rendered in nft's own text
-//! syntax for `nft -f -`. What the rules *are* lives in nft.rs.
+//! syntax for `nft -f -`. What the rules *are* lives in nft_rules.rs.
 
 use std::fmt;
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
-use super::nft::TABLE;
+/// The table weft owns, in the `inet` family.
+pub const TABLE: &str = "weft";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Family {
@@ -284,14 +285,8 @@ pub(crate) enum Command {
     FlushChain(Chain),
     AddSet(SetDecl),
     FlushSet(SetDecl),
-    AddElements {
-        set: &'static str,
-        elements: Vec<String>,
-    },
-    DeleteElements {
-        set: &'static str,
-        elements: Vec<String>,
-    },
+    AddElements { set: String, elements: Vec<String> },
+    DeleteElements { set: String, elements: Vec<String> },
     AddRule(Rule),
 }
 

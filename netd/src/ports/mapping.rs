@@ -1,5 +1,8 @@
-//! Published ports: a host address and port range forwarded to a container's
-//! address and port range, parsed from the user's `-p` syntax.
+//! Port mappings: a host address and port range forwarded to a container's
+//! port range. One type, [`PortMapping`], parsed once at each edge (the CNI
+//! plugin's `portMappings`, the CLI's `-p`, the API's JSON) and carried typed
+//! to the firewall's map element; [`PublishedPort`] is a mapping bound to a
+//! container's address.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -7,7 +10,42 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+/// A port mapping, protocol or range that cannot be published, refused
+/// before anything is changed: what it is, as given, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {what} {value:?}: {why}")]
+pub struct InvalidPort {
+    /// What kind of value: "port mapping", "published port", "protocol".
+    pub what: &'static str,
+    /// The value as given (or as it prints).
+    pub value: String,
+    /// What is wrong with it, and what would be right.
+    pub why: String,
+}
+
+impl InvalidPort {
+    fn new(what: &'static str, value: impl Into<String>, why: impl Into<String>) -> InvalidPort {
+        InvalidPort {
+            what,
+            value: value.into(),
+            why: why.into(),
+        }
+    }
+}
+
+impl From<InvalidPort> for plumb::Error {
+    fn from(e: InvalidPort) -> plumb::Error {
+        plumb::Error::invalid(e.what, e.value, e.why)
+    }
+}
+
+impl From<InvalidPort> for crate::Error {
+    fn from(e: InvalidPort) -> crate::Error {
+        crate::Error::InvalidInput(e.to_string())
+    }
+}
+
+type Result<T, E = InvalidPort> = std::result::Result<T, E>;
 
 /// The transport protocols a port can be published for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -30,6 +68,15 @@ impl Protocol {
             Protocol::Sctp => "sctp",
         }
     }
+
+    /// The IP protocol number, as the kernel keys maps with it.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => libc::IPPROTO_TCP as u8,
+            Protocol::Udp => libc::IPPROTO_UDP as u8,
+            Protocol::Sctp => libc::IPPROTO_SCTP as u8,
+        }
+    }
 }
 
 impl fmt::Display for Protocol {
@@ -39,13 +86,13 @@ impl fmt::Display for Protocol {
 }
 
 impl FromStr for Protocol {
-    type Err = Error;
+    type Err = InvalidPort;
     fn from_str(s: &str) -> Result<Protocol> {
         match s.to_ascii_lowercase().as_str() {
             "tcp" => Ok(Protocol::Tcp),
             "udp" => Ok(Protocol::Udp),
             "sctp" => Ok(Protocol::Sctp),
-            _ => Err(Error::invalid("protocol", s, "expected tcp, udp or sctp")),
+            _ => Err(InvalidPort::new("protocol", s, "expected tcp, udp or sctp")),
         }
     }
 }
@@ -78,7 +125,8 @@ impl PortRange {
         self.end < self.start
     }
 
-    fn validate(&self) -> std::result::Result<(), String> {
+    /// Checks the range: no port 0, no end before the start.
+    pub fn validate(&self) -> std::result::Result<(), String> {
         if self.start == 0 {
             return Err("port 0 cannot be published".into());
         }
@@ -119,11 +167,15 @@ impl fmt::Display for PortRange {
     }
 }
 
-/// What a user asks to publish, before the container's address is known:
+/// What a user asks to publish, before the container's address is known.
+/// As text (the CLI's `-p`, and the API's older string form):
 /// `[hostip:]hostport[-end]:ctrport[-end][/proto]`, e.g. `8080:80`,
-/// `127.0.0.1:8000-8002:80-82/udp`, `[fd00::1]:5353:53/udp`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct PortSpec {
+/// `127.0.0.1:8000-8002:80-82/udp`, `[fd00::1]:5353:53/udp`. As JSON: an
+/// object `{"protocol", "host_ip"?, "host_ports": {"start", "end"},
+/// "container_ports": {…}}`, or that text (what clients sent before).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "serde_json::Value", into = "MappingObject")]
+pub struct PortMapping {
     /// The transport protocol; TCP when the spec names none.
     pub protocol: Protocol,
     /// `None`: every local address of the container address's family.
@@ -134,11 +186,11 @@ pub struct PortSpec {
     pub container_ports: PortRange,
 }
 
-impl FromStr for PortSpec {
-    type Err = Error;
+impl FromStr for PortMapping {
+    type Err = InvalidPort;
 
-    fn from_str(text: &str) -> Result<PortSpec> {
-        let bad = |why: String| Error::invalid("port spec", text, why);
+    fn from_str(text: &str) -> Result<PortMapping> {
+        let bad = |why: String| InvalidPort::new("port mapping", text, why);
         let syntax = "expected [hostip:]hostport[-end]:containerport[-end][/tcp|udp|sctp]";
         let (mapping, protocol) = match text.rsplit_once('/') {
             Some((mapping, proto)) => (
@@ -185,19 +237,36 @@ impl FromStr for PortSpec {
         let host_ports = PortRange::parse(host).map_err(|why| bad(format!("host port: {why}")))?;
         let container_ports =
             PortRange::parse(container).map_err(|why| bad(format!("container port: {why}")))?;
-        let spec = PortSpec {
+        PortMapping::new(protocol, host_ip, host_ports, container_ports).map_err(|e| bad(e.why))
+    }
+}
+
+impl PortMapping {
+    /// A checked mapping: valid ranges of equal length. An unspecified host
+    /// address (0.0.0.0, ::) means every address, as with `docker -p`.
+    pub fn new(
+        protocol: Protocol,
+        host_ip: Option<IpAddr>,
+        host_ports: PortRange,
+        container_ports: PortRange,
+    ) -> Result<PortMapping> {
+        let mapping = PortMapping {
             protocol,
-            // 0.0.0.0 and :: mean "every address", as with docker -p.
             host_ip: host_ip.filter(|ip| !ip.is_unspecified()),
             host_ports,
             container_ports,
         };
-        spec.check_lengths().map_err(bad)?;
-        Ok(spec)
+        let bad = |why: String| InvalidPort::new("port mapping", mapping.to_string(), why);
+        host_ports
+            .validate()
+            .map_err(|why| bad(format!("host port: {why}")))?;
+        container_ports
+            .validate()
+            .map_err(|why| bad(format!("container port: {why}")))?;
+        mapping.check_lengths().map_err(bad)?;
+        Ok(mapping)
     }
-}
 
-impl PortSpec {
     fn check_lengths(&self) -> std::result::Result<(), String> {
         if self.host_ports.len() != self.container_ports.len() {
             return Err(format!(
@@ -225,7 +294,61 @@ impl PortSpec {
     }
 }
 
-impl fmt::Display for PortSpec {
+/// The object form of a [`PortMapping`] in JSON.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MappingObject {
+    #[serde(default = "tcp")]
+    protocol: Protocol,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    host_ip: Option<IpAddr>,
+    host_ports: PortRange,
+    container_ports: PortRange,
+}
+
+fn tcp() -> Protocol {
+    Protocol::Tcp
+}
+
+impl From<PortMapping> for MappingObject {
+    fn from(m: PortMapping) -> MappingObject {
+        MappingObject {
+            protocol: m.protocol,
+            host_ip: m.host_ip,
+            host_ports: m.host_ports,
+            container_ports: m.container_ports,
+        }
+    }
+}
+
+/// Reads either JSON form and checks it as the text form is checked.
+impl TryFrom<serde_json::Value> for PortMapping {
+    type Error = InvalidPort;
+
+    fn try_from(value: serde_json::Value) -> Result<PortMapping> {
+        match value {
+            serde_json::Value::String(text) => text.parse(),
+            value @ serde_json::Value::Object(_) => {
+                let shown = value.to_string();
+                let o: MappingObject = serde_json::from_value(value).map_err(|e| {
+                    InvalidPort::new(
+                        "port mapping",
+                        &shown,
+                        format!("{e}; expected {{\"protocol\": \"tcp\"|\"udp\"|\"sctp\", \"host_ip\"?: address, \"host_ports\": {{\"start\": N, \"end\": N}}, \"container_ports\": {{…}}}} or \"[hostip:]hostport:containerport[/proto]\""),
+                    )
+                })?;
+                PortMapping::new(o.protocol, o.host_ip, o.host_ports, o.container_ports)
+            }
+            other => Err(InvalidPort::new(
+                "port mapping",
+                other.to_string(),
+                "expected an object or a \"[hostip:]hostport:containerport[/proto]\" string",
+            )),
+        }
+    }
+}
+
+impl fmt::Display for PortMapping {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.host_ip {
             Some(IpAddr::V6(ip)) => write!(f, "[{ip}]:")?,
@@ -276,19 +399,19 @@ pub struct PortForward {
 impl PublishedPort {
     /// Parses the user's syntax and binds it to `container_ip`.
     pub fn parse(spec: &str, container_ip: IpAddr) -> Result<PublishedPort> {
-        spec.parse::<PortSpec>()?.to_container(container_ip)
+        spec.parse::<PortMapping>()?.to_container(container_ip)
     }
 
     /// Checks what the kernel would reject or silently get wrong.
     pub fn validate(&self) -> Result<()> {
-        let bad = |why: String| Error::invalid("published port", self.to_string(), why);
+        let bad = |why: String| InvalidPort::new("published port", self.to_string(), why);
         self.host_ports
             .validate()
             .map_err(|why| bad(format!("host port: {why}")))?;
         self.container_ports
             .validate()
             .map_err(|why| bad(format!("container port: {why}")))?;
-        PortSpec {
+        PortMapping {
             protocol: self.protocol,
             host_ip: self.host_ip,
             host_ports: self.host_ports,
@@ -363,153 +486,10 @@ impl fmt::Display for PublishedPort {
 }
 
 /// Checks every port before any backend touches the kernel.
-pub(crate) fn validate_all(ports: &[PublishedPort]) -> Result<()> {
+pub fn validate_all(ports: &[PublishedPort]) -> Result<()> {
     ports.iter().try_for_each(PublishedPort::validate)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn parses_the_user_syntax() {
-        let p = PublishedPort::parse("8080:80", ip("10.9.0.3")).unwrap();
-        assert_eq!(p.protocol, Protocol::Tcp);
-        assert_eq!(p.host_ip, None);
-        assert_eq!(p.host_ports, PortRange::single(8080));
-        assert_eq!(p.container_ports, PortRange::single(80));
-        assert_eq!(p.to_string(), "*:8080->10.9.0.3:80/tcp");
-
-        let p = PublishedPort::parse("198.18.0.1:8000-8002:80-82/UDP", ip("10.9.0.3")).unwrap();
-        assert_eq!(p.protocol, Protocol::Udp);
-        assert_eq!(p.host_ip, Some(ip("198.18.0.1")));
-        assert_eq!(
-            p.host_ports,
-            PortRange {
-                start: 8000,
-                end: 8002
-            }
-        );
-        assert_eq!(p.to_string(), "198.18.0.1:8000-8002->10.9.0.3:80-82/udp");
-        let forwards: Vec<(u16, u16)> = p
-            .forwards()
-            .map(|f| (f.host_port, f.container_port))
-            .collect();
-        assert_eq!(forwards, [(8000, 80), (8001, 81), (8002, 82)]);
-
-        let p = PublishedPort::parse("[fd00::1]:5353:53/sctp", ip("fd00:9::3")).unwrap();
-        assert_eq!(p.host_ip, Some(ip("fd00::1")));
-        assert_eq!(p.protocol, Protocol::Sctp);
-        assert_eq!(p.to_string(), "[fd00::1]:5353->[fd00:9::3]:53/sctp");
-
-        // 0.0.0.0 means every address.
-        let p = PublishedPort::parse("0.0.0.0:80:80", ip("10.9.0.3")).unwrap();
-        assert_eq!(p.host_ip, None);
-    }
-
-    #[test]
-    fn specs_print_as_they_parse() {
-        for text in [
-            "8080:80/tcp",
-            "127.0.0.1:8000-8002:80-82/udp",
-            "[fd00::1]:53:53/sctp",
-        ] {
-            let spec: PortSpec = text.parse().unwrap();
-            assert_eq!(spec.to_string(), text);
-            assert_eq!(spec.to_string().parse::<PortSpec>().unwrap(), spec);
-        }
-    }
-
-    #[test]
-    fn bad_specs_say_what_is_wrong() {
-        let err = |s: &str| s.parse::<PortSpec>().unwrap_err().to_string();
-        assert!(
-            err("8000-8002:80-81").contains("must be the same length"),
-            "{}",
-            err("8000-8002:80-81")
-        );
-        assert!(err("0:80").contains("port 0"), "{}", err("0:80"));
-        assert!(
-            err("8080:0").contains("container port: port 0"),
-            "{}",
-            err("8080:0")
-        );
-        assert!(
-            err("8080:80/icmp").contains("unknown protocol \"icmp\""),
-            "{}",
-            err("8080:80/icmp")
-        );
-        assert!(
-            err("8080").contains("expected [hostip:]"),
-            "{}",
-            err("8080")
-        );
-        assert!(
-            err("70000:80").contains("not a port number"),
-            "{}",
-            err("70000:80")
-        );
-        assert!(
-            err("8002-8000:80-82").contains("ends before it starts"),
-            "{}",
-            err("8002-8000:80-82")
-        );
-        assert!(
-            err("fd00::1:80:80").contains("brackets"),
-            "{}",
-            err("fd00::1:80:80")
-        );
-        assert!(
-            err("[fd00::1:80:80").contains("missing ']'"),
-            "{}",
-            err("[fd00::1:80:80")
-        );
-        assert!(
-            err("300.1.1.1:80:80").contains("not an IP address"),
-            "{}",
-            err("300.1.1.1:80:80")
-        );
-        let e = PublishedPort::parse("[fd00::1]:80:80", ip("10.9.0.3"))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("different IP versions"), "{e}");
-        assert!(e.starts_with("invalid published port"), "{e}");
-    }
-
-    #[test]
-    fn struct_literals_are_validated_too() {
-        let p = PublishedPort {
-            protocol: Protocol::Tcp,
-            host_ip: None,
-            host_ports: PortRange {
-                start: 8000,
-                end: 8002,
-            },
-            container_ip: ip("10.9.0.3"),
-            container_ports: PortRange::single(80),
-        };
-        let e = p.validate().unwrap_err().to_string();
-        assert!(e.contains("must be the same length"), "{e}");
-        assert!(validate_all(&[p]).is_err());
-    }
-
-    #[test]
-    fn serde_round_trip() {
-        let p = PublishedPort::parse("198.18.0.1:8000-8002:80-82/udp", ip("10.9.0.3")).unwrap();
-        let json = serde_json::to_string(&p).unwrap();
-        assert_eq!(
-            json,
-            r#"{"protocol":"udp","host_ip":"198.18.0.1","host_ports":{"start":8000,"end":8002},"container_ip":"10.9.0.3","container_ports":{"start":80,"end":82}}"#
-        );
-        assert_eq!(serde_json::from_str::<PublishedPort>(&json).unwrap(), p);
-        let any: PublishedPort = serde_json::from_str(
-            r#"{"protocol":"sctp","host_ports":{"start":9,"end":9},"container_ip":"10.9.0.3","container_ports":{"start":9,"end":9}}"#,
-        )
-        .unwrap();
-        assert_eq!(any.host_ip, None);
-    }
-}
+#[path = "mapping_tests.rs"]
+mod tests;

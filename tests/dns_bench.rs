@@ -1,0 +1,395 @@
+//! The DNS benchmark `scripts/bench-dns` runs (ignored in ordinary test
+//! runs): netd's DNS server against aardvark-dns (Debian's, as podman runs
+//! it) and dnsmasq, answering the same 100 names on the same machine in the
+//! same run, asked by dnsperf from a container attached to netd.
+//!
+//! The world: host `a` runs netd (the release binary from
+//! WEFT_BENCH_NETD; the per-source rate limit raised so that it does not
+//! cap the benchmark) with 100 named interfaces attached in one namespace,
+//! and aardvark-dns and dnsmasq on addresses of the host's loopback: the
+//! client's queries take the same path (bridge, host namespace) to all
+//! three. Per server: dnsperf's queries/s, the CPU the server used per 1000
+//! queries (/proc/PID/stat before and after), and p50/p99 of sequential
+//! round trips from the client.
+
+mod netd_support;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use netd_support::TestDir;
+use plumb::{Netlink, Netns};
+use world::{require_root, run_in, World};
+
+const NAMES: usize = 100;
+const SUBNET: &str = "10.66.7.0/24";
+const GATEWAY: &str = "10.66.7.1";
+const AARDVARK: &str = "172.31.7.1";
+const DNSMASQ: &str = "172.31.7.2";
+const AARDVARK_BIN: &str = "/usr/lib/podman/aardvark-dns";
+const ROUND_TRIPS: usize = 2000;
+
+/// aardvark-dns detaches from its parent; it is ours (the PID its pid file
+/// names), killed by that PID when the benchmark ends however it ends.
+struct Daemonized(Option<u32>);
+
+impl Drop for Daemonized {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            // SAFETY: kill(2) takes no pointers; the PID is the aardvark-dns
+            // this benchmark started, read from its pid file moments ago.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGTERM);
+            }
+        }
+    }
+}
+
+/// CPU time (user + system) of `pid` so far, in milliseconds.
+fn cpu_ms(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("server runs");
+    let after = &stat[stat.rfind(')').expect("stat has a comm") + 1..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5); the first after the comm is field 3.
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf reads a constant of the system.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks * 1000.0 / hz
+}
+
+/// A query for `name` A IN with ID `id`, in DNS's wire format.
+fn query(id: u16, name: &str) -> Vec<u8> {
+    let mut q = Vec::with_capacity(32);
+    q.extend(id.to_be_bytes());
+    q.extend([0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]); // RD; one question
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend(label.as_bytes());
+    }
+    q.extend([0, 0, 1, 0, 1]);
+    q
+}
+
+/// p50 and p99 of sequential round trips from `netns` to `server`, each
+/// answer checked (same ID, NOERROR, one answer at least), in µs.
+fn round_trips(netns: &Netns, server: IpAddr, names: &[String]) -> (f64, f64) {
+    let names = names.to_vec();
+    netns
+        .run(move || {
+            let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+            socket.connect(SocketAddr::new(server, 53)).unwrap();
+            socket
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .unwrap();
+            let mut buf = [0u8; 512];
+            let mut took = Vec::with_capacity(ROUND_TRIPS);
+            for i in 0..ROUND_TRIPS {
+                let id = i as u16;
+                let q = query(id, &names[i % names.len()]);
+                let start = Instant::now();
+                socket.send(&q).unwrap();
+                let n = socket.recv(&mut buf).expect("an answer within 2 s");
+                took.push(start.elapsed().as_secs_f64() * 1e6);
+                assert!(n >= 12 && buf[..2] == id.to_be_bytes(), "answer {i}");
+                assert_eq!(buf[3] & 0x0f, 0, "answer {i} is not NOERROR");
+                assert!(
+                    u16::from_be_bytes([buf[6], buf[7]]) >= 1,
+                    "answer {i} is empty"
+                );
+            }
+            took.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            let at = |p: f64| took[((took.len() as f64 * p) as usize).min(took.len() - 1)];
+            (at(0.50), at(0.99))
+        })
+        .unwrap()
+}
+
+/// One server's figures.
+struct Figures {
+    qps: f64,
+    completed: u64,
+    lost: u64,
+    cpu_per_1000: f64,
+    p50: f64,
+    p99: f64,
+}
+
+fn dnsperf_field<'a>(out: &'a str, key: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.trim().strip_prefix(key))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("dnsperf printed no {key:?}:\n{out}"))
+}
+
+fn measure(
+    client: &Netns,
+    server: &str,
+    pid: u32,
+    data: &Path,
+    seconds: u32,
+    names: &[String],
+) -> Figures {
+    let before = cpu_ms(pid);
+    let limit = seconds.to_string();
+    let out = run_in(
+        client,
+        "dnsperf",
+        &[
+            "-s",
+            server,
+            "-d",
+            data.to_str().unwrap(),
+            "-l",
+            &limit,
+            "-T",
+            "1",
+            "-c",
+            "1",
+            "-q",
+            "64",
+        ],
+        Duration::from_secs(u64::from(seconds) + 30),
+    )
+    .unwrap();
+    let cpu = cpu_ms(pid) - before;
+    assert!(out.success, "dnsperf against {server}: {}", out.stderr);
+    let completed: u64 = dnsperf_field(&out.stdout, "Queries completed:")
+        .parse()
+        .unwrap();
+    let lost: u64 = dnsperf_field(&out.stdout, "Queries lost:").parse().unwrap();
+    let qps: f64 = dnsperf_field(&out.stdout, "Queries per second:")
+        .parse()
+        .unwrap();
+    assert!(completed > 0, "{}", out.stdout);
+    let (p50, p99) = round_trips(client, server.parse().unwrap(), names);
+    Figures {
+        qps,
+        completed,
+        lost,
+        cpu_per_1000: cpu * 1000.0 / completed as f64,
+        p50,
+        p99,
+    }
+}
+
+/// `netd ARGS --socket S` in the host; panics with netd's words on failure.
+fn netd_cli(bin: &Path, host: &Netns, socket: &Path, args: &[&str]) -> String {
+    let mut full = args.to_vec();
+    full.extend(["--socket", socket.to_str().unwrap()]);
+    let out = run_in(host, bin.to_str().unwrap(), &full, Duration::from_secs(30)).unwrap();
+    assert!(out.success, "netd {args:?}: {}", out.stderr);
+    out.stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: scripts/bench-dns runs it"]
+async fn bench_dns() {
+    require_root!();
+    let seconds: u32 = std::env::var("BENCH_DNS_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10)
+        .clamp(1, 10);
+    let netd_bin: PathBuf = std::env::var_os("WEFT_BENCH_NETD")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| world::workspace_bin("netd"));
+    let world = World::new().await.unwrap();
+    let host = world.host("a").await.unwrap();
+    let dir = TestDir::new(&world).unwrap();
+    let empty_resolv = dir.0.join("resolv.conf");
+    std::fs::write(&empty_resolv, "").unwrap();
+    let socket = dir.0.join("netd.sock");
+    let mut netd = Command::new(&netd_bin);
+    netd.arg("run")
+        .arg("--state-dir")
+        .arg(dir.0.join("state"))
+        .arg("--socket")
+        .arg(&socket)
+        .args(["--subnet", SUBNET, "--dns-rate-limit", "100000000"])
+        .arg("--dns-resolv-conf")
+        .arg(&empty_resolv)
+        .env_remove("WEFT_CONFIG")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null());
+    let netd_pid = world.spawn(&host.netns, netd).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "netd did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // 100 names on interfaces of one namespace, and the client.
+    let names_ns = host.container("names").unwrap();
+    for i in 0..NAMES {
+        let (id, ifname) = (format!("c{i}"), format!("e{i}"));
+        netd_cli(
+            &netd_bin,
+            &host.netns,
+            &socket,
+            &[
+                "attach",
+                &names_ns.netns_name,
+                "--id",
+                &id,
+                "--name",
+                &id,
+                "--ifname",
+                &ifname,
+            ],
+        );
+    }
+    let client = host.container("client").unwrap();
+    let attached = netd_cli(
+        &netd_bin,
+        &host.netns,
+        &socket,
+        &["attach", &client.netns_name, "--id", "client", "--json"],
+    );
+    let attached: serde_json::Value = serde_json::from_str(&attached).unwrap();
+    let client_ip = attached["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let rows: serde_json::Value = serde_json::from_str(&netd_cli(
+        &netd_bin,
+        &host.netns,
+        &socket,
+        &["names", "--json"],
+    ))
+    .unwrap();
+    let ips: BTreeMap<String, String> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap().to_string(),
+                r["ipv4"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(ips.len(), NAMES, "{rows}");
+    let names: Vec<String> = ips.keys().cloned().collect();
+
+    // The same names for aardvark-dns (the client listed too, as podman
+    // lists every container of the network) and dnsmasq.
+    let nl = Netlink::open(&host.netns).await.unwrap();
+    for ip in [AARDVARK, DNSMASQ] {
+        nl.add_address("lo", format!("{ip}/32").parse().unwrap(), false)
+            .await
+            .unwrap();
+    }
+    let aardvark_dir = dir.0.join("aardvark");
+    std::fs::create_dir_all(&aardvark_dir).unwrap();
+    let mut config = format!("{AARDVARK}\nclient {client_ip}  client\n");
+    let mut hosts = String::new();
+    for (name, ip) in &ips {
+        config.push_str(&format!("{name} {ip}  {name}\n"));
+        hosts.push_str(&format!("{ip} {name}\n"));
+    }
+    std::fs::write(aardvark_dir.join("weftbench"), config).unwrap();
+    let hosts_file = dir.0.join("hosts");
+    std::fs::write(&hosts_file, hosts).unwrap();
+    let mut aardvark = Command::new(AARDVARK_BIN);
+    aardvark
+        .arg("--config")
+        .arg(&aardvark_dir)
+        .args(["-p", "53", "run"])
+        .stdin(Stdio::null());
+    let launcher = world.spawn(&host.netns, aardvark).unwrap();
+    let pid_file = aardvark_dir.join("aardvark.pid");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let aardvark_pid = loop {
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+        {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "aardvark-dns wrote no pid file");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _aardvark = Daemonized((aardvark_pid != launcher).then_some(aardvark_pid));
+    let mut dnsmasq = Command::new("dnsmasq");
+    dnsmasq
+        .args([
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--pid-file=",
+            "--bind-interfaces",
+        ])
+        .arg(format!("--listen-address={DNSMASQ}"))
+        .arg(format!("--addn-hosts={}", hosts_file.display()))
+        .stdin(Stdio::null());
+    let dnsmasq_pid = world.spawn(&host.netns, dnsmasq).unwrap();
+
+    // dnsperf's input: every name once, A.
+    let data = dir.0.join("queries");
+    let lines: String = names.iter().map(|n| format!("{n} A\n")).collect();
+    std::fs::write(&data, lines).unwrap();
+    // Each server answers a name before it is measured.
+    for server in [GATEWAY, AARDVARK, DNSMASQ] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = run_in(
+                &client.netns,
+                "dig",
+                &[
+                    &format!("@{server}"),
+                    "+short",
+                    "+tries=1",
+                    "+time=1",
+                    "c42",
+                ],
+                Duration::from_secs(10),
+            )
+            .unwrap();
+            if out.stdout.trim() == ips["c42"] {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{server} does not answer c42: {out:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    let servers = [
+        ("netd", GATEWAY, netd_pid),
+        ("aardvark-dns 1.4", AARDVARK, aardvark_pid),
+        ("dnsmasq", DNSMASQ, dnsmasq_pid),
+    ];
+    let mut results = Vec::new();
+    for (label, server, pid) in servers {
+        let f = measure(&client.netns, server, pid, &data, seconds, &names);
+        results.push((label, f));
+    }
+    let netd = &results[0].1;
+    println!(
+        "\n{NAMES} names, dnsperf -l {seconds} -T 1 -c 1 -q 64 from a container; {ROUND_TRIPS} sequential round trips\n"
+    );
+    println!("| server | queries/s | lost | CPU ms per 1000 queries | p50 µs | p99 µs | netd's queries/s ÷ this | this CPU ÷ netd's |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (label, f) in &results {
+        println!(
+            "| {label} | {:.0} | {} of {} | {:.1} | {:.0} | {:.0} | {:.2} | {:.2} |",
+            f.qps,
+            f.lost,
+            f.completed + f.lost,
+            f.cpu_per_1000,
+            f.p50,
+            f.p99,
+            netd.qps / f.qps,
+            f.cpu_per_1000 / netd.cpu_per_1000,
+        );
+    }
+}
