@@ -1,15 +1,17 @@
 //! A real etcd (Debian's `etcd-server`) for cluster tests, running inside the
 //! world's fabric namespace on a fabric address, with its own data directory.
-//! Stopped by PID and cleaned on drop (also while unwinding from a panic).
+//! Stopped by PID and cleaned on drop (also while unwinding from a panic);
+//! started through the world, so that Ctrl-C's teardown kills it too.
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use plumb::{Netlink, Netns};
 
+use crate::netd_host::is_zombie;
 use crate::{run_in, World, FABRIC_PREFIX_LEN};
 
 /// etcd's client address on the fabric: the top of 198.18.0.0/15, far from the hosts.
@@ -19,9 +21,11 @@ pub const ETCD_PORT: u16 = 2379;
 
 /// A running (or stopped) etcd of one world.
 pub struct Etcd {
+    world: World,
     netns: Netns,
     data_dir: PathBuf,
-    child: Option<Child>,
+    /// The running etcd, a child the world owns (and reaps on teardown).
+    pid: Option<u32>,
     tls: Option<EtcdTlsFiles>,
 }
 
@@ -69,10 +73,12 @@ impl Etcd {
         } else {
             None
         };
+        world.remove_on_teardown(&data_dir);
         let mut etcd = Etcd {
+            world: world.clone(),
             netns: world.fabric().clone(),
             data_dir,
-            child: None,
+            pid: None,
             tls,
         };
         etcd.restart()?;
@@ -97,16 +103,24 @@ impl Etcd {
 
     /// Stops etcd (SIGKILL to its PID, as a crash would) and waits for it; data stays.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // Our own child, by PID.
-            let _ = child.kill();
-            let _ = child.wait();
+        let Some(pid) = self.pid.take() else { return };
+        // SAFETY: kill(2) takes no pointers; `pid` is our own child, which
+        // the world reaps only on teardown, so it cannot have been reused.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        // Dead once it is a zombie: its ports are free for a restart.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !is_zombie(pid) && Path::new(&format!("/proc/{pid}")).exists() {
+            if Instant::now() > deadline {
+                eprintln!("etcd {pid} still runs 10 s after SIGKILL");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
     /// Starts etcd again on the same data (the first start uses this too).
     pub fn restart(&mut self) -> Result<()> {
-        if self.child.is_some() {
+        if self.pid.is_some() {
             bail!("etcd is already running");
         }
         let log = std::fs::File::create(self.data_dir.join("etcd.log"))?;
@@ -139,11 +153,11 @@ impl Etcd {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        let child = self
-            .netns
-            .run(move || command.spawn())?
+        let pid = self
+            .world
+            .spawn(&self.netns, command)
             .context("start etcd (is etcd-server installed? scripts/install-deps --test)")?;
-        self.child = Some(child);
+        self.pid = Some(pid);
         self.wait_healthy()
     }
 
@@ -154,12 +168,11 @@ impl Etcd {
             if out.success {
                 return Ok(());
             }
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
+            if self
+                .pid
+                .is_some_and(|pid| is_zombie(pid) || !Path::new(&format!("/proc/{pid}")).exists())
             {
-                bail!("etcd exited with {status}: {}", self.log_tail());
+                bail!("etcd exited: {}", self.log_tail());
             }
             if Instant::now() > deadline {
                 bail!(
@@ -216,7 +229,7 @@ impl Drop for Etcd {
 
 /// A CA, a server certificate for [`ETCD_IP`] and a client certificate
 /// (CN `root`), EC P-256, made with `openssl` in `dir`.
-fn make_certificates(dir: &std::path::Path) -> Result<EtcdTlsFiles> {
+fn make_certificates(dir: &Path) -> Result<EtcdTlsFiles> {
     let path = |name: &str| dir.join(name);
     let openssl = |args: &[&str]| -> Result<()> {
         let out = Command::new("openssl")

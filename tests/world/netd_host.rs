@@ -112,9 +112,37 @@ impl NetdHost {
         Ok(())
     }
 
+    /// Writes every host's netd.toml with all the others as its static
+    /// peers (a full mesh), each with `cluster_range` and `extra` lines.
+    pub fn write_mesh_configs(netds: &[NetdHost], cluster_range: &str, extra: &str) -> Result<()> {
+        for (i, netd) in netds.iter().enumerate() {
+            let others: Vec<&NetdHost> = netds
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, n)| n)
+                .collect();
+            netd.write_config(cluster_range, &others, extra)?;
+        }
+        Ok(())
+    }
+
     /// Starts `netd run --config netd.toml` in the host and waits until its
     /// API answers.
     pub fn start(&mut self) -> Result<()> {
+        self.start_with(&[])
+    }
+
+    /// Like [`NetdHost::start`], with `extra` arguments for `netd run`
+    /// (`--store etcd://…`, `--host-name a`).
+    pub fn start_with(&mut self, extra: &[&str]) -> Result<()> {
+        self.spawn_with(extra)?;
+        self.wait_ready(Duration::from_secs(20))
+    }
+
+    /// Starts `netd run --config netd.toml EXTRA…` in the host without
+    /// waiting for it (many hosts starting at once); see [`NetdHost::wait_ready`].
+    pub fn spawn_with(&mut self, extra: &[&str]) -> Result<u32> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -128,6 +156,7 @@ impl NetdHost {
             .arg(self.state_dir())
             .arg("--socket")
             .arg(self.socket())
+            .args(extra)
             .env("RUST_LOG", &self.log_filter)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -139,7 +168,16 @@ impl NetdHost {
         }
         let pid = self.host.spawn(command)?;
         self.pid = Some(pid);
-        let deadline = Instant::now() + Duration::from_secs(20);
+        Ok(pid)
+    }
+
+    /// Waits until the started netd's API answers, failing with its log if it
+    /// exits or stays silent for `timeout`.
+    pub fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let Some(pid) = self.pid else {
+            bail!("netd on {} was not started", self.host.name)
+        };
+        let deadline = Instant::now() + timeout;
         loop {
             if self.socket().exists() && self.cli(&["status"]).map(|o| o.success).unwrap_or(false) {
                 return Ok(());
@@ -153,7 +191,7 @@ impl NetdHost {
             }
             if Instant::now() > deadline {
                 bail!(
-                    "netd on {} did not answer within 20 s:\n{}",
+                    "netd on {} did not answer within {timeout:?}:\n{}",
                     self.host.name,
                     self.log_text()
                 );
@@ -231,7 +269,8 @@ impl NetdHost {
     }
 }
 
-fn is_zombie(pid: u32) -> bool {
+/// True when `pid` has exited and waits to be reaped (or is being reaped).
+pub(crate) fn is_zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|stat| {
