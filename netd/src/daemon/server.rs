@@ -83,13 +83,15 @@ pub async fn serve(
                         let daemon = daemon.clone();
                         async move { Ok::<_, Infallible>(handle(daemon, req).await) }
                     });
-                    if let Err(e) = hyper::server::conn::http1::Builder::new()
+                    match hyper::server::conn::http1::Builder::new()
                         .timer(TokioTimer::new())
                         .header_read_timeout(header_timeout)
                         .serve_connection(TokioIo::new(stream), service)
+                        .without_shutdown()
                         .await
                     {
-                        tracing::debug!("API connection: {e}");
+                        Ok(parts) => linger_close(parts.io.into_inner()).await,
+                        Err(e) => tracing::debug!("API connection: {e}"),
                     }
                 });
             }
@@ -97,6 +99,29 @@ pub async fn serve(
         }
     }
 }
+
+/// Closes a connection whose client may still be sending (a body refused
+/// with 413 is left unread): the write side first, so the client reads the
+/// answer and then its end, then what still arrives is read and dropped for
+/// a moment. Closing a unix socket with unread data instead makes the
+/// client's next read fail with ECONNRESET, before it sees the answer.
+async fn linger_close(mut stream: UnixStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = stream.shutdown().await;
+    let mut sink = vec![0u8; 64 * 1024];
+    let drain = async {
+        while let Ok(n) = stream.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    // Bounded: a client that never stops sending is cut off after this.
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+/// How long [`linger_close`] reads what a client still sends.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// One connection too many: a 503 if the socket takes it at once, then closed.
 fn refuse_connection(stream: UnixStream, max: usize) {
