@@ -51,11 +51,23 @@ fn setup() -> (RemoteNames, NameTable, NamesCounters) {
 #[test]
 fn a_hosts_names_are_served_and_go_with_its_key() {
     let (mut remote, table, c) = setup();
-    put(&mut remote, &table, &c, kv(1, 5, &names("b", &[("c1", "web", "10.99.1.2")])));
-    assert_eq!(table.addresses_of("web").unwrap().ipv4, Some("10.99.1.2".parse().unwrap()));
+    put(
+        &mut remote,
+        &table,
+        &c,
+        kv(1, 5, &names("b", &[("c1", "web", "10.99.1.2")])),
+    );
+    assert_eq!(
+        table.addresses_of("web").unwrap().ipv4,
+        Some("10.99.1.2".parse().unwrap())
+    );
     let row = &table.list()[0];
     assert_eq!((row.host.as_str(), row.source), ("b", NameSource::Cluster));
-    remote.changed(BTreeMap::from([(format!("{A}{}", id(1)), None)]), &table, &c);
+    remote.changed(
+        BTreeMap::from([(format!("{A}{}", id(1)), None)]),
+        &table,
+        &c,
+    );
     assert!(table.addresses_of("web").is_none());
 }
 
@@ -63,27 +75,57 @@ fn a_hosts_names_are_served_and_go_with_its_key() {
 fn a_name_clash_keeps_the_holder_and_the_other_gets_it_once_free() {
     let (mut remote, table, c) = setup();
     let b = kv(1, 5, &names("b", &[("c1", "db", "10.99.1.2")]));
-    let c3 = kv(2, 7, &names("c", &[("c1", "db", "10.99.2.2"), ("c2", "cache", "10.99.2.3")]));
+    let c3 = kv(
+        2,
+        7,
+        &names(
+            "c",
+            &[("c1", "db", "10.99.2.2"), ("c2", "cache", "10.99.2.3")],
+        ),
+    );
     // Both in one listing: the older key (b) wins whatever the key order.
     remote.relisted(
         BTreeMap::from([(c3.key.clone(), c3.clone()), (b.key.clone(), b.clone())]),
         &table,
         &c,
     );
-    assert_eq!(table.addresses_of("db").unwrap().ipv4, Some("10.99.1.2".parse().unwrap()));
-    assert!(table.addresses_of("cache").is_some(), "the rest of c's names are served");
+    assert_eq!(
+        table.addresses_of("db").unwrap().ipv4,
+        Some("10.99.1.2".parse().unwrap())
+    );
+    assert!(
+        table.addresses_of("cache").is_some(),
+        "the rest of c's names are served"
+    );
     assert_eq!(c.refused.load(Ordering::Relaxed), 1);
     // b drops db: c's record is tried again and served.
     put(&mut remote, &table, &c, kv(1, 5, &names("b", &[])));
-    assert_eq!(table.addresses_of("db").unwrap().ipv4, Some("10.99.2.2".parse().unwrap()));
-    assert_eq!(c.refused.load(Ordering::Relaxed), 1, "a retry is not counted again");
+    assert_eq!(
+        table.addresses_of("db").unwrap().ipv4,
+        Some("10.99.2.2".parse().unwrap())
+    );
+    assert_eq!(
+        c.refused.load(Ordering::Relaxed),
+        1,
+        "a retry is not counted again"
+    );
 }
 
 #[test]
 fn a_relisting_removes_hosts_whose_keys_are_gone() {
     let (mut remote, table, c) = setup();
-    put(&mut remote, &table, &c, kv(1, 5, &names("b", &[("c1", "web", "10.99.1.2")])));
-    put(&mut remote, &table, &c, kv(2, 6, &names("c", &[("c1", "db", "10.99.2.2")])));
+    put(
+        &mut remote,
+        &table,
+        &c,
+        kv(1, 5, &names("b", &[("c1", "web", "10.99.1.2")])),
+    );
+    put(
+        &mut remote,
+        &table,
+        &c,
+        kv(2, 6, &names("c", &[("c1", "db", "10.99.2.2")])),
+    );
     let only_c = kv(2, 6, &names("c", &[("c1", "db", "10.99.2.2")]));
     remote.relisted(BTreeMap::from([(only_c.key.clone(), only_c)]), &table, &c);
     assert!(table.addresses_of("web").is_none());
@@ -121,8 +163,18 @@ fn bad_data_is_ignored_and_counted_once_per_revision() {
     assert!(table.addresses_of("mine").is_some());
     assert!(table.addresses_of("evil").is_none());
     // The same host name from a second key is refused too.
-    put(&mut remote, &table, &c, kv(5, 9, &names("e", &[("c1", "one", "10.99.5.2")])));
-    put(&mut remote, &table, &c, kv(6, 10, &names("e", &[("c1", "two", "10.99.6.2")])));
+    put(
+        &mut remote,
+        &table,
+        &c,
+        kv(5, 9, &names("e", &[("c1", "one", "10.99.5.2")])),
+    );
+    put(
+        &mut remote,
+        &table,
+        &c,
+        kv(6, 10, &names("e", &[("c1", "two", "10.99.6.2")])),
+    );
     assert!(table.addresses_of("one").is_some());
     assert!(table.addresses_of("two").is_none());
     assert_eq!(c.bad_data.load(Ordering::Relaxed), 5);

@@ -93,14 +93,13 @@ async fn run_with(mut config: Config, peers: PeerSource) -> Result<()> {
             stopped.clone(),
         ))
     });
-    let names_sharer = match (&cluster, daemon.names_sharing()) {
-        (Some(cluster), Some((table, changed))) => Some(tokio::spawn(cluster.clone().share_names(
-            table,
-            changed,
-            stopped.clone(),
-        ))),
-        _ => None,
-    };
+    let names_sharer =
+        match (&cluster, daemon.names_sharing()) {
+            (Some(cluster), Some((table, changed))) => Some(tokio::spawn(
+                cluster.clone().share_names(table, changed, stopped.clone()),
+            )),
+            _ => None,
+        };
     let mut left = match &cluster {
         Some(c) => c.left(),
         None => watch::channel(false).1,
