@@ -12,40 +12,20 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use cluster_support::{Cluster, Dir};
+use dig_support::{dig_with, Dig};
 use plumb::Netns;
 use serde_json::Value;
-use world::{require_root, run_in, Container};
+use world::{require_root, Container};
 
 #[allow(dead_code)] // the helpers of the other cluster tests are not all used here
 mod cluster_support;
-
-/// dig's status and the data of its answer records.
-#[derive(Debug)]
-struct Dig {
-    status: String,
-    answers: Vec<String>,
-}
+mod dig_support;
 
 fn dig(netns: &Netns, server: Ipv4Addr, args: &[&str]) -> Dig {
     let server = format!("@{server}");
     let mut full = vec![server.as_str()];
     full.extend_from_slice(args);
-    full.extend(["+tries=1", "+time=2", "+noall", "+comments", "+answer"]);
-    let out = run_in(netns, "dig", &full, Duration::from_secs(10)).unwrap();
-    let status = out
-        .stdout
-        .split("status: ")
-        .nth(1)
-        .and_then(|s| s.split(',').next())
-        .unwrap_or("no answer")
-        .to_string();
-    let answers = out
-        .stdout
-        .lines()
-        .filter(|l| !l.starts_with(';') && !l.trim().is_empty())
-        .filter_map(|l| l.split_whitespace().last().map(str::to_string))
-        .collect();
-    Dig { status, answers }
+    dig_with(netns, "dig", &full, 2)
 }
 
 /// The gateway of host `i`: its subnet's first address.
@@ -114,6 +94,21 @@ fn wait_dig(
             cl.netds[via].log_text()
         );
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls dig of `name` on each of `hosts` until NXDOMAIN, at most `bound`
+/// from now (just after `event`) on each; prints when each saw it.
+fn wait_nxdomain(cl: &Cluster, hosts: &[usize], name: &str, bound: Duration, event: &str) {
+    let since = Instant::now();
+    for &via in hosts {
+        let left = bound.saturating_sub(since.elapsed());
+        wait_dig(cl, via, name, left, |d| d.status == "NXDOMAIN");
+        eprintln!(
+            "{name} NXDOMAIN on {} {:?} after {event}",
+            cl.netds[via].host.name,
+            since.elapsed()
+        );
     }
 }
 
@@ -188,39 +183,23 @@ async fn names_resolve_across_hosts_and_go_with_a_detach_or_a_dead_host() {
 
     // Detach on b: NXDOMAIN on a and c within 1 s.
     cl.netds[1].json(&["detach", &webs[1].1]).unwrap();
-    let detached = Instant::now();
-    for via in [0, 2] {
-        wait_dig(
-            &cl,
-            via,
-            "web-b.weft.internal",
-            Duration::from_secs(1),
-            |d| d.status == "NXDOMAIN",
-        );
-        eprintln!(
-            "web-b NXDOMAIN on {} {:?} after the detach",
-            cl.netds[via].host.name,
-            detached.elapsed()
-        );
-    }
+    wait_nxdomain(
+        &cl,
+        &[0, 2],
+        "web-b.weft.internal",
+        Duration::from_secs(1),
+        "the detach",
+    );
 
     // kill -9 of c's netd: its names go on a and b with its lease.
     cl.netds[2].signal(libc::SIGKILL).unwrap();
-    let killed = Instant::now();
-    for via in [0, 1] {
-        wait_dig(
-            &cl,
-            via,
-            "web-c.weft.internal",
-            Duration::from_secs(15),
-            |d| d.status == "NXDOMAIN",
-        );
-        eprintln!(
-            "web-c NXDOMAIN on {} {:?} after kill -9 of c's netd",
-            cl.netds[via].host.name,
-            killed.elapsed()
-        );
-    }
+    wait_nxdomain(
+        &cl,
+        &[0, 1],
+        "web-c.weft.internal",
+        Duration::from_secs(15),
+        "kill -9 of c's netd",
+    );
 
     // c's netd again: its names from its state, nobody attaching anew.
     cl.start(2);
