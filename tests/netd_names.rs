@@ -11,11 +11,13 @@
 
 #[allow(dead_code)] // the conformance runner's checks are not used here
 mod cni;
+mod dig_support;
 mod netd_support;
 mod runtime_support;
 
 use std::time::Duration;
 
+use dig_support::{dig_with, Dig};
 use netd_support::{default_args, result_ip, Netd, TestDir};
 use plumb::{LinkOptions, Netlink, Netns};
 use runtime_support::{Podman, IMAGE};
@@ -23,41 +25,12 @@ use world::{require_root, run_in, Host, World};
 
 const GATEWAY: &str = "10.66.5.1";
 
-/// What dig saw: the status and the answer records' data.
-#[derive(Debug)]
-struct Dig {
-    status: String,
-    answers: Vec<String>,
-}
-
-/// Runs `program args` in `netns` (dig, or `ip netns exec … dig`) and reads
-/// dig's status line and answer section.
-fn dig_with(netns: &Netns, program: &str, args: &[&str]) -> Dig {
-    let mut full: Vec<&str> = args.to_vec();
-    full.extend(["+tries=1", "+time=3", "+noall", "+comments", "+answer"]);
-    let out = run_in(netns, program, &full, Duration::from_secs(20)).unwrap();
-    let status = out
-        .stdout
-        .split("status: ")
-        .nth(1)
-        .and_then(|s| s.split(',').next())
-        .unwrap_or("no answer")
-        .to_string();
-    let answers = out
-        .stdout
-        .lines()
-        .filter(|l| !l.starts_with(';') && !l.trim().is_empty())
-        .filter_map(|l| l.split_whitespace().last().map(str::to_string))
-        .collect();
-    Dig { status, answers }
-}
-
 /// `dig @GATEWAY ARGS` from `netns`.
 fn dig(netns: &Netns, args: &[&str]) -> Dig {
     let server = format!("@{GATEWAY}");
     let mut full = vec![server.as_str()];
     full.extend_from_slice(args);
-    dig_with(netns, "dig", &full)
+    dig_with(netns, "dig", &full, 3)
 }
 
 /// Namespace `up` behind veth vup (172.31.5.1 on the host, .2 there) with
@@ -179,6 +152,7 @@ async fn containers_find_each_other_by_name_through_netd() {
         &web.netns,
         "ip",
         &["netns", "exec", &web.netns_name, "dig", "+search", "db"],
+        3,
     );
     assert_eq!(d.answers, [db_ip.as_str()], "{d:?}");
 

@@ -1,5 +1,9 @@
-//! Helpers of the cluster tests: a checked TCP stream between containers
-//! and a metrics scrape.
+//! Helpers of the cluster tests: the [`Cluster`] of netd hosts on etcd, a
+//! checked TCP stream between containers and a metrics scrape.
+
+mod cluster;
+
+pub use cluster::*;
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};

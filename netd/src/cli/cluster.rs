@@ -99,6 +99,14 @@ pub async fn run(command: ClusterCommand) -> Result<()> {
                 s.apply_errors,
                 s.last_apply_ms.unwrap_or(0.0)
             );
+            println!(
+                "names:       {} puts ({} failed), {} re-lists, {} keys ignored, {} records refused",
+                s.names.puts,
+                s.names.put_failures,
+                s.names.relists,
+                s.names.bad_data,
+                s.names.refused
+            );
             for (reason, n) in &s.bad_data {
                 println!("bad data:    {reason} {n}");
             }

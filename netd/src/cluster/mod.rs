@@ -8,6 +8,9 @@
 //! library's; this part wires them to the daemon and reports them.
 //!
 //! - `mod.rs`: [`ClusterHost`]: join, follow, leave;
+//! - `names.rs`: this host's container names published under
+//!   `names/<id>` on the liveness lease, the others' followed into the
+//!   name table;
 //! - `report.rs`: `netd cluster status|hosts`, the metrics;
 //! - `reservation.rs`: the reservation kept in the state directory for the
 //!   CNI plugin's standalone mode.
@@ -15,6 +18,7 @@
 //! While the store is down nothing is removed: the watcher keeps the last
 //! view, the liveness task retries, both count and report it.
 
+mod names;
 mod report;
 mod reservation;
 
@@ -31,7 +35,7 @@ use ::overlay::store::{EtcdConfig, EtcdStore, EtcdTls};
 use plumb::Netns;
 use tokio::sync::watch;
 
-pub use report::{ClusterStatus, ForgetRequest, HostEntry};
+pub use report::{ClusterStatus, ForgetRequest, HostEntry, NamesStatus};
 pub use reservation::{Reservation, RESERVATION_FILE};
 
 use crate::action::Action;
@@ -50,6 +54,7 @@ pub struct ClusterHost {
     liveness: Mutex<Option<LivenessTask>>,
     watcher: Mutex<Option<PeerWatcher>>,
     applied: Mutex<AppliedStats>,
+    names_counters: names::NamesCounters,
     left: watch::Sender<bool>,
 }
 
@@ -155,6 +160,7 @@ impl ClusterHost {
             liveness: Mutex::new(None),
             watcher: Mutex::new(None),
             applied: Mutex::new(AppliedStats::default()),
+            names_counters: names::NamesCounters::default(),
             left: watch::channel(false).0,
         })
     }

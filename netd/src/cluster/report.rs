@@ -35,6 +35,22 @@ pub struct ClusterStatus {
     pub last_apply_ms: Option<f64>,
     pub applies: u64,
     pub apply_errors: u64,
+    /// Names across the cluster: this host's puts of its names key, and
+    /// the others' keys and records ignored (see docs/dns.md).
+    #[serde(default)]
+    pub names: NamesStatus,
+}
+
+/// Counters of names across the cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamesStatus {
+    pub puts: u64,
+    pub put_failures: u64,
+    pub relists: u64,
+    /// Names keys ignored (not JSON, not a host id, a host name in use).
+    pub bad_data: u64,
+    /// Records refused (a name or address another host holds, a bad name).
+    pub refused: u64,
 }
 
 /// The body of `POST /v1/cluster/forget`.
@@ -106,6 +122,7 @@ impl ClusterHost {
             last_apply_ms: applied.last.map(|d| d.as_secs_f64() * 1000.0),
             applies: applied.count,
             apply_errors: applied.errors,
+            names: self.names_status(),
         }
     }
 
@@ -199,6 +216,18 @@ impl ClusterHost {
             "counter",
             "Cluster views applied to the overlay.",
             &[(String::new(), s.applies as f64)],
+        );
+        family(
+            "weft_netd_cluster_names_total",
+            "counter",
+            "Names across the cluster: puts of this host's names key, their failures, re-lists, names keys ignored as bad data, records refused.",
+            &[
+                ("{event=\"put\"}".into(), s.names.puts as f64),
+                ("{event=\"put_failure\"}".into(), s.names.put_failures as f64),
+                ("{event=\"relist\"}".into(), s.names.relists as f64),
+                ("{event=\"bad_data\"}".into(), s.names.bad_data as f64),
+                ("{event=\"refused\"}".into(), s.names.refused as f64),
+            ],
         );
     }
 }

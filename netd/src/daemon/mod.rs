@@ -111,7 +111,11 @@ impl Daemon {
                 .map(|_| network.host_netns().clone());
             LocalhostRelay::new(host, network.metrics().clone())
         });
-        let names = network.config().names.then(names::NameService::new);
+        let names_host = network.config().cluster.host_name.clone();
+        let names = network
+            .config()
+            .names
+            .then(|| names::NameService::new(names_host));
         if let Some(names) = &names {
             network.store().read_with(|state| names.sync(state))?;
         }
@@ -202,6 +206,14 @@ impl Daemon {
             Some(names) => names.ensure_server(&self.network).await,
             None => Ok(()),
         }
+    }
+
+    /// The name table and the signal of this host's name changes, for the
+    /// cluster to publish and fill; None when names are off.
+    pub fn names_sharing(
+        &self,
+    ) -> Option<(Arc<crate::names::NameTable>, Arc<tokio::sync::Notify>)> {
+        self.names.as_ref().map(|n| n.sharing())
     }
 
     /// What the DNS server answers; None when names are off.

@@ -4,13 +4,14 @@
 //! The state is the truth: attach and detach change the table at once, and
 //! every reconciliation and periodic check replaces this host's records by
 //! what the state holds, which picks up containers the standalone CNI
-//! plugin attached or detached while the daemon ran or was down. A cluster
-//! watcher will call `replace_host` on the same table for other hosts.
+//! plugin attached or detached while the daemon ran or was down. With a
+//! cluster, `cluster::names` publishes this host's records on each change
+//! and calls `replace_host` on the same table for the other hosts.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify};
 
 use crate::error::{Error, Result};
 use crate::names::{
@@ -34,16 +35,21 @@ pub(super) struct NameService {
     /// This host's name in the records (what a cluster peer sees).
     host: String,
     running: Mutex<Option<Running>>,
+    /// Woken on every change of this host's records: the cluster publisher.
+    changed: Arc<Notify>,
     /// The counters of servers stopped so far (so that a restart does not
     /// set the metrics back) and the running server's.
     counters: std::sync::Mutex<(DnsCountersSnapshot, Option<Arc<DnsCounters>>)>,
 }
 
 impl NameService {
-    pub(super) fn new() -> NameService {
+    /// `host`: the name a cluster peer sees (`[cluster] host_name`), else
+    /// the kernel's host name.
+    pub(super) fn new(host: Option<String>) -> NameService {
         NameService {
             table: Arc::new(NameTable::new()),
-            host: host_name(),
+            host: host.unwrap_or_else(host_name),
+            changed: Arc::new(Notify::new()),
             running: Mutex::new(None),
             counters: std::sync::Mutex::new((DnsCountersSnapshot::default(), None)),
         }
@@ -82,12 +88,20 @@ impl NameService {
                 // another host's container gets here.
                 tracing::warn!(id = %ep.id, "names not served: {e}");
             }
+            self.changed.notify_one();
         }
+    }
+
+    /// The table and the signal of local changes, for the cluster.
+    pub(super) fn sharing(&self) -> (Arc<NameTable>, Arc<Notify>) {
+        (self.table.clone(), self.changed.clone())
     }
 
     /// After a detach: its names are NXDOMAIN from the next query on.
     pub(super) fn detached(&self, id: &str) {
-        self.table.remove(id);
+        if self.table.remove(id).is_some() {
+            self.changed.notify_one();
+        }
     }
 
     /// Replaces this host's records by the state's.
@@ -102,6 +116,7 @@ impl NameService {
         for refused in report.refused {
             tracing::warn!("names not served: {refused}");
         }
+        self.changed.notify_one();
     }
 
     /// What `netd names` lists.

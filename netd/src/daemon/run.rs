@@ -93,6 +93,13 @@ async fn run_with(mut config: Config, peers: PeerSource) -> Result<()> {
             stopped.clone(),
         ))
     });
+    let names_sharer =
+        match (&cluster, daemon.names_sharing()) {
+            (Some(cluster), Some((table, changed))) => Some(tokio::spawn(
+                cluster.clone().share_names(table, changed, stopped.clone()),
+            )),
+            _ => None,
+        };
     let mut left = match &cluster {
         Some(c) => c.left(),
         None => watch::channel(false).1,
@@ -131,6 +138,9 @@ async fn run_with(mut config: Config, peers: PeerSource) -> Result<()> {
     }
     if let Some(f) = follower {
         let _ = f.await;
+    }
+    if let Some(s) = names_sharer {
+        let _ = s.await;
     }
     // Detaches already answered are finished; a stuck one is left `detaching`
     // for the next start's reconciliation.

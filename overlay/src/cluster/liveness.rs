@@ -77,6 +77,13 @@ impl<S: Store> Member<S> {
         Ok(())
     }
 
+    /// The liveness lease now held (None before [`Member::go_alive`] or
+    /// after [`Member::leave`]); it changes when an ended lease is granted
+    /// anew, so keys tied to it must be put again.
+    pub async fn liveness_lease(&self) -> Option<crate::store::LeaseId> {
+        *self.lease.lock().await
+    }
+
     /// Keeps this host alive until the task is dropped or stopped: renews the
     /// lease, grants a new one when it ended, refreshes the reservation and
     /// reclaims expired ones on their periods. Failures are counted and logged,

@@ -6,6 +6,7 @@
 //! | `subnets/<addr>-<len>` | the holder's host id (plain text) | the reservation |
 //! | `hosts/<host id>` | [`HostRecord`] (JSON) | the reservation |
 //! | `alive/<host id>` | the host's name | the host's liveness lease |
+//! | `names/<host id>` | the host's container names (JSON, netd's) | the host's liveness lease |
 //!
 //! A subnet key and the host record naming it are written and deleted in
 //! one transaction, so the two always agree; a subnet key is the lock that
@@ -29,6 +30,14 @@ pub const SUBNETS: &str = "/weft/v1/subnets/";
 pub const HOSTS: &str = "/weft/v1/hosts/";
 /// The prefix of liveness keys.
 pub const ALIVE: &str = "/weft/v1/alive/";
+
+/// The prefix of each host's published container names (netd writes and reads them).
+pub const NAMES: &str = "/weft/v1/names/";
+
+/// The key of a host's published container names.
+pub fn names_key(id: &HostId) -> String {
+    format!("{NAMES}{id}")
+}
 
 /// The key of a host's record.
 pub fn host_key(id: &HostId) -> String {
