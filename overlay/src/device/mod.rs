@@ -223,12 +223,14 @@ pub struct DeviceStats {
 pub(crate) struct Shared {
     pub name: String,
     pub netns: String,
-    pub private_key: PrivateKey,
-    pub public_key: PublicKey,
+    /// The static key pair and its handshake guard; replaced whole by
+    /// `Device::set_private_key` (taken once per handshake message).
+    pub keys: RwLock<Arc<DeviceKeys>>,
+    /// Handshake messages per second admitted without a cookie.
+    pub handshakes_per_second: u64,
     pub tun: Tun,
     pub udp: UdpSocket,
     pub peers: RwLock<PeerTable>,
-    pub guard: HandshakeGuard,
     pub drops: DropCounters,
     pub arrivals: ArrivalCounters,
     pub stop: Stop,
@@ -237,6 +239,30 @@ pub(crate) struct Shared {
     /// made with, whatever the link's MTU is changed to later).
     pub max_packet: usize,
     next_slot: AtomicU32,
+}
+
+/// The device's static key pair and the guard that checks handshakes against it.
+pub(crate) struct DeviceKeys {
+    pub private_key: PrivateKey,
+    pub public_key: PublicKey,
+    pub guard: HandshakeGuard,
+}
+
+impl DeviceKeys {
+    fn new(private_key: PrivateKey, handshakes_per_second: u64) -> DeviceKeys {
+        DeviceKeys {
+            guard: HandshakeGuard::new(&private_key, handshakes_per_second),
+            public_key: private_key.public_key(),
+            private_key,
+        }
+    }
+}
+
+impl Shared {
+    /// The current keys (a cheap clone of the pointer).
+    pub(crate) fn keys(&self) -> Arc<DeviceKeys> {
+        self.keys.read().expect("device keys lock poisoned").clone()
+    }
 }
 
 /// A running WireGuard device. Dropping it stops its threads and removes the
@@ -252,7 +278,7 @@ impl std::fmt::Debug for Device {
         f.debug_struct("Device")
             .field("name", &self.shared.name)
             .field("netns", &self.shared.netns)
-            .field("public_key", &self.shared.public_key)
+            .field("public_key", &self.shared.keys().public_key)
             .field("listen_port", &self.shared.udp.port())
             .finish()
     }
@@ -326,11 +352,13 @@ impl Device {
 
         let public_key = config.private_key.public_key();
         let shared = Arc::new(Shared {
-            guard: HandshakeGuard::new(&config.private_key, config.handshakes_per_second),
+            keys: RwLock::new(Arc::new(DeviceKeys::new(
+                config.private_key,
+                config.handshakes_per_second,
+            ))),
+            handshakes_per_second: config.handshakes_per_second,
             name: name.clone(),
             netns: label.clone(),
-            private_key: config.private_key,
-            public_key,
             tun,
             udp,
             peers: RwLock::new(PeerTable::default()),
@@ -401,7 +429,7 @@ impl Device {
 
     /// The public key peers use for this device.
     pub fn public_key(&self) -> PublicKey {
-        self.shared.public_key
+        self.shared.keys().public_key
     }
 
     /// The UDP port the device listens on (the free one picked when the
@@ -421,7 +449,8 @@ impl Device {
     pub fn set_peer(&self, config: PeerConfig) -> Result<(), DeviceError> {
         let s = &self.shared;
         let key = config.public_key;
-        if key == s.public_key {
+        let keys = s.keys();
+        if key == keys.public_key {
             return Err(DeviceError::OwnKey {
                 name: s.name.clone(),
                 peer: key,
@@ -463,12 +492,12 @@ impl Device {
         };
         let new_session = || -> Result<Box<NoiseSession>, DeviceError> {
             NoiseSession::new(
-                &s.private_key,
+                &keys.private_key,
                 key,
                 config.preshared_key.as_ref(),
                 config.persistent_keepalive,
                 slot,
-                s.guard.session_limiter(),
+                keys.guard.session_limiter(),
             )
             .map(Box::new)
             .map_err(session_error)
@@ -506,6 +535,64 @@ impl Device {
             table.allowed.insert(*network, slot);
         }
         tracing::debug!(device = %s.name, peer = %key, slot, "peer set");
+        Ok(())
+    }
+
+    /// Replaces the device's static private key in place (key rotation),
+    /// while traffic flows and without touching the TUN link or the socket.
+    ///
+    /// Every peer's session is rebuilt with the new key and the old sessions
+    /// are dropped: packets in flight under them are refused, and the next
+    /// packet to or from a peer starts a handshake under the new key. Peers
+    /// keep their slot, endpoint (configured or learnt), allowed IPs and
+    /// counters. Initiations made with the old key no longer decrypt: they
+    /// are dropped as from an unknown key. Refused when the new public key is
+    /// a peer's (the device would talk to itself); nothing changes then.
+    pub fn set_private_key(&self, private_key: PrivateKey) -> Result<(), DeviceError> {
+        let s = &self.shared;
+        let keys = Arc::new(DeviceKeys::new(private_key, s.handshakes_per_second));
+        // The table's write lock keeps the data path out while keys and
+        // sessions change together: no packet sees a session of the old key
+        // beside the new guard.
+        let table = s.peers.write().expect("peer table lock poisoned");
+        if table.by_key.contains_key(&keys.public_key) {
+            return Err(DeviceError::OwnKey {
+                name: s.name.clone(),
+                peer: keys.public_key,
+            });
+        }
+        let mut sessions = Vec::with_capacity(table.by_key.len());
+        for peer in table.by_key.values() {
+            let config = peer.config.lock().expect("peer config lock poisoned");
+            let session = NoiseSession::new(
+                &keys.private_key,
+                config.public_key,
+                config.preshared_key.as_ref(),
+                config.persistent_keepalive,
+                peer.slot,
+                keys.guard.session_limiter(),
+            )
+            .map_err(|source| DeviceError::Session {
+                name: s.name.clone(),
+                peer: config.public_key,
+                source,
+            })?;
+            sessions.push((peer.clone(), Box::new(session)));
+        }
+        for (peer, session) in sessions {
+            peer.state.lock().expect("peer state lock poisoned").session = session;
+        }
+        let old = std::mem::replace(
+            &mut *s.keys.write().expect("device keys lock poisoned"),
+            keys.clone(),
+        );
+        drop(table);
+        tracing::info!(
+            device = %s.name,
+            old_public_key = %old.public_key,
+            public_key = %keys.public_key,
+            "private key replaced; every peer handshakes again"
+        );
         Ok(())
     }
 
@@ -554,7 +641,7 @@ impl Device {
         peers.sort_by_key(|p| p.public_key);
         DeviceStats {
             name: self.shared.name.clone(),
-            public_key: self.shared.public_key,
+            public_key: self.shared.keys().public_key,
             listen_port: self.listen_port(),
             mtu: self.mtu,
             peers,

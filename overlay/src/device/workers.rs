@@ -287,6 +287,7 @@ fn receive_one(
     let peer = match message {
         WireMessage::HandshakeInitiation { .. } => {
             match shared
+                .keys()
                 .guard
                 .initiator(datagram)
                 .ok()
@@ -347,7 +348,7 @@ fn admit(
     from: SocketAddr,
     cookie: &mut [u8; COOKIE_REPLY_LEN],
 ) -> Option<Arrival> {
-    match shared.guard.admit(from.ip(), datagram, cookie) {
+    match shared.keys().guard.admit(from.ip(), datagram, cookie) {
         Admission::Admit => None,
         Admission::SendCookie(reply) => {
             send_one(shared, reply, from, &shared.drops);
@@ -412,7 +413,7 @@ pub(super) fn timer_loop(shared: &Shared) {
             }
         }
         if budget_reset.elapsed() >= Duration::from_secs(1) {
-            shared.guard.reset_budget();
+            shared.keys().guard.reset_budget();
             budget_reset = Instant::now();
         }
         let table = shared.peers.read().expect("peer table lock poisoned");
