@@ -109,7 +109,9 @@ impl OverlayService {
     pub fn rotate_key(&self) -> Result<::overlay::PrivateKey> {
         let file = self.key_file.display();
         let old = ::overlay::PrivateKey::read_file(&self.key_file).map_err(|e| {
-            Error::Setup(format!("overlay: rotate the key: read the key file {file}: {e}"))
+            Error::Setup(format!(
+                "overlay: rotate the key: read the key file {file}: {e}"
+            ))
         })?;
         if old.public_key() != self.device.public_key() {
             return Err(Error::Conflict(format!(
@@ -190,6 +192,11 @@ impl OverlayService {
             .filter(|p| !wanted.contains_key(&p.public_key))
             .cloned()
             .collect();
+        // Hosts whose key changed (rotation): the same host under a new key.
+        let rekeyed: Vec<String> = gone
+            .iter()
+            .filter_map(|p| p.host.as_ref().map(|h| h.id.clone()))
+            .collect();
         for peer in gone {
             match self.remove(&nl, &peer).await {
                 Ok(()) => {
@@ -257,6 +264,11 @@ impl OverlayService {
                             .insert(peer.public_key, h.record_revision);
                     }
                     applied.insert(peer.public_key, peer.clone());
+                    if before.is_none()
+                        && peer.host.as_ref().is_some_and(|h| rekeyed.contains(&h.id))
+                    {
+                        self.handshake_now(peer);
+                    }
                     actions.push(Action::new(
                         kind,
                         format!("overlay: {verb} peer {}", peer.describe()),
@@ -397,6 +409,16 @@ impl OverlayService {
             .insert(now.public_key, n.record_revision)
             .unwrap_or(b.record_revision);
         seen != n.record_revision
+    }
+
+    /// Starts the session with a host's new key at once: the host switched
+    /// to it already, and its own first initiation under it was refused
+    /// while this side still had the old key (it retries only after 5 s).
+    fn handshake_now(&self, peer: &OverlayPeer) {
+        match self.device.initiate_handshake(&peer.public_key) {
+            Ok(sent) => tracing::debug!(peer = %peer.describe(), sent, "handshake with a new key"),
+            Err(e) => tracing::warn!("overlay: handshake with {}: {e}", peer.describe()),
+        }
     }
 
     /// Drops the peer's session and sets it again, keeping the endpoint it

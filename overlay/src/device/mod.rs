@@ -30,7 +30,7 @@ use serde::Serialize;
 
 use crate::allowed_ips::AllowedIpsError;
 use crate::keys::{PrivateKey, PublicKey};
-use crate::session::{HandshakeGuard, NoiseSession, SessionError, MAX_SLOT};
+use crate::session::{HandshakeGuard, NoiseSession, SessionError, SessionOutput, MAX_SLOT};
 use crate::tun::{Tun, TunError};
 use crate::udp::{UdpError, UdpSocket};
 use crate::wait::Stop;
@@ -594,6 +594,35 @@ impl Device {
             "private key replaced; every peer handshakes again"
         );
         Ok(())
+    }
+
+    /// Sends a handshake initiation to a peer now, rather than at its next
+    /// packet: used when a peer's key changed, so the session under the new
+    /// key is up before traffic waits on it (a side whose own initiation was
+    /// refused retries only after WireGuard's 5 s rekey timeout). Returns
+    /// false when the peer's endpoint is not known yet (nothing sent).
+    pub fn initiate_handshake(&self, key: &PublicKey) -> Result<bool, DeviceError> {
+        let s = &self.shared;
+        let table = s.peers.read().expect("peer table lock poisoned");
+        let Some(peer) = table.by_key.get(key) else {
+            return Err(DeviceError::UnknownPeer {
+                name: s.name.clone(),
+                peer: *key,
+            });
+        };
+        let mut state = peer.state.lock().expect("peer state lock poisoned");
+        let Some(to) = state.endpoint else {
+            return Ok(false);
+        };
+        let mut out = [0u8; 256];
+        match state.session.initiate_handshake(&mut out, false) {
+            SessionOutput::ToNetwork(message) => {
+                send_one(s, message, to, &peer.counters.drops);
+                Ok(true)
+            }
+            // A handshake already in flight: it goes on.
+            _ => Ok(false),
+        }
     }
 
     /// Removes a peer: its session ends and its allowed IPs stop routing at once.
