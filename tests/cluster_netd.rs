@@ -643,3 +643,62 @@ async fn rotate_key_under_a_stream_pauses_under_2_s_and_the_old_key_is_refused_a
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[tokio::test]
+async fn netd_peers_shows_failing_handshake_attempts_to_a_host_that_is_down() {
+    require_root!();
+    let mut cl = Cluster::new(&["a", "b"]).await;
+    cl.wait_all_alive();
+    // b goes down before a ever talked to it: a's first packet starts
+    // handshakes that nothing answers.
+    cl.netds[1].signal(libc::SIGKILL).unwrap();
+    let b_key = cl.netds[1].public_key.clone();
+    assert!(!ping(&cl.containers[0].netns, cl.addrs(1)[0]).unwrap());
+    let peer_b = |cl: &Cluster| {
+        let peers = cl.netds[0].peers().unwrap();
+        peers
+            .into_iter()
+            .find(|p| p["public_key"] == b_key.as_str())
+            .expect("b stays a peer while down")
+    };
+    let first = peer_b(&cl);
+    assert!(
+        first["handshake_attempts"].as_u64().unwrap() >= 1,
+        "{first}"
+    );
+    assert_eq!(first["last_handshake"], Value::Null, "{first}");
+    // WireGuard retries every 5 s: the count grows and says why.
+    let start = Instant::now();
+    let later = loop {
+        let p = peer_b(&cl);
+        if p["handshake_attempts"].as_u64().unwrap() >= 3 {
+            break p;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "attempts did not grow: {p}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    eprintln!("a's view of b while b is down: {later}");
+    assert_eq!(
+        later["handshake_last_error"], "no response to the initiation",
+        "{later}"
+    );
+    assert!(later["handshake_last_error_age_secs"].as_u64().unwrap() < 10);
+    let table = cl.netds[0].cli(&["peers"]).unwrap();
+    assert!(
+        table.stdout.contains("ATTEMPTS") && table.stdout.contains("no response to the initiation"),
+        "{}",
+        table.stdout
+    );
+    eprintln!("{}", table.stdout);
+
+    // Back: a handshake succeeds and nothing is pending any more.
+    cl.start(1);
+    cl.wait_all_alive();
+    cl.all_pairs_reach(&[]);
+    let back = peer_b(&cl);
+    assert_eq!(back["handshake_attempts"], 0, "{back}");
+    assert!(back["last_handshake"].is_u64(), "{back}");
+}

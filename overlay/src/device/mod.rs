@@ -12,11 +12,13 @@
 //! table sits behind a read-write lock that the data path takes once per batch.
 
 mod arrivals;
+mod handshakes;
 mod peer;
 mod table;
 mod workers;
 
 pub use arrivals::ArrivalCounts;
+pub use handshakes::{HandshakeAttempts, HandshakeFailure};
 pub use peer::{DropCounts, DropReason, PeerConfig, PeerStats};
 
 use std::net::SocketAddr;
@@ -617,6 +619,7 @@ impl Device {
         let mut out = [0u8; 256];
         match state.session.initiate_handshake(&mut out, false) {
             SessionOutput::ToNetwork(message) => {
+                peer.counters.handshakes.sent(message);
                 send_one(s, message, to, &peer.counters.drops);
                 Ok(true)
             }

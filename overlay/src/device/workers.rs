@@ -154,6 +154,8 @@ fn encapsulate(
                 if wire.first() == Some(&4) {
                     bytes += inner.len() as u64;
                     packets += 1;
+                } else {
+                    peer.counters.handshakes.sent(wire);
                 }
                 wire.len()
             }
@@ -317,6 +319,10 @@ fn receive_one(
             if !matches!(message, WireMessage::CookieReply { .. }) {
                 state.endpoint = Some(from);
             }
+            if !matches!(message, WireMessage::CookieReply { .. }) {
+                // Our response to their initiation, or the keepalive after theirs.
+                peer.counters.handshakes.completed();
+            }
             peer.counters.sent_message(reply);
             send_one(shared, reply, from, &peer.counters.drops);
             // Packets queued while the handshake ran can go now.
@@ -335,6 +341,11 @@ fn receive_one(
         }
         SessionOutput::Failed(e) => {
             drop(state);
+            if matches!(message, WireMessage::HandshakeResponse { .. }) {
+                peer.counters
+                    .handshakes
+                    .failed(super::HandshakeFailure::Refused(e));
+            }
             count_failure(shared, peer, &message, e)
         }
     }
@@ -426,9 +437,21 @@ pub(super) fn timer_loop(shared: &Shared) {
                         peer.counters.sent_message(wire);
                         send_one(shared, wire, to, &peer.counters.drops);
                     }
-                    None => peer.counters.drops.add(DropReason::NoEndpoint, 1),
+                    None => {
+                        peer.counters.drops.add(DropReason::NoEndpoint, 1);
+                        if wire.first() == Some(&1) {
+                            peer.counters
+                                .handshakes
+                                .failed(super::HandshakeFailure::NoEndpoint);
+                        }
+                    }
                 },
-                SessionOutput::Failed(SessionError::Expired) | SessionOutput::Done => {}
+                SessionOutput::Failed(SessionError::Expired) => {
+                    peer.counters
+                        .handshakes
+                        .failed(super::HandshakeFailure::GaveUp);
+                }
+                SessionOutput::Done => {}
                 SessionOutput::Failed(e) => {
                     tracing::debug!(device = %shared.name, slot = peer.slot, "timers: {e}");
                 }
