@@ -15,6 +15,7 @@ use world::etcd::{Etcd, ETCD_IP, ETCD_PORT};
 use world::{ip_json, ping, require_root, Container, NetdHost, World};
 
 mod cluster_support;
+mod overlay_support;
 
 const RANGE: &str = "10.96.0.0/16";
 const RANGE6: &str = "fd96::/48";
@@ -519,20 +520,6 @@ async fn a_subnet_key_other_than_the_reservation_is_refused_at_start_naming_both
     cl.netds[e].start().unwrap();
 }
 
-/// Builds a WireGuard handshake initiation from `from` to `to` (a
-/// fresh session, as a host holding `from` would send).
-fn initiation(from: &overlay::PrivateKey, to: overlay::PublicKey) -> Vec<u8> {
-    use overlay::session::HandshakeGuard;
-    let guard = HandshakeGuard::new(from, 100);
-    let mut session =
-        overlay::NoiseSession::new(from, to, None, None, 1, guard.session_limiter()).unwrap();
-    let mut out = vec![0u8; 256];
-    match overlay::PeerSession::initiate_handshake(&mut session, &mut out, true) {
-        overlay::SessionOutput::ToNetwork(m) => m.to_vec(),
-        other => panic!("expected an initiation, got {other:?}"),
-    }
-}
-
 fn unknown_key_drops(netd: &NetdHost) -> u64 {
     let status = netd.json(&["status"]).unwrap();
     status["overlay"]["drops"]["unknown_key"]
@@ -628,10 +615,8 @@ async fn rotate_key_under_a_stream_pauses_under_2_s_and_the_old_key_is_refused_a
         .run(|| std::net::UdpSocket::bind("0.0.0.0:0"))
         .unwrap()
         .unwrap();
-    for _ in 0..3 {
-        socket
-            .send_to(&initiation(&old_private, b_key), b_endpoint)
-            .unwrap();
+    for message in overlay_support::initiations(&old_private, b_key, 3) {
+        socket.send_to(&message, b_endpoint).unwrap();
     }
     let start = Instant::now();
     while unknown_key_drops(&cl.netds[1]) < before + 3 {
