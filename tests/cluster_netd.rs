@@ -8,9 +8,11 @@
 use std::time::{Duration, Instant};
 
 use cluster_support::{host, scrape, store, Cluster, Stream};
-use world::{ip_json, require_root};
+use serde_json::Value;
+use world::{ip_json, ping, require_root, NetdHost};
 
 mod cluster_support;
+mod overlay_support;
 
 #[tokio::test]
 async fn three_hosts_join_by_themselves_and_every_pair_of_containers_talks_v4_and_v6() {
@@ -346,4 +348,172 @@ async fn a_subnet_key_other_than_the_reservation_is_refused_at_start_naming_both
     );
     std::fs::write(&config, format!("subnet = \"{reserved}\"\n{text}")).unwrap();
     cl.netds[e].start().unwrap();
+}
+
+fn unknown_key_drops(netd: &NetdHost) -> u64 {
+    let status = netd.json(&["status"]).unwrap();
+    status["overlay"]["drops"]["unknown_key"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn rotate_key_under_a_stream_pauses_under_2_s_and_the_old_key_is_refused_after() {
+    require_root!();
+    let cl = Cluster::new(&["a", "b", "c"]).await;
+    cl.wait_all_alive();
+    cl.all_pairs_reach(&[]);
+    let key_file = cl.netds[0].state_dir().join("overlay.key");
+    let old_private = overlay::PrivateKey::read_file(&key_file).unwrap();
+    let old_key = cl.netds[0].public_key.clone();
+    assert_eq!(old_private.public_key().to_base64(), old_key);
+    let epoch = cl.netds[0].json(&["cluster", "status"]).unwrap()["key_epoch"]
+        .as_u64()
+        .unwrap();
+
+    let stream = Stream::start(
+        &cl.containers[0].netns,
+        &cl.containers[1].netns,
+        cl.addrs(1)[0],
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let rotated = cl.netds[0].json(&["cluster", "rotate-key"]).unwrap();
+    let new_key = rotated["public_key"].as_str().unwrap().to_string();
+    assert_ne!(new_key, old_key, "{rotated}");
+    assert_eq!(rotated["key_epoch"], epoch + 1, "{rotated}");
+    // The key file holds the new key, still 0600.
+    let on_disk = overlay::PrivateKey::read_file(&key_file).unwrap();
+    assert_eq!(on_disk.public_key().to_base64(), new_key);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "key file mode {mode:o}");
+    assert!(
+        !cl.netds[0].log_text().contains(&on_disk.to_base64()),
+        "the new private key is in the log"
+    );
+    let status = cl.netds[0].json(&["cluster", "status"]).unwrap();
+    assert_eq!(status["key_epoch"], epoch + 1, "{status}");
+
+    // The others replace a's peer: the new key, the old one gone.
+    for i in 1..3 {
+        let start = Instant::now();
+        loop {
+            let peers = cl.netds[i].peers().unwrap();
+            let has = |k: &str| peers.iter().any(|p| p["public_key"] == k);
+            if has(&new_key) && !has(&old_key) {
+                let a = peers.iter().find(|p| p["public_key"] == new_key.as_str());
+                assert_eq!(a.unwrap()["host"]["key_epoch"], epoch + 1, "{peers:?}");
+                eprintln!(
+                    "{} took a's new key after {:?}",
+                    cl.netds[i].host.name,
+                    start.elapsed()
+                );
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{} still has a's old key or lacks the new one: {peers:?}\n{}",
+                cl.netds[i].host.name,
+                cl.netds[i].log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let (sent, received, gap, intact) = stream.finish();
+    eprintln!(
+        "rotation under a stream: {sent} bytes sent, {received} received, longest gap {gap:?}"
+    );
+    assert_eq!(sent, received, "bytes lost");
+    assert!(intact, "the stream's bytes arrived changed");
+    assert!(gap < Duration::from_secs(2), "a pause of {gap:?}");
+    cl.all_pairs_reach(&[]);
+
+    // A handshake under the old key is refused: b drops it as from an unknown key.
+    let hosts = cl.netds[1].json(&["cluster", "hosts"]).unwrap();
+    let b_endpoint: std::net::SocketAddr = host(hosts.as_array().unwrap(), "b").unwrap()
+        ["endpoint"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let b_key = overlay::PublicKey::from_base64(&cl.netds[1].public_key).unwrap();
+    let before = unknown_key_drops(&cl.netds[1]);
+    let socket = cl.netds[0]
+        .host
+        .netns
+        .run(|| std::net::UdpSocket::bind("0.0.0.0:0"))
+        .unwrap()
+        .unwrap();
+    for message in overlay_support::initiations(&old_private, b_key, 3) {
+        socket.send_to(&message, b_endpoint).unwrap();
+    }
+    let start = Instant::now();
+    while unknown_key_drops(&cl.netds[1]) < before + 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "b did not drop the old key's initiations as unknown: {}",
+            cl.netds[1].json(&["status"]).unwrap()["overlay"]
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test]
+async fn netd_peers_shows_failing_handshake_attempts_to_a_host_that_is_down() {
+    require_root!();
+    let mut cl = Cluster::new(&["a", "b"]).await;
+    cl.wait_all_alive();
+    // b goes down before a ever talked to it: a's first packet starts
+    // handshakes that nothing answers.
+    cl.netds[1].signal(libc::SIGKILL).unwrap();
+    let b_key = cl.netds[1].public_key.clone();
+    assert!(!ping(&cl.containers[0].netns, cl.addrs(1)[0]).unwrap());
+    let peer_b = |cl: &Cluster| {
+        let peers = cl.netds[0].peers().unwrap();
+        peers
+            .into_iter()
+            .find(|p| p["public_key"] == b_key.as_str())
+            .expect("b stays a peer while down")
+    };
+    let first = peer_b(&cl);
+    assert!(
+        first["handshake_attempts"].as_u64().unwrap() >= 1,
+        "{first}"
+    );
+    assert_eq!(first["last_handshake"], Value::Null, "{first}");
+    // WireGuard retries every 5 s: the count grows and says why.
+    let start = Instant::now();
+    let later = loop {
+        let p = peer_b(&cl);
+        if p["handshake_attempts"].as_u64().unwrap() >= 3 {
+            break p;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "attempts did not grow: {p}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    eprintln!("a's view of b while b is down: {later}");
+    assert_eq!(
+        later["handshake_last_error"], "no response to the initiation",
+        "{later}"
+    );
+    assert!(later["handshake_last_error_age_secs"].as_u64().unwrap() < 10);
+    let table = cl.netds[0].cli(&["peers"]).unwrap();
+    assert!(
+        table.stdout.contains("ATTEMPTS") && table.stdout.contains("no response to the initiation"),
+        "{}",
+        table.stdout
+    );
+    eprintln!("{}", table.stdout);
+
+    // Back: a handshake succeeds and nothing is pending any more.
+    cl.start(1);
+    cl.wait_all_alive();
+    cl.all_pairs_reach(&[]);
+    let back = peer_b(&cl);
+    assert_eq!(back["handshake_attempts"], 0, "{back}");
+    assert!(back["last_handshake"].is_u64(), "{back}");
 }

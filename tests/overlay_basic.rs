@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use overlay::{Device, DropReason, PeerConfig, PrivateKey, DEFAULT_PORT};
-use overlay_support::{device_on, peer_of, stranger_initiations};
+use overlay_support::{device_on, initiations, peer_of, stranger_initiations};
 use plumb::Netlink;
 use world::{
     classify_frame, contains, ip_json, ping, require_root, tcp_exchange, Capture, Frame, Host,
@@ -160,6 +160,65 @@ async fn a_removed_peer_is_unreachable_and_can_come_back() {
     p.da.set_peer(p.peer_b()).unwrap();
     assert!(ping(&p.a.netns, ip(B_OVERLAY)).unwrap());
     tcp_exchange(&p.a.netns, (ip(A_OVERLAY), 7001).into(), &p.b.netns).unwrap();
+}
+
+#[tokio::test]
+async fn a_private_key_changed_in_place_handshakes_again_and_the_old_key_is_refused() {
+    require_root!();
+    let p = pair().await;
+    assert!(ping(&p.a.netns, ip(B_OVERLAY)).unwrap());
+    let before = p.da.peer_stats(&p.db.public_key()).unwrap();
+
+    // A key that is a peer's is refused, and nothing changes.
+    let own = PrivateKey::generate().unwrap();
+    let kept = p.da.public_key();
+    p.da.set_peer(PeerConfig::new(own.public_key())).unwrap();
+    assert!(p.da.set_private_key(own.clone()).is_err());
+    assert_eq!(p.da.public_key(), kept);
+    p.da.remove_peer(&own.public_key()).unwrap();
+
+    // Rotate twice; b follows each time as netd does: the peer under the
+    // old key replaced, then a handshake sent at once.
+    let first = PrivateKey::generate().unwrap();
+    for key in [first.clone(), PrivateKey::generate().unwrap()] {
+        let old = p.da.public_key();
+        p.da.set_private_key(key.clone()).unwrap();
+        assert_eq!(p.da.public_key(), key.public_key());
+        p.db.remove_peer(&old).unwrap();
+        p.db.set_peer(p.peer_a()).unwrap();
+        assert!(p.db.initiate_handshake(&key.public_key()).unwrap());
+        assert!(ping(&p.a.netns, ip(B_OVERLAY)).unwrap());
+        tcp_exchange(&p.a.netns, (ip(A_OVERLAY), 7002).into(), &p.b.netns).unwrap();
+    }
+    // a's peer entry for b kept its counters and endpoint through both.
+    let after = p.da.peer_stats(&p.db.public_key()).unwrap();
+    assert!(after.rx_packets > before.rx_packets);
+    assert_eq!(after.endpoint, before.endpoint);
+    // b's initiation to the new key was counted and answered.
+    let a_on_b = p.db.peer_stats(&p.da.public_key()).unwrap().handshakes;
+    assert!(a_on_b.initiations >= 1, "{a_on_b:?}");
+    assert_eq!(a_on_b.unanswered, 0, "{a_on_b:?}");
+
+    // Initiations under the first rotated key: b knows no such peer any more.
+    let unknown = p.db.stats().drops.get(DropReason::UnknownKey);
+    let socket =
+        p.a.netns
+            .run(|| UdpSocket::bind("0.0.0.0:0"))
+            .unwrap()
+            .unwrap();
+    let to: SocketAddr = (p.b.ip_addr(), p.db.listen_port()).into();
+    for message in initiations(&first, p.db.public_key(), 3) {
+        socket.send_to(&message, to).unwrap();
+    }
+    let start = Instant::now();
+    while p.db.stats().drops.get(DropReason::UnknownKey) < unknown + 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            p.db.stats().drops.nonzero()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[tokio::test]

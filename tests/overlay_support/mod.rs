@@ -34,10 +34,14 @@ pub fn peer_of(device: &Device, host: &Host, allowed: &str) -> PeerConfig {
 /// `count` distinct, valid handshake initiations (right mac1) to `to` from a
 /// fresh key that no device knows.
 pub fn stranger_initiations(to: PublicKey, count: usize) -> Vec<Vec<u8>> {
-    let stranger = PrivateKey::generate().unwrap();
-    let guard = HandshakeGuard::new(&stranger, 10);
-    let mut session =
-        NoiseSession::new(&stranger, to, None, None, 1, guard.session_limiter()).unwrap();
+    initiations(&PrivateKey::generate().unwrap(), to, count)
+}
+
+/// `count` distinct, valid handshake initiations (right mac1) to `to`, made
+/// with the static key `from`.
+pub fn initiations(from: &PrivateKey, to: PublicKey, count: usize) -> Vec<Vec<u8>> {
+    let guard = HandshakeGuard::new(from, 10);
+    let mut session = NoiseSession::new(from, to, None, None, 1, guard.session_limiter()).unwrap();
     let mut out = [0u8; 256];
     (0..count)
         .map(|_| match session.initiate_handshake(&mut out, true) {

@@ -1,4 +1,4 @@
-//! `netd cluster init|status|hosts|leave|forget`. `init` talks to the store
+//! `netd cluster init|status|hosts|leave|forget|rotate-key`. `init` talks to the store
 //! directly (no netd runs before the cluster exists); the others go through
 //! the daemon's socket, which holds the store connection and the host's id.
 
@@ -21,6 +21,8 @@ pub enum ClusterCommand {
     Leave(ClientArgs),
     /// Remove a host that is gone (by name or id); refused while it is alive unless --force.
     Forget(ForgetArgs),
+    /// Switch this host to a new overlay key without a restart and publish it (key epoch + 1).
+    RotateKey(ClientArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -142,6 +144,20 @@ pub async fn run(command: ClusterCommand) -> Result<()> {
                 print_json(&record);
             } else {
                 println!("left the cluster; netd stops; the subnets are free");
+            }
+            Ok(())
+        }
+        ClusterCommand::RotateKey(args) => {
+            let record: serde_json::Value =
+                args.client().post("/v1/cluster/rotate-key", &()).await?;
+            if args.json {
+                print_json(&record);
+            } else {
+                println!(
+                    "new overlay key {} (key epoch {}); the other hosts switch when they see it",
+                    record["public_key"].as_str().unwrap_or("?"),
+                    record["key_epoch"]
+                );
             }
             Ok(())
         }

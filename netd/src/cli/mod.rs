@@ -56,7 +56,7 @@ pub enum Command {
     Unpublish(publish::PublishArgs),
     /// Check the kernel against the state now and fix what differs; re-reads the overlay's peer list.
     Reconcile(ClientArgs),
-    /// Show the overlay's peers: endpoint, last handshake, traffic, drops.
+    /// Show the overlay's peers: endpoint, last handshake, failing handshake attempts and the last error, traffic, drops.
     Peers(ClientArgs),
     /// List the names the network's DNS server answers: name, addresses, host, source.
     Names(ClientArgs),

@@ -15,8 +15,18 @@ pub async fn run(args: ClientArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<16}  {:<6}  {:<5}  {:<44}  {:<21}  {:<15}  {:>9}  {:>21}  {:>21}  DROPS",
-        "HOST", "SOURCE", "STATE", "PEER", "ENDPOINT", "ALLOWED IPS", "HANDSHAKE", "RX", "TX"
+        "{:<16}  {:<6}  {:<5}  {:<44}  {:<21}  {:<15}  {:>9}  {:>8}  {:>21}  {:>21}  {:<8}  LAST HANDSHAKE ERROR",
+        "HOST",
+        "SOURCE",
+        "STATE",
+        "PEER",
+        "ENDPOINT",
+        "ALLOWED IPS",
+        "HANDSHAKE",
+        "ATTEMPTS",
+        "RX",
+        "TX",
+        "DROPS"
     );
     for p in &peers {
         let allowed: Vec<String> = p.allowed_ips.iter().map(|n| n.to_string()).collect();
@@ -39,18 +49,28 @@ pub async fn run(args: ClientArgs) -> Result<()> {
             None => ("-", "-"),
         };
         println!(
-            "{host:<16}  {source:<6}  {state:<5}  {:<44}  {:<21}  {:<15}  {:>9}  {:>21}  {:>21}  {drops}",
+            "{host:<16}  {source:<6}  {state:<5}  {:<44}  {:<21}  {:<15}  {:>9}  {:>8}  {:>21}  {:>21}  {drops:<8}  {}",
             p.public_key,
             p.endpoint
                 .map(|e| e.to_string())
                 .unwrap_or_else(|| "(unknown)".into()),
             allowed.join(","),
             handshake(p.handshake_age_secs),
+            p.handshake_attempts,
             traffic(p.rx_bytes, p.rx_packets),
             traffic(p.tx_bytes, p.tx_packets),
+            last_error(p),
         );
     }
     Ok(())
+}
+
+/// `no response to the initiation (4s ago)`, or `-`.
+fn last_error(p: &PeerReport) -> String {
+    match &p.handshake_last_error {
+        Some(e) => format!("{e} ({})", handshake(p.handshake_last_error_age_secs)),
+        None => "-".into(),
+    }
 }
 
 pub(crate) fn handshake(age: Option<u64>) -> String {

@@ -270,6 +270,36 @@ impl ClusterHost {
         Ok(record)
     }
 
+    /// Key rotation (`netd cluster rotate-key`): a new overlay key on the
+    /// device and in the key file, then its public key published with the
+    /// key epoch + 1. The other hosts replace this host's peer when the
+    /// record reaches them. Publishing failed: the old key is put back.
+    pub async fn rotate_key(&self, overlay: &crate::overlay::OverlayService) -> Result<HostRecord> {
+        let old = overlay.rotate_key()?;
+        let new_key = overlay.public_key();
+        match self.member.publish_key(&new_key).await {
+            Ok(record) => {
+                tracing::info!(
+                    host = %self.id(),
+                    old_public_key = %old.public_key(),
+                    public_key = %new_key,
+                    key_epoch = record.key_epoch,
+                    "rotated the overlay key"
+                );
+                *self.record.lock().unwrap_or_else(|e| e.into_inner()) = record.clone();
+                Ok(record)
+            }
+            Err(e) => {
+                overlay.restore_key(old)?;
+                tracing::error!(
+                    host = %self.id(),
+                    "cluster: publish the new overlay key: {e}; kept the old key"
+                );
+                Err(e.into())
+            }
+        }
+    }
+
     /// Resolves once this host has left the cluster.
     pub fn left(&self) -> watch::Receiver<bool> {
         self.left.subscribe()

@@ -48,6 +48,7 @@ pub enum ClusterCall {
     Hosts,
     Leave,
     Forget(crate::cluster::ForgetRequest),
+    RotateKey,
 }
 
 /// Parses one request. The body is looked at only by calls that take one.
@@ -89,6 +90,7 @@ pub fn route(method: &Method, path: &str, query: Option<&str>, body: &[u8]) -> R
         (&Method::GET, ["v1", "cluster", "status"]) => Call::Cluster(ClusterCall::Status),
         (&Method::GET, ["v1", "cluster", "hosts"]) => Call::Cluster(ClusterCall::Hosts),
         (&Method::POST, ["v1", "cluster", "leave"]) => Call::Cluster(ClusterCall::Leave),
+        (&Method::POST, ["v1", "cluster", "rotate-key"]) => Call::Cluster(ClusterCall::RotateKey),
         (&Method::POST, ["v1", "cluster", "forget"]) => {
             Call::Cluster(ClusterCall::Forget(parse(body)?))
         }

@@ -377,5 +377,11 @@ async fn cluster_call(daemon: &Daemon, call: ClusterCall) -> Answer {
         ClusterCall::Hosts => json(StatusCode::OK, &cluster.hosts()),
         ClusterCall::Leave => answer(cluster.leave().await),
         ClusterCall::Forget(req) => answer(cluster.forget(&req.host, req.force).await),
+        ClusterCall::RotateKey => match daemon.overlay() {
+            Some(overlay) => answer(cluster.rotate_key(overlay).await),
+            None => error(&Error::NotFound(
+                "this netd runs without an overlay device: no key to rotate".into(),
+            )),
+        },
     }
 }

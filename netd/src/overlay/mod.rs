@@ -52,6 +52,8 @@ pub struct OverlayService {
     cluster_managed: std::sync::atomic::AtomicBool,
     /// Per store peer, its record's revision when its liveness key last changed.
     incarnations: std::sync::Mutex<BTreeMap<PublicKey, i64>>,
+    /// Where the device's private key is kept (rewritten by a rotation).
+    key_file: std::path::PathBuf,
 }
 
 impl std::fmt::Debug for OverlayService {
@@ -96,7 +98,52 @@ impl OverlayService {
             from_store: std::sync::Mutex::new(Vec::new()),
             cluster_managed: std::sync::atomic::AtomicBool::new(false),
             incarnations: std::sync::Mutex::new(BTreeMap::new()),
+            key_file: key_file.to_path_buf(),
         })
+    }
+
+    /// Key rotation: makes a new private key, switches the device to it in
+    /// place (every peer handshakes again under it) and writes it to the key
+    /// file (atomically, 0600). Returns the old private key, for `restore_key`
+    /// should publishing the new public key fail. On error nothing changed.
+    pub fn rotate_key(&self) -> Result<::overlay::PrivateKey> {
+        let file = self.key_file.display();
+        let old = ::overlay::PrivateKey::read_file(&self.key_file).map_err(|e| {
+            Error::Setup(format!(
+                "overlay: rotate the key: read the key file {file}: {e}"
+            ))
+        })?;
+        if old.public_key() != self.device.public_key() {
+            return Err(Error::Conflict(format!(
+                "overlay: rotate the key: the key file {file} no longer holds the device's key \
+                 (changed by hand?); restart netd to load it, then rotate"
+            )));
+        }
+        let new = ::overlay::PrivateKey::generate()
+            .map_err(|e| Error::Setup(format!("overlay: rotate the key: generate a key: {e}")))?;
+        self.device
+            .set_private_key(new.clone())
+            .map_err(|e| Error::overlay("overlay: rotate the key".to_string(), e))?;
+        if let Err(e) = new.write_file(&self.key_file) {
+            self.restore_key(old)?;
+            return Err(Error::Setup(format!(
+                "overlay: rotate the key: write the key file {file}: {e}; kept the old key"
+            )));
+        }
+        Ok(old)
+    }
+
+    /// Puts `key` back on the device and in the key file (a rotation undone).
+    pub fn restore_key(&self, key: ::overlay::PrivateKey) -> Result<()> {
+        key.write_file(&self.key_file).map_err(|e| {
+            Error::Setup(format!(
+                "overlay: restore the old key in {}: {e}",
+                self.key_file.display()
+            ))
+        })?;
+        self.device
+            .set_private_key(key)
+            .map_err(|e| Error::overlay("overlay: restore the old key".to_string(), e))
     }
 
     pub fn public_key(&self) -> PublicKey {
@@ -144,6 +191,11 @@ impl OverlayService {
             .values()
             .filter(|p| !wanted.contains_key(&p.public_key))
             .cloned()
+            .collect();
+        // Hosts whose key changed (rotation): the same host under a new key.
+        let rekeyed: Vec<String> = gone
+            .iter()
+            .filter_map(|p| p.host.as_ref().map(|h| h.id.clone()))
             .collect();
         for peer in gone {
             match self.remove(&nl, &peer).await {
@@ -212,6 +264,11 @@ impl OverlayService {
                             .insert(peer.public_key, h.record_revision);
                     }
                     applied.insert(peer.public_key, peer.clone());
+                    if before.is_none()
+                        && peer.host.as_ref().is_some_and(|h| rekeyed.contains(&h.id))
+                    {
+                        self.handshake_now(peer);
+                    }
                     actions.push(Action::new(
                         kind,
                         format!("overlay: {verb} peer {}", peer.describe()),
@@ -352,6 +409,16 @@ impl OverlayService {
             .insert(now.public_key, n.record_revision)
             .unwrap_or(b.record_revision);
         seen != n.record_revision
+    }
+
+    /// Starts the session with a host's new key at once: the host switched
+    /// to it already, and its own first initiation under it was refused
+    /// while this side still had the old key (it retries only after 5 s).
+    fn handshake_now(&self, peer: &OverlayPeer) {
+        match self.device.initiate_handshake(&peer.public_key) {
+            Ok(sent) => tracing::debug!(peer = %peer.describe(), sent, "handshake with a new key"),
+            Err(e) => tracing::warn!("overlay: handshake with {}: {e}", peer.describe()),
+        }
     }
 
     /// Drops the peer's session and sets it again, keeping the endpoint it

@@ -26,6 +26,19 @@ pub struct PeerReport {
     /// Unix seconds of the current session's handshake; None before the first.
     pub last_handshake: Option<u64>,
     pub handshake_age_secs: Option<u64>,
+    /// Handshake initiations sent since the last completed handshake: grows
+    /// while the peer is down or unreachable, 0 once one succeeds.
+    #[serde(default)]
+    pub handshake_attempts: u64,
+    /// Handshake initiations sent in all.
+    #[serde(default)]
+    pub handshake_initiations: u64,
+    /// Why the last handshake attempt failed ("no response to the
+    /// initiation", …), and how long ago; kept after a later success.
+    #[serde(default)]
+    pub handshake_last_error: Option<String>,
+    #[serde(default)]
+    pub handshake_last_error_age_secs: Option<u64>,
     /// Inner packets delivered from this peer.
     pub rx_bytes: u64,
     pub rx_packets: u64,
@@ -88,6 +101,13 @@ impl PeerReport {
             handshake_age_secs: stats
                 .last_handshake
                 .map(|t| now.duration_since(t).map(|d| d.as_secs()).unwrap_or(0)),
+            handshake_attempts: stats.handshakes.unanswered,
+            handshake_initiations: stats.handshakes.initiations,
+            handshake_last_error: stats.handshakes.last_failure.map(|(f, _)| f.to_string()),
+            handshake_last_error_age_secs: stats
+                .handshakes
+                .last_failure
+                .map(|(_, t)| now.duration_since(t).map(|d| d.as_secs()).unwrap_or(0)),
             rx_bytes: stats.rx_bytes,
             rx_packets: stats.rx_packets,
             tx_bytes: stats.tx_bytes,
@@ -157,7 +177,12 @@ fn render_metrics(peers: &[PeerReport], device_drops: &BTreeMap<String, u64>, ou
     );
     let _ = writeln!(out, "weft_netd_overlay_peers {}", peers.len());
     type Counter = fn(&PeerReport) -> u64;
-    let per_peer: [(&str, &str, Counter); 4] = [
+    let per_peer: [(&str, &str, Counter); 5] = [
+        (
+            "weft_netd_overlay_peer_handshake_initiations_total",
+            "Handshake initiations sent to the peer.",
+            |p| p.handshake_initiations,
+        ),
         (
             "weft_netd_overlay_peer_rx_bytes_total",
             "Inner bytes received from the peer.",
@@ -196,6 +221,20 @@ fn render_metrics(peers: &[PeerReport], device_drops: &BTreeMap<String, u64>, ou
         if let Some(age) = p.handshake_age_secs {
             let _ = writeln!(out, "{name}{{peer=\"{}\"}} {age}", p.public_key);
         }
+    }
+    let name = "weft_netd_overlay_peer_handshake_attempts";
+    family(
+        out,
+        name,
+        "gauge",
+        "Handshake initiations sent to the peer since its last completed handshake.",
+    );
+    for p in peers {
+        let _ = writeln!(
+            out,
+            "{name}{{peer=\"{}\"}} {}",
+            p.public_key, p.handshake_attempts
+        );
     }
     let name = "weft_netd_overlay_peer_drops_total";
     family(
@@ -237,6 +276,10 @@ mod tests {
             allowed_ips: vec!["10.66.2.0/24".parse().unwrap()],
             last_handshake: Some(1_700_000_000),
             handshake_age_secs: Some(12),
+            handshake_attempts: 0,
+            handshake_initiations: 4,
+            handshake_last_error: None,
+            handshake_last_error_age_secs: None,
             rx_bytes: 1000,
             rx_packets: 10,
             tx_bytes: 2000,
@@ -249,6 +292,9 @@ mod tests {
             public_key: "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=".into(),
             last_handshake: None,
             handshake_age_secs: None,
+            handshake_attempts: 6,
+            handshake_last_error: Some("no response to the initiation".into()),
+            handshake_last_error_age_secs: Some(3),
             drops: BTreeMap::new(),
             source: None,
             host: None,
@@ -266,6 +312,8 @@ mod tests {
             format!("weft_netd_overlay_peer_handshake_age_seconds{{peer=\"{k}\"}} 12"),
             format!("weft_netd_overlay_peer_drops_total{{peer=\"{k}\",reason=\"replay\"}} 3"),
             "weft_netd_overlay_drops_total{reason=\"unknown_key\"} 7".to_string(),
+            format!("weft_netd_overlay_peer_handshake_initiations_total{{peer=\"{k}\"}} 4"),
+            "weft_netd_overlay_peer_handshake_attempts{peer=\"xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=\"} 6".to_string(),
         ] {
             assert!(
                 out.lines().any(|l| l == line),

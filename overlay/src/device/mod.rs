@@ -12,11 +12,14 @@
 //! table sits behind a read-write lock that the data path takes once per batch.
 
 mod arrivals;
+mod handshakes;
 mod peer;
+mod rekey;
 mod table;
 mod workers;
 
 pub use arrivals::ArrivalCounts;
+pub use handshakes::{HandshakeAttempts, HandshakeFailure};
 pub use peer::{DropCounts, DropReason, PeerConfig, PeerStats};
 
 use std::net::SocketAddr;
@@ -30,13 +33,14 @@ use serde::Serialize;
 
 use crate::allowed_ips::AllowedIpsError;
 use crate::keys::{PrivateKey, PublicKey};
-use crate::session::{HandshakeGuard, NoiseSession, SessionError, MAX_SLOT};
+use crate::session::{NoiseSession, SessionError, MAX_SLOT};
 use crate::tun::{Tun, TunError};
 use crate::udp::{UdpError, UdpSocket};
 use crate::wait::Stop;
 
 use arrivals::ArrivalCounters;
 use peer::{DropCounters, Peer, PeerCounters, PeerState};
+use rekey::DeviceKeys;
 use table::PeerTable;
 
 /// The overlay's TUN link name.
@@ -223,12 +227,14 @@ pub struct DeviceStats {
 pub(crate) struct Shared {
     pub name: String,
     pub netns: String,
-    pub private_key: PrivateKey,
-    pub public_key: PublicKey,
+    /// The static key pair and its handshake guard; replaced whole by
+    /// `Device::set_private_key` (taken once per handshake message).
+    pub keys: RwLock<Arc<DeviceKeys>>,
+    /// Handshake messages per second admitted without a cookie.
+    pub handshakes_per_second: u64,
     pub tun: Tun,
     pub udp: UdpSocket,
     pub peers: RwLock<PeerTable>,
-    pub guard: HandshakeGuard,
     pub drops: DropCounters,
     pub arrivals: ArrivalCounters,
     pub stop: Stop,
@@ -252,7 +258,7 @@ impl std::fmt::Debug for Device {
         f.debug_struct("Device")
             .field("name", &self.shared.name)
             .field("netns", &self.shared.netns)
-            .field("public_key", &self.shared.public_key)
+            .field("public_key", &self.shared.keys().public_key)
             .field("listen_port", &self.shared.udp.port())
             .finish()
     }
@@ -326,11 +332,13 @@ impl Device {
 
         let public_key = config.private_key.public_key();
         let shared = Arc::new(Shared {
-            guard: HandshakeGuard::new(&config.private_key, config.handshakes_per_second),
+            keys: RwLock::new(Arc::new(DeviceKeys::new(
+                config.private_key,
+                config.handshakes_per_second,
+            ))),
+            handshakes_per_second: config.handshakes_per_second,
             name: name.clone(),
             netns: label.clone(),
-            private_key: config.private_key,
-            public_key,
             tun,
             udp,
             peers: RwLock::new(PeerTable::default()),
@@ -401,7 +409,7 @@ impl Device {
 
     /// The public key peers use for this device.
     pub fn public_key(&self) -> PublicKey {
-        self.shared.public_key
+        self.shared.keys().public_key
     }
 
     /// The UDP port the device listens on (the free one picked when the
@@ -421,7 +429,8 @@ impl Device {
     pub fn set_peer(&self, config: PeerConfig) -> Result<(), DeviceError> {
         let s = &self.shared;
         let key = config.public_key;
-        if key == s.public_key {
+        let keys = s.keys();
+        if key == keys.public_key {
             return Err(DeviceError::OwnKey {
                 name: s.name.clone(),
                 peer: key,
@@ -463,12 +472,12 @@ impl Device {
         };
         let new_session = || -> Result<Box<NoiseSession>, DeviceError> {
             NoiseSession::new(
-                &s.private_key,
+                &keys.private_key,
                 key,
                 config.preshared_key.as_ref(),
                 config.persistent_keepalive,
                 slot,
-                s.guard.session_limiter(),
+                keys.guard.session_limiter(),
             )
             .map(Box::new)
             .map_err(session_error)
@@ -554,7 +563,7 @@ impl Device {
         peers.sort_by_key(|p| p.public_key);
         DeviceStats {
             name: self.shared.name.clone(),
-            public_key: self.shared.public_key,
+            public_key: self.shared.keys().public_key,
             listen_port: self.listen_port(),
             mtu: self.mtu,
             peers,

@@ -180,6 +180,7 @@ pub(crate) struct PeerCounters {
     pub tx_bytes: AtomicU64,
     pub tx_packets: AtomicU64,
     pub drops: DropCounters,
+    pub handshakes: super::handshakes::HandshakeTally,
 }
 
 impl PeerCounters {
@@ -202,6 +203,7 @@ impl PeerCounters {
     /// handshake messages carry no inner packet and are not counted.
     #[inline]
     pub(crate) fn sent_message(&self, wire: &[u8]) {
+        self.handshakes.sent(wire);
         if wire.first() == Some(&4) && wire.len() > crate::packet::DATA_OVERHEAD {
             self.tx_bytes.fetch_add(
                 (wire.len() - crate::packet::DATA_OVERHEAD) as u64,
@@ -250,6 +252,27 @@ pub struct PeerStats {
     pub tx_packets: u64,
     /// Packets to or from it dropped, by reason.
     pub drops: DropCounts,
+    /// Handshake initiations sent, those unanswered since the last
+    /// handshake, and the last failure.
+    #[serde(serialize_with = "handshake_attempts")]
+    pub handshakes: super::HandshakeAttempts,
+}
+
+fn handshake_attempts<S: serde::Serializer>(
+    a: &super::HandshakeAttempts,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = s.serialize_map(Some(4))?;
+    map.serialize_entry("unanswered", &a.unanswered)?;
+    map.serialize_entry("initiations", &a.initiations)?;
+    map.serialize_entry("last_failure", &a.last_failure.map(|(f, _)| f.to_string()))?;
+    let at = a
+        .last_failure
+        .and_then(|(_, t)| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs());
+    map.serialize_entry("last_failure_at", &at)?;
+    map.end()
 }
 
 fn unix_seconds<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
@@ -277,6 +300,7 @@ impl Peer {
             tx_bytes: c.tx_bytes.load(Ordering::Relaxed),
             tx_packets: c.tx_packets.load(Ordering::Relaxed),
             drops: c.drops.snapshot(),
+            handshakes: c.handshakes.snapshot(),
         }
     }
 }

@@ -154,6 +154,8 @@ fn encapsulate(
                 if wire.first() == Some(&4) {
                     bytes += inner.len() as u64;
                     packets += 1;
+                } else {
+                    peer.counters.handshakes.sent(wire);
                 }
                 wire.len()
             }
@@ -287,6 +289,7 @@ fn receive_one(
     let peer = match message {
         WireMessage::HandshakeInitiation { .. } => {
             match shared
+                .keys()
                 .guard
                 .initiator(datagram)
                 .ok()
@@ -316,6 +319,10 @@ fn receive_one(
             if !matches!(message, WireMessage::CookieReply { .. }) {
                 state.endpoint = Some(from);
             }
+            if !matches!(message, WireMessage::CookieReply { .. }) {
+                // Our response to their initiation, or the keepalive after theirs.
+                peer.counters.handshakes.completed();
+            }
             peer.counters.sent_message(reply);
             send_one(shared, reply, from, &peer.counters.drops);
             // Packets queued while the handshake ran can go now.
@@ -334,6 +341,11 @@ fn receive_one(
         }
         SessionOutput::Failed(e) => {
             drop(state);
+            if matches!(message, WireMessage::HandshakeResponse { .. }) {
+                peer.counters
+                    .handshakes
+                    .failed(super::HandshakeFailure::Refused(e));
+            }
             count_failure(shared, peer, &message, e)
         }
     }
@@ -347,7 +359,7 @@ fn admit(
     from: SocketAddr,
     cookie: &mut [u8; COOKIE_REPLY_LEN],
 ) -> Option<Arrival> {
-    match shared.guard.admit(from.ip(), datagram, cookie) {
+    match shared.keys().guard.admit(from.ip(), datagram, cookie) {
         Admission::Admit => None,
         Admission::SendCookie(reply) => {
             send_one(shared, reply, from, &shared.drops);
@@ -412,7 +424,7 @@ pub(super) fn timer_loop(shared: &Shared) {
             }
         }
         if budget_reset.elapsed() >= Duration::from_secs(1) {
-            shared.guard.reset_budget();
+            shared.keys().guard.reset_budget();
             budget_reset = Instant::now();
         }
         let table = shared.peers.read().expect("peer table lock poisoned");
@@ -425,9 +437,21 @@ pub(super) fn timer_loop(shared: &Shared) {
                         peer.counters.sent_message(wire);
                         send_one(shared, wire, to, &peer.counters.drops);
                     }
-                    None => peer.counters.drops.add(DropReason::NoEndpoint, 1),
+                    None => {
+                        peer.counters.drops.add(DropReason::NoEndpoint, 1);
+                        if wire.first() == Some(&1) {
+                            peer.counters
+                                .handshakes
+                                .failed(super::HandshakeFailure::NoEndpoint);
+                        }
+                    }
                 },
-                SessionOutput::Failed(SessionError::Expired) | SessionOutput::Done => {}
+                SessionOutput::Failed(SessionError::Expired) => {
+                    peer.counters
+                        .handshakes
+                        .failed(super::HandshakeFailure::GaveUp);
+                }
+                SessionOutput::Done => {}
                 SessionOutput::Failed(e) => {
                     tracing::debug!(device = %shared.name, slot = peer.slot, "timers: {e}");
                 }
