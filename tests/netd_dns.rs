@@ -18,6 +18,8 @@ use netd::names::{ContainerNames, DnsServer, DnsServerConfig, NameSource, NameTa
 use plumb::{LinkOptions, Netlink, Netns};
 use world::{require_root, run_in, Host, World};
 
+mod dig_support;
+
 const GATEWAY: &str = "10.66.0.1";
 const GATEWAY6: &str = "fd66::1";
 
@@ -69,7 +71,7 @@ fn names(container: &str, name: &str, aliases: &[&str], last_octet: u8) -> Conta
     }
 }
 
-/// What dig saw: the status, the answer records' data, and how long it took.
+/// What dig saw (dig_support's reading) and how long it took.
 #[derive(Debug)]
 struct Dig {
     status: String,
@@ -77,42 +79,30 @@ struct Dig {
     took: Duration,
 }
 
-/// `dig @server ARGS` from `netns`, one try, five seconds (dig's default).
+/// `dig @server ARGS` from `netns`, one try of five seconds (dig's default)
+/// unless ARGS say `+time=N`.
 async fn dig(netns: &Netns, server: &str, args: &[&str]) -> Dig {
     let netns = netns.clone();
-    let mut full = vec![
-        format!("@{server}"),
-        "+tries=1".into(),
-        "+time=5".into(),
-        "+nocmd".into(),
-        "+noall".into(),
-        "+comments".into(),
-        "+answer".into(),
-    ];
-    full.extend(args.iter().map(|a| a.to_string()));
+    let time = args
+        .iter()
+        .find_map(|a| a.strip_prefix("+time="))
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(5);
+    let mut full = vec![format!("@{server}"), "+nocmd".to_string()];
+    full.extend(
+        args.iter()
+            .filter(|a| !a.starts_with("+time="))
+            .map(|a| a.to_string()),
+    );
     // dig blocks: off the runtime, whose workers serve the queries.
     tokio::task::spawn_blocking(move || {
         let args: Vec<&str> = full.iter().map(String::as_str).collect();
         let start = Instant::now();
-        let out = run_in(&netns, "dig", &args, Duration::from_secs(20)).unwrap();
-        let took = start.elapsed();
-        let status = out
-            .stdout
-            .split("status: ")
-            .nth(1)
-            .and_then(|s| s.split(',').next())
-            .unwrap_or("no answer")
-            .to_string();
-        let answers = out
-            .stdout
-            .lines()
-            .filter(|l| !l.starts_with(';') && !l.trim().is_empty())
-            .filter_map(|l| l.split_whitespace().last().map(str::to_string))
-            .collect();
+        let seen = dig_support::dig_with(&netns, "dig", &args, time);
         Dig {
-            status,
-            answers,
-            took,
+            status: seen.status,
+            answers: seen.answers,
+            took: start.elapsed(),
         }
     })
     .await
