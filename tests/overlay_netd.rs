@@ -8,8 +8,7 @@
 //!
 //! Build the daemon first: `cargo build -p netd`.
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -102,19 +101,7 @@ fn u64_of(v: &Value, key: &str) -> u64 {
 
 /// `GET /metrics` inside `netns` (netd's metrics listener there).
 fn scrape(netns: &plumb::Netns, addr: SocketAddr) -> String {
-    let mut stream = netns
-        .run(move || TcpStream::connect_timeout(&addr, Duration::from_secs(3)))
-        .unwrap()
-        .expect("connect to the metrics endpoint");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(3)))
-        .unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: netd\r\n\r\n")
-        .unwrap();
-    let mut body = String::new();
-    stream.read_to_string(&mut body).unwrap();
-    body
+    world::scrape_metrics(netns, addr)
 }
 
 #[tokio::test]

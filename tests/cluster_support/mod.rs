@@ -88,19 +88,5 @@ impl Stream {
 
 /// `GET /metrics` from netd's listener inside the host's namespace.
 pub fn scrape(netns: &plumb::Netns) -> String {
-    use std::io::{Read, Write};
-    let addr: std::net::SocketAddr = "127.0.0.1:9590".parse().unwrap();
-    let mut stream = netns
-        .run(move || std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)))
-        .unwrap()
-        .expect("connect to the metrics endpoint");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(3)))
-        .unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: netd\r\n\r\n")
-        .unwrap();
-    let mut body = String::new();
-    stream.read_to_string(&mut body).unwrap();
-    body
+    world::scrape_metrics(netns, "127.0.0.1:9590".parse().unwrap())
 }

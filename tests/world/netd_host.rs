@@ -281,3 +281,21 @@ pub(crate) fn is_zombie(pid: u32) -> bool {
         })
         .is_some_and(|c| c == 'Z' || c == 'X')
 }
+
+/// `GET /metrics` from netd's metrics listener at `addr`, inside `netns`.
+pub fn scrape_metrics(netns: &plumb::Netns, addr: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut stream = netns
+        .run(move || std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)))
+        .unwrap()
+        .expect("connect to the metrics endpoint");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: netd\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).unwrap();
+    body
+}
