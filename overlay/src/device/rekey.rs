@@ -94,7 +94,8 @@ impl Device {
     /// packet: used when a peer's key changed, so the session under the new
     /// key is up before traffic waits on it (a side whose own initiation was
     /// refused retries only after WireGuard's 5 s rekey timeout). Returns
-    /// false when the peer's endpoint is not known yet (nothing sent).
+    /// false, having sent nothing, when the peer's endpoint is not known yet
+    /// or a handshake with it is already in flight.
     pub fn initiate_handshake(&self, key: &PublicKey) -> Result<bool, DeviceError> {
         let s = &self.shared;
         let table = s.peers.read().expect("peer table lock poisoned");
