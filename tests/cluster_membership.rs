@@ -143,7 +143,9 @@ fn twenty_concurrent_joins_get_twenty_subnets_kept_on_restart_freed_by_leave() {
         assert_eq!(gone.name, "h2");
         let alive = &members[1];
         alive.go_alive("h1").await.unwrap();
-        let _liveness = alive.spawn_liveness("h1".into());
+        // No view: this task's reclaim sweep has no candidates.
+        let no_view = tokio::sync::watch::channel(Arc::default()).1;
+        let _liveness = alive.spawn_liveness("h1".into(), no_view);
         let refused = forget(&*store, alive.id().as_str(), false).await;
         assert!(
             matches!(refused, Err(ClusterError::HostAlive { .. })),
@@ -162,10 +164,10 @@ fn a_stopped_host_is_dead_within_15_s_and_reclaimed_after_its_reservation_ends()
         let b_record = b.join(&advert("b")).await.unwrap();
         a.go_alive("a").await.unwrap();
         b.go_alive("b").await.unwrap();
-        let a_task = a.spawn_liveness("a".into());
-        let b_task = b.spawn_liveness("b".into());
         let (watcher, _updates) =
             PeerWatcher::spawn(store.clone(), Some(config()), WatcherSettings::default());
+        let a_task = a.spawn_liveness("a".into(), watcher.views());
+        let b_task = b.spawn_liveness("b".into(), watcher.views());
         until(&watcher, Duration::from_secs(10), "both alive", |v| {
             v.hosts.len() == 2 && v.hosts.values().all(|h| h.alive)
         })
@@ -301,9 +303,9 @@ fn with_the_default_10_s_lease_a_stopped_host_is_dead_within_15_s() {
         ));
         b.join(&advert("b")).await.unwrap();
         b.go_alive("b").await.unwrap();
-        let b_task = b.spawn_liveness("b".into());
         let (watcher, _updates) =
             PeerWatcher::spawn(store.clone(), Some(config()), WatcherSettings::default());
+        let b_task = b.spawn_liveness("b".into(), watcher.views());
         until(&watcher, Duration::from_secs(10), "b alive", |v| {
             v.hosts.get(b.id()).is_some_and(|h| h.alive)
         })

@@ -1,15 +1,20 @@
 //! Liveness, apart from the reservation: a short lease kept alive at a third
 //! of its TTL with `alive/<id>` attached. A lease that ended (the host was cut
 //! off longer than the TTL) is granted anew and the key put again; the
-//! reservation is never touched by any of this.
+//! reservation is never touched by any of this. The same task refreshes the
+//! reservation and, from the peer view it is given, reclaims dead hosts'
+//! expired ones.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::records::alive_key;
+use super::view::PeerView;
+use super::watcher::random_u64;
 use super::{store_error, ClusterError, Member};
 use crate::store::{Operation, Store, StoreError, Txn};
 
@@ -86,20 +91,34 @@ impl<S: Store> Member<S> {
 
     /// Keeps this host alive until the task is dropped or stopped: renews the
     /// lease, grants a new one when it ended, refreshes the reservation and
-    /// reclaims expired ones on their periods. Failures are counted and logged,
-    /// never fatal. Call [`Member::go_alive`] first.
-    pub fn spawn_liveness(self: &Arc<Self>, name: String) -> LivenessTask {
+    /// reclaims expired ones (candidates from `view`, the watcher's) on their
+    /// periods. Failures are counted and logged, never fatal. Call
+    /// [`Member::go_alive`] first.
+    pub fn spawn_liveness(
+        self: &Arc<Self>,
+        name: String,
+        view: watch::Receiver<Arc<PeerView>>,
+    ) -> LivenessTask {
         let counters = Arc::new(LivenessCounters::default());
         let member = self.clone();
         let task_counters = counters.clone();
-        let handle = tokio::spawn(async move { member.keep_alive_loop(name, task_counters).await });
+        let handle =
+            tokio::spawn(async move { member.keep_alive_loop(name, view, task_counters).await });
         LivenessTask { handle, counters }
     }
 
-    async fn keep_alive_loop(&self, name: String, counters: Arc<LivenessCounters>) {
+    async fn keep_alive_loop(
+        &self,
+        name: String,
+        view: watch::Receiver<Arc<PeerView>>,
+        counters: Arc<LivenessCounters>,
+    ) {
         let period = self.timing.keep_alive_period();
         let mut next_refresh = Instant::now() + self.timing.reservation_refresh;
-        let mut next_reclaim = Instant::now() + self.timing.reclaim_every;
+        // Hosts sweep at random points of the period: the first to find an
+        // expired reservation takes it, the others see it gone in their view.
+        let reclaim_every = self.timing.reclaim_every;
+        let mut next_reclaim = Instant::now() + reclaim_every.mul_f64(0.5 + spread());
         loop {
             tokio::time::sleep(period).await;
             let lease = *self.lease.lock().await;
@@ -134,8 +153,9 @@ impl<S: Store> Member<S> {
                 }
             }
             if now >= next_reclaim {
-                next_reclaim = now + self.timing.reclaim_every;
-                match self.reclaim_expired().await {
+                next_reclaim = now + reclaim_every.mul_f64(0.5 + spread());
+                let current = view.borrow().clone();
+                match self.reclaim_expired(&current).await {
                     Ok(hosts) => {
                         counters
                             .reclaimed
@@ -146,4 +166,9 @@ impl<S: Store> Member<S> {
             }
         }
     }
+}
+
+/// A random fraction in [0, 1).
+fn spread() -> f64 {
+    (random_u64() % 1000) as f64 / 1000.0
 }

@@ -6,12 +6,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use ipnetwork::IpNetwork;
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
 use super::admin::{config_of, holdings, removal, MAX_ATTEMPTS};
 use super::records::{
-    host_key, parse_subnet_key, subnet_key, unix_seconds, ClusterConfig, HostRecord, ALIVE, HOSTS,
-    ROOT,
+    host_key, parse_subnet_key, subnet_key, unix_seconds, ClusterConfig, HostRecord, ROOT,
 };
 use super::{store_error, ClusterError, HostId};
 use crate::store::{Compare, LeaseId, Listing, Operation, Revision, Store, Txn};
@@ -130,6 +129,20 @@ impl<S: Store> Member<S> {
     /// (create-if-absent, the next candidate on a lost race); then publishes
     /// `advert`. A changed key bumps the key epoch.
     pub async fn join(&self, advert: &HostAdvert) -> Result<HostRecord, ClusterError> {
+        self.join_keeping(advert, None).await
+    }
+
+    /// [`Member::join`] for a host that ran before with `kept`'s subnets
+    /// (its saved reservation): when its record is gone (forgotten or
+    /// reclaimed while it was away) it takes those subnets back if they are
+    /// free. With `kept.strict` (the host is serving containers on them
+    /// already) it never takes others: a subnet another host holds now is
+    /// [`ClusterError::ReservationLost`].
+    pub async fn join_keeping(
+        &self,
+        advert: &HostAdvert,
+        kept: Option<&KeptSubnets>,
+    ) -> Result<HostRecord, ClusterError> {
         let doing = format!("join host {} to the cluster", self.id);
         for _ in 0..MAX_ATTEMPTS {
             let listing = self
@@ -165,11 +178,13 @@ impl<S: Store> Member<S> {
                 .filter_map(|kv| parse_subnet_key(&kv.key))
                 .collect();
             let pick = |current: Option<IpNetwork>,
+                        kept_subnet: Option<IpNetwork>,
                         capacity: u64,
                         nth: &dyn Fn(u64) -> IpNetwork,
                         family,
                         range: String| {
-                match current {
+                let current = current.or(kept_subnet);
+                let picked = match current {
                     Some(s) if mine.contains(&s) => Ok((s, false)),
                     Some(s) if !used.contains(&s) => Ok((s, true)),
                     _ => free_subnet(&used, capacity, nth).map(|s| (s, true)).ok_or(
@@ -179,10 +194,21 @@ impl<S: Store> Member<S> {
                             capacity,
                         },
                     ),
+                }?;
+                match kept_subnet {
+                    Some(wanted) if kept.is_some_and(|k| k.strict) && picked.0 != wanted => {
+                        Err(ClusterError::ReservationLost {
+                            host: self.id.clone(),
+                            subnet: wanted.to_string(),
+                            holder: holder_of(&listing, wanted),
+                        })
+                    }
+                    _ => Ok(picked),
                 }
             };
             let (v4, new_v4) = pick(
                 existing.as_ref().map(|r| IpNetwork::V4(r.ipv4_subnet)),
+                kept.map(|k| IpNetwork::V4(k.ipv4)),
                 config.ipv4_capacity(),
                 &|i| IpNetwork::V4(config.ipv4_subnet(i)),
                 "IPv4",
@@ -195,6 +221,7 @@ impl<S: Store> Member<S> {
                         .as_ref()
                         .and_then(|r| r.ipv6_subnet)
                         .map(IpNetwork::V6),
+                    kept.and_then(|k| k.ipv6).map(IpNetwork::V6),
                     config.ipv6_capacity(),
                     &|i| IpNetwork::V6(config.ipv6_subnet(i).expect("IPv6 configured")),
                     "IPv6",
@@ -393,44 +420,28 @@ impl<S: Store> Member<S> {
         tracing::info!(host = %self.id, "left the cluster");
         Ok(())
     }
+}
 
-    /// Reclaims the reservations of hosts that are not alive and whose
-    /// reservation has ended. Two hosts doing this at once do not clash: each
-    /// removal compares the revisions it read.
-    pub async fn reclaim_expired(&self) -> Result<Vec<HostRecord>, ClusterError> {
-        let listing = self.store.list(ROOT).await.map_err(store_error(
-            "list the cluster to reclaim expired reservations",
-        ))?;
-        let now = unix_seconds(self.clock.now());
-        let mut reclaimed = Vec::new();
-        for entry in listing.entries.iter().filter(|e| e.key.starts_with(HOSTS)) {
-            let Ok(record) = serde_json::from_slice::<HostRecord>(&entry.value) else {
-                continue;
-            };
-            if record.id == self.id
-                || record.reserved_until >= now
-                || host_key(&record.id) != entry.key
-            {
-                continue;
-            }
-            let held = holdings(&listing, &record.id);
-            if held.alive.is_some() {
-                continue;
-            }
-            let mut txn = removal(&held);
-            txn.compares
-                .push(Compare::Absent(format!("{ALIVE}{}", record.id)));
-            let outcome = self.store.txn(txn).await.map_err(store_error(format!(
-                "reclaim host {}'s reservation",
-                record.id
-            )))?;
-            if outcome.succeeded {
-                tracing::info!(host = %record.id, name = %record.name, "reclaimed an expired reservation");
-                reclaimed.push(record);
-            }
-        }
-        Ok(reclaimed)
-    }
+/// The subnets a host ran with before, for [`Member::join_keeping`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeptSubnets {
+    /// Its IPv4 subnet.
+    pub ipv4: Ipv4Network,
+    /// Its IPv6 subnet, if the cluster has an IPv6 range.
+    pub ipv6: Option<Ipv6Network>,
+    /// Refuse any other subnet (containers are using these already).
+    pub strict: bool,
+}
+
+/// The id a subnet's key names, or "unknown".
+fn holder_of(listing: &Listing, subnet: IpNetwork) -> String {
+    let key = subnet_key(subnet);
+    listing
+        .entries
+        .iter()
+        .find(|kv| kv.key == key)
+        .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// Every subnet some key reserves (whoever holds it, readable value or not).

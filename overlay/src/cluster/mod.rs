@@ -22,6 +22,7 @@ pub mod checks;
 mod identity;
 mod liveness;
 mod membership;
+mod reclaim;
 pub mod records;
 mod view;
 mod watcher;
@@ -32,7 +33,7 @@ mod tests;
 pub use admin::{forget, init, read_config};
 pub use identity::{HostId, HOST_ID_FILE};
 pub use liveness::{LivenessCounters, LivenessTask};
-pub use membership::{Clock, HostAdvert, Member, SystemClock, Timing};
+pub use membership::{Clock, HostAdvert, KeptSubnets, Member, SystemClock, Timing};
 pub use records::{ClusterConfig, HostRecord};
 pub use view::{BadDataReason, HostChange, HostField, HostView, PeerView, Rejection, ViewDiff};
 pub use watcher::{PeerWatcher, StoreStatus, ViewUpdate, WatcherSettings};
@@ -115,6 +116,18 @@ pub enum ClusterError {
     /// This host has not joined (no reservation yet).
     #[error("this host has not joined the cluster yet")]
     NotJoined,
+    /// A host running on its saved reservation found, back in the store,
+    /// one of its subnets held by another host (forgotten or reclaimed
+    /// while it was cut off).
+    #[error("host {host} runs containers on {subnet}, but the store now gives that subnet to host {holder}: this host was forgotten or its reservation expired while it was cut off; stop its netd, move its containers off and `netd cluster leave`, or forget host {holder}")]
+    ReservationLost {
+        /// This host.
+        host: HostId,
+        /// The subnet lost.
+        subnet: String,
+        /// The host holding it now.
+        holder: String,
+    },
     /// Others kept winning the same transaction.
     #[error("{doing}: gave up after {attempts} attempts lost to concurrent changes")]
     Contention {

@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::records::{alive_key, host_key, subnet_key};
 use super::*;
@@ -179,10 +179,10 @@ async fn liveness_ends_without_keep_alive_and_the_reservation_stays_until_it_exp
     let b_record = b.join(&advert("b")).await.unwrap();
     a.go_alive("a").await.unwrap();
     b.go_alive("b").await.unwrap();
-    let a_task = a.spawn_liveness("a".into());
-    let b_task = b.spawn_liveness("b".into());
     let (watcher, mut updates) =
         PeerWatcher::spawn(store.clone(), Some(config()), WatcherSettings::default());
+    let a_task = a.spawn_liveness("a".into(), watcher.views());
+    let b_task = b.spawn_liveness("b".into(), watcher.views());
     let first = updates.recv().await.unwrap();
     assert_eq!(first.diff.added.len(), 2);
     // Well past the TTL, both stay alive on their keep-alives.
@@ -201,13 +201,22 @@ async fn liveness_ends_without_keep_alive_and_the_reservation_stays_until_it_exp
         "a dead host keeps its subnets"
     );
     // The reservation ends expiry + refresh (70 s) after b's last refresh;
-    // then a (alive) reclaims b's subnets on its next round.
-    tokio::time::sleep(Duration::from_secs(60)).await;
+    // then a (alive) reclaims b's subnets on its next sweep.
+    let ends = UNIX_EPOCH + Duration::from_secs(b_view.reserved_until);
+    let before_end = ends
+        .duration_since(clock.now())
+        .unwrap()
+        .saturating_sub(Duration::from_secs(1));
+    tokio::time::sleep(before_end).await;
     assert!(
         watcher.view().hosts.contains_key(b.id()),
         "reclaimed before the reservation's end"
     );
     until(&watcher, "b reclaimed", |v| !v.hosts.contains_key(b.id())).await;
+    assert!(
+        clock.now() >= ends,
+        "reclaimed before the reservation's end"
+    );
     assert!(
         a_task
             .counters()
@@ -229,7 +238,7 @@ async fn an_expired_lease_is_granted_again_without_touching_the_reservation() {
     let m = member(&store, &clock());
     let record = m.join(&advert("a")).await.unwrap();
     m.go_alive("a").await.unwrap();
-    let task = m.spawn_liveness("a".into());
+    let task = m.spawn_liveness("a".into(), tokio::sync::watch::channel(Arc::default()).1);
     store.set_available(false);
     tokio::time::sleep(Duration::from_secs(5)).await; // longer than the TTL
     store.set_available(true);
@@ -379,4 +388,93 @@ async fn an_advertised_endpoint_counts_as_changed_only_when_its_value_changes() 
     assert_eq!(update.diff.changed.len(), 1);
     assert_eq!(update.diff.changed[0].fields, vec![HostField::Endpoint]);
     drop(watcher);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_host_back_after_being_forgotten_takes_its_subnets_back_or_is_told_they_are_lost() {
+    let store = Arc::new(MemoryStore::new());
+    init(&*store, &config()).await.unwrap();
+    let clock = clock();
+    let a = member(&store, &clock);
+    let first = a.join(&advert("a")).await.unwrap();
+    let kept = |strict| KeptSubnets {
+        ipv4: first.ipv4_subnet,
+        ipv6: first.ipv6_subnet,
+        strict,
+    };
+    // Forgotten while away, its subnets still free: it takes them back.
+    forget(&*store, a.id().as_str(), false).await.unwrap();
+    let back = a
+        .join_keeping(&advert("a"), Some(&kept(true)))
+        .await
+        .unwrap();
+    assert_eq!(back.subnets(), first.subnets());
+    // Forgotten again, and b took its IPv4 subnet meanwhile.
+    forget(&*store, a.id().as_str(), false).await.unwrap();
+    let b = member(&store, &clock);
+    let b_kept = KeptSubnets {
+        ipv4: first.ipv4_subnet,
+        ipv6: None,
+        strict: true,
+    };
+    let b_record = b.join_keeping(&advert("b"), Some(&b_kept)).await.unwrap();
+    assert_eq!(b_record.ipv4_subnet, first.ipv4_subnet);
+    let err = a
+        .join_keeping(&advert("a"), Some(&kept(true)))
+        .await
+        .unwrap_err();
+    match &err {
+        ClusterError::ReservationLost { subnet, holder, .. } => {
+            assert_eq!(subnet, &first.ipv4_subnet.to_string());
+            assert_eq!(holder, b.id().as_str());
+        }
+        other => panic!("{other}"),
+    }
+    assert!(
+        store
+            .list(&host_key(a.id()))
+            .await
+            .unwrap()
+            .entries
+            .is_empty(),
+        "a strict join that failed wrote nothing"
+    );
+    // Not strict (a start with the store up): another subnet.
+    let other = a
+        .join_keeping(&advert("a"), Some(&kept(false)))
+        .await
+        .unwrap();
+    assert_ne!(other.ipv4_subnet, first.ipv4_subnet);
+}
+
+#[tokio::test(start_paused = true)]
+async fn names_keys_do_not_rebuild_the_peer_view() {
+    let store = Arc::new(MemoryStore::new());
+    init(&*store, &config()).await.unwrap();
+    let clock = clock();
+    let a = member(&store, &clock);
+    a.join(&advert("a")).await.unwrap();
+    let (watcher, mut updates) =
+        PeerWatcher::spawn(store.clone(), Some(config()), WatcherSettings::default());
+    updates.recv().await.unwrap();
+    let revision = watcher.view().revision;
+    put(&store, &records::names_key(a.id()), b"{}").await;
+    put(
+        &store,
+        &format!("{}{}", records::NAMES, "junk"),
+        b"not json",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(updates.try_recv().is_err(), "no update for names keys");
+    assert_eq!(watcher.view().revision, revision);
+    assert!(
+        watcher.bad_data().is_empty(),
+        "names keys are not judged here"
+    );
+    // A peer key still is followed.
+    let b = member(&store, &clock);
+    b.join(&advert("b")).await.unwrap();
+    let update = updates.recv().await.unwrap();
+    assert_eq!(update.diff.added.len(), 1);
 }

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 
 use ipnetwork::IpNetwork;
+use serde::{Deserialize, Serialize};
 
 use super::records::{
     parse_subnet_key, ClusterConfig, HostRecord, ALIVE, CONFIG_KEY, HOSTS, SUBNETS,
@@ -14,7 +15,7 @@ use crate::store::{KeyValue, Revision};
 use crate::PublicKey;
 
 /// One host as its peers see it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostView {
     /// The host's id.
     pub id: HostId,
@@ -36,10 +37,14 @@ pub struct HostView {
     /// The mod revision of its liveness key: a new lease (a start, or the
     /// store back after the lease ended) changes it; keep-alives do not.
     pub alive_revision: Option<Revision>,
+    /// When its reservation ends unless refreshed (Unix seconds): a dead
+    /// host past it is reclaimed.
+    pub reserved_until: u64,
 }
 
-/// Every valid host of the cluster at one revision.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Every valid host of the cluster at one revision. It serializes so a host
+/// can keep its last view on disk and start from it while the store is down.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerView {
     /// The store revision the view reflects.
     pub revision: Revision,
@@ -229,7 +234,7 @@ pub fn build(
         }
     }
     let mut hosts: BTreeMap<HostId, HostView> = BTreeMap::new();
-    let mut taken: Vec<(IpNetwork, HostId)> = Vec::new();
+    let mut taken = Taken::default();
     for (key, kv) in keys
         .range(HOSTS.to_string()..)
         .take_while(|(k, _)| k.starts_with(HOSTS))
@@ -278,7 +283,7 @@ pub fn build(
                 IpNetwork::V4(s) => c.holds_ipv4(*s),
                 IpNetwork::V6(s) => c.holds_ipv6(*s),
             });
-            if let Some((_, other)) = taken.iter().find(|(t, _)| overlaps(*t, *subnet)) {
+            if let Some(other) = taken.overlapping(*subnet) {
                 return Some((
                     BadDataReason::OverlappingSubnet,
                     format!("{subnet} overlaps host {other}'s"),
@@ -300,7 +305,9 @@ pub fn build(
             reject(kv, reason, detail);
             continue;
         }
-        taken.extend(subnets.iter().map(|s| (*s, record.id.clone())));
+        for subnet in &subnets {
+            taken.insert(*subnet, &record.id);
+        }
         let alive_kv = keys.get(&format!("{ALIVE}{}", record.id));
         hosts.insert(
             record.id.clone(),
@@ -314,6 +321,7 @@ pub fn build(
                 alive: alive_kv.is_some(),
                 record_revision: kv.mod_revision,
                 alive_revision: alive_kv.map(|a| a.mod_revision),
+                reserved_until: record.reserved_until,
             },
         );
     }
@@ -327,10 +335,92 @@ pub fn build(
     )
 }
 
-fn overlaps(a: IpNetwork, b: IpNetwork) -> bool {
-    match (a, b) {
-        (IpNetwork::V4(a), IpNetwork::V4(b)) => a.overlaps(b),
-        (IpNetwork::V6(a), IpNetwork::V6(b)) => a.overlaps(b),
-        _ => false,
+/// The subnets accepted so far, as disjoint address intervals ordered by
+/// their first address: an overlap check is one lookup, not a scan, so
+/// building the view of a large cluster stays O(n log n).
+#[derive(Default)]
+struct Taken {
+    /// (family, first address) → (last address, holder).
+    intervals: BTreeMap<(u8, u128), (u128, HostId)>,
+}
+
+impl Taken {
+    fn insert(&mut self, subnet: IpNetwork, holder: &HostId) {
+        let (family, first, last) = interval(subnet);
+        self.intervals
+            .insert((family, first), (last, holder.clone()));
+    }
+
+    /// The holder of an accepted subnet that overlaps `subnet`. The
+    /// intervals are disjoint, so if any overlaps it, the one starting last
+    /// at or before `subnet`'s last address does.
+    fn overlapping(&self, subnet: IpNetwork) -> Option<&HostId> {
+        let (family, first, last) = interval(subnet);
+        let (_, (end, holder)) = self
+            .intervals
+            .range((family, 0)..=(family, last))
+            .next_back()?;
+        (*end >= first).then_some(holder)
+    }
+}
+
+fn interval(subnet: IpNetwork) -> (u8, u128, u128) {
+    match subnet {
+        IpNetwork::V4(s) => (
+            4,
+            u32::from(s.network()) as u128,
+            u32::from(s.broadcast()) as u128,
+        ),
+        IpNetwork::V6(s) => {
+            let first = u128::from(s.network());
+            let host_bits = 128 - u32::from(s.prefix());
+            let last = first | u128::MAX.checked_shr(128 - host_bits).unwrap_or(0);
+            (6, first, last)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> IpNetwork {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn an_overlap_is_found_whatever_the_lengths_and_families_stay_apart() {
+        let (x, y): (HostId, HostId) = (
+            "0123456789abcdef0123456789abcdef".parse().unwrap(),
+            "fedcba9876543210fedcba9876543210".parse().unwrap(),
+        );
+        let mut taken = Taken::default();
+        taken.insert(net("10.0.1.0/24"), &x);
+        taken.insert(net("10.0.4.0/24"), &y);
+        taken.insert(net("fd00:0:0:1::/64"), &x);
+        assert_eq!(taken.overlapping(net("10.0.1.0/24")), Some(&x));
+        assert_eq!(
+            taken.overlapping(net("10.0.0.0/23")),
+            Some(&x),
+            "a wider one"
+        );
+        assert_eq!(
+            taken.overlapping(net("10.0.1.128/25")),
+            Some(&x),
+            "a narrower one"
+        );
+        assert_eq!(
+            taken.overlapping(net("10.0.0.0/16")),
+            Some(&y),
+            "the last one below its end"
+        );
+        assert_eq!(taken.overlapping(net("10.0.2.0/24")), None);
+        assert_eq!(taken.overlapping(net("10.0.5.0/24")), None);
+        assert_eq!(taken.overlapping(net("0.0.0.0/0")), Some(&y));
+        assert_eq!(taken.overlapping(net("fd00::/48")), Some(&x));
+        assert_eq!(taken.overlapping(net("fd00:0:0:2::/64")), None);
+        assert_eq!(taken.overlapping(net("::/0")), Some(&x));
+        // 10.0.1.0 as an IPv6 address is another address altogether.
+        assert_eq!(taken.overlapping(net("::a00:100/120")), None);
     }
 }

@@ -1,16 +1,18 @@
 //! Following the cluster: list `/weft/v1/` at revision R, watch from R+1,
 //! list again after a compaction or a disconnect. While the store is down the
 //! last view stays and the watcher retries with bounded, jittered backoff.
+//! Container names (`names/`) are not part of the peer view: their events
+//! are skipped without rebuilding it (netd follows them on its own).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::records::{ClusterConfig, ROOT};
+use super::records::{ClusterConfig, NAMES, ROOT};
 use super::view::{build, BadDataReason, PeerView, ViewDiff};
 use crate::store::{KeyValue, Revision, Store, StoreError, Watch, WatchEvent};
 
@@ -56,10 +58,9 @@ pub struct ViewUpdate {
     pub diff: ViewDiff,
 }
 
-#[derive(Default)]
 struct Shared {
     status: Mutex<StoreStatus>,
-    view: Mutex<Arc<PeerView>>,
+    view: watch::Sender<Arc<PeerView>>,
     bad_data: Mutex<BTreeMap<BadDataReason, u64>>,
     relists: AtomicU64,
 }
@@ -85,7 +86,12 @@ impl PeerWatcher {
         config: Option<ClusterConfig>,
         settings: WatcherSettings,
     ) -> (PeerWatcher, mpsc::UnboundedReceiver<ViewUpdate>) {
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            status: Mutex::default(),
+            view: watch::Sender::new(Arc::default()),
+            bad_data: Mutex::default(),
+            relists: AtomicU64::default(),
+        });
         let (updates, receiver) = mpsc::unbounded_channel();
         let follower = Follower {
             store,
@@ -102,11 +108,13 @@ impl PeerWatcher {
 
     /// The current view (the last one built; kept while the store is down).
     pub fn view(&self) -> Arc<PeerView> {
-        self.shared
-            .view
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.shared.view.borrow().clone()
+    }
+
+    /// The view as it changes, for tasks that read it on their own periods
+    /// (the liveness task's reclaim sweep).
+    pub fn views(&self) -> watch::Receiver<Arc<PeerView>> {
+        self.shared.view.subscribe()
     }
 
     /// The store's status.
@@ -179,6 +187,7 @@ impl<S: Store> Follower<S> {
         self.keys = listing
             .entries
             .into_iter()
+            .filter(|kv| is_peer_key(&kv.key))
             .map(|kv| (kv.key.clone(), kv))
             .collect();
         self.publish(listing.revision);
@@ -189,7 +198,12 @@ impl<S: Store> Follower<S> {
         let mut revision = listing.revision;
         loop {
             let events = watch.next().await?;
+            let mut relevant = false;
             for event in events {
+                if !is_peer_key(event.key()) {
+                    continue;
+                }
+                relevant = true;
                 revision = revision.max(event.revision());
                 match event {
                     WatchEvent::Put(kv) => {
@@ -200,7 +214,9 @@ impl<S: Store> Follower<S> {
                     }
                 }
             }
-            self.publish(revision);
+            if relevant {
+                self.publish(revision);
+            }
         }
     }
 
@@ -225,10 +241,7 @@ impl<S: Store> Follower<S> {
             }
         }
         let view = Arc::new(view);
-        let previous = std::mem::replace(
-            &mut *self.shared.view.lock().unwrap_or_else(|e| e.into_inner()),
-            view.clone(),
-        );
+        let previous = self.shared.view.send_replace(view.clone());
         let diff = ViewDiff::between(&previous, &view);
         if !diff.is_empty() {
             // A receiver that went away only means nobody applies updates any more.
@@ -246,6 +259,11 @@ impl<S: Store> Follower<S> {
             status.last_error = error;
         }
     }
+}
+
+/// Whether a key under `/weft/v1/` is part of the peer view.
+fn is_peer_key(key: &str) -> bool {
+    !key.starts_with(NAMES)
 }
 
 /// `delay` scaled by a random factor in [0.5, 1.5), so hosts cut off together do not retry together.
