@@ -10,6 +10,7 @@
 
 pub mod action;
 pub mod api;
+pub(crate) mod atomic_file;
 pub mod cli;
 pub mod cluster;
 pub mod config;

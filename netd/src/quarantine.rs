@@ -10,7 +10,6 @@
 //! operator clears the list with `netd recover --forget-left-alone` (netd
 //! stopped): from then on they are stale links like any other.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -78,14 +77,9 @@ impl Quarantine {
 
     fn write(&self, state_dir: &Path) -> Result<()> {
         let path = path(state_dir);
-        let tmp = state_dir.join(format!(".{FILE_NAME}.tmp"));
-        let io =
-            |what: &str, e: std::io::Error| Error::Setup(format!("{what} {}: {e}", path.display()));
-        let mut file = std::fs::File::create(&tmp).map_err(|e| io("create", e))?;
-        file.write_all(&serde_json::to_vec_pretty(self).expect("the list serializes"))
-            .and_then(|()| file.sync_all())
-            .map_err(|e| io("write", e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| io("rename into place", e))
+        let text = serde_json::to_vec_pretty(self).expect("the list serializes");
+        crate::atomic_file::write(&path, &text, 0o600)
+            .map_err(|e| Error::Setup(format!("write {}: {e}", path.display())))
     }
 
     /// Deletes the list; returns what it held.

@@ -5,7 +5,6 @@
 //! path or a PID has no such place: runtimes write their own resolv.conf
 //! (from the CNI result's `dns`).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::api::DnsStatus;
@@ -54,12 +53,9 @@ fn write_in(etc_netns: &Path, name: &str, dns: &DnsStatus) -> Result<PathBuf> {
         ))
     };
     std::fs::create_dir_all(&dir).map_err(|e| fail("create the directory of", e))?;
-    let tmp = dir.join(".resolv.conf.netd-tmp");
-    let mut file = std::fs::File::create(&tmp).map_err(|e| fail("write", e))?;
-    file.write_all(resolv_conf_text(dns).as_bytes())
-        .and_then(|()| file.sync_all())
+    // Containers' own users read it.
+    crate::atomic_file::write(&path, resolv_conf_text(dns).as_bytes(), 0o644)
         .map_err(|e| fail("write", e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| fail("rename into place", e))?;
     Ok(path)
 }
 
