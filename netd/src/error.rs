@@ -168,7 +168,8 @@ impl Error {
                     C::ConfigMismatch { .. }
                     | C::HostAlive { .. }
                     | C::RangeFull { .. }
-                    | C::CannotHonour { .. } => ErrorKind::Conflict,
+                    | C::CannotHonour { .. }
+                    | C::ReservationLost { .. } => ErrorKind::Conflict,
                     C::Contention { .. } => ErrorKind::Busy,
                     C::BadConfig { .. } => ErrorKind::InvalidInput,
                     C::Store { .. } | C::ConfigUnreadable { .. } | C::Identity { .. } => {

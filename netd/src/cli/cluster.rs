@@ -79,6 +79,15 @@ pub async fn run(command: ClusterCommand) -> Result<()> {
             println!("subnets:     {}", subnets.join(", "));
             println!("endpoint:    {}", s.endpoint.as_deref().unwrap_or("(none)"));
             println!("key epoch:   {}", s.key_epoch);
+            if !s.joined {
+                println!(
+                    "joined:      NO — running on the view saved in the state directory{}",
+                    s.join_error
+                        .as_ref()
+                        .map(|e| format!(" (last try: {e})"))
+                        .unwrap_or_default()
+                );
+            }
             println!(
                 "store:       {} {}{}",
                 s.store,

@@ -11,35 +11,51 @@
 //! - `names.rs`: this host's container names published under
 //!   `names/<id>` on the liveness lease, the others' followed into the
 //!   name table;
+//! - `offline.rs`: a start while the store is down, from the saved
+//!   reservation and view, and the join once the store answers;
 //! - `report.rs`: `netd cluster status|hosts`, the metrics;
 //! - `reservation.rs`: the reservation kept in the state directory for the
-//!   CNI plugin's standalone mode.
+//!   CNI plugin's standalone mode;
+//! - `saved_view.rs`: the last view, kept in the state directory;
+//! - `start.rs`: the store's client, the membership, the advertised
+//!   endpoint and the `subnet` key checks a start needs.
 //!
 //! While the store is down nothing is removed: the watcher keeps the last
-//! view, the liveness task retries, both count and report it.
+//! view, the liveness task retries, both count and report it. A netd that
+//! starts then runs from what it saved (see `offline.rs`).
 
 mod names;
+mod offline;
 mod report;
 mod reservation;
+mod saved_view;
+mod start;
 
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs, UdpSocket};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ::overlay::cluster::{
-    HostAdvert, HostId, HostRecord, LivenessTask, Member, PeerView, PeerWatcher, SystemClock,
-    Timing, ViewUpdate, WatcherSettings,
+    ClusterError, HostAdvert, HostId, HostRecord, LivenessTask, Member, PeerView, PeerWatcher,
+    ViewUpdate, WatcherSettings,
 };
-use ::overlay::store::{EtcdConfig, EtcdStore, EtcdTls};
+use ::overlay::store::EtcdStore;
 use plumb::Netns;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 pub use report::{ClusterStatus, ForgetRequest, HostEntry, NamesStatus};
 pub use reservation::{Reservation, RESERVATION_FILE};
+pub use saved_view::{SavedView, SAVED_VIEW_FILE};
+pub use start::open_store;
+use start::{
+    advertised_endpoint, apply_reservation, check_given_subnets, existing_record, hostname,
+    member_of, Start,
+};
 
 use crate::action::Action;
-use crate::config::cluster::StoreSettings;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::overlay::{load_or_generate_key, ClusterHostInfo, OverlayPeer, PeerOrigin};
@@ -49,13 +65,37 @@ pub struct ClusterHost {
     member: Arc<Member<EtcdStore>>,
     store: Arc<EtcdStore>,
     name: String,
+    advert: HostAdvert,
+    state_dir: PathBuf,
     record: Mutex<HostRecord>,
     cluster: ::overlay::cluster::ClusterConfig,
+    /// False while netd runs from its saved reservation and view, until the
+    /// store answers and the join is done (see `offline.rs`).
+    joined: AtomicBool,
+    /// Why the join after a start without the store has not happened yet.
+    join_error: Mutex<Option<String>>,
+    rejoin: Mutex<Option<JoinHandle<()>>>,
+    /// The view applied last (or the saved one): status, `forget HOST`
+    /// and the liveness task's reclaim sweep read it.
+    views: watch::Sender<Arc<PeerView>>,
     liveness: Mutex<Option<LivenessTask>>,
     watcher: Mutex<Option<PeerWatcher>>,
     applied: Mutex<AppliedStats>,
     names_counters: names::NamesCounters,
     left: watch::Sender<bool>,
+}
+
+impl Drop for ClusterHost {
+    fn drop(&mut self) {
+        if let Some(task) = self
+            .rejoin
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            task.abort();
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -64,38 +104,6 @@ struct AppliedStats {
     last: Option<Duration>,
     count: u64,
     errors: u64,
-}
-
-/// Opens the store described by `[cluster]`.
-pub fn open_store(settings: &StoreSettings) -> Result<EtcdStore> {
-    let scheme = if settings.ca.is_some() {
-        "https"
-    } else {
-        "http"
-    };
-    let mut config = EtcdConfig::new(
-        settings
-            .endpoints
-            .iter()
-            .map(|e| format!("{scheme}://{e}"))
-            .collect(),
-    );
-    if let Some(ca) = &settings.ca {
-        config.tls = Some(EtcdTls {
-            ca: ca.clone(),
-            cert: settings.cert.clone(),
-            key: settings.key.clone(),
-        });
-    }
-    if let (Some(user), Some(password)) = (&settings.user, &settings.password) {
-        config.user = Some((user.clone(), password.clone()));
-    }
-    EtcdStore::new(config).map_err(|e| {
-        Error::InvalidInput(format!(
-            "cluster: open the store {}: {e}",
-            settings.endpoints.join(",")
-        ))
-    })
 }
 
 impl ClusterHost {
@@ -110,67 +118,118 @@ impl ClusterHost {
             .clone()
             .ok_or_else(|| Error::InvalidInput("cluster: no store configured".into()))?;
         let store = Arc::new(open_store(&settings)?);
-        let cluster = ::overlay::cluster::read_config(store.as_ref()).await?;
         let id = HostId::load_or_create(&config.state_dir)?;
-        let key = load_or_generate_key(&config.overlay_key_file())?;
-        let name = match &config.cluster.host_name {
-            Some(name) => name.clone(),
-            None => hostname(),
+        let start = Start {
+            store,
+            settings,
+            key: load_or_generate_key(&config.overlay_key_file())?,
+            name: match &config.cluster.host_name {
+                Some(name) => name.clone(),
+                None => hostname(),
+            },
+            saved: Reservation::read(&config.state_dir)?.filter(|r| r.host_id == id.as_str()),
+            id,
         };
-        let endpoint = advertised_endpoint(config, &settings, host_ns, cluster.overlay_port)?;
-        let mut timing = Timing {
-            liveness_ttl: config.cluster.liveness_ttl,
-            ..Timing::default()
+        let cluster = match ::overlay::cluster::read_config(start.store.as_ref()).await {
+            Ok(cluster) => cluster,
+            Err(ClusterError::Store { source, .. }) if source.is_transient() => {
+                return offline::start(config, host_ns, start, source);
+            }
+            Err(e) => return Err(e.into()),
         };
-        if let Some(expiry) = config.cluster.reservation_expiry {
-            timing.reservation_expiry = expiry;
-        }
-        let member = Arc::new(Member::new(
-            store.clone(),
-            id.clone(),
-            timing,
-            Arc::new(SystemClock),
-        ));
+        let endpoint = advertised_endpoint(config, &start.settings, host_ns, cluster.overlay_port)?;
         let advert = HostAdvert {
-            name: name.clone(),
-            public_key: key.public_key(),
+            name: start.name.clone(),
+            public_key: start.key.public_key(),
             endpoint: Some(endpoint),
         };
+        let member = member_of(config, &start);
         // Refuse a `subnet` key before writing anything to the store.
-        let held = existing_record(store.as_ref(), &id).await?;
+        let held = existing_record(start.store.as_ref(), &start.id).await?;
         check_given_subnets(config, held.as_ref())?;
-        let record = member.join(&advert).await?;
+        // A host whose record went while it was away takes its old
+        // subnets back when they are free.
+        let kept = start.saved.as_ref().map(|r| r.kept(false));
+        let record = member.join_keeping(&advert, kept.as_ref()).await?;
         apply_reservation(config, &record, &cluster)?;
         Reservation::of(&record, &cluster).write(&config.state_dir)?;
         tracing::info!(
-            host = %id,
-            name = %name,
+            host = %start.id,
+            name = %start.name,
             subnet = %record.ipv4_subnet,
             subnet6 = ?record.ipv6_subnet,
             %endpoint,
             key_epoch = record.key_epoch,
             "joined the cluster"
         );
-        Ok(ClusterHost {
+        Ok(ClusterHost::new(
+            config,
+            start,
             member,
-            store,
-            name,
+            advert,
+            record,
+            cluster,
+            PeerView::default(),
+            true,
+        ))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        config: &Config,
+        start: Start,
+        member: Arc<Member<EtcdStore>>,
+        advert: HostAdvert,
+        record: HostRecord,
+        cluster: ::overlay::cluster::ClusterConfig,
+        view: PeerView,
+        joined: bool,
+    ) -> ClusterHost {
+        ClusterHost {
+            member,
+            store: start.store,
+            name: start.name,
+            advert,
+            state_dir: config.state_dir.clone(),
             record: Mutex::new(record),
             cluster,
+            joined: AtomicBool::new(joined),
+            join_error: Mutex::new(None),
+            rejoin: Mutex::new(None),
+            views: watch::Sender::new(Arc::new(view)),
             liveness: Mutex::new(None),
             watcher: Mutex::new(None),
             applied: Mutex::new(AppliedStats::default()),
             names_counters: names::NamesCounters::default(),
             left: watch::channel(false).0,
-        })
+        }
+    }
+
+    /// Whether this host has joined (false while it runs from its saved
+    /// reservation and view because the store was down at its start).
+    pub fn joined(&self) -> bool {
+        self.joined.load(Ordering::Acquire)
     }
 
     /// Shows this host alive (a new liveness lease) and keeps it so. Called
     /// once the overlay device is up: peers take the new liveness key of a
     /// host that joined again for a restart, and start a new session.
-    pub async fn go_alive(&self) -> Result<()> {
+    /// A host that started without the store goes alive once it has joined,
+    /// in the background (see `offline.rs`).
+    pub async fn go_alive(self: &Arc<Self>) -> Result<()> {
+        if !self.joined() {
+            let task = tokio::spawn(self.clone().join_when_the_store_answers());
+            *self.rejoin.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+            return Ok(());
+        }
+        self.go_alive_now().await
+    }
+
+    async fn go_alive_now(&self) -> Result<()> {
         self.member.go_alive(&self.name).await?;
-        let task = self.member.spawn_liveness(self.name.clone());
+        let task = self
+            .member
+            .spawn_liveness(self.name.clone(), self.views.subscribe());
         *self.liveness.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
         tracing::info!(host = %self.id(), "alive in the cluster");
         Ok(())
@@ -195,16 +254,27 @@ impl ClusterHost {
             WatcherSettings::default(),
         );
         *self.watcher.lock().unwrap_or_else(|e| e.into_inner()) = Some(watcher);
+        let mut saver = saved_view::ViewSaver::new(&self.state_dir, self.id());
         loop {
+            let due = saver.due();
             let update: ViewUpdate = tokio::select! {
                 u = updates.recv() => match u { Some(u) => u, None => return },
-                _ = stopped.changed() => return,
+                _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now).into()), if due.is_some() => {
+                    saver.flush();
+                    continue;
+                }
+                _ = stopped.changed() => {
+                    saver.flush();
+                    return;
+                }
             };
             // Coalesce a burst: only the latest view matters.
             let mut update = update;
             while let Ok(next) = updates.try_recv() {
                 update = next;
             }
+            self.views.send_replace(update.view.clone());
+            saver.offer(update.view.clone());
             let started = Instant::now();
             let peers = self.peers_of(&update.view);
             let (actions, errors) = apply(peers).await;
@@ -225,6 +295,12 @@ impl ClusterHost {
             stats.count += 1;
             stats.errors += errors.len() as u64;
         }
+    }
+
+    /// The peers of the view this host runs from now: after a start
+    /// without the store, the saved view's (see `offline.rs`).
+    pub fn current_peers(&self) -> Vec<OverlayPeer> {
+        self.peers_of(&self.view())
     }
 
     /// The overlay peers of a view: every host but this one, dead or alive
@@ -342,151 +418,6 @@ impl ClusterHost {
     }
 
     fn view(&self) -> Arc<PeerView> {
-        self.watcher
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .map(|w| w.view())
-            .unwrap_or_default()
+        self.views.borrow().clone()
     }
-}
-
-/// This host's record in the store, if it has one (unreadable: none).
-async fn existing_record(store: &EtcdStore, id: &HostId) -> Result<Option<HostRecord>> {
-    use ::overlay::store::Store;
-    let key = ::overlay::cluster::records::host_key(id);
-    let listing = store
-        .list(&key)
-        .await
-        .map_err(|e| Error::Setup(format!("cluster: read this host's record {key}: {e}")))?;
-    Ok(listing
-        .entries
-        .iter()
-        .find(|kv| kv.key == key)
-        .and_then(|kv| serde_json::from_slice(&kv.value).ok()))
-}
-
-/// `subnet`/`subnet6` keys are allowed only when they name the reservation
-/// this host already holds: a new host gets its subnets from the store.
-fn check_given_subnets(config: &Config, held: Option<&HostRecord>) -> Result<()> {
-    let given = config.cluster.given_subnet.map(|s| s.to_string());
-    let given6 = config.cluster.given_subnet6.map(|s| s.to_string());
-    if given.is_none() && given6.is_none() {
-        return Ok(());
-    }
-    match held {
-        Some(record) => {
-            let mut reserved = config.clone();
-            apply_reservation_keys(&mut reserved, record)
-        }
-        None => Err(Error::InvalidInput(format!(
-            "cluster: the `subnet`/`subnet6` keys say {} but this host holds no reservation yet; \
-             remove them from netd.toml/flags/WEFT_* (a cluster host's subnets come from the store)",
-            [given, given6].into_iter().flatten().collect::<Vec<_>>().join(", ")
-        ))),
-    }
-}
-
-/// Sets `config`'s subnets, overlay port and range from the reservation;
-/// refuses `subnet`/`subnet6` keys that name other subnets.
-fn apply_reservation(
-    config: &mut Config,
-    record: &HostRecord,
-    cluster: &::overlay::cluster::ClusterConfig,
-) -> Result<()> {
-    apply_reservation_keys(config, record)?;
-    config.overlay.enabled = true;
-    config.overlay.listen_port = cluster.overlay_port;
-    config.overlay.cluster_range = cluster.ipv4_range;
-    config.validate()?;
-    Ok(())
-}
-
-/// Checks the given `subnet`/`subnet6` keys against `record` and sets the
-/// reservation's subnets.
-fn apply_reservation_keys(config: &mut Config, record: &HostRecord) -> Result<()> {
-    let refuse = |key: &str, given: String, reserved: String| {
-        Error::InvalidInput(format!(
-            "cluster: the `{key}` key says {given} but this host's reservation in the store is {reserved}; \
-             remove `{key}` from netd.toml/flags/WEFT_* (a cluster host's subnets come from the store)"
-        ))
-    };
-    if let Some(given) = config.cluster.given_subnet {
-        if given != record.ipv4_subnet {
-            return Err(refuse(
-                "subnet",
-                given.to_string(),
-                record.ipv4_subnet.to_string(),
-            ));
-        }
-    }
-    if let Some(given) = config.cluster.given_subnet6 {
-        if Some(given) != record.ipv6_subnet {
-            return Err(refuse(
-                "subnet6",
-                given.to_string(),
-                record
-                    .ipv6_subnet
-                    .map(|s| s.to_string())
-                    .unwrap_or_else(|| "none (the cluster has no IPv6 range)".into()),
-            ));
-        }
-    }
-    config.subnet = record.ipv4_subnet;
-    config.subnet6 = record.ipv6_subnet;
-    Ok(())
-}
-
-/// The endpoint to advertise: `[cluster] endpoint`, else the address this
-/// host's namespace would use towards the store (the route's source).
-fn advertised_endpoint(
-    config: &Config,
-    store: &StoreSettings,
-    host_ns: &Netns,
-    default_port: u16,
-) -> Result<SocketAddr> {
-    if let Some((ip, port)) = config.cluster.endpoint {
-        return Ok(SocketAddr::new(ip, port.unwrap_or(default_port)));
-    }
-    let target = store
-        .endpoints
-        .iter()
-        .filter_map(|e| e.to_socket_addrs().ok())
-        .flatten()
-        .next()
-        .ok_or_else(|| {
-            Error::InvalidInput(format!(
-                "cluster: cannot resolve the store's address {} to find this host's underlay address; \
-                 set --endpoint IP",
-                store.endpoints.join(",")
-            ))
-        })?;
-    let source = host_ns
-        .run(move || -> std::io::Result<IpAddr> {
-            let bind: SocketAddr = match target {
-                SocketAddr::V4(_) => "0.0.0.0:0".parse().expect("literal"),
-                SocketAddr::V6(_) => "[::]:0".parse().expect("literal"),
-            };
-            let socket = UdpSocket::bind(bind)?;
-            // A UDP connect sends nothing: it only picks the route and its source.
-            socket.connect(target)?;
-            Ok(socket.local_addr()?.ip())
-        })
-        .map_err(|e| Error::kernel(format!("cluster: enter {}", host_ns.label()), e))?
-        .map_err(|e| {
-            Error::InvalidInput(format!(
-                "cluster: no route from {} towards the store at {target}: {e}; set --endpoint IP",
-                host_ns.label()
-            ))
-        })?;
-    Ok(SocketAddr::new(source, default_port))
-}
-
-/// The kernel's host name (of this UTS namespace).
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into())
 }

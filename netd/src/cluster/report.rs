@@ -17,6 +17,13 @@ pub struct ClusterStatus {
     pub subnets: Vec<IpNetwork>,
     pub endpoint: Option<String>,
     pub key_epoch: u64,
+    /// False while netd runs from its saved reservation and view (it
+    /// started with the store down) and has not joined yet.
+    #[serde(default = "yes")]
+    pub joined: bool,
+    /// Why that join has not happened yet.
+    #[serde(default)]
+    pub join_error: Option<String>,
     pub store: String,
     pub store_up: bool,
     pub store_last_error: Option<String>,
@@ -39,6 +46,10 @@ pub struct ClusterStatus {
     /// the others' keys and records ignored (see docs/dns.md).
     #[serde(default)]
     pub names: NamesStatus,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Counters of names across the cluster.
@@ -104,6 +115,12 @@ impl ClusterHost {
             subnets: record.subnets(),
             endpoint: record.endpoint.clone(),
             key_epoch: record.key_epoch,
+            joined: self.joined(),
+            join_error: self
+                .join_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
             store: self.store.endpoints().to_string(),
             store_up: status.up,
             store_last_error: status.last_error,
@@ -178,6 +195,12 @@ impl ClusterHost {
             "gauge",
             "1 when the last call to the cluster store succeeded.",
             &[(String::new(), if s.store_up { 1.0 } else { 0.0 })],
+        );
+        family(
+            "weft_netd_cluster_joined",
+            "gauge",
+            "0 while netd runs from its saved view after a start without the store.",
+            &[(String::new(), if s.joined { 1.0 } else { 0.0 })],
         );
         family(
             "weft_netd_cluster_watch_relists_total",

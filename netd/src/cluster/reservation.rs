@@ -2,10 +2,9 @@
 //! joins: the CNI plugin's standalone mode takes the host's subnets from it
 //! (it has no store client), and `netd status` can name it with the store down.
 
-use std::io::Write;
 use std::path::Path;
 
-use ::overlay::cluster::{ClusterConfig, HostRecord};
+use ::overlay::cluster::{ClusterConfig, HostRecord, KeptSubnets};
 use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde::{Deserialize, Serialize};
 
@@ -42,24 +41,30 @@ impl Reservation {
         }
     }
 
+    /// The subnets to keep at the next join; `strict` when containers run
+    /// on them already (a start without the store).
+    pub fn kept(&self, strict: bool) -> KeptSubnets {
+        KeptSubnets {
+            ipv4: self.subnet,
+            ipv6: self.subnet6,
+            strict,
+        }
+    }
+
     /// Writes the file atomically (aside, synced, renamed into place).
     pub fn write(&self, state_dir: &Path) -> Result<()> {
         let path = state_dir.join(RESERVATION_FILE);
-        let aside = state_dir.join(format!(".{RESERVATION_FILE}.{}", std::process::id()));
-        let write = || -> std::io::Result<()> {
-            std::fs::create_dir_all(state_dir)?;
-            let mut file = std::fs::File::create(&aside)?;
-            file.write_all(&serde_json::to_vec_pretty(self).expect("a reservation serializes"))?;
-            file.sync_all()?;
-            std::fs::rename(&aside, &path)
-        };
-        write().map_err(|e| {
-            let _ = std::fs::remove_file(&aside);
-            Error::Setup(format!(
-                "cluster: write the reservation to {}: {e}",
-                path.display()
-            ))
-        })
+        std::fs::create_dir_all(state_dir)
+            .and_then(|()| {
+                let text = serde_json::to_vec_pretty(self).expect("a reservation serializes");
+                crate::atomic_file::write(&path, &text, 0o600)
+            })
+            .map_err(|e| {
+                Error::Setup(format!(
+                    "cluster: write the reservation to {}: {e}",
+                    path.display()
+                ))
+            })
     }
 
     /// The reservation in `state_dir`; None when this host never joined a cluster.

@@ -41,6 +41,18 @@ async fn run_with(mut config: Config, peers: PeerSource) -> Result<()> {
         daemon.set_cluster(cluster.clone());
         if let Some(overlay) = daemon.overlay() {
             overlay.mark_cluster_managed();
+            if !cluster.joined() {
+                // Started without the store: the saved peers carry traffic
+                // until the store's view replaces them. They cannot learn
+                // from the store that this host restarted, so they are
+                // greeted: a handshake each replaces their stale session.
+                let (actions, errors) = overlay.set_store_peers(cluster.current_peers()).await;
+                tracing::info!(actions = actions.len(), "cluster: applied the saved view");
+                for error in &errors {
+                    tracing::error!("cluster: saved view: {error}");
+                }
+                overlay.greet_peers().await;
+            }
         }
         cluster.go_alive().await?;
     }

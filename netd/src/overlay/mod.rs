@@ -478,6 +478,18 @@ impl OverlayService {
         self.reconcile(None).await
     }
 
+    /// Sends a handshake initiation to every applied peer with an endpoint.
+    /// For a start the peers cannot hear of (the store is down): they still
+    /// hold sessions with this host's previous device and would send into
+    /// them until their rekey timeout, some 15 s.
+    pub async fn greet_peers(&self) {
+        for peer in self.applied.lock().await.values() {
+            if peer.endpoint.is_some() {
+                self.handshake_now(peer);
+            }
+        }
+    }
+
     /// The peers as applied, by public key (for the reports).
     pub async fn applied_peers(&self) -> BTreeMap<PublicKey, OverlayPeer> {
         self.applied.lock().await.clone()
