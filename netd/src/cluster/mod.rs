@@ -75,8 +75,8 @@ pub struct ClusterHost {
     /// Why the join after a start without the store has not happened yet.
     join_error: Mutex<Option<String>>,
     rejoin: Mutex<Option<JoinHandle<()>>>,
-    /// The view applied last (or the saved one): status, `forget HOST`
-    /// and the liveness task's reclaim sweep read it.
+    /// The watcher's latest view (the saved one until its first listing):
+    /// status, `forget HOST` and the liveness task's reclaim sweep read it.
     views: watch::Sender<Arc<PeerView>>,
     liveness: Mutex<Option<LivenessTask>>,
     watcher: Mutex<Option<PeerWatcher>>,
@@ -253,12 +253,20 @@ impl ClusterHost {
             Some(self.cluster.clone()),
             WatcherSettings::default(),
         );
+        // Every view the watcher builds, also those that change nothing a
+        // peer needs (a reservation refreshed): the reclaim sweep reads
+        // reservation ends from it. The saved view stays until the first.
+        let mut built = watcher.views();
         *self.watcher.lock().unwrap_or_else(|e| e.into_inner()) = Some(watcher);
         let mut saver = saved_view::ViewSaver::new(&self.state_dir, self.id());
         loop {
             let due = saver.due();
             let update: ViewUpdate = tokio::select! {
                 u = updates.recv() => match u { Some(u) => u, None => return },
+                Ok(()) = built.changed() => {
+                    self.views.send_replace(built.borrow_and_update().clone());
+                    continue;
+                }
                 _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now).into()), if due.is_some() => {
                     saver.flush();
                     continue;
@@ -273,7 +281,7 @@ impl ClusterHost {
             while let Ok(next) = updates.try_recv() {
                 update = next;
             }
-            self.views.send_replace(update.view.clone());
+            // Saved only when a peer changed (not every refresh of every host).
             saver.offer(update.view.clone());
             let started = Instant::now();
             let peers = self.peers_of(&update.view);
