@@ -57,8 +57,7 @@ fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         let chosen = std::env::var_os("MALLOC_ARENA_MAX").is_some()
-            || std::env::var("GLIBC_TUNABLES")
-                .is_ok_and(|t| t.contains("glibc.malloc.arena_max"));
+            || std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("glibc.malloc.arena_max"));
         if !chosen {
             // SAFETY: mallopt sets one parameter of glibc's allocator; called
             // first thing in main, before netd starts any thread.

@@ -111,11 +111,13 @@ impl Device {
             return Ok(false);
         };
         let mut out = [0u8; 256];
-        let session = state.session(|| s.keys()).map_err(|source| DeviceError::Session {
-            name: s.name.clone(),
-            peer: *key,
-            source,
-        })?;
+        let session = state
+            .session(|| s.keys())
+            .map_err(|source| DeviceError::Session {
+                name: s.name.clone(),
+                peer: *key,
+                source,
+            })?;
         match session.initiate_handshake(&mut out, false) {
             SessionOutput::ToNetwork(message) => {
                 peer.counters.handshakes.sent(message);
