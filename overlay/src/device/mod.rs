@@ -33,13 +33,13 @@ use serde::Serialize;
 
 use crate::allowed_ips::AllowedIpsError;
 use crate::keys::{PrivateKey, PublicKey};
-use crate::session::{NoiseSession, SessionError, MAX_SLOT};
+use crate::session::{SessionError, MAX_SLOT};
 use crate::tun::{Tun, TunError};
 use crate::udp::{UdpError, UdpSocket};
 use crate::wait::Stop;
 
 use arrivals::ArrivalCounters;
-use peer::{DropCounters, Peer, PeerCounters, PeerState};
+use peer::{DropCounters, Peer, PeerCounters, PeerState, SessionRecipe};
 use rekey::DeviceKeys;
 use table::PeerTable;
 
@@ -470,18 +470,7 @@ impl Device {
             peer: key,
             source,
         };
-        let new_session = || -> Result<Box<NoiseSession>, DeviceError> {
-            NoiseSession::new(
-                &keys.private_key,
-                key,
-                config.preshared_key.as_ref(),
-                config.persistent_keepalive,
-                slot,
-                keys.guard.session_limiter(),
-            )
-            .map(Box::new)
-            .map_err(session_error)
-        };
+        let recipe = SessionRecipe::new(&config, slot);
         match existing {
             Some(peer) => {
                 let mut current = peer.config.lock().expect("peer config lock poisoned");
@@ -489,7 +478,7 @@ impl Device {
                 if current.preshared_key != config.preshared_key
                     || current.persistent_keepalive != config.persistent_keepalive
                 {
-                    state.session = new_session()?;
+                    state.renew(recipe, &keys).map_err(session_error)?;
                 }
                 if config.endpoint.is_some() {
                     state.endpoint = config.endpoint;
@@ -497,12 +486,11 @@ impl Device {
                 *current = config.clone();
             }
             None => {
+                let state =
+                    PeerState::new(recipe, config.endpoint, &keys).map_err(session_error)?;
                 let peer = Arc::new(Peer {
                     slot,
-                    state: Mutex::new(PeerState {
-                        session: new_session()?,
-                        endpoint: config.endpoint,
-                    }),
+                    state: Mutex::new(state),
                     config: Mutex::new(config.clone()),
                     counters: PeerCounters::default(),
                 });

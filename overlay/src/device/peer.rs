@@ -2,14 +2,16 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use ipnetwork::IpNetwork;
 use serde::Serialize;
 
 use crate::keys::{PresharedKey, PublicKey};
-use crate::session::{PeerSession, SessionError};
+use crate::session::{NoiseSession, PeerSession, SessionError};
+
+use super::rekey::DeviceKeys;
 
 /// A peer as netd configures it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -216,8 +218,110 @@ impl PeerCounters {
 
 /// What a peer's session and endpoint are now; locked per packet.
 pub(crate) struct PeerState {
-    pub session: Box<dyn PeerSession>,
+    /// Made at the first packet, handshake message or handshake request that
+    /// needs it ([`PeerState::session`]), or at once for a peer with a
+    /// persistent keepalive (its timer starts the first handshake). A
+    /// session (boringtun's `Tunn`, with room for eight key pairs) takes
+    /// about 11 KB, and a quiet host talks to few of its peers.
+    session: Option<Box<dyn PeerSession>>,
+    /// What the next session is made from: changes with the peer's config.
+    recipe: SessionRecipe,
     pub endpoint: Option<SocketAddr>,
+}
+
+/// A peer's part of a new session; the device's key is the other part.
+#[derive(Clone)]
+pub(crate) struct SessionRecipe {
+    pub public_key: PublicKey,
+    pub preshared_key: Option<PresharedKey>,
+    pub keepalive: Option<u16>,
+    pub slot: u32,
+}
+
+impl SessionRecipe {
+    pub(crate) fn new(config: &PeerConfig, slot: u32) -> SessionRecipe {
+        SessionRecipe {
+            public_key: config.public_key,
+            preshared_key: config.preshared_key.clone(),
+            keepalive: config.persistent_keepalive.filter(|k| *k > 0),
+            slot,
+        }
+    }
+
+    fn make(&self, keys: &DeviceKeys) -> Result<Box<dyn PeerSession>, SessionError> {
+        Ok(Box::new(NoiseSession::new(
+            &keys.private_key,
+            self.public_key,
+            self.preshared_key.as_ref(),
+            self.keepalive,
+            self.slot,
+            keys.guard.session_limiter(),
+        )?))
+    }
+}
+
+impl PeerState {
+    /// A peer's state with no session yet (one at once with a keepalive).
+    pub(crate) fn new(
+        recipe: SessionRecipe,
+        endpoint: Option<SocketAddr>,
+        keys: &DeviceKeys,
+    ) -> Result<PeerState, SessionError> {
+        let mut state = PeerState {
+            session: None,
+            recipe,
+            endpoint,
+        };
+        state.session = state.fresh(keys)?;
+        Ok(state)
+    }
+
+    /// Ends the session: the next one is made from `recipe`.
+    pub(crate) fn renew(
+        &mut self,
+        recipe: SessionRecipe,
+        keys: &DeviceKeys,
+    ) -> Result<(), SessionError> {
+        self.recipe = recipe;
+        self.session = self.fresh(keys)?;
+        Ok(())
+    }
+
+    /// What replaces the session when it ends (the device's key changed):
+    /// a new one under `keys` for a peer with a keepalive, else none yet.
+    pub(crate) fn fresh(
+        &self,
+        keys: &DeviceKeys,
+    ) -> Result<Option<Box<dyn PeerSession>>, SessionError> {
+        match self.recipe.keepalive {
+            Some(_) => self.recipe.make(keys).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Puts what [`PeerState::fresh`] made in place of the session.
+    pub(crate) fn replace_session(&mut self, session: Option<Box<dyn PeerSession>>) {
+        self.session = session;
+    }
+
+    /// The session, made now under the device's current keys if there is
+    /// none (`keys` is only asked then).
+    #[inline]
+    pub(crate) fn session(
+        &mut self,
+        keys: impl FnOnce() -> Arc<DeviceKeys>,
+    ) -> Result<&mut dyn PeerSession, SessionError> {
+        let session = match self.session.take() {
+            Some(session) => session,
+            None => self.recipe.make(&keys())?,
+        };
+        Ok(self.session.insert(session).as_mut())
+    }
+
+    /// The session if one was made: a peer without one has no timers to run.
+    pub(crate) fn existing_session(&mut self) -> Option<&mut (dyn PeerSession + 'static)> {
+        self.session.as_deref_mut()
+    }
 }
 
 /// A running peer.
@@ -287,7 +391,11 @@ impl Peer {
         let config = self.config.lock().expect("peer config lock poisoned");
         let (endpoint, since) = {
             let state = self.state.lock().expect("peer state lock poisoned");
-            (state.endpoint, state.session.since_last_handshake())
+            let since = state
+                .session
+                .as_ref()
+                .and_then(|s| s.since_last_handshake());
+            (state.endpoint, since)
         };
         let c = &self.counters;
         PeerStats {
@@ -308,6 +416,54 @@ impl Peer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys::PrivateKey;
+    use crate::session::SessionOutput;
+
+    fn recipe(keepalive: Option<u16>) -> SessionRecipe {
+        let peer = PrivateKey::generate().unwrap().public_key();
+        let mut config = PeerConfig::new(peer);
+        config.persistent_keepalive = keepalive;
+        SessionRecipe::new(&config, 7)
+    }
+
+    #[test]
+    fn a_session_is_made_when_first_needed() {
+        let keys = Arc::new(DeviceKeys::new(PrivateKey::generate().unwrap(), 100));
+        let mut state = PeerState::new(recipe(None), None, &keys).unwrap();
+        assert!(state.existing_session().is_none(), "no session before use");
+        let mut asked = 0;
+        let mut out = [0u8; 256];
+        let session = state
+            .session(|| {
+                asked += 1;
+                keys.clone()
+            })
+            .unwrap();
+        assert!(matches!(
+            session.initiate_handshake(&mut out, false),
+            SessionOutput::ToNetwork(m) if m.first() == Some(&1)
+        ));
+        // Made once: the second call finds it (and its handshake in flight).
+        state.session(|| unreachable!("made already")).unwrap();
+        assert_eq!(asked, 1);
+        assert!(state.existing_session().is_some());
+        // A key change drops it; none is made until needed again.
+        let fresh = state.fresh(&keys).unwrap();
+        assert!(fresh.is_none());
+        state.replace_session(fresh);
+        assert!(state.existing_session().is_none());
+    }
+
+    #[test]
+    fn a_keepalive_needs_its_session_at_once() {
+        let keys = DeviceKeys::new(PrivateKey::generate().unwrap(), 100);
+        let mut state = PeerState::new(recipe(Some(25)), None, &keys).unwrap();
+        assert!(state.existing_session().is_some());
+        assert!(state.fresh(&keys).unwrap().is_some());
+        // Switched off: the session ends and the next is made when needed.
+        state.renew(recipe(Some(0)), &keys).unwrap();
+        assert!(state.existing_session().is_none());
+    }
 
     #[test]
     fn every_reason_has_its_own_counter() {

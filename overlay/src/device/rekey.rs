@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::{send_one, Device, DeviceError, Shared};
 use crate::keys::{PrivateKey, PublicKey};
-use crate::session::{HandshakeGuard, NoiseSession, SessionOutput};
+use crate::session::{HandshakeGuard, SessionOutput};
 
 /// The device's static key pair and the guard that checks handshakes against it.
 pub(crate) struct DeviceKeys {
@@ -35,8 +35,9 @@ impl Device {
     /// Replaces the device's static private key in place (key rotation),
     /// while traffic flows and without touching the TUN link or the socket.
     ///
-    /// Every peer's session is rebuilt with the new key and the old sessions
-    /// are dropped: packets in flight under them are refused, and the next
+    /// Every peer's session is dropped (one with a persistent keepalive gets
+    /// a new one under the new key at once, the others when next needed):
+    /// packets in flight under the old sessions are refused, and the next
     /// packet to or from a peer starts a handshake under the new key. Peers
     /// keep their slot, endpoint (configured or learnt), allowed IPs and
     /// counters. Initiations made with the old key no longer decrypt: they
@@ -55,26 +56,26 @@ impl Device {
                 peer: keys.public_key,
             });
         }
+        // Made first, so that nothing has changed when one fails.
         let mut sessions = Vec::with_capacity(table.by_key.len());
         for peer in table.by_key.values() {
-            let config = peer.config.lock().expect("peer config lock poisoned");
-            let session = NoiseSession::new(
-                &keys.private_key,
-                config.public_key,
-                config.preshared_key.as_ref(),
-                config.persistent_keepalive,
-                peer.slot,
-                keys.guard.session_limiter(),
-            )
-            .map_err(|source| DeviceError::Session {
+            let fresh = peer
+                .state
+                .lock()
+                .expect("peer state lock poisoned")
+                .fresh(&keys);
+            let fresh = fresh.map_err(|source| DeviceError::Session {
                 name: s.name.clone(),
-                peer: config.public_key,
+                peer: peer.config.lock().expect("peer config lock").public_key,
                 source,
             })?;
-            sessions.push((peer.clone(), Box::new(session)));
+            sessions.push((peer.clone(), fresh));
         }
         for (peer, session) in sessions {
-            peer.state.lock().expect("peer state lock poisoned").session = session;
+            peer.state
+                .lock()
+                .expect("peer state lock poisoned")
+                .replace_session(session);
         }
         let old = std::mem::replace(
             &mut *s.keys.write().expect("device keys lock poisoned"),
@@ -110,7 +111,14 @@ impl Device {
             return Ok(false);
         };
         let mut out = [0u8; 256];
-        match state.session.initiate_handshake(&mut out, false) {
+        let session = state
+            .session(|| s.keys())
+            .map_err(|source| DeviceError::Session {
+                name: s.name.clone(),
+                peer: *key,
+                source,
+            })?;
+        match session.initiate_handshake(&mut out, false) {
             SessionOutput::ToNetwork(message) => {
                 peer.counters.handshakes.sent(message);
                 send_one(s, message, to, &peer.counters.drops);

@@ -149,7 +149,14 @@ fn encapsulate(
         // Locked per packet, not per super-segment: the rx thread (ACKs,
         // handshakes for this peer) waits one packet's encryption at most.
         let mut state = peer.state.lock().expect("peer state lock poisoned");
-        let len = match state.session.encapsulate(inner, batch.next_slot()) {
+        let session = match state.session(|| shared.keys()) {
+            Ok(session) => session,
+            Err(e) => {
+                peer.counters.drops.add(DropReason::from_session(e), 1);
+                return;
+            }
+        };
+        let len = match session.encapsulate(inner, batch.next_slot()) {
             SessionOutput::ToNetwork(wire) => {
                 if wire.first() == Some(&4) {
                     bytes += inner.len() as u64;
@@ -307,7 +314,14 @@ fn receive_one(
         },
     };
     let mut state = peer.state.lock().expect("peer state lock poisoned");
-    match state.session.decapsulate(Some(from.ip()), datagram, out) {
+    let session = match state.session(|| shared.keys()) {
+        Ok(session) => session,
+        Err(e) => {
+            drop(state);
+            return count_failure(shared, peer, &message, e);
+        }
+    };
+    match session.decapsulate(Some(from.ip()), datagram, out) {
         SessionOutput::ToTunnel(packet) => {
             // Authenticated data: the peer is where it came from (roaming).
             state.endpoint = Some(from);
@@ -326,7 +340,9 @@ fn receive_one(
             peer.counters.sent_message(reply);
             send_one(shared, reply, from, &peer.counters.drops);
             // Packets queued while the handshake ran can go now.
-            while let SessionOutput::ToNetwork(queued) = state.session.next_queued(out) {
+            while let Some(SessionOutput::ToNetwork(queued)) =
+                state.existing_session().map(|s| s.next_queued(out))
+            {
                 peer.counters.sent_message(queued);
                 send_one(shared, queued, from, &peer.counters.drops);
             }
@@ -431,7 +447,11 @@ pub(super) fn timer_loop(shared: &Shared) {
         for peer in table.by_slot.values() {
             let mut state = peer.state.lock().expect("peer state lock poisoned");
             let endpoint = state.endpoint;
-            match state.session.update_timers(&mut out) {
+            // No session yet: nothing sent, nothing pending, no timer to run.
+            let Some(session) = state.existing_session() else {
+                continue;
+            };
+            match session.update_timers(&mut out) {
                 SessionOutput::ToNetwork(wire) => match endpoint {
                     Some(to) => {
                         peer.counters.sent_message(wire);

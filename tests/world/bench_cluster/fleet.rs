@@ -305,18 +305,25 @@ fn wait_peers(netd: &NetdHost, want: usize, deadline: Instant) -> Result<()> {
 }
 
 /// Pings `to` from `from` every 100 ms until one answer, or the deadline.
+/// ping gives up at the first ICMP error (an unreachable network while the
+/// peer's route is still missing), so each error starts another ping.
 fn ping_until(from: &plumb::Netns, to: IpAddr, deadline: Instant) -> Result<()> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    let secs = left.as_secs().max(1).to_string();
     let target = to.to_string();
-    let out = run_in(
-        from,
-        "ping",
-        &["-4", "-c", "1", "-i", "0.1", "-w", &secs, "-q", &target],
-        left + Duration::from_secs(2),
-    )?;
-    if !out.success {
-        bail!("{target} did not answer from {}", from.label());
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let secs = left.as_secs().max(1).to_string();
+        let out = run_in(
+            from,
+            "ping",
+            &["-4", "-c", "1", "-i", "0.1", "-w", &secs, "-q", &target],
+            left + Duration::from_secs(2),
+        )?;
+        if out.success {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("{target} did not answer from {}", from.label());
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
-    Ok(())
 }
