@@ -175,7 +175,7 @@ async fn outside_names_are_forwarded_within_bounds_and_fail_as_servfail() {
 #[test]
 fn an_answer_too_big_for_udp_is_truncated() {
     let table = NameTable::new();
-    let request = Message::from_vec(&query_bytes("big.example.", RecordType::A)).unwrap();
+    let request = Request::decode(&query_bytes("big.example.", RecordType::A)).unwrap();
     let records: Vec<Record> = (0..100u8)
         .map(|i| {
             Record::from_rdata(
@@ -191,10 +191,15 @@ fn an_answer_too_big_for_udp_is_truncated() {
         authorities: vec![],
         additionals: vec![],
     };
-    let udp = Message::from_vec(&reply_bytes(&request, &answer, false, Transport::Udp)).unwrap();
+    let encoded = |transport| {
+        let mut out = Vec::new();
+        write_reply(&request, &answer.sections(), false, transport, &mut out);
+        Message::from_vec(&out).unwrap()
+    };
+    let udp = encoded(Transport::Udp);
     assert!(udp.metadata.truncation);
     assert!(udp.answers.is_empty());
-    let tcp = Message::from_vec(&reply_bytes(&request, &answer, false, Transport::Tcp)).unwrap();
+    let tcp = encoded(Transport::Tcp);
     assert_eq!(tcp.answers.len(), 100);
     drop(table);
 }

@@ -3,6 +3,7 @@
 //! container at a time; the cluster replaces everything one remote host
 //! published in one call. Names are unique per network across all hosts.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -192,8 +193,14 @@ impl NameTable {
 
     /// The addresses of a bare name (any case, no trailing dot).
     pub fn addresses_of(&self, name: &str) -> Option<NameAddresses> {
+        // The DNS server asks in lowercase already: no copy then.
+        let key: Cow<'_, str> = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(name.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(name)
+        };
         let records = self.read();
-        let container = records.by_name.get(&name.to_ascii_lowercase())?;
+        let container = records.by_name.get(key.as_ref())?;
         let record = records.by_container.get(container)?;
         Some(NameAddresses {
             ipv4: record.ipv4,

@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio::task::JoinSet;
 
-use super::query::{Responder, Transport, Verdict};
+use super::query::{Outcome, Responder, Transport};
 
 /// Queries taken from the socket in one call at most.
 const BATCH: usize = 32;
@@ -117,10 +117,11 @@ fn serve(socket: Arc<UdpSocket>, responder: &Arc<Responder>, runtime: &Handle, s
             let Some(source) = batch.source(i) else {
                 continue;
             };
-            match responder.receive(batch.query(i), source, Transport::Udp) {
-                Verdict::Reply(bytes) => batch.answer(i, bytes),
-                Verdict::Drop => {}
-                Verdict::Forward(pending) => {
+            let (query, reply) = batch.slot(i);
+            match responder.answer_into(query, source, Transport::Udp, reply) {
+                Outcome::Answered => batch.answered(i),
+                Outcome::Dropped => {}
+                Outcome::Forward(pending) => {
                     let to = batch.peer(i);
                     let socket = Arc::downgrade(&socket);
                     let responder = responder.clone();
@@ -153,8 +154,11 @@ struct Batch {
     lengths: [usize; BATCH],
     peers: [Peer; BATCH],
     received: usize,
-    /// (query, its answer).
-    answers: Vec<(usize, Vec<u8>)>,
+    /// The answer to each query, written in place: the buffers grow to
+    /// the largest answer once and are reused.
+    replies: Box<[Vec<u8>]>,
+    /// The queries whose answer is to be sent.
+    answered: Vec<usize>,
     iovecs: [libc::iovec; BATCH],
     headers: [libc::mmsghdr; BATCH],
 }
@@ -170,7 +174,8 @@ impl Batch {
                 len: 0,
             }; BATCH],
             received: 0,
-            answers: Vec::with_capacity(BATCH),
+            replies: vec![Vec::new(); BATCH].into_boxed_slice(),
+            answered: Vec::with_capacity(BATCH),
             // SAFETY: all-zero bytes are valid for these plain C structs; the
             // pointers in them are set before each call.
             iovecs: unsafe { zeroed() },
@@ -183,7 +188,7 @@ impl Batch {
     /// else is queued, up to BATCH.
     fn receive(&mut self, socket: &UdpSocket) -> io::Result<usize> {
         self.received = 0;
-        self.answers.clear();
+        self.answered.clear();
         for i in 0..BATCH {
             self.iovecs[i] = libc::iovec {
                 iov_base: self.queries[i].as_mut_ptr().cast(),
@@ -223,8 +228,9 @@ impl Batch {
         Ok(self.received)
     }
 
-    fn query(&self, i: usize) -> &[u8] {
-        &self.queries[i][..self.lengths[i]]
+    /// Query `i` and the buffer for its answer.
+    fn slot(&mut self, i: usize) -> (&[u8], &mut Vec<u8>) {
+        (&self.queries[i][..self.lengths[i]], &mut self.replies[i])
     }
 
     fn peer(&self, i: usize) -> Peer {
@@ -253,26 +259,27 @@ impl Batch {
         }
     }
 
-    /// Queues `bytes` as the answer to query `i`.
-    fn answer(&mut self, i: usize, bytes: Vec<u8>) {
-        if !bytes.is_empty() {
-            self.answers.push((i, bytes));
+    /// Queues the answer written for query `i`.
+    fn answered(&mut self, i: usize) {
+        if !self.replies[i].is_empty() {
+            self.answered.push(i);
         }
     }
 
     /// Sends the queued answers. One the kernel refuses is skipped (and
     /// logged); a full send buffer drops the rest: the clients ask again.
     fn send(&mut self, socket: &UdpSocket) {
-        let count = self.answers.len();
-        for (k, (i, bytes)) in self.answers.iter().enumerate() {
+        let count = self.answered.len();
+        for (k, &i) in self.answered.iter().enumerate() {
+            let reply = &self.replies[i];
             self.iovecs[k] = libc::iovec {
-                iov_base: bytes.as_ptr().cast_mut().cast(),
-                iov_len: bytes.len(),
+                iov_base: reply.as_ptr().cast_mut().cast(),
+                iov_len: reply.len(),
             };
             let header = &mut self.headers[k];
             header.msg_hdr.msg_name =
-                (&mut self.peers[*i].address as *mut libc::sockaddr_storage).cast();
-            header.msg_hdr.msg_namelen = self.peers[*i].len;
+                (&mut self.peers[i].address as *mut libc::sockaddr_storage).cast();
+            header.msg_hdr.msg_namelen = self.peers[i].len;
             header.msg_hdr.msg_iov = &mut self.iovecs[k];
             header.msg_hdr.msg_iovlen = 1;
             header.msg_hdr.msg_control = std::ptr::null_mut();
@@ -310,6 +317,13 @@ impl Batch {
                     tracing::debug!("DNS server: an answer was refused: {e}");
                     at += 1;
                 }
+            }
+        }
+        // An answer cut for UDP was first written whole: a buffer that
+        // grew past a query slot is not kept at that size.
+        for &i in &self.answered {
+            if self.replies[i].capacity() > SLOT {
+                self.replies[i] = Vec::new();
             }
         }
     }
