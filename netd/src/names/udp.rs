@@ -168,8 +168,8 @@ impl Batch {
         Batch {
             queries: vec![[0u8; SLOT]; BATCH].into_boxed_slice(),
             lengths: [0; BATCH],
-            // SAFETY: all-zero bytes are a valid sockaddr_storage.
             peers: [Peer {
+                // SAFETY: all-zero bytes are a valid sockaddr_storage.
                 address: unsafe { zeroed() },
                 len: 0,
             }; BATCH],
@@ -356,3 +356,7 @@ fn send_one(socket: &Weak<UdpSocket>, bytes: &[u8], to: &Peer) {
         );
     }
 }
+
+#[cfg(test)]
+#[path = "udp_tests.rs"]
+mod tests;
