@@ -342,4 +342,4 @@ fn write_reply(
 
 #[cfg(test)]
 #[path = "query_tests.rs"]
-mod tests;
+pub(crate) mod tests;

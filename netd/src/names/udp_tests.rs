@@ -1,41 +1,17 @@
 use super::*;
-use crate::names::answer::Zone;
-use crate::names::counters::DnsCounters;
-use crate::names::forward::Forwarder;
-use crate::names::limits::{RateLimit, SourceLimiter};
-use crate::names::resolv_conf::Upstreams;
-use crate::names::table::{ContainerNames, NameSource, NameTable};
+use crate::names::limits::RateLimit;
+use crate::names::query::tests::responder_in;
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RecordType};
-use tokio::sync::Semaphore;
 
 /// A responder for names on loopback: the client is 127.0.0.1.
 fn responder() -> Arc<Responder> {
-    let table = NameTable::new();
-    table
-        .insert(ContainerNames {
-            container: "c1".into(),
-            name: "web".into(),
-            aliases: vec![],
-            ipv4: Some("127.0.0.2".parse().unwrap()),
-            ipv6: None,
-            host: "a".into(),
-            source: NameSource::Local,
-        })
-        .unwrap();
-    Arc::new(Responder {
-        table: Arc::new(table),
-        zone: Zone::new("weft.internal", vec!["127.0.0.0/8".parse().unwrap()]).unwrap(),
-        forwarder: Forwarder::new(
-            plumb::Netns::current().unwrap(),
-            Upstreams::new("/nonexistent/resolv.conf".into(), vec![]),
-            16,
-            Duration::from_millis(100),
-        ),
-        counters: Arc::new(DnsCounters::default()),
-        limiter: SourceLimiter::new(RateLimit::default()),
-        forward_slots: Arc::new(Semaphore::new(4)),
-    })
+    Arc::new(responder_in(
+        "127.0.0.0/8",
+        "127.0.0.2",
+        RateLimit::default(),
+        4,
+    ))
 }
 
 fn query(id: u16, name: &str) -> Vec<u8> {
