@@ -10,7 +10,10 @@
 //! client's queries take the same path (bridge, host namespace) to all
 //! three. Per server: dnsperf's queries/s, the CPU the server used per 1000
 //! queries (/proc/PID/stat before and after), and p50/p99 of sequential
-//! round trips from the client.
+//! round trips from the client. The servers take turns, one second of
+//! dnsperf (and a quarter of the round trips) each, so that a change in
+//! the machine's load during the run (other builds come and go) falls on
+//! all three alike rather than on whichever ran at that moment.
 
 mod netd_support;
 
@@ -31,6 +34,8 @@ const AARDVARK: &str = "172.31.7.1";
 const DNSMASQ: &str = "172.31.7.2";
 const AARDVARK_BIN: &str = "/usr/lib/podman/aardvark-dns";
 const ROUND_TRIPS: usize = 2000;
+/// The round trips are measured in this many turns per server.
+const ROUND_TRIP_TURNS: usize = 4;
 
 /// aardvark-dns detaches from its parent; it is ours (the PID its pid file
 /// names), killed by that PID when the benchmark ends however it ends.
@@ -73,9 +78,9 @@ fn query(id: u16, name: &str) -> Vec<u8> {
     q
 }
 
-/// p50 and p99 of sequential round trips from `netns` to `server`, each
-/// answer checked (same ID, NOERROR, one answer at least), in µs.
-fn round_trips(netns: &Netns, server: IpAddr, names: &[String]) -> (f64, f64) {
+/// `count` sequential round trips from `netns` to `server`, each answer
+/// checked (same ID, NOERROR, one answer at least), in µs.
+fn round_trips(netns: &Netns, server: IpAddr, names: &[String], count: usize) -> Vec<f64> {
     let names = names.to_vec();
     netns
         .run(move || {
@@ -85,8 +90,8 @@ fn round_trips(netns: &Netns, server: IpAddr, names: &[String]) -> (f64, f64) {
                 .set_read_timeout(Some(Duration::from_secs(2)))
                 .unwrap();
             let mut buf = [0u8; 512];
-            let mut took = Vec::with_capacity(ROUND_TRIPS);
-            for i in 0..ROUND_TRIPS {
+            let mut took = Vec::with_capacity(count);
+            for i in 0..count {
                 let id = i as u16;
                 let q = query(id, &names[i % names.len()]);
                 let start = Instant::now();
@@ -100,21 +105,37 @@ fn round_trips(netns: &Netns, server: IpAddr, names: &[String]) -> (f64, f64) {
                     "answer {i} is empty"
                 );
             }
-            took.sort_by(|a, b| a.partial_cmp(b).unwrap());
-            let at = |p: f64| took[((took.len() as f64 * p) as usize).min(took.len() - 1)];
-            (at(0.50), at(0.99))
+            took
         })
         .unwrap()
 }
 
-/// One server's figures.
+/// One server's figures, summed over its turns.
+#[derive(Default)]
 struct Figures {
-    qps: f64,
     completed: u64,
     lost: u64,
-    cpu_per_1000: f64,
-    p50: f64,
-    p99: f64,
+    /// dnsperf's run time, seconds.
+    run_time: f64,
+    cpu_ms: f64,
+    round_trips: Vec<f64>,
+}
+
+impl Figures {
+    fn qps(&self) -> f64 {
+        self.completed as f64 / self.run_time
+    }
+
+    fn cpu_per_1000(&self) -> f64 {
+        self.cpu_ms * 1000.0 / self.completed as f64
+    }
+
+    /// The round trip at quantile `p`, µs.
+    fn round_trip(&self, p: f64) -> f64 {
+        let mut took = self.round_trips.clone();
+        took.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        took[((took.len() as f64 * p) as usize).min(took.len() - 1)]
+    }
 }
 
 fn dnsperf_field<'a>(out: &'a str, key: &str) -> &'a str {
@@ -124,14 +145,16 @@ fn dnsperf_field<'a>(out: &'a str, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("dnsperf printed no {key:?}:\n{out}"))
 }
 
-fn measure(
+/// One turn of dnsperf (`-l seconds`) against `server`, added to `f`, with
+/// the CPU time the server (`pid`) used meanwhile.
+fn dnsperf_turn(
     client: &Netns,
     server: &str,
     pid: u32,
     data: &Path,
     seconds: u32,
-    names: &[String],
-) -> Figures {
+    f: &mut Figures,
+) {
     let before = cpu_ms(pid);
     let limit = seconds.to_string();
     let out = run_in(
@@ -154,25 +177,19 @@ fn measure(
         Duration::from_secs(u64::from(seconds) + 30),
     )
     .unwrap();
-    let cpu = cpu_ms(pid) - before;
+    f.cpu_ms += cpu_ms(pid) - before;
     assert!(out.success, "dnsperf against {server}: {}", out.stderr);
     let completed: u64 = dnsperf_field(&out.stdout, "Queries completed:")
         .parse()
         .unwrap();
-    let lost: u64 = dnsperf_field(&out.stdout, "Queries lost:").parse().unwrap();
-    let qps: f64 = dnsperf_field(&out.stdout, "Queries per second:")
-        .parse()
-        .unwrap();
     assert!(completed > 0, "{}", out.stdout);
-    let (p50, p99) = round_trips(client, server.parse().unwrap(), names);
-    Figures {
-        qps,
-        completed,
-        lost,
-        cpu_per_1000: cpu * 1000.0 / completed as f64,
-        p50,
-        p99,
-    }
+    f.completed += completed;
+    f.lost += dnsperf_field(&out.stdout, "Queries lost:")
+        .parse::<u64>()
+        .unwrap();
+    f.run_time += dnsperf_field(&out.stdout, "Run time (s):")
+        .parse::<f64>()
+        .unwrap();
 }
 
 /// `netd ARGS --socket S` in the host; panics with netd's words on failure.
@@ -368,28 +385,44 @@ async fn bench_dns() {
         ("aardvark-dns 1.4", AARDVARK, aardvark_pid),
         ("dnsmasq", DNSMASQ, dnsmasq_pid),
     ];
-    let mut results = Vec::new();
-    for (label, server, pid) in servers {
-        let f = measure(&client.netns, server, pid, &data, seconds, &names);
-        results.push((label, f));
+    let mut results: Vec<(&str, Figures)> = servers
+        .iter()
+        .map(|(label, _, _)| (*label, Figures::default()))
+        .collect();
+    for _ in 0..seconds {
+        for ((_, server, pid), (_, f)) in servers.iter().zip(&mut results) {
+            dnsperf_turn(&client.netns, server, *pid, &data, 1, f);
+        }
+    }
+    for _ in 0..ROUND_TRIP_TURNS {
+        for ((_, server, _), (_, f)) in servers.iter().zip(&mut results) {
+            let server = server.parse().unwrap();
+            let took = round_trips(
+                &client.netns,
+                server,
+                &names,
+                ROUND_TRIPS / ROUND_TRIP_TURNS,
+            );
+            f.round_trips.extend(took);
+        }
     }
     let netd = &results[0].1;
     println!(
-        "\n{NAMES} names, dnsperf -l {seconds} -T 1 -c 1 -q 64 from a container; {ROUND_TRIPS} sequential round trips\n"
+        "\n{NAMES} names, per server {seconds} turns of dnsperf -l 1 -T 1 -c 1 -q 64 from a container and {ROUND_TRIPS} sequential round trips in {ROUND_TRIP_TURNS} turns, the servers taking turns\n"
     );
     println!("| server | queries/s | lost | CPU ms per 1000 queries | p50 µs | p99 µs | netd's queries/s ÷ this | this CPU ÷ netd's |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for (label, f) in &results {
         println!(
             "| {label} | {:.0} | {} of {} | {:.1} | {:.0} | {:.0} | {:.2} | {:.2} |",
-            f.qps,
+            f.qps(),
             f.lost,
             f.completed + f.lost,
-            f.cpu_per_1000,
-            f.p50,
-            f.p99,
-            netd.qps / f.qps,
-            f.cpu_per_1000 / netd.cpu_per_1000,
+            f.cpu_per_1000(),
+            f.round_trip(0.50),
+            f.round_trip(0.99),
+            netd.qps() / f.qps(),
+            f.cpu_per_1000() / netd.cpu_per_1000(),
         );
     }
 }
