@@ -84,6 +84,8 @@ pub struct HostReplaced {
     /// Records refused (a name or address held by another host's container,
     /// or a bad name); the rest of the host's records are served.
     pub refused: Vec<NamesError>,
+    /// False when the host's records were these already: nothing was written.
+    pub changed: bool,
 }
 
 /// The names of one network. Shared (`Arc`) between netd's attach/detach,
@@ -125,8 +127,32 @@ impl NameTable {
 
     /// Replaces every record of `host` by `records` in one step: what a
     /// cluster watch delivers for a remote host (an empty list when its lease
-    /// is gone). Records naming another host are refused.
+    /// is gone), and what the daemon's periodic check finds in its state.
+    /// Records naming another host are refused. The records are checked
+    /// before the table is locked, and a host whose records are already
+    /// these is not written at all: the DNS server reads the table all the
+    /// while, and a writer that the scheduler preempts holding the lock
+    /// would hold up every lookup until it runs again.
     pub fn replace_host(&self, host: &str, records: Vec<ContainerNames>) -> HostReplaced {
+        let mut report = HostReplaced::default();
+        let mut checked = Vec::with_capacity(records.len());
+        for record in records {
+            if record.host != host {
+                report.refused.push(NamesError::InvalidRecord {
+                    container: record.container,
+                    reason: "its host differs from the host whose records are being replaced",
+                });
+                continue;
+            }
+            match normalized(record) {
+                Ok(record) => checked.push(record),
+                Err(e) => report.refused.push(e),
+            }
+        }
+        if report.refused.is_empty() && self.read().holds_exactly(host, &checked) {
+            report.inserted = checked.len();
+            return report;
+        }
         let mut table = self.write();
         let old: Vec<String> = table
             .by_container
@@ -137,17 +163,9 @@ impl NameTable {
         for container in &old {
             table.remove(container);
         }
-        let mut report = HostReplaced::default();
-        for record in records {
-            if record.host != host {
-                report.refused.push(NamesError::InvalidRecord {
-                    container: record.container,
-                    reason: "its host differs from the host whose records are being replaced",
-                });
-                continue;
-            }
-            match normalized(record).and_then(|r| table.check_free(&r).map(|()| r)) {
-                Ok(record) => {
+        for record in checked {
+            match table.check_free(&record) {
+                Ok(()) => {
                     table.add(record);
                     report.inserted += 1;
                 }
@@ -158,6 +176,7 @@ impl NameTable {
             .iter()
             .filter(|c| !table.by_container.contains_key(*c))
             .count();
+        report.changed = true;
         report
     }
 
@@ -244,6 +263,19 @@ impl NameTable {
 }
 
 impl Records {
+    /// True when `host`'s records are exactly `records` (normalized).
+    fn holds_exactly(&self, host: &str, records: &[ContainerNames]) -> bool {
+        let held = self
+            .by_container
+            .values()
+            .filter(|r| r.host == host)
+            .count();
+        held == records.len()
+            && records
+                .iter()
+                .all(|r| self.by_container.get(&r.container) == Some(r))
+    }
+
     fn check_free(&self, record: &ContainerNames) -> Result<(), NamesError> {
         for name in record.names() {
             if let Some(holder) = self.holder(self.by_name.get(name), &record.container) {
