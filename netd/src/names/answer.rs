@@ -135,12 +135,6 @@ impl Zone {
     /// PTR for the network's addresses; None when `query` is no full
     /// reverse name (in-addr.arpa or ip6.arpa) of one address.
     fn answer_reverse(&self, table: &NameTable, query: &Query) -> Option<LocalAnswer> {
-        // Checked first: parse_arpa_name builds an error message for every
-        // name that is no reverse name, which is most of them.
-        let last = query.name().iter().next_back()?;
-        if !last.eq_ignore_ascii_case(b"arpa") {
-            return None;
-        }
         let net = query.name().parse_arpa_name().ok()?;
         if net.prefix_len() != net.max_prefix_len() {
             return None;
