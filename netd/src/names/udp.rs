@@ -3,7 +3,7 @@
 //! them and sends the answers with one sendmmsg(2). Under load that is two
 //! system calls and at most one sleep per batch, where a task on the
 //! runtime paid a receive, a send and often a wake-up of the runtime per
-//! query (a third of the server's CPU went to switching alone; the
+//! query (over a quarter of the server's CPU went to switching; the
 //! figures are in docs/dns.md). Forwarded queries
 //! still run as tasks on the runtime, so a slow upstream never holds up
 //! the neighbours' lookups.
