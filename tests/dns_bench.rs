@@ -10,15 +10,21 @@
 //! client's queries take the same path (bridge, host namespace) to all
 //! three. Per server: dnsperf's queries/s, the CPU the server used per 1000
 //! queries (/proc/PID/stat before and after), and p50/p99 of sequential
-//! round trips from the client.
+//! round trips from the client (p99 also until the answer reached the
+//! client's socket, without the client's own wait to be scheduled). Each
+//! server runs in a session of its own. The servers take turns, one second of
+//! dnsperf (and a quarter of the round trips) each, so that a change in
+//! the machine's load during the run (other builds come and go) falls on
+//! all three alike rather than on whichever ran at that moment.
 
 mod netd_support;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use netd_support::TestDir;
 use plumb::{Netlink, Netns};
@@ -31,6 +37,8 @@ const AARDVARK: &str = "172.31.7.1";
 const DNSMASQ: &str = "172.31.7.2";
 const AARDVARK_BIN: &str = "/usr/lib/podman/aardvark-dns";
 const ROUND_TRIPS: usize = 2000;
+/// The round trips are measured in this many turns per server.
+const ROUND_TRIP_TURNS: usize = 4;
 
 /// aardvark-dns detaches from its parent; it is ours (the PID its pid file
 /// names), killed by that PID when the benchmark ends however it ends.
@@ -45,6 +53,24 @@ impl Drop for Daemonized {
                 libc::kill(pid as i32, libc::SIGTERM);
             }
         }
+    }
+}
+
+/// Starts `command` in a session of its own, as aardvark-dns puts itself
+/// and as a service manager starts a daemon. With the kernel's autogroups
+/// a session shares the CPU as one: a server left in the benchmark's
+/// session would share its part with dnsperf, and aardvark-dns would not.
+fn own_session(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setsid(2) is async-signal-safe, as pre_exec requires, and
+    // touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 
@@ -73,9 +99,18 @@ fn query(id: u16, name: &str) -> Vec<u8> {
     q
 }
 
-/// p50 and p99 of sequential round trips from `netns` to `server`, each
-/// answer checked (same ID, NOERROR, one answer at least), in µs.
-fn round_trips(netns: &Netns, server: IpAddr, names: &[String]) -> (f64, f64) {
+/// One answer's round trip, in µs: as the client program saw it, and until
+/// the answer reached the client's socket (the kernel's receive timestamp),
+/// which leaves out how long the client itself waited to be scheduled.
+#[derive(Clone, Copy)]
+struct RoundTrip {
+    seen: f64,
+    at_socket: f64,
+}
+
+/// `count` sequential round trips from `netns` to `server`, each answer
+/// checked (same ID, NOERROR, one answer at least).
+fn round_trips(netns: &Netns, server: IpAddr, names: &[String], count: usize) -> Vec<RoundTrip> {
     let names = names.to_vec();
     netns
         .run(move || {
@@ -84,15 +119,32 @@ fn round_trips(netns: &Netns, server: IpAddr, names: &[String]) -> (f64, f64) {
             socket
                 .set_read_timeout(Some(Duration::from_secs(2)))
                 .unwrap();
+            let on: libc::c_int = 1;
+            // SAFETY: setsockopt(2) reads an int from a live local.
+            let rc = unsafe {
+                libc::setsockopt(
+                    socket.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_TIMESTAMPNS,
+                    (&on as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(rc, 0, "SO_TIMESTAMPNS: {}", std::io::Error::last_os_error());
             let mut buf = [0u8; 512];
-            let mut took = Vec::with_capacity(ROUND_TRIPS);
-            for i in 0..ROUND_TRIPS {
+            let mut took = Vec::with_capacity(count);
+            for i in 0..count {
                 let id = i as u16;
                 let q = query(id, &names[i % names.len()]);
+                let sent_at = SystemTime::now();
                 let start = Instant::now();
                 socket.send(&q).unwrap();
-                let n = socket.recv(&mut buf).expect("an answer within 2 s");
-                took.push(start.elapsed().as_secs_f64() * 1e6);
+                let (n, arrived) = recv_with_timestamp(&socket, &mut buf);
+                let seen = start.elapsed().as_secs_f64() * 1e6;
+                let at_socket = arrived
+                    .duration_since(sent_at)
+                    .map_or(0.0, |d| d.as_secs_f64() * 1e6);
+                took.push(RoundTrip { seen, at_socket });
                 assert!(n >= 12 && buf[..2] == id.to_be_bytes(), "answer {i}");
                 assert_eq!(buf[3] & 0x0f, 0, "answer {i} is not NOERROR");
                 assert!(
@@ -100,21 +152,73 @@ fn round_trips(netns: &Netns, server: IpAddr, names: &[String]) -> (f64, f64) {
                     "answer {i} is empty"
                 );
             }
-            took.sort_by(|a, b| a.partial_cmp(b).unwrap());
-            let at = |p: f64| took[((took.len() as f64 * p) as usize).min(took.len() - 1)];
-            (at(0.50), at(0.99))
+            took
         })
         .unwrap()
 }
 
-/// One server's figures.
+/// Receives one datagram and the time the kernel took it in (SO_TIMESTAMPNS).
+fn recv_with_timestamp(socket: &UdpSocket, buf: &mut [u8]) -> (usize, SystemTime) {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let mut control = [0u64; 8];
+    // SAFETY: all-zero bytes are a valid msghdr; the pointers are set below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: `msg` points at `buf` and `control`, alive for the call.
+    let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, 0) };
+    assert!(
+        n >= 0,
+        "an answer within 2 s: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: the CMSG macros walk the control buffer the kernel filled in,
+    // bounded by msg_controllen.
+    let stamp = unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        assert!(
+            !cmsg.is_null()
+                && (*cmsg).cmsg_level == libc::SOL_SOCKET
+                && (*cmsg).cmsg_type == libc::SCM_TIMESTAMPNS,
+            "no receive timestamp"
+        );
+        std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::timespec>())
+    };
+    let since_epoch = Duration::new(stamp.tv_sec as u64, stamp.tv_nsec as u32);
+    (n as usize, UNIX_EPOCH + since_epoch)
+}
+
+/// One server's figures, summed over its turns.
+#[derive(Default)]
 struct Figures {
-    qps: f64,
     completed: u64,
     lost: u64,
-    cpu_per_1000: f64,
-    p50: f64,
-    p99: f64,
+    /// dnsperf's run time, seconds.
+    run_time: f64,
+    cpu_ms: f64,
+    round_trips: Vec<RoundTrip>,
+}
+
+impl Figures {
+    fn qps(&self) -> f64 {
+        self.completed as f64 / self.run_time
+    }
+
+    fn cpu_per_1000(&self) -> f64 {
+        self.cpu_ms * 1000.0 / self.completed as f64
+    }
+
+    /// The round trip at quantile `p`, µs, as `part` of it gives.
+    fn round_trip(&self, p: f64, part: fn(&RoundTrip) -> f64) -> f64 {
+        let mut took: Vec<f64> = self.round_trips.iter().map(part).collect();
+        took.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        took[((took.len() as f64 * p) as usize).min(took.len() - 1)]
+    }
 }
 
 fn dnsperf_field<'a>(out: &'a str, key: &str) -> &'a str {
@@ -124,14 +228,16 @@ fn dnsperf_field<'a>(out: &'a str, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("dnsperf printed no {key:?}:\n{out}"))
 }
 
-fn measure(
+/// One turn of dnsperf (`-l seconds`) against `server`, added to `f`, with
+/// the CPU time the server (`pid`) used meanwhile.
+fn dnsperf_turn(
     client: &Netns,
     server: &str,
     pid: u32,
     data: &Path,
     seconds: u32,
-    names: &[String],
-) -> Figures {
+    f: &mut Figures,
+) {
     let before = cpu_ms(pid);
     let limit = seconds.to_string();
     let out = run_in(
@@ -154,25 +260,19 @@ fn measure(
         Duration::from_secs(u64::from(seconds) + 30),
     )
     .unwrap();
-    let cpu = cpu_ms(pid) - before;
+    f.cpu_ms += cpu_ms(pid) - before;
     assert!(out.success, "dnsperf against {server}: {}", out.stderr);
     let completed: u64 = dnsperf_field(&out.stdout, "Queries completed:")
         .parse()
         .unwrap();
-    let lost: u64 = dnsperf_field(&out.stdout, "Queries lost:").parse().unwrap();
-    let qps: f64 = dnsperf_field(&out.stdout, "Queries per second:")
-        .parse()
-        .unwrap();
     assert!(completed > 0, "{}", out.stdout);
-    let (p50, p99) = round_trips(client, server.parse().unwrap(), names);
-    Figures {
-        qps,
-        completed,
-        lost,
-        cpu_per_1000: cpu * 1000.0 / completed as f64,
-        p50,
-        p99,
-    }
+    f.completed += completed;
+    f.lost += dnsperf_field(&out.stdout, "Queries lost:")
+        .parse::<u64>()
+        .unwrap();
+    f.run_time += dnsperf_field(&out.stdout, "Run time (s):")
+        .parse::<f64>()
+        .unwrap();
 }
 
 /// `netd ARGS --socket S` in the host; panics with netd's words on failure.
@@ -214,6 +314,7 @@ async fn bench_dns() {
         .env_remove("WEFT_CONFIG")
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null());
+    own_session(&mut netd);
     let netd_pid = world.spawn(&host.netns, netd).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while !socket.exists() {
@@ -329,6 +430,7 @@ async fn bench_dns() {
         .arg(format!("--listen-address={DNSMASQ}"))
         .arg(format!("--addn-hosts={}", hosts_file.display()))
         .stdin(Stdio::null());
+    own_session(&mut dnsmasq);
     let dnsmasq_pid = world.spawn(&host.netns, dnsmasq).unwrap();
 
     // dnsperf's input: every name once, A.
@@ -368,28 +470,45 @@ async fn bench_dns() {
         ("aardvark-dns 1.4", AARDVARK, aardvark_pid),
         ("dnsmasq", DNSMASQ, dnsmasq_pid),
     ];
-    let mut results = Vec::new();
-    for (label, server, pid) in servers {
-        let f = measure(&client.netns, server, pid, &data, seconds, &names);
-        results.push((label, f));
+    let mut results: Vec<(&str, Figures)> = servers
+        .iter()
+        .map(|(label, _, _)| (*label, Figures::default()))
+        .collect();
+    for _ in 0..seconds {
+        for ((_, server, pid), (_, f)) in servers.iter().zip(&mut results) {
+            dnsperf_turn(&client.netns, server, *pid, &data, 1, f);
+        }
+    }
+    for _ in 0..ROUND_TRIP_TURNS {
+        for ((_, server, _), (_, f)) in servers.iter().zip(&mut results) {
+            let server = server.parse().unwrap();
+            let took = round_trips(
+                &client.netns,
+                server,
+                &names,
+                ROUND_TRIPS / ROUND_TRIP_TURNS,
+            );
+            f.round_trips.extend(took);
+        }
     }
     let netd = &results[0].1;
     println!(
-        "\n{NAMES} names, dnsperf -l {seconds} -T 1 -c 1 -q 64 from a container; {ROUND_TRIPS} sequential round trips\n"
+        "\n{NAMES} names, per server {seconds} turns of dnsperf -l 1 -T 1 -c 1 -q 64 from a container and {ROUND_TRIPS} sequential round trips in {ROUND_TRIP_TURNS} turns, the servers taking turns\n"
     );
-    println!("| server | queries/s | lost | CPU ms per 1000 queries | p50 µs | p99 µs | netd's queries/s ÷ this | this CPU ÷ netd's |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| server | queries/s | lost | CPU ms per 1000 queries | p50 µs | p99 µs | p99 µs at the client's socket | netd's queries/s ÷ this | this CPU ÷ netd's |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (label, f) in &results {
         println!(
-            "| {label} | {:.0} | {} of {} | {:.1} | {:.0} | {:.0} | {:.2} | {:.2} |",
-            f.qps,
+            "| {label} | {:.0} | {} of {} | {:.1} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} |",
+            f.qps(),
             f.lost,
             f.completed + f.lost,
-            f.cpu_per_1000,
-            f.p50,
-            f.p99,
-            netd.qps / f.qps,
-            f.cpu_per_1000 / netd.cpu_per_1000,
+            f.cpu_per_1000(),
+            f.round_trip(0.50, |t| t.seen),
+            f.round_trip(0.99, |t| t.seen),
+            f.round_trip(0.99, |t| t.at_socket),
+            netd.qps() / f.qps(),
+            f.cpu_per_1000() / netd.cpu_per_1000(),
         );
     }
 }

@@ -104,7 +104,8 @@ impl NameService {
         }
     }
 
-    /// Replaces this host's records by the state's.
+    /// Replaces this host's records by the state's; leaves the table alone
+    /// when they are the same already.
     pub(super) fn sync(&self, state: &State) {
         let records: Vec<ContainerNames> = state
             .endpoints
@@ -116,7 +117,11 @@ impl NameService {
         for refused in report.refused {
             tracing::warn!("names not served: {refused}");
         }
-        self.changed.notify_one();
+        // Called every few seconds by the periodic check: the publisher is
+        // woken only when something changed (it also looks every second).
+        if report.changed {
+            self.changed.notify_one();
+        }
     }
 
     /// What `netd names` lists.

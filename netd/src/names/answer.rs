@@ -96,31 +96,39 @@ impl Zone {
         if let Some(answer) = self.answer_reverse(table, query) {
             return answer;
         }
-        let labels: Vec<String> = qname
-            .iter()
-            .map(|l| String::from_utf8_lossy(l).to_ascii_lowercase())
-            .collect();
-        // A label holding a dot could otherwise pass for two labels of a name.
-        let plain = labels.iter().all(|l| !l.contains('.'));
-        let in_domain = labels.len() >= self.domain.len()
-            && labels[labels.len() - self.domain.len()..] == self.domain[..];
-        if in_domain {
-            let relative = &labels[..labels.len() - self.domain.len()];
-            if relative.is_empty() {
-                return LocalAnswer::Records(Vec::new());
-            }
-            let relative = relative.join(".");
-            return match table.addresses_of(&relative).filter(|_| plain) {
-                Some(found) => LocalAnswer::Records(address_records(qname, query, found)),
-                None if plain && table.has_names_under(&relative) => {
-                    LocalAnswer::Records(Vec::new())
-                }
-                None => LocalAnswer::NxDomain,
-            };
+        let count = qname.iter().len();
+        let in_domain = count >= self.domain.len()
+            && qname
+                .iter()
+                .skip(count - self.domain.len())
+                .zip(&self.domain)
+                .all(|(label, domain)| label.eq_ignore_ascii_case(domain.as_bytes()));
+        let relative = if in_domain {
+            count - self.domain.len()
+        } else {
+            count
+        };
+        if in_domain && relative == 0 {
+            return LocalAnswer::Records(Vec::new());
         }
-        match table.addresses_of(&labels.join(".")).filter(|_| plain) {
+        // The name as the table keys it, built on the stack: a lookup per
+        // query allocates nothing. None when no key can match: a label
+        // holding a dot (it would pass for two labels) or a byte outside
+        // ASCII (keys are letters, digits, '-' and '_').
+        let mut buf = KeyBuf::new();
+        let key = qname
+            .iter()
+            .take(relative)
+            .try_for_each(|label| buf.push_label(label))
+            .map(|()| buf.as_str());
+        let found = key.and_then(|k| table.addresses_of(k));
+        match found {
             Some(found) => LocalAnswer::Records(address_records(qname, query, found)),
-            None => LocalAnswer::NotOurs,
+            None if !in_domain => LocalAnswer::NotOurs,
+            None if key.is_some_and(|k| table.has_names_under(k)) => {
+                LocalAnswer::Records(Vec::new())
+            }
+            None => LocalAnswer::NxDomain,
         }
     }
 
@@ -149,6 +157,43 @@ impl Zone {
             .ok()?;
         let record = Record::from_rdata(query.name().clone(), LOCAL_TTL, RData::PTR(PTR(target)));
         Some(LocalAnswer::Records(vec![record]))
+    }
+}
+
+/// A lowercase name of up to 255 bytes, built label by label.
+struct KeyBuf {
+    bytes: [u8; 255],
+    len: usize,
+}
+
+impl KeyBuf {
+    fn new() -> KeyBuf {
+        KeyBuf {
+            bytes: [0; 255],
+            len: 0,
+        }
+    }
+
+    /// Appends `label`, lowercased; None when it cannot be part of a key.
+    fn push_label(&mut self, label: &[u8]) -> Option<()> {
+        let dot = usize::from(self.len > 0);
+        let end = self.len + dot + label.len();
+        if end > self.bytes.len() || !label.iter().all(|b| b.is_ascii() && *b != b'.') {
+            return None;
+        }
+        if dot == 1 {
+            self.bytes[self.len] = b'.';
+        }
+        for (to, from) in self.bytes[self.len + dot..end].iter_mut().zip(label) {
+            *to = from.to_ascii_lowercase();
+        }
+        self.len = end;
+        Some(())
+    }
+
+    fn as_str(&self) -> &str {
+        // Only ASCII was pushed.
+        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
     }
 }
 

@@ -138,3 +138,27 @@ fn a_bad_search_domain_is_refused() {
         "cluster.local."
     );
 }
+
+#[test]
+fn a_label_holding_a_dot_or_bytes_outside_ascii_matches_no_name() {
+    let ask_labels = |labels: &[&[u8]]| {
+        let name = Name::from_labels(labels.iter().copied()).unwrap();
+        zone().answer(&table(), &Query::query(name, RecordType::A))
+    };
+    // One label "api.v2" is not the two labels of the alias api.v2.
+    assert_eq!(ask_labels(&[b"api.v2"]), LocalAnswer::NotOurs);
+    assert_eq!(
+        ask_labels(&[b"api.v2", b"weft", b"internal"]),
+        LocalAnswer::NxDomain
+    );
+    assert_eq!(ask_labels(&[b"w\xc3\xa9b"]), LocalAnswer::NotOurs);
+    assert_eq!(
+        ask_labels(&[b"w\xffb", b"WEFT", b"internal"]),
+        LocalAnswer::NxDomain
+    );
+    // Built the same way, a plain name is found.
+    assert_eq!(
+        data(ask_labels(&[b"API", b"v2", b"weft", b"internal"])),
+        ["10.66.0.2"]
+    );
+}

@@ -20,6 +20,7 @@ mod resolv_conf;
 mod server;
 mod table;
 mod tcp;
+mod udp;
 
 pub use answer::{LocalAnswer, Zone, DEFAULT_SEARCH_DOMAIN, LOCAL_TTL};
 pub use counters::{DnsCounters, DnsCountersSnapshot};

@@ -2,13 +2,16 @@
 //! every query passes (source, rate, form), the network's own names, then
 //! the forwarder. UDP and TCP share it.
 
+use std::iter;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use hickory_proto::op::{Edns, Header, Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::op::{
+    emit_message_parts, Edns, Header, Message, MessageType, Metadata, OpCode, Query, ResponseCode,
+};
 use hickory_proto::rr::{DNSClass, Record, RecordType};
-use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
 use tokio::sync::Semaphore;
 
 use super::answer::{LocalAnswer, Zone};
@@ -39,10 +42,58 @@ pub(crate) enum Verdict {
     Forward(Box<Pending>),
 }
 
+/// A [`Verdict`] whose answer was written into the caller's buffer.
+pub(crate) enum Outcome {
+    Answered,
+    Dropped,
+    Forward(Box<Pending>),
+}
+
 pub(crate) struct Pending {
-    request: Message,
+    request: Request,
     transport: Transport,
     _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// What an answer needs of a query: its ID and RD bit, its one question,
+/// its EDNS. Read section by section with hickory's decoders, with the
+/// checks `Message::read` makes, but without building the message's
+/// vectors of records only to drop them.
+pub(crate) struct Request {
+    id: u16,
+    recursion_desired: bool,
+    query: Query,
+    edns: Option<Edns>,
+}
+
+impl Request {
+    /// The rest of a query whose `header` `decoder` has read; None when it
+    /// does not decode or has not exactly one question (FORMERR).
+    fn read(header: &Header, decoder: &mut BinDecoder<'_>) -> Option<Request> {
+        let counts = header.counts;
+        if counts.queries != 1 {
+            return None;
+        }
+        let query = Query::read(decoder).ok()?;
+        let op = header.metadata.op_code;
+        Message::read_records(decoder, usize::from(counts.answers), false, op).ok()?;
+        Message::read_records(decoder, usize::from(counts.authorities), false, op).ok()?;
+        let (_, edns, _) =
+            Message::read_records(decoder, usize::from(counts.additionals), true, op).ok()?;
+        Some(Request {
+            id: header.metadata.id,
+            recursion_desired: header.metadata.recursion_desired,
+            query,
+            edns,
+        })
+    }
+
+    #[cfg(test)]
+    pub(crate) fn decode(packet: &[u8]) -> Option<Request> {
+        let mut decoder = BinDecoder::new(packet);
+        let header = Header::read(&mut decoder).ok()?;
+        Request::read(&header, &mut decoder)
+    }
 }
 
 /// Everything a query needs; one per server, shared by its tasks.
@@ -60,10 +111,29 @@ pub(crate) struct Responder {
 impl Responder {
     /// Decides on `packet` from `source` without waiting on anything.
     pub(crate) fn receive(&self, packet: &[u8], source: IpAddr, transport: Transport) -> Verdict {
+        let mut out = Vec::new();
+        match self.answer_into(packet, source, transport, &mut out) {
+            Outcome::Answered => Verdict::Reply(out),
+            Outcome::Dropped => Verdict::Drop,
+            Outcome::Forward(pending) => Verdict::Forward(pending),
+        }
+    }
+
+    /// [`Responder::receive`], writing an answer into `out` (cleared
+    /// first), so that a caller answering many queries reuses one buffer.
+    /// An answer that could not be encoded at all leaves `out` empty.
+    pub(crate) fn answer_into(
+        &self,
+        packet: &[u8],
+        source: IpAddr,
+        transport: Transport,
+        out: &mut Vec<u8>,
+    ) -> Outcome {
+        out.clear();
         let counters = &self.counters;
         let drop = |reason| {
             counters.dropped(reason);
-            Verdict::Drop
+            Outcome::Dropped
         };
         if !self.zone.contains(source) {
             return drop(DropReason::OutsideSubnets);
@@ -71,7 +141,8 @@ impl Responder {
         if !self.limiter.allow(source, Instant::now()) {
             return drop(DropReason::RateLimited);
         }
-        let Ok(header) = Header::read(&mut BinDecoder::new(packet)) else {
+        let mut decoder = BinDecoder::new(packet);
+        let Ok(header) = Header::read(&mut decoder) else {
             return drop(DropReason::Short);
         };
         let meta = header.metadata;
@@ -80,123 +151,148 @@ impl Responder {
         }
         if meta.op_code != OpCode::Query {
             counters.notimp();
-            return self.error(meta.id, meta.op_code, ResponseCode::NotImp, None);
+            return error(meta.id, meta.op_code, ResponseCode::NotImp, None, out);
         }
-        let request = match Message::from_vec(packet) {
-            Ok(request) if request.queries.len() == 1 => request,
-            _ => {
-                counters.formerr();
-                return self.error(meta.id, meta.op_code, ResponseCode::FormErr, None);
-            }
+        let Some(request) = Request::read(&header, &mut decoder) else {
+            counters.formerr();
+            return error(meta.id, meta.op_code, ResponseCode::FormErr, None, out);
         };
-        let query = &request.queries[0];
+        let query = &request.query;
         let kind = query.query_type();
         if query.query_class() != DNSClass::IN
             || matches!(kind, RecordType::AXFR | RecordType::IXFR)
         {
             counters.refused();
-            return self.error(meta.id, meta.op_code, ResponseCode::Refused, Some(&request));
+            return error(
+                meta.id,
+                meta.op_code,
+                ResponseCode::Refused,
+                Some(&request),
+                out,
+            );
         }
-        match self.zone.answer(&self.table, query) {
+        let (code, records) = match self.zone.answer(&self.table, query) {
             LocalAnswer::Records(records) => {
                 counters.answered();
-                self.local(&request, ResponseCode::NoError, records, transport)
+                (ResponseCode::NoError, records)
             }
             LocalAnswer::NxDomain => {
                 counters.nxdomain();
-                self.local(&request, ResponseCode::NXDomain, Vec::new(), transport)
+                (ResponseCode::NXDomain, Vec::new())
             }
             LocalAnswer::NotOurs => {
                 if let Some(cached) = self.forwarder.cached(query) {
                     counters.forwarded(true);
-                    return Verdict::Reply(reply_bytes(&request, &cached, false, transport));
+                    write_reply(&request, &cached.sections(), false, transport, out);
+                    return Outcome::Answered;
                 }
-                match self.forward_slots.clone().try_acquire_owned() {
-                    Ok(permit) => Verdict::Forward(Box::new(Pending {
+                return match self.forward_slots.clone().try_acquire_owned() {
+                    Ok(permit) => Outcome::Forward(Box::new(Pending {
                         request,
                         transport,
                         _permit: permit,
                     })),
                     Err(_) => drop(DropReason::Overloaded),
-                }
+                };
             }
-        }
+        };
+        let sections = Sections {
+            response_code: code,
+            answers: &records,
+            authorities: &[],
+            additionals: &[],
+        };
+        write_reply(&request, &sections, true, transport, out);
+        Outcome::Answered
     }
 
     /// Resolves a query the upstreams must answer: their answer, or SERVFAIL.
     pub(crate) async fn forward(&self, pending: Box<Pending>) -> Vec<u8> {
         let request = &pending.request;
-        match self.forwarder.resolve(&request.queries[0]).await {
+        let mut out = Vec::new();
+        match self.forwarder.resolve(&request.query).await {
             Ok(answer) => {
                 self.counters.forwarded(false);
-                reply_bytes(request, &answer, false, pending.transport)
+                write_reply(
+                    request,
+                    &answer.sections(),
+                    false,
+                    pending.transport,
+                    &mut out,
+                );
             }
             Err(e) => {
-                tracing::debug!("DNS forwarding {}: {e}", request.queries[0]);
+                tracing::debug!("DNS forwarding {}: {e}", request.query);
                 self.counters.servfail();
-                let failed = UpstreamAnswer {
+                let failed = Sections {
                     response_code: ResponseCode::ServFail,
-                    answers: Vec::new(),
-                    authorities: Vec::new(),
-                    additionals: Vec::new(),
+                    answers: &[],
+                    authorities: &[],
+                    additionals: &[],
                 };
-                reply_bytes(request, &failed, false, pending.transport)
+                write_reply(request, &failed, false, pending.transport, &mut out);
             }
         }
+        out
     }
+}
 
-    fn local(
-        &self,
-        request: &Message,
-        code: ResponseCode,
-        answers: Vec<Record>,
-        transport: Transport,
-    ) -> Verdict {
-        let answer = UpstreamAnswer {
-            response_code: code,
-            answers,
-            authorities: Vec::new(),
-            additionals: Vec::new(),
-        };
-        Verdict::Reply(reply_bytes(request, &answer, true, transport))
-    }
+/// The parts of an answer, borrowed from wherever they are kept.
+pub(crate) struct Sections<'a> {
+    pub(crate) response_code: ResponseCode,
+    pub(crate) answers: &'a [Record],
+    pub(crate) authorities: &'a [Record],
+    pub(crate) additionals: &'a [Record],
+}
 
-    fn error(
-        &self,
-        id: u16,
-        op_code: OpCode,
-        code: ResponseCode,
-        request: Option<&Message>,
-    ) -> Verdict {
-        let mut reply = Message::error_msg(id, op_code, code);
-        if let Some(request) = request {
-            reply.metadata.recursion_desired = request.metadata.recursion_desired;
-            reply.add_queries(request.queries.iter().cloned());
-        }
-        match reply.to_vec() {
-            Ok(bytes) => Verdict::Reply(bytes),
-            Err(_) => Verdict::Drop,
+impl UpstreamAnswer {
+    pub(crate) fn sections(&self) -> Sections<'_> {
+        Sections {
+            response_code: self.response_code,
+            answers: &self.answers,
+            authorities: &self.authorities,
+            additionals: &self.additionals,
         }
     }
 }
 
-/// The answer message for `request`, cut to the client's UDP buffer (the
-/// TC bit then tells it to ask again over TCP).
-fn reply_bytes(
-    request: &Message,
-    answer: &UpstreamAnswer,
+/// An error answer: the header, and the question when it was read.
+fn error(
+    id: u16,
+    op_code: OpCode,
+    code: ResponseCode,
+    request: Option<&Request>,
+    out: &mut Vec<u8>,
+) -> Outcome {
+    let mut reply = Message::error_msg(id, op_code, code);
+    if let Some(request) = request {
+        reply.metadata.recursion_desired = request.recursion_desired;
+        reply.add_query(request.query.clone());
+    }
+    match reply.emit(&mut BinEncoder::new(out)) {
+        Ok(()) => Outcome::Answered,
+        Err(_) => {
+            out.clear();
+            Outcome::Dropped
+        }
+    }
+}
+
+/// Writes the answer to `request` into `out`, cut to the client's UDP
+/// buffer (the TC bit then tells it to ask again over TCP). Written with
+/// hickory's encoder from the borrowed parts, no message built.
+fn write_reply(
+    request: &Request,
+    answer: &Sections<'_>,
     authoritative: bool,
     transport: Transport,
-) -> Vec<u8> {
-    let mut reply = Message::response(request.metadata.id, OpCode::Query);
-    reply.metadata.authoritative = authoritative;
-    reply.metadata.recursion_desired = request.metadata.recursion_desired;
-    reply.metadata.recursion_available = true;
-    reply.metadata.response_code = answer.response_code;
-    reply.add_queries(request.queries.iter().cloned());
-    reply.insert_answers(answer.answers.clone());
-    reply.insert_authorities(answer.authorities.clone());
-    reply.insert_additionals(answer.additionals.clone());
+    out: &mut Vec<u8>,
+) {
+    let mut metadata = Metadata::new(request.id, MessageType::Response, OpCode::Query);
+    metadata.authoritative = authoritative;
+    metadata.recursion_desired = request.recursion_desired;
+    metadata.recursion_available = true;
+    metadata.response_code = answer.response_code;
     let limit = match (&request.edns, transport) {
         (_, Transport::Tcp) => usize::from(u16::MAX),
         (Some(edns), Transport::Udp) => {
@@ -204,26 +300,46 @@ fn reply_bytes(
         }
         (None, Transport::Udp) => 512,
     };
-    if request.edns.is_some() {
+    let edns = request.edns.as_ref().map(|_| {
         let mut edns = Edns::new();
         edns.set_max_payload(SERVER_UDP_PAYLOAD);
-        reply.set_edns(edns);
+        edns
+    });
+    let emit = |metadata: &Metadata, sections: &Sections<'_>, out: &mut Vec<u8>| {
+        out.clear();
+        emit_message_parts(
+            metadata,
+            &mut iter::once(&request.query),
+            &mut sections.answers.iter(),
+            &mut sections.authorities.iter(),
+            &mut sections.additionals.iter(),
+            edns.as_ref(),
+            None,
+            &mut BinEncoder::new(out),
+        )
+    };
+    let encoded = emit(&metadata, answer, out);
+    if encoded.is_ok() && out.len() <= limit {
+        return;
     }
-    match reply.to_vec() {
-        Ok(bytes) if bytes.len() <= limit => bytes,
-        // Too big, or records that cannot be written back (rare upstream
-        // data): the question alone with TC, or SERVFAIL as the last resort.
-        encoded => {
-            let mut cut = reply.truncate();
-            if encoded.is_err() {
-                cut.metadata.truncation = false;
-                cut.metadata.response_code = ResponseCode::ServFail;
-            }
-            cut.to_vec().unwrap_or_default()
-        }
+    // Too big, or records that cannot be written back (rare upstream
+    // data): the question alone with TC, or SERVFAIL as the last resort.
+    if encoded.is_ok() {
+        metadata.truncation = true;
+    } else {
+        metadata.response_code = ResponseCode::ServFail;
+    }
+    let question_only = Sections {
+        response_code: metadata.response_code,
+        answers: &[],
+        authorities: &[],
+        additionals: &[],
+    };
+    if emit(&metadata, &question_only, out).is_err() {
+        out.clear();
     }
 }
 
 #[cfg(test)]
 #[path = "query_tests.rs"]
-mod tests;
+pub(crate) mod tests;

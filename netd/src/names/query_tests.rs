@@ -7,13 +7,24 @@ use hickory_proto::op::Query;
 use hickory_proto::rr::Name;
 
 fn responder(rate: RateLimit) -> Responder {
+    responder_in("10.66.0.0/24", "10.66.0.2", rate, 1)
+}
+
+/// A responder for clients in `subnet` that knows "web" at `web`, with no
+/// upstream (forwarded queries fail) and `forward_slots` slots.
+pub(crate) fn responder_in(
+    subnet: &str,
+    web: &str,
+    rate: RateLimit,
+    forward_slots: usize,
+) -> Responder {
     let table = NameTable::new();
     table
         .insert(ContainerNames {
             container: "c1".into(),
             name: "web".into(),
             aliases: vec![],
-            ipv4: Some("10.66.0.2".parse().unwrap()),
+            ipv4: Some(web.parse().unwrap()),
             ipv6: None,
             host: "a".into(),
             source: NameSource::Local,
@@ -21,7 +32,7 @@ fn responder(rate: RateLimit) -> Responder {
         .unwrap();
     Responder {
         table: Arc::new(table),
-        zone: Zone::new("weft.internal", vec!["10.66.0.0/24".parse().unwrap()]).unwrap(),
+        zone: Zone::new("weft.internal", vec![subnet.parse().unwrap()]).unwrap(),
         forwarder: Forwarder::new(
             plumb::Netns::current().unwrap(),
             Upstreams::new("/nonexistent/resolv.conf".into(), vec![]),
@@ -30,7 +41,7 @@ fn responder(rate: RateLimit) -> Responder {
         ),
         counters: Arc::new(DnsCounters::default()),
         limiter: SourceLimiter::new(rate),
-        forward_slots: Arc::new(Semaphore::new(1)),
+        forward_slots: Arc::new(Semaphore::new(forward_slots)),
     }
 }
 
@@ -175,7 +186,7 @@ async fn outside_names_are_forwarded_within_bounds_and_fail_as_servfail() {
 #[test]
 fn an_answer_too_big_for_udp_is_truncated() {
     let table = NameTable::new();
-    let request = Message::from_vec(&query_bytes("big.example.", RecordType::A)).unwrap();
+    let request = Request::decode(&query_bytes("big.example.", RecordType::A)).unwrap();
     let records: Vec<Record> = (0..100u8)
         .map(|i| {
             Record::from_rdata(
@@ -191,10 +202,15 @@ fn an_answer_too_big_for_udp_is_truncated() {
         authorities: vec![],
         additionals: vec![],
     };
-    let udp = Message::from_vec(&reply_bytes(&request, &answer, false, Transport::Udp)).unwrap();
+    let encoded = |transport| {
+        let mut out = Vec::new();
+        write_reply(&request, &answer.sections(), false, transport, &mut out);
+        Message::from_vec(&out).unwrap()
+    };
+    let udp = encoded(Transport::Udp);
     assert!(udp.metadata.truncation);
     assert!(udp.answers.is_empty());
-    let tcp = Message::from_vec(&reply_bytes(&request, &answer, false, Transport::Tcp)).unwrap();
+    let tcp = encoded(Transport::Tcp);
     assert_eq!(tcp.answers.len(), 100);
     drop(table);
 }

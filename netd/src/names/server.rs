@@ -1,5 +1,6 @@
 //! The DNS server of one network: UDP and TCP sockets on the gateway
-//! addresses, opened inside the network's namespace, served from tokio.
+//! addresses, opened inside the network's namespace; UDP served by a thread
+//! per socket ([`super::udp`]), TCP and forwarded queries from tokio.
 //! Dropping the server stops it and closes its sockets.
 
 use std::net::{IpAddr, SocketAddr};
@@ -9,19 +10,19 @@ use std::time::Duration;
 
 use ipnetwork::IpNetwork;
 use plumb::Netns;
-use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 
 use super::answer::{Zone, DEFAULT_SEARCH_DOMAIN};
 use super::counters::{DnsCounters, DnsCountersSnapshot};
 use super::error::NamesError;
 use super::forward::Forwarder;
 use super::limits::{RateLimit, SourceLimiter};
-use super::query::{Responder, Transport, Verdict};
+use super::query::Responder;
 use super::resolv_conf::Upstreams;
 use super::table::NameTable;
 use super::tcp;
+use super::udp::UdpServer;
 
 /// How one network's DNS server runs. [`DnsServerConfig::new`] fills in
 /// the defaults; tests change the port, the resolv.conf and the limits.
@@ -74,6 +75,7 @@ impl DnsServerConfig {
 pub struct DnsServer {
     counters: Arc<DnsCounters>,
     addresses: Vec<SocketAddr>,
+    udp: Vec<UdpServer>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -117,12 +119,14 @@ impl DnsServer {
             limiter: SourceLimiter::new(config.rate_limit),
             forward_slots: Arc::new(Semaphore::new(config.max_forwards_in_flight)),
         });
-        let mut tasks = Vec::new();
-        for socket in udp {
-            let socket = UdpSocket::from_std(socket)
-                .map_err(|e| listen_error("UDP", netns, &addresses[0], e))?;
-            tasks.push(tokio::spawn(serve_udp(Arc::new(socket), responder.clone())));
+        let runtime = tokio::runtime::Handle::current();
+        let mut udp_servers = Vec::new();
+        for (socket, address) in udp.into_iter().zip(&addresses) {
+            let server = UdpServer::start(socket, responder.clone(), runtime.clone())
+                .map_err(|e| listen_error("UDP", netns, address, e))?;
+            udp_servers.push(server);
         }
+        let mut tasks = Vec::new();
         let limits = tcp::TcpLimits {
             max_connections: config.max_tcp_connections,
             idle_timeout: config.tcp_idle_timeout,
@@ -140,6 +144,7 @@ impl DnsServer {
         Ok(DnsServer {
             counters,
             addresses,
+            udp: udp_servers,
             tasks,
         })
     }
@@ -162,11 +167,13 @@ impl DnsServer {
 
 impl Drop for DnsServer {
     fn drop(&mut self) {
-        // Aborting a serving task drops its socket and the JoinSet of its
-        // connections and forwarded queries, which aborts those in turn.
+        // Aborting a TCP task drops its listener and the JoinSet of its
+        // connections, which aborts those in turn.
         for task in &self.tasks {
             task.abort();
         }
+        // Stops and joins the UDP threads: their sockets are closed now.
+        self.udp.clear();
     }
 }
 
@@ -180,11 +187,9 @@ fn open_sockets(netns: &Netns, addresses: &[SocketAddr]) -> Result<Sockets, Name
                 let mut udp = Vec::new();
                 let mut tcp = Vec::new();
                 for address in addresses {
+                    // Blocking: its thread waits in the receive.
                     let socket =
                         std::net::UdpSocket::bind(address).map_err(|e| ("UDP", address, e))?;
-                    socket
-                        .set_nonblocking(true)
-                        .map_err(|e| ("UDP", address, e))?;
                     udp.push(socket);
                     let listener =
                         std::net::TcpListener::bind(address).map_err(|e| ("TCP", address, e))?;
@@ -214,46 +219,5 @@ fn listen_error(
         address: *address,
         namespace: netns.label().to_string(),
         source,
-    }
-}
-
-/// Receives datagrams one after another: local answers go out at once,
-/// forwarded queries run as tasks (bounded by the responder's slots), so
-/// a slow upstream never holds up the neighbours' lookups.
-async fn serve_udp(socket: Arc<UdpSocket>, responder: Arc<Responder>) {
-    let mut forwards = JoinSet::new();
-    // The largest datagram; a longer one arrives cut and fails to decode.
-    let mut buf = vec![0u8; 65_535];
-    loop {
-        while forwards.try_join_next().is_some() {}
-        let (n, peer) = match socket.recv_from(&mut buf).await {
-            Ok(got) => got,
-            Err(e) => {
-                // ICMP errors surface here on Linux (ECONNREFUSED after an
-                // answer to a closed port): they concern one peer only.
-                tracing::debug!("DNS server: receive: {e}");
-                continue;
-            }
-        };
-        match responder.receive(&buf[..n], peer.ip(), Transport::Udp) {
-            Verdict::Reply(bytes) => send(&socket, &bytes, peer).await,
-            Verdict::Drop => {}
-            Verdict::Forward(pending) => {
-                let (socket, responder) = (socket.clone(), responder.clone());
-                forwards.spawn(async move {
-                    let bytes = responder.forward(pending).await;
-                    send(&socket, &bytes, peer).await;
-                });
-            }
-        }
-    }
-}
-
-async fn send(socket: &UdpSocket, bytes: &[u8], peer: SocketAddr) {
-    if bytes.is_empty() {
-        return;
-    }
-    if let Err(e) = socket.send_to(bytes, peer).await {
-        tracing::debug!("DNS server: answer to {peer}: {e}");
     }
 }

@@ -3,6 +3,7 @@
 //! container at a time; the cluster replaces everything one remote host
 //! published in one call. Names are unique per network across all hosts.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -83,6 +84,8 @@ pub struct HostReplaced {
     /// Records refused (a name or address held by another host's container,
     /// or a bad name); the rest of the host's records are served.
     pub refused: Vec<NamesError>,
+    /// False when the host's records were these already: nothing was written.
+    pub changed: bool,
 }
 
 /// The names of one network. Shared (`Arc`) between netd's attach/detach,
@@ -124,8 +127,32 @@ impl NameTable {
 
     /// Replaces every record of `host` by `records` in one step: what a
     /// cluster watch delivers for a remote host (an empty list when its lease
-    /// is gone). Records naming another host are refused.
+    /// is gone), and what the daemon's periodic check finds in its state.
+    /// Records naming another host are refused. The records are checked
+    /// before the table is locked, and a host whose records are already
+    /// these is not written at all: the DNS server reads the table all the
+    /// while, and a writer that the scheduler preempts holding the lock
+    /// would hold up every lookup until it runs again.
     pub fn replace_host(&self, host: &str, records: Vec<ContainerNames>) -> HostReplaced {
+        let mut report = HostReplaced::default();
+        let mut checked = Vec::with_capacity(records.len());
+        for record in records {
+            if record.host != host {
+                report.refused.push(NamesError::InvalidRecord {
+                    container: record.container,
+                    reason: "its host differs from the host whose records are being replaced",
+                });
+                continue;
+            }
+            match normalized(record) {
+                Ok(record) => checked.push(record),
+                Err(e) => report.refused.push(e),
+            }
+        }
+        if report.refused.is_empty() && self.read().holds_exactly(host, &checked) {
+            report.inserted = checked.len();
+            return report;
+        }
         let mut table = self.write();
         let old: Vec<String> = table
             .by_container
@@ -136,17 +163,9 @@ impl NameTable {
         for container in &old {
             table.remove(container);
         }
-        let mut report = HostReplaced::default();
-        for record in records {
-            if record.host != host {
-                report.refused.push(NamesError::InvalidRecord {
-                    container: record.container,
-                    reason: "its host differs from the host whose records are being replaced",
-                });
-                continue;
-            }
-            match normalized(record).and_then(|r| table.check_free(&r).map(|()| r)) {
-                Ok(record) => {
+        for record in checked {
+            match table.check_free(&record) {
+                Ok(()) => {
                     table.add(record);
                     report.inserted += 1;
                 }
@@ -157,6 +176,7 @@ impl NameTable {
             .iter()
             .filter(|c| !table.by_container.contains_key(*c))
             .count();
+        report.changed = true;
         report
     }
 
@@ -192,8 +212,14 @@ impl NameTable {
 
     /// The addresses of a bare name (any case, no trailing dot).
     pub fn addresses_of(&self, name: &str) -> Option<NameAddresses> {
+        // The DNS server asks in lowercase already: no copy then.
+        let key: Cow<'_, str> = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(name.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(name)
+        };
         let records = self.read();
-        let container = records.by_name.get(&name.to_ascii_lowercase())?;
+        let container = records.by_name.get(key.as_ref())?;
         let record = records.by_container.get(container)?;
         Some(NameAddresses {
             ipv4: record.ipv4,
@@ -237,6 +263,19 @@ impl NameTable {
 }
 
 impl Records {
+    /// True when `host`'s records are exactly `records` (normalized).
+    fn holds_exactly(&self, host: &str, records: &[ContainerNames]) -> bool {
+        let held = self
+            .by_container
+            .values()
+            .filter(|r| r.host == host)
+            .count();
+        held == records.len()
+            && records
+                .iter()
+                .all(|r| self.by_container.get(&r.container) == Some(r))
+    }
+
     fn check_free(&self, record: &ContainerNames) -> Result<(), NamesError> {
         for name in record.names() {
             if let Some(holder) = self.holder(self.by_name.get(name), &record.container) {

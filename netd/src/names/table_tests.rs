@@ -142,6 +142,23 @@ fn a_remote_hosts_records_are_replaced_in_one_call() {
     assert_eq!((report.inserted, report.removed), (1, 1));
     assert_eq!(report.refused.len(), 1);
     assert!(report.refused[0].to_string().contains("local1"));
+    assert!(report.changed);
+
+    // The same records again (any case): nothing to write.
+    let report = table.replace_host("b", vec![remote("r1", "DB", "10.66.1.2")]);
+    assert_eq!(
+        (report.inserted, report.removed, report.changed),
+        (1, 0, false)
+    );
+    let report = table.replace_host("b", vec![remote("r1", "db", "10.66.1.9")]);
+    assert_eq!(
+        (report.inserted, report.removed, report.changed),
+        (1, 0, true)
+    );
+    assert_eq!(
+        table.addresses_of("db").unwrap().ipv4,
+        Some("10.66.1.9".parse().unwrap())
+    );
     assert_eq!(table.addresses_of("cache"), None);
     assert_eq!(
         table.addresses_of("web").unwrap().ipv4,
