@@ -60,6 +60,9 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::overlay::{load_or_generate_key, ClusterHostInfo, OverlayPeer, PeerOrigin};
 
+/// The shortest time between two views applied to the overlay (see `follow`).
+const APPLY_GAP: Duration = Duration::from_millis(100);
+
 /// This host's membership and its view of the others.
 pub struct ClusterHost {
     member: Arc<Member<EtcdStore>>,
@@ -259,6 +262,7 @@ impl ClusterHost {
         let mut built = watcher.views();
         *self.watcher.lock().unwrap_or_else(|e| e.into_inner()) = Some(watcher);
         let mut saver = saved_view::ViewSaver::new(&self.state_dir, self.id());
+        let mut last_apply = None;
         loop {
             let due = saver.due();
             let update: ViewUpdate = tokio::select! {
@@ -276,8 +280,16 @@ impl ClusterHost {
                     return;
                 }
             };
-            // Coalesce a burst: only the latest view matters.
+            // Coalesce a burst: only the latest view matters. Applying
+            // checks the overlay against the kernel, so in a storm (every
+            // host of a cluster starting at once) views are applied at most
+            // every APPLY_GAP; at rest a change is applied at once.
             let mut update = update;
+            if let Some(next) = last_apply.map(|t: Instant| t + APPLY_GAP) {
+                if Instant::now() < next {
+                    tokio::time::sleep_until(next.into()).await;
+                }
+            }
             while let Ok(next) = updates.try_recv() {
                 update = next;
             }
@@ -287,6 +299,7 @@ impl ClusterHost {
             let peers = self.peers_of(&update.view);
             let (actions, errors) = apply(peers).await;
             let took = started.elapsed();
+            last_apply = Some(Instant::now());
             for action in &actions {
                 tracing::info!(
                     revision = update.view.revision,
