@@ -14,6 +14,7 @@
 mod arrivals;
 mod handshakes;
 mod peer;
+mod refused;
 mod rekey;
 mod table;
 mod workers;
@@ -40,6 +41,7 @@ use crate::wait::Stop;
 
 use arrivals::ArrivalCounters;
 use peer::{DropCounters, Peer, PeerCounters, PeerState, SessionRecipe};
+use refused::RefusedInitiators;
 use rekey::DeviceKeys;
 use table::PeerTable;
 
@@ -242,6 +244,8 @@ pub(crate) struct Shared {
     /// The largest inner packet carried whole (the overlay MTU the device was
     /// made with, whatever the link's MTU is changed to later).
     pub max_packet: usize,
+    /// Initiations refused for an unknown key lately (see `refused.rs`).
+    pub refused: Mutex<RefusedInitiators>,
     next_slot: AtomicU32,
 }
 
@@ -351,6 +355,7 @@ impl Device {
             })?,
             batch: config.batch.clamp(1, 1024),
             max_packet: mtu as usize,
+            refused: Mutex::default(),
             next_slot: AtomicU32::new(random_slot()),
         });
         let device = Device {
@@ -471,6 +476,7 @@ impl Device {
             source,
         };
         let recipe = SessionRecipe::new(&config, slot);
+        let is_new = existing.is_none();
         match existing {
             Some(peer) => {
                 let mut current = peer.config.lock().expect("peer config lock poisoned");
@@ -503,6 +509,26 @@ impl Device {
             table.allowed.insert(*network, slot);
         }
         tracing::debug!(device = %s.name, peer = %key, slot, "peer set");
+        // A new peer that tried us moments ago, refused then: answer its
+        // wait with a handshake now rather than after its 5 s retry.
+        let tried_from = match is_new {
+            true => s.refused.lock().expect("refused lock poisoned").take(&key),
+            false => None,
+        };
+        if let Some(from) = tried_from {
+            let peer = table.by_key.get(&key).cloned();
+            drop(table);
+            if let Some(peer) = peer {
+                let mut state = peer.state.lock().expect("peer state lock poisoned");
+                state.endpoint = state.endpoint.or(Some(from));
+            }
+            match self.initiate_handshake(&key) {
+                Ok(sent) => {
+                    tracing::debug!(device = %s.name, peer = %key, sent, "handshake with a peer refused moments ago")
+                }
+                Err(e) => tracing::debug!(device = %s.name, peer = %key, "handshake: {e}"),
+            }
+        }
         Ok(())
     }
 

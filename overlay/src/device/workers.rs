@@ -295,15 +295,20 @@ fn receive_one(
     }
     let peer = match message {
         WireMessage::HandshakeInitiation { .. } => {
-            match shared
-                .keys()
-                .guard
-                .initiator(datagram)
-                .ok()
-                .and_then(|key| table.by_key.get(&key))
-            {
-                Some(p) => p,
-                None => return dropped(&shared.drops, DropReason::UnknownKey),
+            let initiator = shared.keys().guard.initiator(datagram).ok();
+            match initiator.and_then(|key| table.by_key.get(&key).map(|p| (key, p))) {
+                Some((_, p)) => p,
+                None => {
+                    if let Some(key) = initiator {
+                        // A host that may become a peer any moment (see refused.rs).
+                        shared
+                            .refused
+                            .lock()
+                            .expect("refused lock poisoned")
+                            .remember(key, from);
+                    }
+                    return dropped(&shared.drops, DropReason::UnknownKey);
+                }
             }
         }
         WireMessage::HandshakeResponse { receiver, .. }
