@@ -144,15 +144,7 @@ impl Netd {
 
     /// True while the process is running (not exited, not a zombie).
     pub fn is_running(&self) -> bool {
-        match std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
-            Ok(stat) => {
-                let state = stat
-                    .rfind(')')
-                    .and_then(|i| stat[i + 1..].split_whitespace().next());
-                !matches!(state, Some("Z") | Some("X") | None)
-            }
-            Err(_) => false,
-        }
+        !world::has_exited(self.pid)
     }
 
     /// Sends `signal` to this netd (our own child, by PID).

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use plumb::{Netlink, Netns};
 
-use crate::netd_host::is_zombie;
+use crate::netd_host::has_exited;
 use crate::{run_in, World, FABRIC_PREFIX_LEN};
 
 /// etcd's client address on the fabric: the top of 198.18.0.0/15, far from the hosts.
@@ -109,7 +109,7 @@ impl Etcd {
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         // Dead once it is a zombie: its ports are free for a restart.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !is_zombie(pid) && Path::new(&format!("/proc/{pid}")).exists() {
+        while !has_exited(pid) && Path::new(&format!("/proc/{pid}")).exists() {
             if Instant::now() > deadline {
                 eprintln!("etcd {pid} still runs 10 s after SIGKILL");
                 return;
@@ -170,7 +170,7 @@ impl Etcd {
             }
             if self
                 .pid
-                .is_some_and(|pid| is_zombie(pid) || !Path::new(&format!("/proc/{pid}")).exists())
+                .is_some_and(|pid| has_exited(pid) || !Path::new(&format!("/proc/{pid}")).exists())
             {
                 bail!("etcd exited: {}", self.log_tail());
             }

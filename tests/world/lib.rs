@@ -34,7 +34,7 @@ pub use bulk::tcp_bulk;
 pub use capture::{classify_frame, contains, Capture, Frame};
 pub use exec::{ip_json, run_in, workspace_bin, CommandOutput};
 pub use forwarded::{sctp_available, sctp_part, sctp_via, tcp_via, udp_via};
-pub use netd_host::{scrape_metrics, NetdHost, WIREGUARD_PORT};
+pub use netd_host::{has_exited, scrape_metrics, NetdHost, WIREGUARD_PORT};
 pub use traffic::{ping, ping6, tcp_exchange, udp_exchange};
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

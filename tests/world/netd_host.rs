@@ -182,7 +182,7 @@ impl NetdHost {
             if self.socket().exists() && self.cli(&["status"]).map(|o| o.success).unwrap_or(false) {
                 return Ok(());
             }
-            if !std::path::Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid) {
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() || has_exited(pid) {
                 bail!(
                     "netd on {} exited during start-up:\n{}",
                     self.host.name,
@@ -269,17 +269,30 @@ impl NetdHost {
     }
 }
 
-/// True when `pid` has exited and waits to be reaped (or is being reaped).
-pub(crate) fn is_zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let state = stat
-                .rfind(')')
-                .map(|i| stat[i + 1..].trim_start().to_string())?;
-            state.chars().next()
+/// Whether process `pid` (our child, not yet reaped) has ended: every
+/// thread of it is a zombie or gone. The group leader shows `Z` as soon as
+/// its own thread exits, while the others may still be exiting and holding
+/// the process's sockets (a restart would find its ports in use).
+pub fn has_exited(pid: u32) -> bool {
+    let state = |path: String| {
+        std::fs::read_to_string(path).ok().and_then(|stat| {
+            let i = stat.rfind(')')?;
+            stat[i + 1..].trim_start().chars().next()
         })
-        .is_some_and(|c| c == 'Z' || c == 'X')
+    };
+    let ended = |c: Option<char>| matches!(c, None | Some('Z') | Some('X'));
+    if !ended(state(format!("/proc/{pid}/stat"))) {
+        return false;
+    }
+    match std::fs::read_dir(format!("/proc/{pid}/task")) {
+        Ok(tasks) => tasks.filter_map(|t| t.ok()).all(|t| {
+            ended(state(format!(
+                "/proc/{pid}/task/{}/stat",
+                t.file_name().to_string_lossy()
+            )))
+        }),
+        Err(_) => true,
+    }
 }
 
 /// `GET /metrics` from netd's metrics listener at `addr`, inside `netns`.
