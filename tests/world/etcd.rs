@@ -86,6 +86,11 @@ impl Etcd {
     }
 
     /// The client URL, `http://198.19.255.250:2379` (`https://` with TLS).
+    /// The running etcd's PID.
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+
     pub fn endpoint(&self) -> String {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         format!("{scheme}://{ETCD_IP}:{ETCD_PORT}")

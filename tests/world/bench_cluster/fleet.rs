@@ -33,6 +33,8 @@ pub struct Fleet {
     pub etcd: Option<Etcd>,
     /// Hosts that carry a sampled container, and the containers.
     samples: Vec<(usize, Container)>,
+    /// When every netd was started (wall clock, for kept logs).
+    started_at: Option<std::time::SystemTime>,
     // Last: dropped after the hosts and etcd, it kills what they started.
     world: World,
 }
@@ -45,6 +47,10 @@ pub struct Convergence {
     /// Every sampled container pair across hosts answers a ping.
     pub pairs: Duration,
     pub pair_count: usize,
+    /// Each netd's CPU time from its start to convergence, ns.
+    pub netd_cpu_ns: Vec<u64>,
+    /// The store's CPU time over the same span, ns (cluster mode).
+    pub store_cpu_ns: Option<u64>,
 }
 
 impl Convergence {
@@ -54,7 +60,13 @@ impl Convergence {
 }
 
 impl Fleet {
-    pub async fn build(mode: Mode, n: usize, samples: usize, dir: &Path) -> Result<Fleet> {
+    pub async fn build(
+        mode: Mode,
+        n: usize,
+        samples: usize,
+        log_filter: &str,
+        dir: &Path,
+    ) -> Result<Fleet> {
         let world = World::new().await?;
         let dir = dir.join(world.prefix());
         world.remove_on_teardown(&dir);
@@ -71,7 +83,7 @@ impl Fleet {
                 Mode::Cluster => String::new(),
             };
             let mut netd = NetdHost::prepare(&host, &dir.join(&host.name), &subnet)?;
-            netd.log_filter("warn");
+            netd.log_filter(log_filter);
             netds.push(netd);
         }
         let extra = format!("metrics_addr = \"{NETD_METRICS}\"\n");
@@ -109,6 +121,7 @@ impl Fleet {
             netds,
             etcd,
             samples: sampled,
+            started_at: None,
             world,
         })
     }
@@ -131,7 +144,14 @@ impl Fleet {
     pub fn start_and_converge(&mut self, bound: Duration) -> Result<Convergence> {
         let n = self.netds.len();
         let args: Vec<Vec<String>> = (0..n).map(|i| self.run_args(i)).collect();
+        let store_cpu = self
+            .etcd
+            .as_ref()
+            .and_then(Etcd::pid)
+            .map(probe::cpu_ns)
+            .transpose()?;
         let started = Instant::now();
+        self.started_at = Some(std::time::SystemTime::now());
         for (netd, args) in self.netds.iter_mut().zip(&args) {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             netd.spawn_with(&args)?;
@@ -195,10 +215,21 @@ impl Fleet {
             for ping in pings {
                 pairs = pairs.max(ping.join().expect("ping thread")?);
             }
+            let netd_cpu_ns = self
+                .pids()
+                .into_iter()
+                .map(probe::cpu_ns)
+                .collect::<Result<_>>()?;
+            let store_cpu_ns = match (store_cpu, self.etcd.as_ref().and_then(Etcd::pid)) {
+                (Some(before), Some(pid)) => Some(probe::cpu_ns(pid)?.saturating_sub(before)),
+                _ => None,
+            };
             Ok(Convergence {
                 all_peers,
                 pairs,
                 pair_count: if k > 1 { k } else { 0 },
+                netd_cpu_ns,
+                store_cpu_ns,
             })
         });
         outcome.with_context(|| {
@@ -268,6 +299,27 @@ impl Fleet {
             std::thread::sleep(Duration::from_millis(100));
         }
         Ok(slowest)
+    }
+
+    /// Copies every host's netd log into `to` (made if missing), as
+    /// `<host>.log`, and the moment all were started as `started` (Unix
+    /// seconds, to read the logs' timestamps against).
+    pub fn keep_logs(&self, to: &Path) -> Result<()> {
+        std::fs::create_dir_all(to).with_context(|| format!("create {}", to.display()))?;
+        for netd in &self.netds {
+            let dest = to.join(format!("{}.log", netd.host.name));
+            std::fs::copy(netd.log_path(), &dest).with_context(|| {
+                format!("copy {} to {}", netd.log_path().display(), dest.display())
+            })?;
+        }
+        if let Some(at) = self.started_at {
+            let secs = at
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64();
+            std::fs::write(to.join("started"), format!("{secs:.6}\n"))?;
+        }
+        Ok(())
     }
 
     /// The PIDs of the running netd.

@@ -30,13 +30,17 @@ use report::{Rest, Row};
 const USAGE: &str = "\
 usage: bench-cluster [--sizes 10,25,50] [--modes static,cluster] [--samples 6] [--window 10]
                      [--converge-bound 60] [--dead-bound 40] [--json FILE]
+                     [--logs DIR] [--log-filter warn]
   --sizes           numbers of simulated hosts, one run per size and mode
   --modes           static (the floor: static peer lists) and/or cluster (etcd)
   --samples         hosts that get a container; each pings the next one's (a ring)
   --window          seconds at rest over which CPU and store traffic are measured
   --converge-bound  seconds a run may take to converge before it fails
   --dead-bound      seconds to wait for a killed host to be shown dead everywhere
-  --json FILE       also write the rows as JSON";
+  --json FILE       also write the rows as JSON
+  --logs DIR        keep each netd's log as DIR/<hosts>-<mode>/<host>.log (to see where a
+                    start spends its time; the run's own directory is removed)
+  --log-filter F    netd's RUST_LOG in the runs (default warn: logging costs CPU too)";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -68,6 +72,8 @@ struct Options {
     window: Duration,
     bounds: Bounds,
     json: Option<PathBuf>,
+    logs: Option<PathBuf>,
+    log_filter: String,
 }
 
 fn parse_args() -> Result<Options> {
@@ -81,6 +87,8 @@ fn parse_args() -> Result<Options> {
             dead: Duration::from_secs(40),
         },
         json: None,
+        logs: None,
+        log_filter: "warn".into(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -136,6 +144,8 @@ fn parse_args() -> Result<Options> {
             "--converge-bound" => opts.bounds.converge = secs(value()?, "--converge-bound")?,
             "--dead-bound" => opts.bounds.dead = secs(value()?, "--dead-bound")?,
             "--json" => opts.json = Some(value()?.into()),
+            "--logs" => opts.logs = Some(value()?.into()),
+            "--log-filter" => opts.log_filter = value()?,
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
     }
@@ -201,8 +211,12 @@ fn load_average() -> String {
 }
 
 async fn one_run(mode: Mode, n: usize, opts: &Options, dir: &std::path::Path) -> Result<Row> {
-    let mut fleet = Fleet::build(mode, n, opts.samples, dir).await?;
-    let converged = fleet.start_and_converge(opts.bounds.converge)?;
+    let mut fleet = Fleet::build(mode, n, opts.samples, &opts.log_filter, dir).await?;
+    let converged = fleet.start_and_converge(opts.bounds.converge);
+    if let Some(logs) = &opts.logs {
+        fleet.keep_logs(&logs.join(format!("{n}-{}", mode.name())))?;
+    }
+    let converged = converged?;
     // Let start-up work (first handshakes, the first reconcile) pass.
     std::thread::sleep(Duration::from_secs(3));
     let pids = fleet.pids();
@@ -230,6 +244,9 @@ async fn one_run(mode: Mode, n: usize, opts: &Options, dir: &std::path::Path) ->
         Mode::Cluster => Some(fleet.kill_and_watch(opts.bounds.dead)?),
         Mode::Static => None,
     };
+    if let Some(logs) = &opts.logs {
+        fleet.keep_logs(&logs.join(format!("{n}-{}", mode.name())))?;
+    }
     Ok(Row {
         mode,
         hosts: n,

@@ -91,16 +91,36 @@ impl Row {
     pub fn summary(&self) -> String {
         let (rss, _) = self.rest.rss_mib(|r| r.total_kib);
         format!(
-            "converged in {:.2} s (peers {:.2} s, {} pairs {:.2} s), netd RSS median {rss:.1} MiB, idle CPU {:.3} cores in all{}",
+            "converged in {:.2} s (peers {:.2} s, {} pairs {:.2} s; start CPU {:.1} ms per netd{}), netd RSS median {rss:.1} MiB, idle CPU {:.3} cores in all{}",
             secs(self.converged.total()),
             secs(self.converged.all_peers),
             self.converged.pair_count,
             secs(self.converged.pairs),
+            self.converged.netd_cpu_ms(),
+            self.converged
+                .store_cpu_ms_per_host()
+                .map(|ms| format!(" + {ms:.1} ms of etcd's"))
+                .unwrap_or_default(),
             self.rest.cpu_total(),
             self.dead
                 .map(|d| format!(", dead shown everywhere in {:.1} s", secs(d)))
                 .unwrap_or_default()
         )
+    }
+}
+
+impl Convergence {
+    /// The median netd's CPU from its start to convergence, ms.
+    fn netd_cpu_ms(&self) -> f64 {
+        let mut v: Vec<f64> = self.netd_cpu_ns.iter().map(|&ns| ns as f64 / 1e6).collect();
+        v.sort_by(f64::total_cmp);
+        median(&v)
+    }
+
+    /// The store's CPU over the convergence, ms per host.
+    fn store_cpu_ms_per_host(&self) -> Option<f64> {
+        let hosts = self.netd_cpu_ns.len().max(1) as f64;
+        self.store_cpu_ns.map(|ns| ns as f64 / 1e6 / hosts)
     }
 }
 
@@ -118,8 +138,8 @@ fn median(sorted: &[f64]) -> f64 {
 
 pub fn print(rows: &[Row], sizes: &[usize]) {
     println!();
-    println!("| hosts | mode | converged (s) | all peers (s) | pairs answer (s) | vs static | netd RSS median / max (MiB) | anon (MiB) | idle CPU per host (ms/s) | idle CPU all hosts (cores) | store msg/s (per host) | store writes/s | dead shown everywhere (s) |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| hosts | mode | converged (s) | all peers (s) | pairs answer (s) | vs static | start CPU per host: netd + etcd (ms) | netd RSS median / max (MiB) | anon (MiB) | idle CPU per host (ms/s) | idle CPU all hosts (cores) | store msg/s (per host) | store writes/s | dead shown everywhere (s) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for row in rows {
         let floor = rows
             .iter()
@@ -141,8 +161,16 @@ pub fn print(rows: &[Row], sizes: &[usize]) {
             ),
             None => ("—".into(), "—".into()),
         };
+        let start_cpu = format!(
+            "{:.1}{}",
+            row.converged.netd_cpu_ms(),
+            row.converged
+                .store_cpu_ms_per_host()
+                .map(|ms| format!(" + {ms:.1}"))
+                .unwrap_or_default()
+        );
         println!(
-            "| {} | {} | {:.2} | {:.2} | {:.2} | {ratio} | {rss:.1} / {rss_max:.1} | {anon:.1} | {:.2} | {total:.3} | {store} | {writes} | {} |",
+            "| {} | {} | {:.2} | {:.2} | {:.2} | {ratio} | {start_cpu} | {rss:.1} / {rss_max:.1} | {anon:.1} | {:.2} | {total:.3} | {store} | {writes} | {} |",
             row.hosts,
             row.mode.name(),
             secs(row.converged.total()),
@@ -225,6 +253,8 @@ pub fn write_json(path: &Path, rows: &[Row]) -> Result<()> {
                 "all_peers_s": secs(r.converged.all_peers),
                 "pairs_s": secs(r.converged.pairs),
                 "pairs": r.converged.pair_count,
+                "start_cpu_ns": r.converged.netd_cpu_ns,
+                "store_start_cpu_ns": r.converged.store_cpu_ns,
                 "rss_kib": r.rest.rss.iter().map(|x| x.total_kib).collect::<Vec<_>>(),
                 "rss_anon_kib": r.rest.rss.iter().map(|x| x.anon_kib).collect::<Vec<_>>(),
                 "idle_cpu_cores": r.rest.cpu,
