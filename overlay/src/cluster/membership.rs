@@ -12,7 +12,7 @@ use super::admin::{config_of, holdings, removal, MAX_ATTEMPTS};
 use super::records::{
     host_key, parse_subnet_key, subnet_key, unix_seconds, ClusterConfig, HostRecord, ROOT,
 };
-use super::{store_error, ClusterError, HostId};
+use super::{store_error, ClusterError, HostId, Snapshot};
 use crate::store::{Compare, LeaseId, Listing, Operation, Revision, Store, Txn};
 use crate::PublicKey;
 
@@ -143,15 +143,44 @@ impl<S: Store> Member<S> {
         advert: &HostAdvert,
         kept: Option<&KeptSubnets>,
     ) -> Result<HostRecord, ClusterError> {
+        self.join_listed(None, advert, kept).await
+    }
+
+    /// [`Member::join_keeping`] whose first attempt works from `snapshot`
+    /// (read by the caller, who needed the config and this host's record
+    /// before joining); a lost race lists again.
+    pub async fn join_from(
+        &self,
+        snapshot: &Snapshot,
+        advert: &HostAdvert,
+        kept: Option<&KeptSubnets>,
+    ) -> Result<HostRecord, ClusterError> {
+        self.join_listed(Some(&snapshot.listing), advert, kept)
+            .await
+    }
+
+    async fn join_listed(
+        &self,
+        mut first: Option<&Listing>,
+        advert: &HostAdvert,
+        kept: Option<&KeptSubnets>,
+    ) -> Result<HostRecord, ClusterError> {
         let doing = format!("join host {} to the cluster", self.id);
         for _ in 0..MAX_ATTEMPTS {
-            let listing = self
-                .store
-                .list(ROOT)
-                .await
-                .map_err(store_error(doing.clone()))?;
-            let config = config_of(&listing)?;
-            let held = holdings(&listing, &self.id);
+            let fresh;
+            let listing = match first.take() {
+                Some(listing) => listing,
+                None => {
+                    fresh = self
+                        .store
+                        .list(ROOT)
+                        .await
+                        .map_err(store_error(doing.clone()))?;
+                    &fresh
+                }
+            };
+            let config = config_of(listing)?;
+            let held = holdings(listing, &self.id);
             let mut txn = Txn::default();
             let existing = match &held.record {
                 Some((kv, Some(record))) => {
@@ -171,7 +200,7 @@ impl<S: Store> Member<S> {
                     None
                 }
             };
-            let used = used_subnets(&listing);
+            let used = used_subnets(listing);
             let mine: HashSet<IpNetwork> = held
                 .subnets
                 .iter()
@@ -200,7 +229,7 @@ impl<S: Store> Member<S> {
                         Err(ClusterError::ReservationLost {
                             host: self.id.clone(),
                             subnet: wanted.to_string(),
-                            holder: holder_of(&listing, wanted),
+                            holder: holder_of(listing, wanted),
                         })
                     }
                     _ => Ok(picked),

@@ -3,6 +3,7 @@
 //!
 //! - [`records`]: the key layout under `/weft/v1/` and the JSON records.
 //! - [`HostId`]: a host's random identity, kept in its state directory.
+//! - [`Snapshot`]: the whole cluster in one listing, what a start reads.
 //! - [`Member`]: this host's side — `init` the config once, `join` (find
 //!   or take a subnet), stay alive on a short lease, publish a new key,
 //!   `leave`; `forget` another host; reclaim dead hosts' expired reservations.
@@ -24,6 +25,7 @@ mod liveness;
 mod membership;
 mod reclaim;
 pub mod records;
+mod snapshot;
 mod view;
 mod watcher;
 
@@ -35,6 +37,7 @@ pub use identity::{HostId, HOST_ID_FILE};
 pub use liveness::{LivenessCounters, LivenessTask};
 pub use membership::{Clock, HostAdvert, KeptSubnets, Member, SystemClock, Timing};
 pub use records::{ClusterConfig, HostRecord};
+pub use snapshot::Snapshot;
 pub use view::{BadDataReason, HostChange, HostField, HostView, PeerView, Rejection, ViewDiff};
 pub use watcher::{PeerWatcher, StoreStatus, ViewUpdate, WatcherSettings};
 

@@ -478,3 +478,71 @@ async fn names_keys_do_not_rebuild_the_peer_view() {
     let update = updates.recv().await.unwrap();
     assert_eq!(update.diff.added.len(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_start_reads_one_snapshot_for_its_join_and_its_watcher_and_misses_no_later_host() {
+    let store = Arc::new(MemoryStore::new());
+    init(&*store, &config()).await.unwrap();
+    let clock = clock();
+    let a = member(&store, &clock);
+    a.join(&advert("a")).await.unwrap();
+    let snapshot = Snapshot::read(&*store).await.unwrap();
+    assert_eq!(snapshot.config().unwrap(), config());
+    let b = member(&store, &clock);
+    assert_eq!(snapshot.record(b.id()), None);
+    // Another host takes a subnet after the snapshot: b's first attempt
+    // works from it, so a subnet b picks may be gone (the join lists again).
+    let c = member(&store, &clock);
+    c.join(&advert("c")).await.unwrap();
+    let joined = b.join_from(&snapshot, &advert("b"), None).await.unwrap();
+    assert_eq!(
+        Snapshot::read(&*store).await.unwrap().record(b.id()),
+        Some(joined)
+    );
+    // The watcher starts from the same snapshot and watches right after it:
+    // c and b, both written later, arrive without another listing.
+    let (watcher, mut updates) = PeerWatcher::spawn_from(
+        store.clone(),
+        Some(config()),
+        WatcherSettings::default(),
+        snapshot,
+    );
+    let first = updates.recv().await.unwrap();
+    assert_eq!(first.diff.added.len(), 1, "the snapshot holds a only");
+    until(&watcher, "a, b and c", |v| {
+        [a.id(), b.id(), c.id()]
+            .iter()
+            .all(|id| v.hosts.contains_key(*id))
+    })
+    .await;
+    assert_eq!(watcher.relists(), 0);
+    let subnets: HashSet<_> = watcher
+        .view()
+        .hosts
+        .values()
+        .map(|h| h.subnets.clone())
+        .collect();
+    assert_eq!(subnets.len(), 3, "three distinct subnets");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_join_from_a_snapshot_that_lost_its_pick_takes_another_subnet() {
+    // A range of two subnets: whatever b picks from a stale snapshot,
+    // a host that joined since may hold it, and the join must list again.
+    let store = Arc::new(MemoryStore::new());
+    let mut small = config();
+    small.ipv4_range = "10.99.0.0/23".parse().unwrap();
+    small.ipv6_range = None;
+    small.ipv6_subnet_len = None;
+    init(&*store, &small).await.unwrap();
+    let clock = clock();
+    for _ in 0..8 {
+        let snapshot = Snapshot::read(&*store).await.unwrap();
+        let (a, b) = (member(&store, &clock), member(&store, &clock));
+        let ra = a.join(&advert("a")).await.unwrap();
+        let rb = b.join_from(&snapshot, &advert("b"), None).await.unwrap();
+        assert_ne!(ra.ipv4_subnet, rb.ipv4_subnet);
+        a.leave().await.unwrap();
+        b.leave().await.unwrap();
+    }
+}

@@ -5,8 +5,10 @@
 //! are skipped without rebuilding it (netd follows them on its own).
 
 use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, watch};
@@ -14,7 +16,8 @@ use tokio::task::JoinHandle;
 
 use super::records::{ClusterConfig, NAMES, ROOT};
 use super::view::{build, BadDataReason, PeerView, ViewDiff};
-use crate::store::{KeyValue, Revision, Store, StoreError, Watch, WatchEvent};
+use super::Snapshot;
+use crate::store::{KeyValue, Listing, Revision, Store, StoreError, Watch, WatchEvent};
 
 /// Retry pacing while the store is unreachable.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,6 +89,27 @@ impl PeerWatcher {
         config: Option<ClusterConfig>,
         settings: WatcherSettings,
     ) -> (PeerWatcher, mpsc::UnboundedReceiver<ViewUpdate>) {
+        Self::spawn_with(store, config, settings, None)
+    }
+
+    /// [`PeerWatcher::spawn`] whose first view is `snapshot` (read at the
+    /// start, a moment ago) and whose watch starts right after it: no second
+    /// listing. Later listings (compaction, a reconnect) read the store.
+    pub fn spawn_from<S: Store>(
+        store: Arc<S>,
+        config: Option<ClusterConfig>,
+        settings: WatcherSettings,
+        snapshot: Snapshot,
+    ) -> (PeerWatcher, mpsc::UnboundedReceiver<ViewUpdate>) {
+        Self::spawn_with(store, config, settings, Some(snapshot.listing))
+    }
+
+    fn spawn_with<S: Store>(
+        store: Arc<S>,
+        config: Option<ClusterConfig>,
+        settings: WatcherSettings,
+        first: Option<Listing>,
+    ) -> (PeerWatcher, mpsc::UnboundedReceiver<ViewUpdate>) {
         let shared = Arc::new(Shared {
             status: Mutex::default(),
             view: watch::Sender::new(Arc::default()),
@@ -101,6 +125,7 @@ impl PeerWatcher {
             updates,
             keys: BTreeMap::new(),
             counted: HashSet::new(),
+            first,
         };
         let handle = tokio::spawn(follower.run());
         (PeerWatcher { handle, shared }, receiver)
@@ -149,6 +174,8 @@ struct Follower<S> {
     updates: mpsc::UnboundedSender<ViewUpdate>,
     keys: BTreeMap<String, KeyValue>,
     counted: HashSet<(String, Revision, BadDataReason)>,
+    /// The listing to start from instead of reading one (a start's snapshot).
+    first: Option<Listing>,
 }
 
 impl<S: Store> Follower<S> {
@@ -182,7 +209,10 @@ impl<S: Store> Follower<S> {
 
     /// Lists, then watches; returns only with the error that ended the watch.
     async fn follow(&mut self) -> Result<std::convert::Infallible, StoreError> {
-        let listing = self.store.list(ROOT).await?;
+        let listing = match self.first.take() {
+            Some(listing) => listing,
+            None => self.store.list(ROOT).await?,
+        };
         self.set_status(true, None);
         self.keys = listing
             .entries
@@ -197,7 +227,12 @@ impl<S: Store> Follower<S> {
         let mut watch = self.store.watch(ROOT, listing.revision + 1).await?;
         let mut revision = listing.revision;
         loop {
-            let events = watch.next().await?;
+            let mut events = watch.next().await?;
+            // Hosts starting together send a batch each: take every batch
+            // that is here already and build the view once for all of them.
+            while let Some(more) = ready_now(watch.next()) {
+                events.extend(more?);
+            }
             let mut relevant = false;
             for event in events {
                 if !is_peer_key(event.key()) {
@@ -258,6 +293,19 @@ impl<S: Store> Follower<S> {
         if error.is_some() {
             status.last_error = error;
         }
+    }
+}
+
+/// The output of `future` if it is ready at its first poll. For a future
+/// that is safe to drop unfinished (a watch's `next`: nothing is lost).
+fn ready_now<F: Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(output) => Some(output),
+        Poll::Pending => None,
     }
 }
 
