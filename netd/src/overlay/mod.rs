@@ -168,6 +168,14 @@ impl OverlayService {
     /// ensures each peer's route. Returns what it did and what failed (one
     /// sentence each).
     pub async fn reconcile(&self, section: Option<&OverlayConfig>) -> (Vec<Action>, Vec<String>) {
+        self.apply(section, RouteCheck::All).await
+    }
+
+    async fn apply(
+        &self,
+        section: Option<&OverlayConfig>,
+        route_check: RouteCheck,
+    ) -> (Vec<Action>, Vec<String>) {
         let mut actions = Vec::new();
         let mut errors = Vec::new();
         let mut applied = self.applied.lock().await;
@@ -210,12 +218,15 @@ impl OverlayService {
             }
         }
 
-        let routed = match self.routed_subnets(&nl).await {
-            Ok(r) => r,
-            Err(e) => {
-                errors.push(e.to_string());
-                Vec::new()
-            }
+        let routed = match route_check {
+            RouteCheck::All => match self.routed_subnets(&nl).await {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    errors.push(e.to_string());
+                    Some(Vec::new())
+                }
+            },
+            RouteCheck::ChangedPeers => None,
         };
         for peer in wanted.values() {
             let before = applied.get(&peer.public_key).cloned();
@@ -237,6 +248,7 @@ impl OverlayService {
                     }
                 }
                 applied.insert(peer.public_key, peer.clone());
+                let Some(routed) = &routed else { continue };
                 for subnet in peer.subnets.iter().filter(|s| !routed.contains(s)) {
                     match self.route(&nl, *subnet).await {
                         Ok(()) => actions.push(Action::new(
@@ -475,7 +487,10 @@ impl OverlayService {
     pub async fn set_store_peers(&self, peers: Vec<OverlayPeer>) -> (Vec<Action>, Vec<String>) {
         self.mark_cluster_managed();
         *self.from_store.lock().unwrap_or_else(|e| e.into_inner()) = peers;
-        self.reconcile(None).await
+        // A view comes with every change of any host (a storm of them when a
+        // cluster starts): the routes of peers it does not change are left to
+        // the periodic check rather than dumped from the kernel each time.
+        self.apply(None, RouteCheck::ChangedPeers).await
     }
 
     /// Sends a handshake initiation to every applied peer with an endpoint.
@@ -512,4 +527,13 @@ impl OverlayService {
             .filter_map(|r| r.destination)
             .collect())
     }
+}
+
+/// Which peers' routes an apply checks against the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RouteCheck {
+    /// Every wanted peer's: a reconciliation restores any that is missing.
+    All,
+    /// Only those of peers it sets (a view from the store).
+    ChangedPeers,
 }
