@@ -39,9 +39,9 @@ use std::time::{Duration, Instant};
 
 use ::overlay::cluster::{
     ClusterError, HostAdvert, HostId, HostRecord, LivenessTask, Member, PeerView, PeerWatcher,
-    ViewUpdate, WatcherSettings,
+    Snapshot, ViewUpdate, WatcherSettings,
 };
-use ::overlay::store::EtcdStore;
+use ::overlay::store::{EtcdStore, Listing};
 use plumb::Netns;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -51,8 +51,7 @@ pub use reservation::{Reservation, RESERVATION_FILE};
 pub use saved_view::{SavedView, SAVED_VIEW_FILE};
 pub use start::open_store;
 use start::{
-    advertised_endpoint, apply_reservation, check_given_subnets, existing_record, hostname,
-    member_of, Start,
+    advertised_endpoint, apply_reservation, check_given_subnets, hostname, member_of, Start,
 };
 
 use crate::action::Action;
@@ -83,6 +82,10 @@ pub struct ClusterHost {
     views: watch::Sender<Arc<PeerView>>,
     liveness: Mutex<Option<LivenessTask>>,
     watcher: Mutex<Option<PeerWatcher>>,
+    /// The join's listing, which the watcher starts from (taken by `follow`).
+    join_snapshot: Mutex<Option<Snapshot>>,
+    /// The names keys of that listing, which the names follower starts from.
+    names_at_join: Mutex<Option<Listing>>,
     applied: Mutex<AppliedStats>,
     names_counters: names::NamesCounters,
     left: watch::Sender<bool>,
@@ -133,13 +136,16 @@ impl ClusterHost {
             saved: Reservation::read(&config.state_dir)?.filter(|r| r.host_id == id.as_str()),
             id,
         };
-        let cluster = match ::overlay::cluster::read_config(start.store.as_ref()).await {
-            Ok(cluster) => cluster,
+        // One listing serves the config, this host's record, the join and
+        // the watcher's first view.
+        let snapshot = match Snapshot::read(start.store.as_ref()).await {
+            Ok(snapshot) => snapshot,
             Err(ClusterError::Store { source, .. }) if source.is_transient() => {
                 return offline::start(config, host_ns, start, source);
             }
             Err(e) => return Err(e.into()),
         };
+        let cluster = snapshot.config()?;
         let endpoint = advertised_endpoint(config, &start.settings, host_ns, cluster.overlay_port)?;
         let advert = HostAdvert {
             name: start.name.clone(),
@@ -148,12 +154,11 @@ impl ClusterHost {
         };
         let member = member_of(config, &start);
         // Refuse a `subnet` key before writing anything to the store.
-        let held = existing_record(start.store.as_ref(), &start.id).await?;
-        check_given_subnets(config, held.as_ref())?;
+        check_given_subnets(config, snapshot.record(&start.id).as_ref())?;
         // A host whose record went while it was away takes its old
         // subnets back when they are free.
         let kept = start.saved.as_ref().map(|r| r.kept(false));
-        let record = member.join_keeping(&advert, kept.as_ref()).await?;
+        let record = member.join_from(&snapshot, &advert, kept.as_ref()).await?;
         apply_reservation(config, &record, &cluster)?;
         Reservation::of(&record, &cluster).write(&config.state_dir)?;
         tracing::info!(
@@ -165,7 +170,7 @@ impl ClusterHost {
             key_epoch = record.key_epoch,
             "joined the cluster"
         );
-        Ok(ClusterHost::new(
+        let host = ClusterHost::new(
             config,
             start,
             member,
@@ -174,7 +179,11 @@ impl ClusterHost {
             cluster,
             PeerView::default(),
             true,
-        ))
+        );
+        *host.names_at_join.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(snapshot.under(::overlay::cluster::records::NAMES));
+        *host.join_snapshot.lock().unwrap_or_else(|e| e.into_inner()) = Some(snapshot);
+        Ok(host)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -202,6 +211,8 @@ impl ClusterHost {
             views: watch::Sender::new(Arc::new(view)),
             liveness: Mutex::new(None),
             watcher: Mutex::new(None),
+            join_snapshot: Mutex::new(None),
+            names_at_join: Mutex::new(None),
             applied: Mutex::new(AppliedStats::default()),
             names_counters: names::NamesCounters::default(),
             left: watch::channel(false).0,
@@ -251,17 +262,27 @@ impl ClusterHost {
         F: Fn(Vec<OverlayPeer>) -> Fut,
         Fut: Future<Output = (Vec<Action>, Vec<String>)>,
     {
-        let (watcher, mut updates) = PeerWatcher::spawn(
+        let first = self
+            .join_snapshot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let (store, config, settings) = (
             self.store.clone(),
             Some(self.cluster.clone()),
             WatcherSettings::default(),
         );
+        let (watcher, mut updates) = match first {
+            Some(snapshot) => PeerWatcher::spawn_from(store, config, settings, snapshot),
+            None => PeerWatcher::spawn(store, config, settings),
+        };
         // Every view the watcher builds, also those that change nothing a
         // peer needs (a reservation refreshed): the reclaim sweep reads
         // reservation ends from it. The saved view stays until the first.
         let mut built = watcher.views();
         *self.watcher.lock().unwrap_or_else(|e| e.into_inner()) = Some(watcher);
-        let mut saver = saved_view::ViewSaver::new(&self.state_dir, self.id());
+        let mut saver =
+            saved_view::ViewSaver::new(&self.state_dir, self.id(), saved_view::FIRST_SAVE_AFTER);
         let mut last_apply = None;
         loop {
             let due = saver.due();

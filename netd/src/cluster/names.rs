@@ -20,7 +20,9 @@ use std::time::Duration;
 
 use ::overlay::cluster::records::{names_key, NAMES};
 use ::overlay::cluster::HostId;
-use ::overlay::store::{KeyValue, Operation, Revision, Store, StoreError, Txn, Watch, WatchEvent};
+use ::overlay::store::{
+    KeyValue, Listing, Operation, Revision, Store, StoreError, Txn, Watch, WatchEvent,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Notify};
 
@@ -71,9 +73,20 @@ impl ClusterHost {
         changed: Arc<Notify>,
         stopped: watch::Receiver<bool>,
     ) {
+        let first = self
+            .names_at_join
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let key = names_key(self.id());
+        // No names key of ours at the join: an empty list need not be put
+        // (a new host, or one whose last names ended with its lease).
+        let stored_nothing = first
+            .as_ref()
+            .is_some_and(|l| l.entries.iter().all(|kv| kv.key != key));
         tokio::join!(
-            self.publish_names(&table, &changed, stopped.clone()),
-            self.follow_names(&table, stopped),
+            self.publish_names(&table, &changed, stored_nothing, stopped.clone()),
+            self.follow_names(&table, first, stopped),
         );
     }
 
@@ -92,6 +105,7 @@ impl ClusterHost {
         &self,
         table: &NameTable,
         changed: &Notify,
+        stored_nothing: bool,
         mut stopped: watch::Receiver<bool>,
     ) {
         let key = names_key(self.id());
@@ -99,6 +113,12 @@ impl ClusterHost {
         loop {
             let lease = self.member.liveness_lease().await;
             let value = self.local_names(table);
+            if let (Some(lease), None) = (lease, &written) {
+                if stored_nothing && value.names.is_empty() {
+                    // No key is the same as an empty list to the others.
+                    written = Some((value.clone(), lease));
+                }
+            }
             if let Some(lease) = lease {
                 if written.as_ref() != Some(&(value.clone(), lease)) {
                     match self.put_names(&key, &value, lease).await {
@@ -164,12 +184,18 @@ impl ClusterHost {
     }
 
     /// List at R, watch from R+1, list again after compaction or an error.
-    async fn follow_names(&self, table: &NameTable, mut stopped: watch::Receiver<bool>) {
+    /// `first`: the names keys of the join's listing, to start from.
+    async fn follow_names(
+        &self,
+        table: &NameTable,
+        mut first: Option<Listing>,
+        mut stopped: watch::Receiver<bool>,
+    ) {
         let mut remote = RemoteNames::new(self.name.clone(), names_key(self.id()));
         let mut backoff = Duration::from_millis(200);
         loop {
             let error = tokio::select! {
-                e = self.follow_names_once(table, &mut remote) => e,
+                e = self.follow_names_once(table, first.take(), &mut remote) => e,
                 _ = stopped.changed() => return,
             };
             self.names_counters.relists.fetch_add(1, Ordering::Relaxed);
@@ -186,10 +212,18 @@ impl ClusterHost {
         }
     }
 
-    async fn follow_names_once(&self, table: &NameTable, remote: &mut RemoteNames) -> StoreError {
-        let listing = match self.store.list(NAMES).await {
-            Ok(l) => l,
-            Err(e) => return e,
+    async fn follow_names_once(
+        &self,
+        table: &NameTable,
+        first: Option<Listing>,
+        remote: &mut RemoteNames,
+    ) -> StoreError {
+        let listing = match first {
+            Some(listing) => listing,
+            None => match self.store.list(NAMES).await {
+                Ok(l) => l,
+                Err(e) => return e,
+            },
         };
         let keys = listing
             .entries

@@ -20,6 +20,11 @@ pub const SAVED_VIEW_FILE: &str = "cluster-view.json";
 /// every liveness flap of every host; the file only needs to be recent.
 pub const SAVE_EVERY: Duration = Duration::from_secs(5);
 
+/// How long a start's views are only kept before the first is written: a
+/// start (and every host of a cluster starting at once) brings a burst of
+/// views, and only the one after it is worth a write and its fsync.
+pub const FIRST_SAVE_AFTER: Duration = Duration::from_secs(2);
+
 /// The view and whose it is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SavedView {
@@ -71,30 +76,32 @@ impl SavedView {
     }
 }
 
-/// Writes the views it is given, at most once per [`SAVE_EVERY`]; a view
-/// given in between is written when the next one comes or by [`flush`].
+/// Writes the views it is given, the first no sooner than `first_after`
+/// from its making and then at most once per [`SAVE_EVERY`]; a view given
+/// in between is written when the next one comes or by [`flush`].
 ///
 /// [`flush`]: ViewSaver::flush
 pub struct ViewSaver {
     state_dir: std::path::PathBuf,
     id: HostId,
-    last: Option<Instant>,
+    /// When the next write may be.
+    next: Instant,
     pending: Option<Arc<PeerView>>,
 }
 
 impl ViewSaver {
-    pub fn new(state_dir: &Path, id: &HostId) -> ViewSaver {
+    pub fn new(state_dir: &Path, id: &HostId, first_after: Duration) -> ViewSaver {
         ViewSaver {
             state_dir: state_dir.to_path_buf(),
             id: id.clone(),
-            last: None,
+            next: Instant::now() + first_after,
             pending: None,
         }
     }
 
-    /// Saves `view` now, or keeps it for later when one was saved recently.
+    /// Saves `view` now, or keeps it for later when it is too soon.
     pub fn offer(&mut self, view: Arc<PeerView>) {
-        if self.last.is_some_and(|t| t.elapsed() < SAVE_EVERY) {
+        if Instant::now() < self.next {
             self.pending = Some(view);
             return;
         }
@@ -104,7 +111,7 @@ impl ViewSaver {
     /// When a kept view is due: the caller waits for this, then flushes.
     pub fn due(&self) -> Option<Instant> {
         self.pending.as_ref()?;
-        Some(self.last.map_or_else(Instant::now, |t| t + SAVE_EVERY))
+        Some(self.next)
     }
 
     /// Saves the view kept for later, if any.
@@ -115,7 +122,7 @@ impl ViewSaver {
     }
 
     fn save(&mut self, view: &PeerView) {
-        self.last = Some(Instant::now());
+        self.next = Instant::now() + SAVE_EVERY;
         self.pending = None;
         // A failed save only costs a start without the store: say so, go on.
         if let Err(e) = SavedView::write(&self.state_dir, &self.id, view) {
@@ -153,7 +160,7 @@ mod tests {
     #[test]
     fn views_in_quick_succession_are_written_once_now_and_once_when_due() {
         let dir = tempfile::tempdir().unwrap();
-        let mut saver = ViewSaver::new(dir.path(), &id());
+        let mut saver = ViewSaver::new(dir.path(), &id(), Duration::ZERO);
         let view = |revision| {
             Arc::new(PeerView {
                 revision,
@@ -176,5 +183,21 @@ mod tests {
         saver.flush();
         assert_eq!(read(), 3, "the latest kept view is written");
         assert_eq!(saver.due(), None);
+    }
+
+    #[test]
+    fn a_start_s_first_views_are_kept_until_the_first_save_is_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut saver = ViewSaver::new(dir.path(), &id(), Duration::from_secs(60));
+        saver.offer(Arc::new(PeerView {
+            revision: 7,
+            ..PeerView::default()
+        }));
+        assert_eq!(SavedView::read(dir.path(), &id()).unwrap(), None);
+        let due = saver.due().expect("a kept view");
+        assert!(due > Instant::now() + Duration::from_secs(50));
+        saver.flush();
+        let saved = SavedView::read(dir.path(), &id()).unwrap().unwrap();
+        assert_eq!(saved.view.revision, 7, "a stop still writes it");
     }
 }

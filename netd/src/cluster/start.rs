@@ -75,21 +75,6 @@ pub(super) fn member_of(config: &Config, start: &Start) -> Arc<Member<EtcdStore>
     ))
 }
 
-/// This host's record in the store, if it has one (unreadable: none).
-pub(super) async fn existing_record(store: &EtcdStore, id: &HostId) -> Result<Option<HostRecord>> {
-    use ::overlay::store::Store;
-    let key = ::overlay::cluster::records::host_key(id);
-    let listing = store
-        .list(&key)
-        .await
-        .map_err(|e| Error::Setup(format!("cluster: read this host's record {key}: {e}")))?;
-    Ok(listing
-        .entries
-        .iter()
-        .find(|kv| kv.key == key)
-        .and_then(|kv| serde_json::from_slice(&kv.value).ok()))
-}
-
 /// `subnet`/`subnet6` keys are allowed only when they name the reservation
 /// this host already holds: a new host gets its subnets from the store.
 pub(super) fn check_given_subnets(config: &Config, held: Option<&HostRecord>) -> Result<()> {

@@ -27,6 +27,7 @@ pub async fn run_from(args: ConfigArgs) -> Result<()> {
 }
 
 async fn run_with(mut config: Config, peers: PeerSource) -> Result<()> {
+    tracing::debug!("starting");
     raise_open_file_limit();
     // With a store, the subnets and the overlay come from the cluster.
     let cluster = match &config.cluster.store {
@@ -54,9 +55,23 @@ async fn run_with(mut config: Config, peers: PeerSource) -> Result<()> {
                 overlay.greet_peers().await;
             }
         }
-        cluster.go_alive().await?;
     }
-    let report = daemon.reconcile().await?;
+    let (stop, stopped) = watch::channel(false);
+    // The peers are followed from here on, while the host is reconciled:
+    // the overlay device is up, and its applies and the reconciliation take
+    // turns on the overlay's lock.
+    let follower = cluster
+        .clone()
+        .map(|cluster| tokio::spawn(follow_cluster(cluster, daemon.clone(), stopped.clone())));
+    // Going alive (two writes to the store) need not wait for the bridge.
+    let report = match &cluster {
+        Some(cluster) => {
+            let (alive, report) = tokio::join!(cluster.go_alive(), daemon.reconcile());
+            alive?;
+            report?
+        }
+        None => daemon.reconcile().await?,
+    };
     tracing::info!(
         actions = report.actions.len(),
         errors = report.errors.len(),
@@ -68,7 +83,6 @@ async fn run_with(mut config: Config, peers: PeerSource) -> Result<()> {
     // the gateway) stops netd here with the reason; later reconciliations
     // start it again when the bridge is made anew.
     daemon.ensure_names_server().await?;
-    let (stop, stopped) = watch::channel(false);
     let metrics = match config.metrics_addr {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
@@ -90,21 +104,6 @@ async fn run_with(mut config: Config, peers: PeerSource) -> Result<()> {
     tracing::info!(socket = %config.socket.display(), "serving the API");
     let api = tokio::spawn(server::serve(daemon.clone(), listener, stopped.clone()));
     let checker = tokio::spawn(check_periodically(daemon.clone(), stopped.clone()));
-    let follower = cluster.clone().map(|cluster| {
-        let d = daemon.clone();
-        tokio::spawn(cluster.follow(
-            move |peers| {
-                let d = d.clone();
-                async move {
-                    match d.overlay() {
-                        Some(overlay) => overlay.set_store_peers(peers).await,
-                        None => (Vec::new(), vec!["the overlay is off".to_string()]),
-                    }
-                }
-            },
-            stopped.clone(),
-        ))
-    });
     let names_sharer =
         match (&cluster, daemon.names_sharing()) {
             (Some(cluster), Some((table, changed))) => Some(tokio::spawn(
@@ -167,6 +166,28 @@ async fn run_with(mut config: Config, peers: PeerSource) -> Result<()> {
     }
     let _ = std::fs::remove_file(&config.socket);
     Ok(())
+}
+
+/// Applies each view of the cluster to the overlay until `stopped`.
+async fn follow_cluster(
+    cluster: Arc<ClusterHost>,
+    daemon: Arc<Daemon>,
+    stopped: watch::Receiver<bool>,
+) {
+    cluster
+        .follow(
+            move |peers| {
+                let daemon = daemon.clone();
+                async move {
+                    match daemon.overlay() {
+                        Some(overlay) => overlay.set_store_peers(peers).await,
+                        None => (Vec::new(), vec!["the overlay is off".to_string()]),
+                    }
+                }
+            },
+            stopped,
+        )
+        .await
 }
 
 /// Each port relayed from `[::1]` and each connection relayed holds
