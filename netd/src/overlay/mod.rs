@@ -54,6 +54,9 @@ pub struct OverlayService {
     incarnations: std::sync::Mutex<BTreeMap<PublicKey, i64>>,
     /// Where the device's private key is kept (rewritten by a rotation).
     key_file: std::path::PathBuf,
+    /// One netlink connection to `host` for every apply and check (a view
+    /// is applied at every change of any host).
+    netlink: Netlink,
 }
 
 impl std::fmt::Debug for OverlayService {
@@ -87,7 +90,11 @@ impl OverlayService {
                 e,
             )
         })?;
+        let netlink = Netlink::open(host)
+            .await
+            .ctx(|| format!("overlay: open netlink in {}", host.label()))?;
         Ok(OverlayService {
+            netlink,
             host: host.clone(),
             interface: section.interface.clone(),
             cluster_range: section.cluster_range,
@@ -185,16 +192,7 @@ impl OverlayService {
                 section.peers.iter().map(OverlayPeer::from_static).collect();
         }
         let wanted = self.wanted();
-        let nl = match Netlink::open(&self.host).await {
-            Ok(nl) => nl,
-            Err(e) => {
-                errors.push(format!(
-                    "overlay: open netlink in {}: {e}",
-                    self.host.label()
-                ));
-                return (actions, errors);
-            }
-        };
+        let nl = &self.netlink;
         let gone: Vec<OverlayPeer> = applied
             .values()
             .filter(|p| !wanted.contains_key(&p.public_key))
@@ -206,7 +204,7 @@ impl OverlayService {
             .filter_map(|p| p.host.as_ref().map(|h| h.id.clone()))
             .collect();
         for peer in gone {
-            match self.remove(&nl, &peer).await {
+            match self.remove(nl, &peer).await {
                 Ok(()) => {
                     applied.remove(&peer.public_key);
                     actions.push(Action::new(
@@ -219,7 +217,7 @@ impl OverlayService {
         }
 
         let routed = match route_check {
-            RouteCheck::All => match self.routed_subnets(&nl).await {
+            RouteCheck::All => match self.routed_subnets(nl).await {
                 Ok(r) => Some(r),
                 Err(e) => {
                     errors.push(e.to_string());
@@ -250,7 +248,7 @@ impl OverlayService {
                 applied.insert(peer.public_key, peer.clone());
                 let Some(routed) = &routed else { continue };
                 for subnet in peer.subnets.iter().filter(|s| !routed.contains(s)) {
-                    match self.route(&nl, *subnet).await {
+                    match self.route(nl, *subnet).await {
                         Ok(()) => actions.push(Action::new(
                             "overlay_route_restored",
                             format!(
@@ -263,7 +261,7 @@ impl OverlayService {
                 }
                 continue;
             }
-            match self.set(&nl, peer, before.as_ref()).await {
+            match self.set(nl, peer, before.as_ref()).await {
                 Ok(()) => {
                     let (kind, verb) = match before {
                         Some(_) => ("overlay_peer_changed", "changed"),
@@ -294,10 +292,7 @@ impl OverlayService {
 
     /// Some(reason) when a peer's route is missing: the quick check's part.
     pub async fn needs_reconcile(&self) -> Result<Option<&'static str>> {
-        let nl = Netlink::open(&self.host)
-            .await
-            .ctx(|| format!("open netlink in {}", self.host.label()))?;
-        let routed = self.routed_subnets(&nl).await?;
+        let routed = self.routed_subnets(&self.netlink).await?;
         let applied = self.applied.lock().await;
         Ok(applied
             .values()

@@ -183,13 +183,44 @@ pub struct Rejection {
     pub detail: String,
 }
 
+/// Host records as parsed at their revision: a watcher rebuilds the view at
+/// every change of any host, and parsing every record again each time was
+/// most of a start storm's cost (50 hosts: thousands of parses per host).
+#[derive(Default)]
+pub struct RecordCache {
+    parsed: HashMap<String, (Revision, Result<HostRecord, String>)>,
+}
+
+impl RecordCache {
+    /// The record in `kv`, parsed once per revision of its key.
+    fn record(&mut self, kv: &KeyValue) -> Result<HostRecord, String> {
+        match self.parsed.get(&kv.key) {
+            Some((revision, parsed)) if *revision == kv.mod_revision => parsed.clone(),
+            _ => {
+                let parsed = serde_json::from_slice(&kv.value).map_err(|e| e.to_string());
+                self.parsed
+                    .insert(kv.key.clone(), (kv.mod_revision, parsed.clone()));
+                parsed
+            }
+        }
+    }
+
+    /// Forgets records whose keys are gone.
+    fn keep_only(&mut self, keys: &BTreeMap<String, KeyValue>) {
+        self.parsed.retain(|key, _| keys.contains_key(key));
+    }
+}
+
 /// Builds the view from the raw keys under `/weft/v1/`. `pinned` is the config
-/// the cluster runs with (None: take the stored one). Returns what it ignored.
+/// the cluster runs with (None: take the stored one); `cache` holds the
+/// records parsed for earlier views. Returns what it ignored.
 pub fn build(
     keys: &BTreeMap<String, KeyValue>,
     pinned: Option<&ClusterConfig>,
     revision: Revision,
+    cache: &mut RecordCache,
 ) -> (PeerView, Vec<Rejection>) {
+    cache.keep_only(keys);
     let mut rejections = Vec::new();
     let mut reject = |kv: &KeyValue, reason, detail: String| {
         rejections.push(Rejection {
@@ -239,10 +270,10 @@ pub fn build(
         .range(HOSTS.to_string()..)
         .take_while(|(k, _)| k.starts_with(HOSTS))
     {
-        let record: HostRecord = match serde_json::from_slice(&kv.value) {
+        let record = match cache.record(kv) {
             Ok(r) => r,
             Err(e) => {
-                reject(kv, BadDataReason::NotJson, e.to_string());
+                reject(kv, BadDataReason::NotJson, e);
                 continue;
             }
         };
@@ -386,6 +417,62 @@ mod tests {
 
     fn net(s: &str) -> IpNetwork {
         s.parse().unwrap()
+    }
+
+    fn put(keys: &mut BTreeMap<String, KeyValue>, key: String, value: Vec<u8>, revision: Revision) {
+        keys.insert(
+            key.clone(),
+            KeyValue {
+                key,
+                value,
+                create_revision: revision,
+                mod_revision: revision,
+                lease: None,
+            },
+        );
+    }
+
+    #[test]
+    fn cached_records_are_read_again_when_their_key_changes_and_forgotten_when_it_goes() {
+        use super::super::checks::example_config;
+        use super::super::records::{host_key, subnet_key};
+        let config = example_config();
+        let id: HostId = "0123456789abcdef0123456789abcdef".parse().unwrap();
+        let key = crate::PrivateKey::generate().unwrap().public_key();
+        let record = |name: &str| HostRecord {
+            id: id.clone(),
+            name: name.into(),
+            public_key: key.to_base64(),
+            key_epoch: 1,
+            endpoint: Some("198.18.0.1:51820".into()),
+            ipv4_subnet: "10.99.3.0/24".parse().unwrap(),
+            ipv6_subnet: None,
+            reserved_until: 0,
+        };
+        let mut keys = BTreeMap::new();
+        let mut cache = RecordCache::default();
+        put(
+            &mut keys,
+            subnet_key(net("10.99.3.0/24")),
+            id.as_str().into(),
+            2,
+        );
+        put(&mut keys, host_key(&id), record("a").to_json(), 2);
+        let (view, _) = build(&keys, Some(&config), 2, &mut cache);
+        assert_eq!(view.hosts[&id].name, "a");
+        put(&mut keys, host_key(&id), record("b").to_json(), 3);
+        let (view, _) = build(&keys, Some(&config), 3, &mut cache);
+        assert_eq!(view.hosts[&id].name, "b", "a new revision is parsed again");
+        put(&mut keys, host_key(&id), b"not json".to_vec(), 4);
+        for revision in [4, 5] {
+            let (view, rejected) = build(&keys, Some(&config), revision, &mut cache);
+            assert!(view.hosts.is_empty());
+            assert_eq!(rejected.len(), 1, "rejected at each build, parsed once");
+            assert_eq!(rejected[0].reason, BadDataReason::NotJson);
+        }
+        keys.remove(&host_key(&id));
+        build(&keys, Some(&config), 6, &mut cache);
+        assert!(cache.parsed.is_empty(), "a gone key is forgotten");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::records::{ClusterConfig, NAMES, ROOT};
-use super::view::{build, BadDataReason, PeerView, ViewDiff};
+use super::view::{build, BadDataReason, PeerView, RecordCache, ViewDiff};
 use super::Snapshot;
 use crate::store::{KeyValue, Listing, Revision, Store, StoreError, Watch, WatchEvent};
 
@@ -126,6 +126,7 @@ impl PeerWatcher {
             keys: BTreeMap::new(),
             counted: HashSet::new(),
             first,
+            records: RecordCache::default(),
         };
         let handle = tokio::spawn(follower.run());
         (PeerWatcher { handle, shared }, receiver)
@@ -176,6 +177,7 @@ struct Follower<S> {
     counted: HashSet<(String, Revision, BadDataReason)>,
     /// The listing to start from instead of reading one (a start's snapshot).
     first: Option<Listing>,
+    records: RecordCache,
 }
 
 impl<S: Store> Follower<S> {
@@ -256,7 +258,12 @@ impl<S: Store> Follower<S> {
     }
 
     fn publish(&mut self, revision: Revision) {
-        let (view, rejections) = build(&self.keys, self.pinned.as_ref(), revision);
+        let (view, rejections) = build(
+            &self.keys,
+            self.pinned.as_ref(),
+            revision,
+            &mut self.records,
+        );
         if self.pinned.is_none() {
             self.pinned = view.config.clone();
         }
