@@ -546,3 +546,41 @@ async fn a_join_from_a_snapshot_that_lost_its_pick_takes_another_subnet() {
         b.leave().await.unwrap();
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_burst_of_joins_is_built_into_few_views_and_a_lone_change_at_once() {
+    let store = Arc::new(MemoryStore::new());
+    init(&*store, &config()).await.unwrap();
+    let clock = clock();
+    let (watcher, mut updates) =
+        PeerWatcher::spawn(store.clone(), Some(config()), WatcherSettings::default());
+    // Quiet for a while (the first, empty, listing sends no update): the
+    // first change is built at once.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let started = tokio::time::Instant::now();
+    member(&store, &clock).join(&advert("first")).await.unwrap();
+    let update = updates.recv().await.unwrap();
+    assert_eq!(update.diff.added.len(), 1);
+    assert_eq!(
+        started.elapsed(),
+        Duration::ZERO,
+        "no wait after a quiet spell"
+    );
+    // Twenty more joins, one write each, 1 ms apart: a handful of views.
+    for i in 0..20 {
+        member(&store, &clock)
+            .join(&advert(&format!("h{i}")))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    until(&watcher, "21 hosts", |v| v.hosts.len() == 21).await;
+    let mut views = 0;
+    let mut added = 0;
+    while let Ok(update) = updates.try_recv() {
+        views += 1;
+        added += update.diff.added.len();
+    }
+    assert_eq!(added, 20, "every host in some view");
+    assert!(views <= 3, "{views} views for 20 joins within 21 ms");
+}

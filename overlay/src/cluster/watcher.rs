@@ -5,14 +5,13 @@
 //! are skipped without rebuilding it (netd follows them on its own).
 
 use std::collections::{BTreeMap, HashSet};
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use super::records::{ClusterConfig, NAMES, ROOT};
 use super::view::{build, BadDataReason, PeerView, RecordCache, ViewDiff};
@@ -29,6 +28,10 @@ pub struct WatcherSettings {
     /// For tests: a pause between the first listing and its watch, in which a
     /// test compacts the store to drive the watcher through a re-list.
     pub hold_after_first_list: Option<Duration>,
+    /// The shortest time between two views built while changes keep coming
+    /// (a view is built from every key: in a storm of starts, once per
+    /// batch would be quadratic).
+    pub build_gap: Duration,
 }
 
 impl Default for WatcherSettings {
@@ -37,6 +40,7 @@ impl Default for WatcherSettings {
             backoff_min: Duration::from_millis(200),
             backoff_max: Duration::from_secs(5),
             hold_after_first_list: None,
+            build_gap: Duration::from_millis(50),
         }
     }
 }
@@ -228,33 +232,49 @@ impl<S: Store> Follower<S> {
         }
         let mut watch = self.store.watch(ROOT, listing.revision + 1).await?;
         let mut revision = listing.revision;
+        // Hosts starting together bring a batch each: a change after a quiet
+        // spell is built into a view at once, later ones at most every
+        // `build_gap`, each view taking every batch that came meanwhile.
+        let gap = self.settings.build_gap;
+        let mut built = Instant::now();
+        let mut unbuilt = false;
         loop {
-            let mut events = watch.next().await?;
-            // Hosts starting together send a batch each: take every batch
-            // that is here already and build the view once for all of them.
-            while let Some(more) = ready_now(watch.next()) {
-                events.extend(more?);
-            }
-            let mut relevant = false;
-            for event in events {
-                if !is_peer_key(event.key()) {
-                    continue;
+            let events = if unbuilt {
+                tokio::select! {
+                    events = watch.next() => events?,
+                    () = tokio::time::sleep_until(built + gap) => Vec::new(),
                 }
-                relevant = true;
-                revision = revision.max(event.revision());
-                match event {
-                    WatchEvent::Put(kv) => {
-                        self.keys.insert(kv.key.clone(), kv);
-                    }
-                    WatchEvent::Delete { key, .. } => {
-                        self.keys.remove(&key);
-                    }
-                }
-            }
-            if relevant {
+            } else {
+                watch.next().await?
+            };
+            unbuilt |= self.take(events, &mut revision);
+            if unbuilt && built.elapsed() >= gap {
                 self.publish(revision);
+                built = Instant::now();
+                unbuilt = false;
             }
         }
+    }
+
+    /// Applies watch events to the keys; true when a peer key changed.
+    fn take(&mut self, events: Vec<WatchEvent>, revision: &mut Revision) -> bool {
+        let mut relevant = false;
+        for event in events {
+            if !is_peer_key(event.key()) {
+                continue;
+            }
+            relevant = true;
+            *revision = (*revision).max(event.revision());
+            match event {
+                WatchEvent::Put(kv) => {
+                    self.keys.insert(kv.key.clone(), kv);
+                }
+                WatchEvent::Delete { key, .. } => {
+                    self.keys.remove(&key);
+                }
+            }
+        }
+        relevant
     }
 
     fn publish(&mut self, revision: Revision) {
@@ -300,19 +320,6 @@ impl<S: Store> Follower<S> {
         if error.is_some() {
             status.last_error = error;
         }
-    }
-}
-
-/// The output of `future` if it is ready at its first poll. For a future
-/// that is safe to drop unfinished (a watch's `next`: nothing is lost).
-fn ready_now<F: Future>(future: F) -> Option<F::Output> {
-    let mut future = std::pin::pin!(future);
-    match future
-        .as_mut()
-        .poll(&mut Context::from_waker(Waker::noop()))
-    {
-        Poll::Ready(output) => Some(output),
-        Poll::Pending => None,
     }
 }
 

@@ -250,7 +250,7 @@ pub trait Watch: Send {
     /// The next batch of changes (never empty). An error ends the watch:
     /// [`StoreError::Compacted`] or a transient error mean "list again".
     /// Cancel safe: a `next` dropped before it is ready loses no change (the
-    /// watcher polls it once to take batches that are already here).
+    /// watcher waits for it and a timer together).
     fn next(&mut self) -> impl Future<Output = Result<Vec<WatchEvent>, StoreError>> + Send;
 }
 
