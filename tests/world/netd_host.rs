@@ -143,11 +143,27 @@ impl NetdHost {
     /// Starts `netd run --config netd.toml EXTRA…` in the host without
     /// waiting for it (many hosts starting at once); see [`NetdHost::wait_ready`].
     pub fn spawn_with(&mut self, extra: &[&str]) -> Result<u32> {
+        let command = self.run_command(&[], extra)?;
+        self.spawn_command(command)
+    }
+
+    /// The `netd run` command [`NetdHost::spawn_with`] starts, run by
+    /// `launcher` when one is given (a program and its first arguments,
+    /// netd's path and arguments following), for [`NetdHost::spawn_command`].
+    pub fn run_command(&self, launcher: &[&str], extra: &[&str]) -> Result<Command> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log_path())?;
-        let mut command = Command::new(workspace_bin("netd"));
+        let netd = workspace_bin("netd");
+        let mut command = match launcher.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(&netd);
+                command
+            }
+            None => Command::new(&netd),
+        };
         command
             .arg("run")
             .arg("--config")
@@ -166,6 +182,11 @@ impl NetdHost {
                 command.env_remove(key);
             }
         }
+        Ok(command)
+    }
+
+    /// Starts `command` (from [`NetdHost::run_command`]) in the host.
+    pub fn spawn_command(&mut self, command: Command) -> Result<u32> {
         let pid = self.host.spawn(command)?;
         self.pid = Some(pid);
         Ok(pid)

@@ -2,6 +2,8 @@
 //! once (static peer lists, or an etcd they join), measured from outside.
 
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -144,6 +146,16 @@ impl Fleet {
     pub fn start_and_converge(&mut self, bound: Duration) -> Result<Convergence> {
         let n = self.netds.len();
         let args: Vec<Vec<String>> = (0..n).map(|i| self.run_args(i)).collect();
+        // Every netd is made first and held before its exec; then all go at
+        // one moment (a start loop would hand the first ones a head start
+        // that grows with what they cost the loop's CPU).
+        let gate = StartGate::new()?;
+        for (netd, args) in self.netds.iter_mut().zip(&args) {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let mut command = netd.run_command(StartGate::LAUNCHER, &args)?;
+            gate.hold(&mut command);
+            netd.spawn_command(command)?;
+        }
         let store_cpu = self
             .etcd
             .as_ref()
@@ -152,10 +164,7 @@ impl Fleet {
             .transpose()?;
         let started = Instant::now();
         self.started_at = Some(std::time::SystemTime::now());
-        for (netd, args) in self.netds.iter_mut().zip(&args) {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            netd.spawn_with(&args)?;
-        }
+        gate.open();
         let deadline = started + bound;
         let k = self.samples.len();
         let addresses: Arc<Mutex<Vec<Option<IpAddr>>>> = Arc::new(Mutex::new(vec![None; k]));
@@ -169,7 +178,7 @@ impl Fleet {
                     let addresses = addresses.clone();
                     let container = sample.map(|s| &self.samples[s].1);
                     scope.spawn(move || -> Result<Duration> {
-                        netd.wait_ready(deadline.saturating_duration_since(Instant::now()))?;
+                        wait_api(netd, deadline)?;
                         if let (Some(s), Some(c)) = (sample, container) {
                             let ip = netd.attach(c, &[]).with_context(|| {
                                 format!("attach a container on {}", netd.host.name)
@@ -331,6 +340,81 @@ impl Fleet {
 /// netd's `--store` value for the world's etcd.
 pub fn store_url() -> String {
     format!("etcd://{ETCD_IP}:{ETCD_PORT}")
+}
+
+/// Holds started netds until [`StartGate::open`]: each is started through
+/// a shell that waits to read a pipe (its descriptor 3) whose write end only
+/// this process holds, then runs netd in its place (same PID); closing the
+/// write end lets every one go at once.
+struct StartGate {
+    read: OwnedFd,
+    write: Option<OwnedFd>,
+}
+
+impl StartGate {
+    /// The launcher [`NetdHost::run_command`] takes: netd and its
+    /// arguments follow as `$@`.
+    const LAUNCHER: &'static [&'static str] = &["sh", "-c", "read -r _ <&3; exec \"$@\"", "sh"];
+
+    fn new() -> Result<StartGate> {
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 writes two descriptors into the array it is given.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("make the start gate's pipe");
+        }
+        // SAFETY: both descriptors were just made and are owned by nothing else.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        Ok(StartGate {
+            read,
+            write: Some(write),
+        })
+    }
+
+    /// Gives `command`'s child the pipe's read end as descriptor 3.
+    fn hold(&self, command: &mut std::process::Command) {
+        let read = self.read.as_raw_fd();
+        // SAFETY: the hook runs in the forked child before exec and calls
+        // only dup2(2), which is async-signal-safe (the copy it makes is
+        // not close-on-exec; the write end is, so the shell never holds it).
+        unsafe {
+            command.pre_exec(move || {
+                if libc::dup2(read, 3) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+
+    /// Lets every held netd go.
+    fn open(mut self) {
+        self.write.take();
+    }
+}
+
+/// Polls netd's API (in this process: no CLI started per look) until it
+/// answers; fails if netd exits or the deadline passes.
+fn wait_api(netd: &NetdHost, deadline: Instant) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let client = netd::api::client::Client::new(netd.socket());
+    let pid = netd.pid.context("netd was not started")?;
+    while Instant::now() < deadline {
+        let status: Result<serde_json::Value, _> = runtime.block_on(client.get("/v1/status"));
+        if status.is_ok() {
+            return Ok(());
+        }
+        if world::has_exited(pid) {
+            bail!(
+                "netd on {} exited during start-up:\n{}",
+                netd.host.name,
+                netd.log_text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("netd on {} did not answer by the deadline", netd.host.name)
 }
 
 /// Polls netd's API until it lists `want` peers.

@@ -30,7 +30,7 @@ use report::{Rest, Row};
 const USAGE: &str = "\
 usage: bench-cluster [--sizes 10,25,50] [--modes static,cluster] [--samples 6] [--window 10]
                      [--converge-bound 60] [--dead-bound 40] [--json FILE]
-                     [--logs DIR] [--log-filter warn]
+                     [--rounds 3] [--logs DIR] [--log-filter warn]
   --sizes           numbers of simulated hosts, one run per size and mode
   --modes           static (the floor: static peer lists) and/or cluster (etcd)
   --samples         hosts that get a container; each pings the next one's (a ring)
@@ -38,7 +38,9 @@ usage: bench-cluster [--sizes 10,25,50] [--modes static,cluster] [--samples 6] [
   --converge-bound  seconds a run may take to converge before it fails
   --dead-bound      seconds to wait for a killed host to be shown dead everywhere
   --json FILE       also write the rows as JSON
-  --logs DIR        keep each netd's log as DIR/<hosts>-<mode>/<host>.log (to see where a
+  --rounds          runs of each size in each mode, taking turns; convergence is compared
+                    as the median of the rounds (one storm of starts on 2 cores varies a lot)
+  --logs DIR        keep each netd's log as DIR/<hosts>-<mode>-<round>/<host>.log (to see where a
                     start spends its time; the run's own directory is removed)
   --log-filter F    netd's RUST_LOG in the runs (default warn: logging costs CPU too)";
 
@@ -74,6 +76,7 @@ struct Options {
     json: Option<PathBuf>,
     logs: Option<PathBuf>,
     log_filter: String,
+    rounds: usize,
 }
 
 fn parse_args() -> Result<Options> {
@@ -89,6 +92,7 @@ fn parse_args() -> Result<Options> {
         json: None,
         logs: None,
         log_filter: "warn".into(),
+        rounds: 3,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -145,6 +149,12 @@ fn parse_args() -> Result<Options> {
             "--dead-bound" => opts.bounds.dead = secs(value()?, "--dead-bound")?,
             "--json" => opts.json = Some(value()?.into()),
             "--logs" => opts.logs = Some(value()?.into()),
+            "--rounds" => {
+                opts.rounds = value()?.parse().context("--rounds: a number")?;
+                if !(1..=20).contains(&opts.rounds) {
+                    bail!("--rounds: {} is outside 1..=20", opts.rounds);
+                }
+            }
             "--log-filter" => opts.log_filter = value()?,
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
@@ -180,12 +190,18 @@ fn main() -> Result<()> {
     let load_before = load_average();
     let mut rows = Vec::new();
     for &n in &opts.sizes {
-        for &mode in &opts.modes {
-            eprintln!("bench-cluster: {n} hosts, {}…", mode.name());
-            let row = runtime.block_on(one_run(mode, n, &opts, &dir));
-            let row = row.with_context(|| format!("{n} hosts, {}", mode.name()))?;
-            eprintln!("  {}", row.summary());
-            rows.push(row);
+        for round in 1..=opts.rounds {
+            for &mode in &opts.modes {
+                eprintln!(
+                    "bench-cluster: {n} hosts, {}, round {round} of {}…",
+                    mode.name(),
+                    opts.rounds
+                );
+                let row = runtime.block_on(one_run(mode, n, round, &opts, &dir));
+                let row = row.with_context(|| format!("{n} hosts, {}", mode.name()))?;
+                eprintln!("  {}", row.summary());
+                rows.push(row);
+            }
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -210,11 +226,17 @@ fn load_average() -> String {
         .unwrap_or_else(|| "?".into())
 }
 
-async fn one_run(mode: Mode, n: usize, opts: &Options, dir: &std::path::Path) -> Result<Row> {
+async fn one_run(
+    mode: Mode,
+    n: usize,
+    round: usize,
+    opts: &Options,
+    dir: &std::path::Path,
+) -> Result<Row> {
     let mut fleet = Fleet::build(mode, n, opts.samples, &opts.log_filter, dir).await?;
     let converged = fleet.start_and_converge(opts.bounds.converge);
     if let Some(logs) = &opts.logs {
-        fleet.keep_logs(&logs.join(format!("{n}-{}", mode.name())))?;
+        fleet.keep_logs(&logs.join(format!("{n}-{}-{round}", mode.name())))?;
     }
     let converged = converged?;
     // Let start-up work (first handshakes, the first reconcile) pass.
@@ -245,11 +267,12 @@ async fn one_run(mode: Mode, n: usize, opts: &Options, dir: &std::path::Path) ->
         Mode::Static => None,
     };
     if let Some(logs) = &opts.logs {
-        fleet.keep_logs(&logs.join(format!("{n}-{}", mode.name())))?;
+        fleet.keep_logs(&logs.join(format!("{n}-{}-{round}", mode.name())))?;
     }
     Ok(Row {
         mode,
         hosts: n,
+        round,
         converged,
         rest,
         dead,

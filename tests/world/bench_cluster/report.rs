@@ -82,6 +82,8 @@ impl Rest {
 pub struct Row {
     pub mode: Mode,
     pub hosts: usize,
+    /// Which round of this size (1-based).
+    pub round: usize,
     pub converged: Convergence,
     pub rest: Rest,
     pub dead: Option<Duration>,
@@ -138,12 +140,12 @@ fn median(sorted: &[f64]) -> f64 {
 
 pub fn print(rows: &[Row], sizes: &[usize]) {
     println!();
-    println!("| hosts | mode | converged (s) | all peers (s) | pairs answer (s) | vs static | start CPU per host: netd + etcd (ms) | netd RSS median / max (MiB) | anon (MiB) | idle CPU per host (ms/s) | idle CPU all hosts (cores) | store msg/s (per host) | store writes/s | dead shown everywhere (s) |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| hosts | round | mode | converged (s) | all peers (s) | pairs answer (s) | vs static | start CPU per host: netd + etcd (ms) | netd RSS median / max (MiB) | anon (MiB) | idle CPU per host (ms/s) | idle CPU all hosts (cores) | store msg/s (per host) | store writes/s | dead shown everywhere (s) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for row in rows {
         let floor = rows
             .iter()
-            .find(|r| r.hosts == row.hosts && r.mode == Mode::Static);
+            .find(|r| r.hosts == row.hosts && r.round == row.round && r.mode == Mode::Static);
         let ratio = match (row.mode, floor) {
             (Mode::Cluster, Some(f)) => format!(
                 "{:.2}×",
@@ -170,8 +172,9 @@ pub fn print(rows: &[Row], sizes: &[usize]) {
                 .unwrap_or_default()
         );
         println!(
-            "| {} | {} | {:.2} | {:.2} | {:.2} | {ratio} | {start_cpu} | {rss:.1} / {rss_max:.1} | {anon:.1} | {:.2} | {total:.3} | {store} | {writes} | {} |",
+            "| {} | {} | {} | {:.2} | {:.2} | {:.2} | {ratio} | {start_cpu} | {rss:.1} / {rss_max:.1} | {anon:.1} | {:.2} | {total:.3} | {store} | {writes} | {} |",
             row.hosts,
+            row.round,
             row.mode.name(),
             secs(row.converged.total()),
             secs(row.converged.all_peers),
@@ -180,7 +183,8 @@ pub fn print(rows: &[Row], sizes: &[usize]) {
             row.dead.map_or("—".into(), |d| format!("{:.1}", secs(d))),
         );
     }
-    for row in rows {
+    medians(rows, sizes);
+    for row in rows.iter().filter(|r| r.round == 1) {
         if let Some(store) = &row.rest.store {
             let methods: Vec<String> = store
                 .by_method
@@ -198,6 +202,33 @@ pub fn print(rows: &[Row], sizes: &[usize]) {
         }
     }
     memory_per_peer(rows, sizes);
+}
+
+/// Each size's convergence as the median of its rounds, and the cluster's
+/// against the static floor's.
+fn medians(rows: &[Row], sizes: &[usize]) {
+    let median_of = |n: usize, mode: Mode| {
+        let mut v: Vec<f64> = rows
+            .iter()
+            .filter(|r| r.hosts == n && r.mode == mode)
+            .map(|r| secs(r.converged.total()))
+            .collect();
+        v.sort_by(f64::total_cmp);
+        (!v.is_empty()).then(|| (median(&v), v.len()))
+    };
+    println!();
+    for &n in sizes {
+        match (median_of(n, Mode::Static), median_of(n, Mode::Cluster)) {
+            (Some((floor, k)), Some((cluster, _))) => println!(
+                "{n} hosts, median of {k} rounds: converged in {cluster:.2} s with the cluster, {floor:.2} s with static peers: {:.2}× the floor",
+                cluster / floor
+            ),
+            (Some((t, k)), None) | (None, Some((t, k))) => {
+                println!("{n} hosts, median of {k} rounds: converged in {t:.2} s")
+            }
+            (None, None) => {}
+        }
+    }
 }
 
 /// The growth of netd's memory and idle CPU with its number of peers (a
@@ -248,6 +279,7 @@ pub fn write_json(path: &Path, rows: &[Row]) -> Result<()> {
         .map(|r| {
             json!({
                 "hosts": r.hosts,
+                "round": r.round,
                 "mode": r.mode.name(),
                 "converged_s": secs(r.converged.total()),
                 "all_peers_s": secs(r.converged.all_peers),
