@@ -76,7 +76,9 @@ pub struct ClusterHost {
     joined: AtomicBool,
     /// Why the join after a start without the store has not happened yet.
     join_error: Mutex<Option<String>>,
-    rejoin: Mutex<Option<JoinHandle<()>>>,
+    /// Going alive after the start (or, after a start without the store,
+    /// joining first), in the background.
+    going_alive: Mutex<Option<JoinHandle<()>>>,
     /// The watcher's latest view (the saved one until its first listing):
     /// status, `forget HOST` and the liveness task's reclaim sweep read it.
     views: watch::Sender<Arc<PeerView>>,
@@ -94,7 +96,7 @@ pub struct ClusterHost {
 impl Drop for ClusterHost {
     fn drop(&mut self) {
         if let Some(task) = self
-            .rejoin
+            .going_alive
             .get_mut()
             .unwrap_or_else(|e| e.into_inner())
             .take()
@@ -207,7 +209,7 @@ impl ClusterHost {
             cluster,
             joined: AtomicBool::new(joined),
             join_error: Mutex::new(None),
-            rejoin: Mutex::new(None),
+            going_alive: Mutex::new(None),
             views: watch::Sender::new(Arc::new(view)),
             liveness: Mutex::new(None),
             watcher: Mutex::new(None),
@@ -225,18 +227,29 @@ impl ClusterHost {
         self.joined.load(Ordering::Acquire)
     }
 
-    /// Shows this host alive (a new liveness lease) and keeps it so. Called
-    /// once the overlay device is up: peers take the new liveness key of a
-    /// host that joined again for a restart, and start a new session.
-    /// A host that started without the store goes alive once it has joined,
-    /// in the background (see `offline.rs`).
-    pub async fn go_alive(self: &Arc<Self>) -> Result<()> {
-        if !self.joined() {
-            let task = tokio::spawn(self.clone().join_when_the_store_answers());
-            *self.rejoin.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
-            return Ok(());
-        }
-        self.go_alive_now().await
+    /// Shows this host alive (a new liveness lease) and keeps it so, in the
+    /// background: the host serves its containers meanwhile (two writes to
+    /// the store need not hold up its start). Called once the overlay device
+    /// is up: peers take the new liveness key of a host that joined again for
+    /// a restart, and start a new session. A host that started without the
+    /// store goes alive once it has joined (see `offline.rs`).
+    pub fn go_alive(self: &Arc<Self>) {
+        let task = if self.joined() {
+            let host = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = host.go_alive_now().await {
+                    // The liveness task grants a lease when it finds none.
+                    tracing::warn!(host = %host.id(), "{e}; trying again");
+                    let task = host
+                        .member
+                        .spawn_liveness(host.name.clone(), host.views.subscribe());
+                    *host.liveness.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+                }
+            })
+        } else {
+            tokio::spawn(self.clone().join_when_the_store_answers())
+        };
+        *self.going_alive.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
     }
 
     async fn go_alive_now(&self) -> Result<()> {

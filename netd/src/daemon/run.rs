@@ -63,15 +63,10 @@ async fn run_with(mut config: Config, peers: PeerSource) -> Result<()> {
     let follower = cluster
         .clone()
         .map(|cluster| tokio::spawn(follow_cluster(cluster, daemon.clone(), stopped.clone())));
-    // Going alive (two writes to the store) need not wait for the bridge.
-    let report = match &cluster {
-        Some(cluster) => {
-            let (alive, report) = tokio::join!(cluster.go_alive(), daemon.reconcile());
-            alive?;
-            report?
-        }
-        None => daemon.reconcile().await?,
-    };
+    if let Some(cluster) = &cluster {
+        cluster.go_alive();
+    }
+    let report = daemon.reconcile().await?;
     tracing::info!(
         actions = report.actions.len(),
         errors = report.errors.len(),
