@@ -263,7 +263,7 @@ fn memory_per_peer(rows: &[Row], sizes: &[usize]) {
             sxy / sxx
         };
         println!(
-            "\nper peer ({}, least squares over {} sizes): RSS {:+.1} KiB, anonymous {:+.1} KiB, idle CPU {:+.2} µs/s",
+            "\nper peer ({}, least squares over {} runs): RSS {:+.1} KiB, anonymous {:+.1} KiB, idle CPU {:+.2} µs/s",
             mode.name(),
             points.len(),
             slope(1),
