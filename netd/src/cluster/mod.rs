@@ -140,7 +140,7 @@ impl ClusterHost {
         };
         // One listing serves the config, this host's record, the join and
         // the watcher's first view.
-        let snapshot = match Snapshot::read(start.store.as_ref()).await {
+        let mut snapshot = match Snapshot::read(start.store.as_ref()).await {
             Ok(snapshot) => snapshot,
             Err(ClusterError::Store { source, .. }) if source.is_transient() => {
                 return offline::start(config, host_ns, start, source);
@@ -160,7 +160,9 @@ impl ClusterHost {
         // A host whose record went while it was away takes its old
         // subnets back when they are free.
         let kept = start.saved.as_ref().map(|r| r.kept(false));
-        let record = member.join_from(&snapshot, &advert, kept.as_ref()).await?;
+        let record = member
+            .join_from(&mut snapshot, &advert, kept.as_ref())
+            .await?;
         apply_reservation(config, &record, &cluster)?;
         Reservation::of(&record, &cluster).write(&config.state_dir)?;
         tracing::info!(

@@ -143,28 +143,34 @@ impl<S: Store> Member<S> {
         advert: &HostAdvert,
         kept: Option<&KeptSubnets>,
     ) -> Result<HostRecord, ClusterError> {
-        self.join_listed(None, advert, kept).await
+        Ok(self.join_listed(None, advert, kept).await?.0)
     }
 
     /// [`Member::join_keeping`] whose first attempt works from `snapshot`
     /// (read by the caller, who needed the config and this host's record
-    /// before joining); a lost race lists again.
+    /// before joining); a lost race lists again. The join's writes are
+    /// added to `snapshot`, so a watcher started from it shows this host at
+    /// once (its watch, from the snapshot's revision, replays them too).
     pub async fn join_from(
         &self,
-        snapshot: &Snapshot,
+        snapshot: &mut Snapshot,
         advert: &HostAdvert,
         kept: Option<&KeptSubnets>,
     ) -> Result<HostRecord, ClusterError> {
-        self.join_listed(Some(&snapshot.listing), advert, kept)
-            .await
+        let (record, writes, revision) = self
+            .join_listed(Some(&snapshot.listing), advert, kept)
+            .await?;
+        snapshot.add_writes(writes, revision);
+        Ok(record)
     }
 
+    /// The record, the writes of the transaction that joined, and its revision.
     async fn join_listed(
         &self,
         mut first: Option<&Listing>,
         advert: &HostAdvert,
         kept: Option<&KeptSubnets>,
-    ) -> Result<HostRecord, ClusterError> {
+    ) -> Result<(HostRecord, Vec<Operation>, Revision), ClusterError> {
         let doing = format!("join host {} to the cluster", self.id);
         for _ in 0..MAX_ATTEMPTS {
             let fresh;
@@ -300,6 +306,7 @@ impl<S: Store> Member<S> {
             };
             txn.on_success
                 .push(Operation::put(host_key(&self.id), record.to_json()));
+            let writes = txn.on_success.clone();
             let outcome = self
                 .store
                 .txn(txn)
@@ -308,7 +315,7 @@ impl<S: Store> Member<S> {
             if outcome.succeeded {
                 tracing::info!(host = %self.id, subnets = ?record.subnets(), "joined the cluster");
                 *self.config.lock().unwrap_or_else(|e| e.into_inner()) = Some(config);
-                return Ok(record);
+                return Ok((record, writes, outcome.revision));
             }
             tracing::debug!(host = %self.id, "join lost a race; trying again");
         }

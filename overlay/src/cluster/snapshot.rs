@@ -7,7 +7,7 @@
 use super::admin::{config_of, holdings};
 use super::records::{ClusterConfig, HostRecord, ROOT};
 use super::{store_error, ClusterError, HostId};
-use crate::store::{Listing, Revision, Store};
+use crate::store::{KeyValue, Listing, Operation, Revision, Store};
 
 /// Every key under `/weft/v1/` at one revision.
 #[derive(Clone, Debug)]
@@ -47,6 +47,42 @@ impl Snapshot {
                 .filter(|kv| kv.key.starts_with(prefix))
                 .cloned()
                 .collect(),
+        }
+    }
+
+    /// Adds writes made at `revision` since the listing (this host's own,
+    /// which its watch from the listing's revision replays: the same values
+    /// at the same revision, so nothing changes twice).
+    pub(super) fn add_writes(&mut self, writes: Vec<Operation>, revision: Revision) {
+        let entries = &mut self.listing.entries;
+        for write in writes {
+            match write {
+                Operation::Put { key, value, lease } => {
+                    match entries.binary_search_by(|kv| kv.key.as_str().cmp(&key)) {
+                        Ok(i) => {
+                            let kv = &mut entries[i];
+                            kv.value = value;
+                            kv.mod_revision = revision;
+                            kv.lease = lease;
+                        }
+                        Err(i) => entries.insert(
+                            i,
+                            KeyValue {
+                                key,
+                                value,
+                                create_revision: revision,
+                                mod_revision: revision,
+                                lease,
+                            },
+                        ),
+                    }
+                }
+                Operation::Delete(key) => {
+                    if let Ok(i) = entries.binary_search_by(|kv| kv.key.as_str().cmp(&key)) {
+                        entries.remove(i);
+                    }
+                }
+            }
         }
     }
 

@@ -486,7 +486,7 @@ async fn a_start_reads_one_snapshot_for_its_join_and_its_watcher_and_misses_no_l
     let clock = clock();
     let a = member(&store, &clock);
     a.join(&advert("a")).await.unwrap();
-    let snapshot = Snapshot::read(&*store).await.unwrap();
+    let mut snapshot = Snapshot::read(&*store).await.unwrap();
     assert_eq!(snapshot.config().unwrap(), config());
     let b = member(&store, &clock);
     assert_eq!(snapshot.record(b.id()), None);
@@ -494,13 +494,23 @@ async fn a_start_reads_one_snapshot_for_its_join_and_its_watcher_and_misses_no_l
     // works from it, so a subnet b picks may be gone (the join lists again).
     let c = member(&store, &clock);
     c.join(&advert("c")).await.unwrap();
-    let joined = b.join_from(&snapshot, &advert("b"), None).await.unwrap();
+    let joined = b
+        .join_from(&mut snapshot, &advert("b"), None)
+        .await
+        .unwrap();
     assert_eq!(
         Snapshot::read(&*store).await.unwrap().record(b.id()),
-        Some(joined)
+        Some(joined.clone())
     );
+    assert_eq!(
+        snapshot.record(b.id()),
+        Some(joined),
+        "the join's writes are in the snapshot"
+    );
+    assert_eq!(snapshot.record(c.id()), None);
     // The watcher starts from the same snapshot and watches right after it:
-    // c and b, both written later, arrive without another listing.
+    // c, written later, arrives without another listing; b's own join,
+    // replayed by the watch, changes nothing.
     let (watcher, mut updates) = PeerWatcher::spawn_from(
         store.clone(),
         Some(config()),
@@ -508,7 +518,11 @@ async fn a_start_reads_one_snapshot_for_its_join_and_its_watcher_and_misses_no_l
         snapshot,
     );
     let first = updates.recv().await.unwrap();
-    assert_eq!(first.diff.added.len(), 1, "the snapshot holds a only");
+    assert_eq!(
+        first.diff.added.len(),
+        2,
+        "the snapshot holds a, and b's join"
+    );
     until(&watcher, "a, b and c", |v| {
         [a.id(), b.id(), c.id()]
             .iter()
@@ -537,10 +551,13 @@ async fn a_join_from_a_snapshot_that_lost_its_pick_takes_another_subnet() {
     init(&*store, &small).await.unwrap();
     let clock = clock();
     for _ in 0..8 {
-        let snapshot = Snapshot::read(&*store).await.unwrap();
+        let mut snapshot = Snapshot::read(&*store).await.unwrap();
         let (a, b) = (member(&store, &clock), member(&store, &clock));
         let ra = a.join(&advert("a")).await.unwrap();
-        let rb = b.join_from(&snapshot, &advert("b"), None).await.unwrap();
+        let rb = b
+            .join_from(&mut snapshot, &advert("b"), None)
+            .await
+            .unwrap();
         assert_ne!(ra.ipv4_subnet, rb.ipv4_subnet);
         a.leave().await.unwrap();
         b.leave().await.unwrap();
