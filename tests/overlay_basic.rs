@@ -83,6 +83,7 @@ async fn ping_and_tcp_cross_the_overlay_and_the_fabric_sees_only_wireguard() {
         match classify_frame(frame) {
             Frame::WireGuard => wireguard += 1,
             Frame::Neighbour => {}
+            Frame::Store => panic!("the fabric carried etcd traffic in a world without etcd"),
             Frame::Other(what) => panic!("the fabric carried {what} outside WireGuard"),
         }
         assert!(

@@ -138,6 +138,7 @@ async fn two_hosts_containers_talk_with_real_addresses_over_wireguard_only() {
         match classify_frame(frame) {
             Frame::WireGuard => wireguard += 1,
             Frame::Neighbour => {}
+            Frame::Store => panic!("the fabric carried etcd traffic in a world without etcd"),
             Frame::Other(what) => panic!("the fabric carried {what} outside WireGuard"),
         }
         assert!(

@@ -106,8 +106,19 @@ impl Cluster {
     /// Starts host `i`'s netd and attaches its container (again after a restart).
     pub fn start(&mut self, i: usize) {
         self.netds[i].start().unwrap();
+        // A host that answers lists itself with its reservation at once (the
+        // view it starts from holds its own join).
+        let hosts = self.netds[i].json(&["cluster", "hosts"]).unwrap();
+        let own: Vec<&Value> = hosts
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|h| h["this_host"] == true)
+            .collect();
+        assert_eq!(own.len(), 1, "a started host lists itself: {hosts}");
         let status = self.netds[i].json(&["cluster", "status"]).unwrap();
         self.netds[i].subnet = status["subnets"][0].as_str().unwrap().to_string();
+        assert_eq!(own[0]["subnets"][0], status["subnets"][0]);
         if self.addrs[i].is_empty() {
             let c = &self.containers[i];
             let result = self.netds[i]

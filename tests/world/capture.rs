@@ -1,6 +1,7 @@
 //! Frames on the fabric: an AF_PACKET capture of one interface in a
 //! namespace, and a classifier that tells WireGuard (UDP to or from port
-//! 51820) from neighbour discovery and from everything else.
+//! 51820) from a host's traffic with the world's etcd (the cluster store),
+//! from neighbour discovery and from everything else.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +23,8 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
     WireGuard,
+    /// TCP with the test world's etcd (a host's store client).
+    Store,
     /// ARP, IPv6 neighbour discovery, IGMP/MLD: link-local control traffic.
     Neighbour,
     Other(String),
@@ -42,6 +45,19 @@ pub fn classify_frame(frame: &[u8]) -> Frame {
             // IGMP membership reports to multicast groups, sent as links come up.
             if proto == 2 && ip[16] & 0xf0 == 0xe0 {
                 return Frame::Neighbour;
+            }
+            if proto == 6 && ip.len() >= header_len + 4 {
+                let tcp = &ip[header_len..];
+                let ports = [
+                    u16::from_be_bytes([tcp[0], tcp[1]]),
+                    u16::from_be_bytes([tcp[2], tcp[3]]),
+                ];
+                let etcd = crate::etcd::ETCD_IP.octets();
+                if ports.contains(&crate::etcd::ETCD_PORT)
+                    && (ip[12..16] == etcd || ip[16..20] == etcd)
+                {
+                    return Frame::Store;
+                }
             }
             if proto != 17 || ip.len() < header_len + 8 {
                 return Frame::Other(format!("IPv4 protocol {proto}"));

@@ -164,18 +164,20 @@ pub fn cross_host_traffic(
         if failed == 0 { "ping ok, tcp ok".to_string() } else { format!("{failed} FAILED") }
     );
     let mut wireguard = 0;
+    let mut store = 0;
     let mut other = Vec::new();
     for capture in captures {
         for frame in capture.stop() {
             match classify_frame(&frame) {
                 Frame::WireGuard => wireguard += 1,
+                Frame::Store => store += 1,
                 Frame::Neighbour => {}
                 Frame::Other(what) => other.push(what),
             }
         }
     }
     println!(
-        "   on the fabric meanwhile: {wireguard} WireGuard (UDP 51820) frames, {} others{}",
+        "   on the fabric meanwhile: {wireguard} WireGuard (UDP 51820) frames, {store} to or from etcd (the store), {} others{}",
         other.len(),
         if other.is_empty() {
             " — nothing in plaintext"
