@@ -8,7 +8,7 @@ use std::net::{IpAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use overlay::DropReason;
-use overlay_support::{device_on, peer_of};
+use overlay_support::{peer_of, TwoHosts};
 use world::{ping, require_root, World};
 
 mod overlay_support;
@@ -17,10 +17,8 @@ mod overlay_support;
 async fn a_peer_added_moments_after_its_initiation_was_refused_gets_a_handshake_at_once() {
     require_root!();
     let world = World::new().await.unwrap();
-    let a = world.host("a").await.unwrap();
-    let b = world.host("b").await.unwrap();
-    let da = device_on(&a, "10.99.0.1/24").await;
-    let db = device_on(&b, "10.99.0.2/24").await;
+    let TwoHosts { a, b, da, db } = TwoHosts::new(&world).await;
+    // Only a knows b, to begin with.
     da.set_peer(peer_of(&db, &b, "10.99.0.2/32")).unwrap();
     let b_overlay: IpAddr = "10.99.0.2".parse().unwrap();
 

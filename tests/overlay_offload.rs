@@ -4,35 +4,14 @@
 //! super-packets (GRO). A regression to one packet per system call shows
 //! here as average sizes near the MTU, long before a benchmark would notice.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use overlay::{Device, DeviceConfig, PeerConfig, PrivateKey};
-use plumb::{Netlink, Netns};
-use world::{ip_json, require_root, tcp_bulk, Host, World};
+use overlay::{DeviceConfig, PrivateKey};
+use overlay_support::{device_with, peer_of, TwoHosts};
+use plumb::Netns;
+use world::{ip_json, require_root, tcp_bulk, World};
 
-async fn device_on(host: &Host, cidr: &str) -> Device {
-    let device = Device::create(
-        &host.netns,
-        DeviceConfig::new(PrivateKey::generate().unwrap()),
-    )
-    .await
-    .unwrap();
-    Netlink::open(&host.netns)
-        .await
-        .unwrap()
-        .add_address(device.name(), cidr.parse().unwrap(), false)
-        .await
-        .unwrap();
-    device
-}
-
-fn peer(device: &Device, host: &Host, allowed: &str) -> PeerConfig {
-    let mut p = PeerConfig::new(device.public_key());
-    p.endpoint = Some(SocketAddr::new(host.ip_addr(), device.listen_port()));
-    p.allowed_ips = vec![allowed.parse().unwrap()];
-    p
-}
+mod overlay_support;
 
 /// (bytes, packets) a link counted in one direction ("rx" or "tx").
 fn link_counts(netns: &Netns, link: &str, dir: &str) -> (u64, u64) {
@@ -51,12 +30,9 @@ fn average(before: (u64, u64), after: (u64, u64)) -> u64 {
 async fn bulk_tcp_crosses_as_super_packets_at_every_step() {
     require_root!();
     let world = World::new().await.unwrap();
-    let a = world.host("a").await.unwrap();
-    let b = world.host("b").await.unwrap();
-    let da = device_on(&a, "10.99.0.1/24").await;
-    let db = device_on(&b, "10.99.0.2/24").await;
-    da.set_peer(peer(&db, &b, "10.99.0.2/32")).unwrap();
-    db.set_peer(peer(&da, &a, "10.99.0.1/32")).unwrap();
+    let hosts = TwoHosts::new(&world).await;
+    hosts.peer_both_ways();
+    let TwoHosts { a, b, da, db } = &hosts;
     tcp_bulk(
         &a.netns,
         "10.99.0.1:0".parse().unwrap(),
@@ -101,12 +77,9 @@ async fn bulk_tcp_crosses_as_super_packets_at_every_step() {
 async fn a_udp_burst_arrives_datagram_by_datagram() {
     require_root!();
     let world = World::new().await.unwrap();
-    let a = world.host("a").await.unwrap();
-    let b = world.host("b").await.unwrap();
-    let da = device_on(&a, "10.99.0.1/24").await;
-    let db = device_on(&b, "10.99.0.2/24").await;
-    da.set_peer(peer(&db, &b, "10.99.0.2/32")).unwrap();
-    db.set_peer(peer(&da, &a, "10.99.0.1/32")).unwrap();
+    let hosts = TwoHosts::new(&world).await;
+    hosts.peer_both_ways();
+    let TwoHosts { a, b, .. } = &hosts;
     assert!(world::ping(&b.netns, "10.99.0.1".parse().unwrap()).unwrap());
 
     let receiver = a
@@ -180,18 +153,11 @@ async fn an_underlay_smaller_than_configured_still_carries_bulk_tcp() {
         let mut config = DeviceConfig::new(PrivateKey::generate().unwrap());
         // 1420 + 32 bytes of WireGuard + 28 of UDP/IPv4: more than b's 1400.
         config.mtu = Some(1420);
-        let device = Device::create(&host.netns, config).await.unwrap();
-        Netlink::open(&host.netns)
-            .await
-            .unwrap()
-            .add_address(device.name(), cidr.parse().unwrap(), false)
-            .await
-            .unwrap();
-        devices.push(device);
+        devices.push(device_with(host, cidr, config).await);
     }
     let (da, db) = (&devices[0], &devices[1]);
-    da.set_peer(peer(db, &b, "10.99.0.2/32")).unwrap();
-    db.set_peer(peer(da, &a, "10.99.0.1/32")).unwrap();
+    da.set_peer(peer_of(db, &b, "10.99.0.2/32")).unwrap();
+    db.set_peer(peer_of(da, &a, "10.99.0.1/32")).unwrap();
     let out = world::run_in(
         &b.netns,
         "ip",

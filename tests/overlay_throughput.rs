@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use overlay_support::{device_on, peer_of};
+use overlay_support::TwoHosts;
 use world::{require_root, run_in, Host, World};
 
 mod overlay_support;
@@ -58,18 +58,15 @@ fn iperf(world: &World, server: &Host, server_ip: IpAddr, client: &Host, streams
 async fn iperf3_over_the_fabric_and_over_the_overlay() {
     require_root!();
     let world = World::new().await.unwrap();
-    let a = world.host("a").await.unwrap();
-    let b = world.host("b").await.unwrap();
-    let da = device_on(&a, "10.99.0.1/24").await;
-    let db = device_on(&b, "10.99.0.2/24").await;
-    da.set_peer(peer_of(&db, &b, "10.99.0.2/32")).unwrap();
-    db.set_peer(peer_of(&da, &a, "10.99.0.1/32")).unwrap();
+    let hosts = TwoHosts::new(&world).await;
+    hosts.peer_both_ways();
+    let TwoHosts { a, b, da, db } = &hosts;
 
     eprintln!("raw fabric (veth + bridge, MTU 1500):");
-    let raw = iperf(&world, &a, a.ip_addr(), &b, 1);
+    let raw = iperf(&world, a, a.ip_addr(), b, 1);
     eprintln!("overlay (weft-wg0, MTU {}):", da.mtu());
-    let one = iperf(&world, &a, "10.99.0.1".parse().unwrap(), &b, 1);
-    let two = iperf(&world, &a, "10.99.0.1".parse().unwrap(), &b, 2);
+    let one = iperf(&world, a, "10.99.0.1".parse().unwrap(), b, 1);
+    let two = iperf(&world, a, "10.99.0.1".parse().unwrap(), b, 2);
     let stats = da.peer_stats(&db.public_key()).unwrap();
     eprintln!(
         "overlay/raw: {:.1}% (1 stream); drops at the receiver: {:?}",

@@ -5,21 +5,56 @@
 use overlay::session::{HandshakeGuard, SessionOutput};
 use overlay::{Device, DeviceConfig, NoiseSession, PeerConfig, PeerSession, PrivateKey, PublicKey};
 use plumb::Netlink;
-use world::Host;
+use world::{Host, World};
 
 /// A device with weft's defaults in `host`, its TUN link holding `cidr`.
 pub async fn device_on(host: &Host, cidr: &str) -> Device {
-    let device = Device::create(
-        &host.netns,
+    device_with(
+        host,
+        cidr,
         DeviceConfig::new(PrivateKey::generate().unwrap()),
     )
     .await
-    .unwrap();
+}
+
+/// A device made with `config` in `host`, its TUN link holding `cidr`.
+pub async fn device_with(host: &Host, cidr: &str, config: DeviceConfig) -> Device {
+    let device = Device::create(&host.netns, config).await.unwrap();
     let nl = Netlink::open(&host.netns).await.unwrap();
     nl.add_address(device.name(), cidr.parse().unwrap(), false)
         .await
         .unwrap();
     device
+}
+
+/// Hosts `a` and `b` of a world with a device each: a's TUN link holds
+/// 10.99.0.1/24, b's 10.99.0.2/24. Neither knows the other until a test
+/// sets a peer.
+pub struct TwoHosts {
+    pub a: Host,
+    pub b: Host,
+    pub da: Device,
+    pub db: Device,
+}
+
+impl TwoHosts {
+    pub async fn new(world: &World) -> TwoHosts {
+        let a = world.host("a").await.unwrap();
+        let b = world.host("b").await.unwrap();
+        let da = device_on(&a, "10.99.0.1/24").await;
+        let db = device_on(&b, "10.99.0.2/24").await;
+        TwoHosts { a, b, da, db }
+    }
+
+    /// Each device takes the other as its peer.
+    pub fn peer_both_ways(&self) {
+        self.da
+            .set_peer(peer_of(&self.db, &self.b, "10.99.0.2/32"))
+            .unwrap();
+        self.db
+            .set_peer(peer_of(&self.da, &self.a, "10.99.0.1/32"))
+            .unwrap();
+    }
 }
 
 /// `device` in `host` as its peers configure it: its key, its endpoint on
